@@ -106,13 +106,15 @@ def guarded(
     stream: bool = False,
 ) -> Completion:
     """The completion with the bundle's guardrail on, and the prompt's decision."""
-    from dsg.hf import attach
+    from dsg.hf import GuardrailStateError, attach
 
     inputs = encode(tokenizer, prompt, chat=chat)
     with attach(model, bundle) as handle:
         text = complete(model, tokenizer, inputs, max_new_tokens=max_new_tokens, stream=stream)
-        assert handle.fired is not None and handle.rates is not None
-        return Completion(text, bool(handle.fired[0]), float(handle.rates[0]))
+        fired, rates = handle.fired, handle.rates
+    if fired is None or rates is None:
+        raise GuardrailStateError("the guardrail never saw the prompt; nothing was guarded")
+    return Completion(text, bool(fired[0]), float(rates[0]))
 
 
 def unguarded(

@@ -2,9 +2,9 @@
 
 TransformerLens ``blocks.L.hook_resid_post`` is the output of decoder layer ``L``
 (``hidden_states[L + 1]``) and ``blocks.L.hook_resid_pre`` its input, so the guardrail is a forward
-hook (or pre-hook) on that layer. A pre-hook on the model itself captures each call's 2-D attention
-mask, so rates count real tokens only and each row's BOS is its first attended token, which is
-what left-padded batched generation needs.
+hook (or pre-hook) on that layer. A pre-hook on the decoder (the module that owns the layers)
+captures each call's attention mask and KV-cache state, so rates count real tokens only and each
+row's BOS is its first attended token, which is what left-padded batched generation needs.
 
 Generation with a KV cache: the decision is made once, on the prompt (the prefill pass), and
 carried through the decode steps; in a firing row every new position where a selected feature is
@@ -13,11 +13,18 @@ sequences) and what the reference computes, it cannot flip halfway through an an
 positions already sit unclamped (or clamped) in the cache, and it keeps greedy decoding
 deterministic. A one-token step has no meaningful rate of its own. A forward pass without a
 cache (``use_cache=False``, or a scoring pass) decides afresh on everything it sees.
+
+Whether a call continues a sequence is read from what cannot be renamed away: the cache object
+itself (found by type, whatever keyword carries it), the length of a 2-D attention mask, and the
+guardrail's own record of the rows it decided and how many positions of each it has seen. When
+these disagree, or a continuation arrives for rows it never decided, the guardrail raises
+:class:`GuardrailStateError` instead of letting a step through unguarded.
 """
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dsg.errors import UserError
@@ -28,46 +35,102 @@ if TYPE_CHECKING:
     from dsg.bundle import Bundle, BundleGuardrail
 
 
+class GuardrailStateError(UserError):
+    """The guardrail cannot tell whether a forward pass starts or continues a sequence, so it
+    refuses to run it rather than run it unguarded."""
+
+
+def decoder_of(model: Any) -> Any:
+    """The module that owns the decoder layer list (``model.model`` for Llama/Gemma-style LMs)."""
+    for decoder in (getattr(model, "model", None), _get_decoder(model)):
+        if decoder is not None and getattr(decoder, "layers", None) is not None:
+            return decoder
+    raise UserError(
+        f"cannot find the decoder layers of a {type(model).__name__}; the guardrail supports "
+        "causal LMs with model.model.layers (Gemma, Llama, Mistral, Qwen, ...)"
+    )
+
+
+def _get_decoder(model: Any) -> Any:
+    return model.get_decoder() if hasattr(model, "get_decoder") else None
+
+
 def decoder_layers(model: Any) -> Any:
-    """The decoder layer list of a causal LM (``model.model.layers`` for Llama/Gemma-style LMs)."""
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if layers is None and hasattr(model, "get_decoder"):
-        layers = getattr(model.get_decoder(), "layers", None)
-    if layers is None:
-        raise UserError(
-            f"cannot find the decoder layers of a {type(model).__name__}; the guardrail supports "
-            "causal LMs with model.model.layers (Gemma, Llama, Mistral, Qwen, ...)"
-        )
-    return layers
+    """The decoder layer list of a causal LM."""
+    return decoder_of(model).layers
 
 
-def _past_length(cache: Any) -> int:
-    """Tokens already in a KV cache (a ``Cache`` object or the legacy tuple of tuples)."""
-    if cache is None:
-        return 0
-    if hasattr(cache, "get_seq_length"):
-        return int(cache.get_seq_length())
-    return int(cache[0][0].shape[-2]) if len(cache) else 0
-
-
-def _attended_keys(mask: Any, batch: int, length: int) -> torch.Tensor:
-    """The 2-D padding mask of a prompt, read from a prepared 4-D mask ``[B, 1, Q, K]`` (static
-    and compiled caches pass one; transformers 5 a dict per attention type): the keys the
-    prompt's last position may attend under full attention."""
+def _is_legacy_cache(value: Any) -> bool:
+    """transformers 4.x's legacy cache: one ``(key, value)`` pair of ``[B, H, S, D]`` per layer."""
     import torch
 
-    if isinstance(mask, dict):
-        mask = mask.get("full_attention", next(iter(mask.values()), None))
-    if mask is None:  # left out because nothing is masked
-        return torch.ones(batch, length, dtype=torch.bool)
-    if not isinstance(mask, torch.Tensor) or mask.dim() != 4:
-        raise UserError(
-            "the guardrail cannot read this call's attention mask; pass a 2-D attention_mask"
+    return (
+        isinstance(value, tuple)
+        and len(value) > 0
+        and all(
+            isinstance(pair, tuple | list)
+            and len(pair) >= 2
+            and all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in pair[:2])
+            for pair in value
         )
-    last = mask[:, 0, -1, :length]
-    if last.dtype == torch.bool:
-        return last
-    return last > torch.finfo(last.dtype).min / 2
+    )
+
+
+def _cache_length(value: Any) -> int | None:
+    """Positions already held by a KV cache argument, or None when ``value`` is no cache."""
+    from transformers.cache_utils import Cache
+
+    if isinstance(value, Cache):
+        return int(value.get_seq_length())
+    if _is_legacy_cache(value):
+        return int(value[0][0].shape[-2])
+    return None
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What the decoder's pre-hook saw of one forward pass, before any layer ran."""
+
+    mask: Any
+    """The attention mask as passed: a 2-D tensor, a prepared 4-D one, a dict of them, or None."""
+    cache_lengths: tuple[int, ...]
+    """The length of every KV cache among the arguments (found by type, not by keyword)."""
+    cache_start: int | None
+    """``cache_position[0]`` when the call names it (transformers 4.x)."""
+
+    def past(self, length: int) -> int:
+        """Positions of each row that came before this call's ``length`` new ones."""
+        import torch
+
+        readings: list[tuple[str, int]] = []
+        if isinstance(self.mask, torch.Tensor) and self.mask.dim() == 2:
+            readings.append(("attention mask", int(self.mask.shape[1]) - length))
+        if self.cache_start is not None:
+            readings.append(("cache position", self.cache_start))
+        readings += [("KV cache", n) for n in self.cache_lengths]
+        if any(n < 0 for _, n in readings):
+            raise GuardrailStateError(
+                f"the guardrail cannot place {length} new positions: {_describe(readings)}"
+            )
+        if len({n > 0 for _, n in readings}) > 1:
+            raise GuardrailStateError(
+                "the guardrail cannot tell whether this forward pass starts or continues a "
+                f"sequence: {_describe(readings)}"
+            )
+        return readings[0][1] if readings else 0
+
+
+def _describe(readings: list[tuple[str, int]]) -> str:
+    return ", ".join(f"{source} says {n} positions came before" for source, n in readings)
+
+
+@dataclass
+class _Record:
+    """The rows the guardrail decided on their prompt, and how far it has followed them."""
+
+    fired: torch.Tensor
+    rates: torch.Tensor
+    seen: int
 
 
 class GuardrailHandle:
@@ -77,17 +140,26 @@ class GuardrailHandle:
     def __init__(self, model: Any, bundle: Bundle) -> None:
         self.bundle = bundle
         self.guardrail: BundleGuardrail = bundle.guardrail()
-        self.fired: torch.Tensor | None = None
-        self.rates: torch.Tensor | None = None
-        self._signature = inspect.signature(model.forward)
-        self._mask: Any = None
-        self._past = 0
-        layer = decoder_layers(model)[bundle.hook_layer]
-        self._hooks = [model.register_forward_pre_hook(self._capture, with_kwargs=True)]
+        decoder = decoder_of(model)
+        self._signature = inspect.signature(decoder.forward)
+        self._call: _Call | None = None
+        self._record: _Record | None = None
+        layer = decoder.layers[bundle.hook_layer]
+        self._hooks = [decoder.register_forward_pre_hook(self._capture, with_kwargs=True)]
         if bundle.hook_point == "hook_resid_post":
             self._hooks.append(layer.register_forward_hook(self._post_hook))
         else:
             self._hooks.append(layer.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+
+    @property
+    def fired(self) -> torch.Tensor | None:
+        """Per row of the last prompt: did the guardrail fire (None before any prompt)."""
+        return None if self._record is None else self._record.fired
+
+    @property
+    def rates(self) -> torch.Tensor | None:
+        """Per row of the last prompt: its hit rate (None before any prompt)."""
+        return None if self._record is None else self._record.rates
 
     def remove(self) -> None:
         for hook in self._hooks:
@@ -101,43 +173,62 @@ class GuardrailHandle:
         self.remove()
 
     def _capture(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        bound = self._signature.bind_partial(*args, **kwargs).arguments
-        extra = bound.get("kwargs") or {}
-        self._mask = bound.get("attention_mask", extra.get("attention_mask"))
-        cache_position = bound.get("cache_position", extra.get("cache_position"))
-        if cache_position is not None and cache_position.numel():
-            self._past = int(cache_position.reshape(-1)[0])
-        else:
-            self._past = _past_length(bound.get("past_key_values", extra.get("past_key_values")))
+        bound = dict(self._signature.bind_partial(*args, **kwargs).arguments)
+        bound.update(bound.pop("kwargs", None) or {})
+        lengths = (_cache_length(value) for value in bound.values())
+        cache_position = bound.get("cache_position")
+        self._call = _Call(
+            mask=bound.get("attention_mask"),
+            cache_lengths=tuple(n for n in lengths if n is not None),
+            cache_start=(
+                int(cache_position.reshape(-1)[0])
+                if cache_position is not None and cache_position.numel()
+                else None
+            ),
+        )
 
-    def _positions(self, hidden: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """The attention mask of this call's positions ``[B, T]`` and how many came before."""
-        import torch
-
-        batch, length = hidden.shape[:2]
-        mask = self._mask
-        ones = torch.ones(batch, length, dtype=torch.bool, device=hidden.device)
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-            past = mask.shape[1] - length
-            return mask[:, past:].to(device=hidden.device, dtype=torch.bool), past
-        if mask is None or self._past > 0:  # generated tokens are always attended
-            return ones, self._past
-        return _attended_keys(mask, batch, length).to(hidden.device), 0
+    def _take_call(self) -> _Call:
+        call, self._call = self._call, None
+        if call is None:
+            raise GuardrailStateError(
+                "the guarded layer ran outside a forward pass of the decoder the guardrail was "
+                "attached to, so its attention mask and cache are unknown"
+            )
+        return call
 
     def _apply(self, hidden: torch.Tensor) -> torch.Tensor:
-        mask, past = self._positions(hidden)
+        call = self._take_call()
+        batch, length = hidden.shape[:2]
+        past = call.past(length)
         x = hidden.float()  # gate and clamp in float32, as the reference ran
         if past == 0:
-            out = self.guardrail(x, mask)
-            self.fired, self.rates = self.guardrail.fired, self.guardrail.rates
+            out = self.guardrail(x, _prompt_mask(call.mask, batch, length, hidden.device))
+            fired, rates = self.guardrail.fired, self.guardrail.rates
+            if fired is None or rates is None:
+                raise GuardrailStateError("the guardrail decided no rows for this prompt")
+            self._record = _Record(fired, rates, length)
         else:
-            if self.fired is None or self.fired.shape[0] != hidden.shape[0]:
-                raise RuntimeError(
-                    "the guardrail saw a decode step without its prompt; attach it before "
-                    "the prompt is processed"
-                )
-            out = self.guardrail.continue_rows(x, mask, self.fired)
+            record = self._continued(batch, past)
+            out = self.guardrail.continue_rows(
+                x, _new_positions_mask(call.mask, batch, length, hidden.device), record.fired
+            )
+            record.seen = past + length
         return hidden if out is x else out.to(hidden.dtype)
+
+    def _continued(self, batch: int, past: int) -> _Record:
+        """The record of the rows a continuation step extends; raises when there is none."""
+        record = self._record
+        if record is None or record.fired.shape[0] != batch:
+            raise GuardrailStateError(
+                f"the guardrail saw a continuation step ({past} positions already cached) for "
+                "rows whose prompt it did not decide; attach it before the prompt is processed"
+            )
+        if past > record.seen:
+            raise GuardrailStateError(
+                f"the guardrail followed these rows for {record.seen} positions but the cache "
+                f"holds {past}: positions ran unguarded; attach it before the prompt is processed"
+            )
+        return record
 
     def _post_hook(self, module: Any, args: Any, output: Any) -> Any:
         if isinstance(output, tuple):  # transformers 4.x decoder layers return a tuple
@@ -148,6 +239,45 @@ class GuardrailHandle:
         if args:
             return (self._apply(args[0]), *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": self._apply(kwargs["hidden_states"])}
+
+
+def _prompt_mask(mask: Any, batch: int, length: int, device: Any) -> torch.Tensor:
+    """The 2-D padding mask ``[B, T]`` of a prompt, from whichever mask the call carried."""
+    import torch
+
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        return mask.to(device=device, dtype=torch.bool)
+    return _attended_keys(mask, batch, length).to(device)
+
+
+def _new_positions_mask(mask: Any, batch: int, length: int, device: Any) -> torch.Tensor:
+    """The attention mask of a continuation's new positions: the tail of a 2-D mask; generated
+    positions are always attended when the call carries a prepared mask instead."""
+    import torch
+
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        return mask[:, -length:].to(device=device, dtype=torch.bool)
+    return torch.ones(batch, length, dtype=torch.bool, device=device)
+
+
+def _attended_keys(mask: Any, batch: int, length: int) -> torch.Tensor:
+    """The 2-D padding mask of a prompt, read from a prepared 4-D mask ``[B, 1, Q, K]`` (static
+    and compiled caches pass one; transformers 5 a dict per attention type): the keys the
+    prompt's last position may attend under full attention."""
+    import torch
+
+    if isinstance(mask, dict):
+        mask = mask.get("full_attention", next(iter(mask.values()), None))
+    if mask is None:  # left out because nothing is masked
+        return torch.ones(batch, length, dtype=torch.bool)
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 4:
+        raise GuardrailStateError(
+            "the guardrail cannot read this call's attention mask; pass a 2-D attention_mask"
+        )
+    last = mask[:, 0, -1, :length]
+    if last.dtype == torch.bool:
+        return last
+    return last > torch.finfo(last.dtype).min / 2
 
 
 def attach(model: Any, bundle: Bundle) -> GuardrailHandle:
