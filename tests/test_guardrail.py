@@ -25,6 +25,7 @@ from dsg.guardrail import (
     StaticClamp,
     calibrate_threshold,
     feature_activations,
+    rate_gate,
     select_features,
     sequence_rates,
     token_hits,
@@ -177,8 +178,27 @@ def test_sequence_rates_by_hand() -> None:
     hits = torch.tensor([[0, 1, 1, 0, 1], [0, 1, 0, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
     mask = torch.tensor([[1, 1, 1, 1, 0], [0, 0, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
     rates = sequence_rates(hits, mask)
-    assert rates.dtype == torch.float32
-    assert rates.tolist() == pytest.approx([2 / 4, 2 / 3, 0.0])
+    assert rates.dtype == torch.float64
+    assert rates.tolist() == [2 / 4, 2 / 3, 0.0]
+
+
+def test_calibration_in_float64_decides_a_prompt_between_the_float32_steps() -> None:
+    """Rows of 7 tokens with 6, 0 and 7 hits: the 95th percentile is 6/7 + 0.9 * (1 - 6/7) =
+    6.9/7 in float64 (the reference's arithmetic). Percentiles of float32-rounded rates land one
+    float32 step higher, so a prompt whose rate rounds to that step fires under the reference's
+    threshold and would not under the float32 one."""
+    hits = torch.zeros(3, 7, dtype=torch.bool)
+    hits[0, :6] = True
+    hits[2, :] = True
+    alpha = calibrate_threshold(sequence_rates(hits, torch.ones(3, 7, dtype=torch.bool)), 95.0)
+    assert alpha == pytest.approx(6 / 7 + 0.9 * (1 - 6 / 7), rel=1e-15, abs=0)
+    rates32 = np.array([6, 0, 7], dtype=np.float32) / np.float32(7)
+    alpha32 = float(np.percentile(rates32.astype(np.float64), 95.0))
+    assert np.float32(alpha32) > np.float32(alpha)  # the two calibrations straddle a step
+    # a prompt whose float32 rate is the upper step: it exceeds the reference's alpha only
+    rate = torch.tensor([np.float32(alpha32)], dtype=torch.float32)
+    assert rate_gate(rate, alpha).tolist() == [True]
+    assert rate_gate(rate, alpha32).tolist() == [False]
 
 
 def test_token_hits_excludes_padding_and_first_attended_token() -> None:
@@ -279,7 +299,7 @@ def test_dynamic_clamp_compares_in_float32() -> None:
     assert 1 / 3 < rate32  # a float64 comparison would fire
     clamp = DynamicClamp(hand_sae(), [0], threshold=1 / 3, multiplier=3.0)
     clamp(x, torch.ones(1, 3, dtype=torch.bool))
-    assert clamp.rates.tolist() == [rate32]
+    assert clamp.rates.tolist() == [1 / 3]
     assert clamp.fired.tolist() == [False]
     clamp = DynamicClamp(hand_sae(), [0], threshold=float(np.float32(0.333)), multiplier=3.0)
     clamp(x, torch.ones(1, 3, dtype=torch.bool))
@@ -343,7 +363,7 @@ def test_batch_of_one_matches_reference_hook(kind: str, cfg: dict) -> None:
             want, fire, ref_rate = reference_hook(sae, x, features, m, alpha)
             clamp = DynamicClamp(sae, torch.tensor(features), alpha, m)
             got = clamp(x, mask)
-            assert clamp.rates.tolist() == ref_rate.tolist()
+            assert clamp.rates.float().tolist() == ref_rate.tolist()  # the hook rounds to f32
             assert clamp.fired.tolist() == fire.tolist()
             fired_seen.add(bool(fire))
             assert_close_to_reference(got, want, x)

@@ -111,15 +111,18 @@ def sequence_rates(hits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Te
     """Per row, the fraction of attended positions that are hits (0 for an empty row).
 
     The denominator counts real tokens only, so a row's rate does not depend on how much
-    padding its batch needed.
+    padding its batch needed. The division is in float64, as the reference computes the retain
+    rates it calibrates on (float32 rates shift the percentile by a float32 step); the gate
+    rounds to float32 itself. MPS has no float64 and gets float32.
     """
     mask = attention_mask.bool()
     if hits.shape != mask.shape or hits.dim() != 2:
         raise ValueError(
             f"hits {tuple(hits.shape)} and attention_mask {tuple(mask.shape)} must both be [B, T]"
         )
-    count = (hits.bool() & mask).sum(dim=1).to(torch.float32)
-    attended = mask.sum(dim=1).clamp(min=1).to(torch.float32)
+    dtype = torch.float32 if mask.device.type == "mps" else torch.float64
+    count = (hits.bool() & mask).sum(dim=1).to(dtype)
+    attended = mask.sum(dim=1).clamp(min=1).to(dtype)
     return count / attended
 
 
