@@ -1,19 +1,92 @@
-"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`.
+"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, the version matrix
+(`nox -s newest lowest "transformers-4.57.6" "transformers-5.0.0"`) and `nox -s constraints`.
 
-The pinned CPU torch is installed first so that no session pulls a multi-GB CUDA build.
+The pinned CPU torch is installed first so that no session pulls a multi-GB CUDA build; every
+cell of the matrix keeps that torch. `tests` installs the tested set in constraints.txt, as the
+README and CI do; the matrix cells show what a fresh install without it gets. docs/versions.md
+records which cells ran green.
 """
+
+import re
+import tomllib
+from pathlib import Path
 
 import nox
 
 nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests", "lint", "typecheck"]
 TORCH = "torch==2.13.0"
+CONSTRAINTS = "constraints.txt"
+EXTRAS = ".[test]"
+TRANSFORMERS_CELLS = ["4.57.6", "5.0.0"]
+
+
+def _declared() -> list[str]:
+    return tomllib.loads(Path("pyproject.toml").read_text())["project"]["dependencies"]
+
+
+def _lowest(requirement: str) -> str:
+    """``name>=1.2,<2`` -> ``name==1.2``: a direct dependency at its lowest declared version."""
+    match = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*>=\s*([^,;\s]+).*", requirement)
+    if match is None:
+        raise ValueError(f"dependency {requirement!r} declares no lower bound")
+    return f"{match.group(1)}=={match.group(2)}"
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
+    """The suite on the tested set of versions (what the README installs)."""
     session.install(TORCH)
-    session.install("-e", ".[test]")
+    session.install("-e", EXTRAS, "-c", CONSTRAINTS)
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def newest(session: nox.Session) -> None:
+    """The suite on the newest release of every dependency: what a user without the
+    constraints file gets today."""
+    session.install(TORCH)
+    session.install("--upgrade", "--upgrade-strategy", "eager", "-e", EXTRAS)
+    session.run("python", "-m", "pip", "freeze", "--exclude-editable")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lowest(session: nox.Session) -> None:
+    """The suite with every direct dependency at the lowest version pyproject.toml declares
+    (torch excepted: it stays at the pinned CPU build)."""
+    session.install(TORCH)
+    pins = [_lowest(r) for r in _declared() if not r.startswith("torch")]
+    session.install("-e", EXTRAS, *pins)
+    session.run("python", "-m", "pip", "freeze", "--exclude-editable")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(name="transformers")
+@nox.parametrize("version", TRANSFORMERS_CELLS, ids=TRANSFORMERS_CELLS)
+def transformers_cell(session: nox.Session, version: str) -> None:
+    """The suite on one transformers release; pip picks the newest other packages that accept
+    it (TransformerLens included)."""
+    session.install(TORCH)
+    session.install("-e", EXTRAS, f"transformers=={version}")
+    session.run("python", "-m", "pip", "freeze", "--exclude-editable")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def constraints(session: nox.Session) -> None:
+    """Rewrite constraints.txt from a fresh install of the newest releases. Run the matrix on
+    it before committing the new file."""
+    session.install(TORCH)
+    session.install("-e", EXTRAS)
+    frozen = session.run("python", "-m", "pip", "freeze", "--exclude-editable", silent=True)
+    lines = [
+        line
+        for line in str(frozen).splitlines()
+        if line and not line.startswith(("torch==", "-e ", "dsg"))
+    ]
+    header = "# The tested set: `pip install -e . -c constraints.txt`. Rebuilt by `nox -s constraints`.\n"
+    Path(CONSTRAINTS).write_text(header + "\n".join(sorted(lines, key=str.lower)) + "\n")
 
 
 @nox.session
@@ -26,5 +99,5 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     session.install(TORCH)
-    session.install("-e", ".[test]")
+    session.install("-e", EXTRAS, "-c", CONSTRAINTS)
     session.run("mypy")
