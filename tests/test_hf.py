@@ -144,7 +144,7 @@ def test_hf_matches_transformer_lens_under_the_guardrail(world: dict[str, Any]) 
     captured: dict[str, torch.Tensor] = {}
     handle = attach(model, Bundle.load(world["bundle_dir"]))
     capture = model.model.layers[LAYER].register_forward_hook(
-        lambda m, a, out: captured.update(resid=out)
+        lambda m, a, out: captured.update(resid=out[0] if isinstance(out, tuple) else out)
     )
     try:
         with torch.no_grad():

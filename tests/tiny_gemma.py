@@ -47,6 +47,7 @@ def write_tokenizer(path: Path) -> None:
         unk_token="<unk>",
         additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
         padding_side="left",
+        model_input_names=["input_ids", "attention_mask"],  # as Gemma's: no token_type_ids
     )
     fast.chat_template = GEMMA_CHAT_TEMPLATE
     fast.save_pretrained(path)
