@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from dsg.artifacts import RunDir
-from dsg.config import Settings, find_config, resolve
+from dsg.config import find_config, resolve
 from dsg.data import DataSource
 from dsg.errors import UserError
 from dsg.interfaces import Case, LoadedModel, LoadedSAE
 from dsg.plugins import Registry, registry
+from dsg.settings import Settings
 
 if TYPE_CHECKING:
     import torch
