@@ -7,7 +7,6 @@ so ``dsg --help`` stays instant.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -84,7 +83,8 @@ def _unlearning_score(report_path: Path) -> str:
 @app.command()
 @user_errors
 def plugins() -> None:
-    """List every plugin, its distribution and version, and the names it registers."""
+    """List every plugin, its distribution and version, and the names it registers with what
+    each one is."""
     from rich.console import Console
     from rich.table import Table
 
@@ -100,7 +100,15 @@ def plugins() -> None:
         )
         status = f"[red]skipped: {info.error}[/]" if info.error else "ok"
         table.add_row(info.name, info.distribution, info.version, registers, status)
-    Console().print(table)
+    names = Table(title="registered names")
+    for column in ("kind", "name", "plugin", "description"):
+        names.add_column(column)
+    for kind, label in KIND_LABEL.items():
+        for name in reg.names(kind):
+            names.add_row(label, name, reg.owners[kind][name], reg.description(kind, name))
+    console = Console()
+    console.print(table)
+    console.print(names)
 
 
 @app.command()
@@ -131,38 +139,6 @@ def evaluate(given: Given) -> None:
     from dsg import evaluate as stage
 
     _each_sae(given, lambda session: [stage.run(session)], score=_unlearning_score)
-
-
-@app.command()
-@user_errors
-def saes(
-    release: Annotated[
-        str | None, typer.Argument(help="A release: list its SAE ids with model and hook.")
-    ] = None,
-    sae_release_pattern: Annotated[
-        str | None, typer.Option(help="Regex (full match) over release names.")
-    ] = None,
-    sae_id_pattern: Annotated[
-        str | None, typer.Option(help="Regex (full match) over SAE ids.")
-    ] = None,
-) -> None:
-    """List sae_lens pretrained SAE releases, or the SAEs of one release (usable as --sae)."""
-    try:
-        from dsg_sae_lens import pretrained
-    except ImportError:
-        raise UserError("the sae_lens plugin (dsg_sae_lens) is not installed") from None
-
-    if release is None and sae_release_pattern is None and sae_id_pattern is None:
-        for name, count, model in pretrained.releases():
-            typer.echo(f"{name}\t{model}\t{count} SAEs")
-        return
-    release_pattern = re.escape(release) if release is not None else sae_release_pattern
-    found = pretrained.entries(release_pattern or ".*", sae_id_pattern or ".*")
-    if not found:
-        wanted = f"release {release!r}" if release is not None else "these patterns"
-        raise UserError(f"no pretrained SAE matches {wanted}; list the releases with `dsg saes`")
-    for entry in found:
-        typer.echo(f"{entry.release}/{entry.sae_id}\t{entry.model}\t{entry.hook_name or '?'}")
 
 
 data_app = typer.Typer(help="Offline copies of the hub datasets cases read.", no_args_is_help=True)
@@ -272,6 +248,28 @@ def _built_guardrail(given: Given) -> tuple[Bundle, str | None, str, str]:
     guard = bundles_for(session, ensure(session)[0], ("dynamic",))[0]
     return guard, guard.base_model.get("hf"), session.device, session.settings.dtype
 
+
+def _add_plugin_commands() -> None:
+    """Give each command a plugin registers its place beside dsg's own. A registry that cannot
+    be built is left to fail, as one line, in the command that needs it."""
+    from dsg.plugins import registry
+
+    try:
+        reg = registry()
+    except UserError:
+        return
+    own = {
+        info.name or getattr(info.callback, "__name__", "").replace("_", "-")
+        for info in app.registered_commands
+    } | {group.name for group in app.registered_groups}
+    for name in reg.names("commands"):
+        if name in own:
+            reg.reject("commands", name, f"its command {name!r} is one of dsg's own; rename it")
+            continue
+        app.command(name)(user_errors(reg.entries["commands"][name]))
+
+
+_add_plugin_commands()
 
 if __name__ == "__main__":
     app()
