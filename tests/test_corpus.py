@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dsg.config import Settings
 from dsg.corpus import (
     Documents,
     build_rows,
@@ -22,6 +21,7 @@ from dsg.corpus import (
     tokenize_and_concat,
 )
 from dsg.errors import UserError
+from dsg.settings import Settings
 
 PAD, EOS, BOS = 0, 1, 2
 

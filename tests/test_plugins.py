@@ -14,18 +14,44 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from dsg import hookimpl, plugins
 from dsg.cli import app
 from dsg.errors import PluginConflict
+from dsg.interfaces import CaseDefaults
 
 EXAMPLE = Path(__file__).parent / "example_plugin"
 
 
 class Named:
+    """Whatever any registry holds: every member of every Protocol a plugin object satisfies."""
+
+    description = "a stand-in"
+    defaults = CaseDefaults(model="m", sae="s")
+    uses_threshold = True
+
     def __init__(self, name: str) -> None:
         self.name = name
+
+    def can_load(self, spec: str) -> bool:
+        return False
+
+    def load(self, spec: str, **options: Any) -> Any: ...
+
+    def build(self, *args: Any) -> Any: ...
+
+    def forget_texts(self, data: Any) -> list[str]:
+        return []
+
+    retain_texts = forget_texts
+
+    def eval_sets(self, data: Any) -> list[Any]:
+        return []
+
+    def prompt_format(self) -> None:
+        return None
 
 
 def fake_module(monkeypatch: pytest.MonkeyPatch, name: str, **hooks: list[str]) -> None:
@@ -96,6 +122,76 @@ def test_plugins_command_lists_plugins_and_failures(monkeypatch: pytest.MonkeyPa
     assert result.exit_code == 0, result.output
     assert "case: alpha" in result.output
     assert "skipped: ModuleNotFoundError" in result.output
+    assert "a stand-in" in result.output  # each object's description
+
+
+class Loader:
+    name = "half-loader"
+    description = "loads nothing"
+
+    def load(self, spec: str, **options: Any) -> None: ...
+
+
+def test_an_object_unlike_its_protocol_skips_its_plugin_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module = types.ModuleType("fake_bad")
+
+    @hookimpl
+    def register_sae_loaders(register: Any) -> None:
+        register(Named("fine-loader"))
+        register(Loader())
+
+    module.register_sae_loaders = register_sae_loaders  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_bad", module)
+    fake_module(monkeypatch, "fake_good", register_sae_loaders=["good-loader"])
+    use_entry_points(monkeypatch, bad="fake_bad", good="fake_good")
+    reg = plugins.build_registry()
+    (failed,) = reg.failures
+    assert failed.name == "bad" and "\n" not in (failed.error or "")
+    assert "plugin 'bad' registered a SAE loader (Loader) without can_load" in (failed.error or "")
+    assert reg.names("sae_loaders") == ["good-loader"]  # nothing of the bad plugin is kept
+
+
+def test_a_case_needs_case_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_entry_points(monkeypatch)
+    case = Named("plain")
+    case.defaults = {"model": "m"}  # type: ignore[assignment]
+    plugin = types.SimpleNamespace(register_cases=hookimpl(lambda register: register(case)))
+    reg = plugins.build_registry([("dicts", plugin)])
+    assert "case 'plain' whose defaults are not a CaseDefaults" in (reg.failures[0].error or "")
+    assert reg.names("cases") == []
+
+
+def hello(name: str = "world") -> None:
+    """Say hello."""
+    if name == "nobody":
+        raise plugins.UserError("nobody to greet; pass --name")
+    print(f"hello {name}")
+
+
+def test_plugin_commands_join_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dsg.cli
+
+    use_entry_points(monkeypatch)
+    plugin = types.SimpleNamespace(register_commands=hookimpl(lambda register: register(hello)))
+    plugin_two = types.SimpleNamespace(
+        register_commands=hookimpl(lambda register: register(dsg.cli.select))
+    )
+    reg = plugins.build_registry([("greet", plugin), ("clash", plugin_two)])
+    assert reg.names("commands") == ["hello", "select"]
+    monkeypatch.setattr(plugins, "registry", lambda: reg)
+    cli = typer.Typer()
+    monkeypatch.setattr(dsg.cli, "app", cli)
+    cli.command("select")(dsg.cli.select)  # one of dsg's own, the clashing one's name
+    dsg.cli._add_plugin_commands()
+    assert reg.names("commands") == ["hello"]
+    (clash,) = reg.failures
+    assert clash.name == "clash" and "'select' is one of dsg's own" in (clash.error or "")
+    result = CliRunner().invoke(cli, ["hello", "--name", "dsg"])
+    assert result.exit_code == 0 and result.output == "hello dsg\n"
+    result = CliRunner().invoke(cli, ["hello", "--name", "nobody"])
+    assert result.exit_code == 2 and "error: nobody to greet; pass --name" in result.output
 
 
 @pytest.fixture(scope="module")

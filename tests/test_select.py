@@ -11,8 +11,8 @@ import torch
 
 from dsg import artifacts, select, sparsity
 from dsg.artifacts import RunDir
-from dsg.config import Settings
 from dsg.errors import UserError
+from dsg.settings import Settings
 
 SEQ_LEN = 10
 

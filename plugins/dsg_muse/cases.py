@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from dsg.data import DataSource, read_text_corpus
-from dsg.interfaces import CaseDefaults, EvalSet, PromptFormat
-from dsg.mirror import HubDataset
+from dsg.api import CaseDefaults, DataSource, EvalSet, HubDataset, PromptFormat, read_text_corpus
 
 # The hub revision the MUSE corpora are read at. None reads the latest; set DSG_MUSE_REVISION to a
 # commit hash of the dataset repositories to pin it (results then stay comparable over time).

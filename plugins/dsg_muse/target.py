@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NoReturn
 
-from dsg.errors import UserError
+from dsg.api import UserError
 
 if TYPE_CHECKING:
     import torch

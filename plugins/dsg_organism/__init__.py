@@ -13,9 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dsg.data import DataSource, read_text_corpus
-from dsg.hookspecs import Register, hookimpl
-from dsg.interfaces import CaseDefaults, EvalSet, LoadedModel, LoadedSAE, MCQuestion, PromptFormat
+from dsg.api import (
+    CaseDefaults,
+    DataSource,
+    EvalSet,
+    LoadedModel,
+    LoadedSAE,
+    MCQuestion,
+    PromptFormat,
+    Register,
+    hookimpl,
+    read_text_corpus,
+    registered,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -91,9 +101,9 @@ class OrganismModelLoader:
     def load(
         self, spec: str, *, device: str, dtype: torch.dtype, n_layers: int | None = None
     ) -> LoadedModel:
-        from dsg_transformer_lens.local_dir import load_local_model
-
-        loaded = load_local_model(MODEL_DIR, device=device, dtype=dtype, n_layers=n_layers)
+        # The packaged model is a transformers directory: the `local` loader reads those.
+        loader = registered("model_loaders", "local")
+        loaded = loader.load(str(MODEL_DIR), device=device, dtype=dtype, n_layers=n_layers)
         loaded.spec = NAME
         return loaded
 
@@ -106,22 +116,13 @@ class OrganismSAELoader:
         return spec == NAME
 
     def load(self, spec: str, *, device: str, dtype: torch.dtype) -> LoadedSAE:
-        from sae_lens import SAE
-
-        from dsg.session import hook_layer_of
-
-        sae = SAE.load_from_disk(SAE_DIR, device=device, dtype=str(dtype).removeprefix("torch."))
-        sae.eval()
-        hook_name = sae.cfg.metadata.hook_name
+        # The packaged SAE is a sae_lens directory: the `local-sae` loader reads those.
+        loader = registered("sae_loaders", "local-sae")
+        loaded = loader.load(str(SAE_DIR), device=device, dtype=dtype)
         weights = (SAE_DIR / "sae_weights.safetensors").read_bytes()
-        return LoadedSAE(
-            sae=sae,
-            spec=NAME,
-            hook_name=hook_name,
-            hook_layer=hook_layer_of(hook_name),
-            model_name=NAME,
-            fingerprint=hashlib.sha256(weights).hexdigest(),
-        )
+        loaded.spec, loaded.model_name = NAME, NAME
+        loaded.fingerprint = hashlib.sha256(weights).hexdigest()
+        return loaded
 
 
 @hookimpl

@@ -1,15 +1,16 @@
 """dsg plugin: SAE loaders for sae_lens.
 
 ``sae-lens`` loads any SAE of sae_lens's pretrained releases by ``release/sae_id`` (Gemma Scope
-among them); ``local-sae`` loads an SAE folder written by sae_lens's ``SAE.save_model``.
+among them); ``local-sae`` loads an SAE folder written by sae_lens's ``SAE.save_model``. The
+``dsg saes`` command lists the pretrained releases.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dsg.hookspecs import Register, hookimpl
-from dsg.interfaces import LoadedSAE
+from dsg.api import LoadedSAE, Register, hookimpl
+from dsg_sae_lens.commands import saes
 from dsg_sae_lens.local_dir import is_sae_dir, load_sae_dir
 from dsg_sae_lens.pretrained import load_pretrained, matches, split_spec
 
@@ -51,3 +52,8 @@ class PretrainedSAELoader:
 def register_sae_loaders(register: Register) -> None:
     register(LocalSAELoader())
     register(PretrainedSAELoader())
+
+
+@hookimpl
+def register_commands(register: Register) -> None:
+    register(saes)

@@ -6,9 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dsg.errors import UserError
-from dsg.interfaces import LoadedSAE
-from dsg.session import hook_layer_of
+from dsg.api import LoadedSAE, UserError, hook_layer_of
 
 if TYPE_CHECKING:
     import torch

@@ -11,19 +11,11 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dsg.errors import UserError
-from dsg.interfaces import LoadedSAE
-from dsg.session import hook_layer_of
+from dsg.api import LoadedSAE, UserError, hook_layer_of, one_line_reason
 from dsg_sae_lens.local_dir import dtype_name
 
 if TYPE_CHECKING:
     import torch
-
-
-def _reason(exc: BaseException) -> str:
-    """The first line of an exception, without a trailing full stop, for a one-line error."""
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__).rstrip(".")
 
 
 @dataclass(frozen=True)
@@ -117,7 +109,7 @@ def load_pretrained(spec: str, *, device: str, dtype: torch.dtype) -> LoadedSAE:
         sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype_name(dtype))
     except (OSError, HfHubHTTPError, ValueError) as exc:
         raise UserError(
-            f"could not fetch SAE {sae_id} of {release}: {_reason(exc)}. It must be in the "
+            f"could not fetch SAE {sae_id} of {release}: {one_line_reason(exc)}. It must be in the "
             "Hugging Face cache when offline: run once with internet (log in with "
             "`hf auth login` if gated), or pass a folder written by SAE.save_model as --sae"
         ) from None

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dsg.hookspecs import Register, hookimpl
+from dsg.api import Register, hookimpl
 
 if TYPE_CHECKING:
     import torch
 
-    from dsg.interfaces import Intervention
+    from dsg.api import Intervention
 
 
 class DynamicStrategy:

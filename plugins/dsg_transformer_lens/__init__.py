@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dsg.hookspecs import Register, hookimpl
-from dsg.interfaces import LoadedModel
+from dsg.api import LoadedModel, Register, hookimpl
 from dsg_transformer_lens.local_dir import is_model_dir, load_local_model
 from dsg_transformer_lens.named import load_named_model, official_name
 

@@ -15,8 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.errors import UserError
-from dsg.interfaces import LoadedModel
+from dsg.api import LoadedModel, UserError
 
 if TYPE_CHECKING:
     import torch

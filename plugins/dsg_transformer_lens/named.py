@@ -11,17 +11,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dsg.errors import UserError
-from dsg.interfaces import LoadedModel
+from dsg.api import LoadedModel, UserError, one_line_reason
 
 if TYPE_CHECKING:
     import torch
-
-
-def _reason(exc: BaseException) -> str:
-    """The first line of an exception, without a trailing full stop, for a one-line error."""
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__).rstrip(".")
 
 
 def official_name(spec: str) -> str | None:
@@ -65,7 +58,7 @@ def load_named_model(
             )
     except (OSError, HfHubHTTPError) as exc:  # gated, not cached offline, or missing files
         raise UserError(
-            f"could not load the weights of {official}: {_reason(exc)}. If the model "
+            f"could not load the weights of {official}: {one_line_reason(exc)}. If the model "
             "is gated, accept its licence on the hub and log in with `hf auth login`; offline, "
             "point --model at a local model directory"
         ) from None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dsg.hookspecs import Register, hookimpl
+from dsg.api import Register, hookimpl
 from dsg_wmdp.cases import BIO, CYBER
 
 

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dsg.data import DataSource, read_text_corpus
-from dsg.errors import UserError
-from dsg.interfaces import CaseDefaults, EvalSet, PromptFormat
-from dsg.mirror import HubDataset
+from dsg.api import (
+    CaseDefaults,
+    DataSource,
+    EvalSet,
+    HubDataset,
+    PromptFormat,
+    UserError,
+    read_text_corpus,
+)
 from dsg_wmdp.mcq import mmlu_dataset, mmlu_set, wmdp_dataset, wmdp_set
 
 MODEL = "gemma-2-2b-it"

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from dsg.data import DataSource
-from dsg.errors import UserError
-from dsg.interfaces import EvalSet, MCQuestion
-from dsg.mirror import HubDataset
+from dsg.api import DataSource, EvalSet, HubDataset, MCQuestion, UserError
 
 WMDP = "cais/wmdp"
 MMLU = "cais/mmlu"

@@ -10,13 +10,13 @@ foreign, edited or half-written bundle is refused rather than silently misapplie
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsg.artifacts import read_json, read_tensors, write_json, write_tensors
 from dsg.errors import UserError
+from dsg.hook_names import resid_hook
 
 if TYPE_CHECKING:
     import torch
@@ -28,7 +28,6 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "bundle.json"
 TENSORS_FILE = "guardrail.safetensors"
 STRATEGIES = ("dynamic", "static")
-HOOK_PATTERN = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_post)$")
 
 RULES: dict[str, str] = {
     "bos": "first attended token of each row; never a hit, never clamped",
@@ -48,13 +47,13 @@ def _sha256(path: Path) -> str:
 
 def parse_hook(hook_name: str) -> tuple[int, str]:
     """``blocks.3.hook_resid_post`` -> ``(3, "hook_resid_post")``; other hooks are refused."""
-    match = HOOK_PATTERN.match(hook_name)
-    if match is None:
+    parsed = resid_hook(hook_name)
+    if parsed is None:
         raise UserError(
             f"hook {hook_name!r} cannot be exported: a bundle hooks blocks.N.hook_resid_pre "
             "or blocks.N.hook_resid_post"
         )
-    return int(match.group(1)), match.group(2)
+    return parsed
 
 
 @dataclass(frozen=True)

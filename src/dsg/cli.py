@@ -7,16 +7,17 @@ so ``dsg --help`` stays instant.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from dsg.cli_options import Given, setting_options
 from dsg.errors import UserError
 
 if TYPE_CHECKING:
+    from dsg.bundle import Bundle
     from dsg.session import Session
 
 app = typer.Typer(
@@ -50,81 +51,8 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-Case = Annotated[str | None, typer.Option(help="Case to run (see `dsg plugins`).")]
-Model = Annotated[str | None, typer.Option(help="Model spec (default: the case's).")]
-Sae = Annotated[str | None, typer.Option(help="SAE spec (default: the case's).")]
-SaeReleasePattern = Annotated[
-    str | None,
-    typer.Option(help="Run every SAE whose release fully matches this regex (see `dsg saes`)."),
-]
-SaeIdPattern = Annotated[
-    str | None,
-    typer.Option(help="Run every SAE whose id fully matches this regex (see `dsg saes`)."),
-]
-Device = Annotated[str | None, typer.Option(help="Torch device, e.g. cpu, cuda, cuda:1.")]
-Dtype = Annotated[str | None, typer.Option(help="float32, float64, float16 or bfloat16.")]
-BatchSize = Annotated[int | None, typer.Option(help="Rows per forward pass.")]
-Seed = Annotated[int | None, typer.Option(help="Seed for corpus sampling and shuffling.")]
-Out = Annotated[Path | None, typer.Option(help="Run directory (default ./dsg-runs).")]
-ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML config file.")]
-DataDir = Annotated[Path | None, typer.Option(help="Offline mirror of hub datasets.")]
-ForgetCorpus = Annotated[
-    Path | None, typer.Option(help="Forget corpus: JSONL with a 'text' field, or plain text.")
-]
-RetainCorpus = Annotated[
-    Path | None, typer.Option(help="Retain corpus: JSONL with a 'text' field, or plain text.")
-]
-RatioPercentile = Annotated[
-    list[float] | None,
-    typer.Option("--ratio-percentile", help="Selection ratio percentile p_ratio (repeatable)."),
-]
-NFeatures = Annotated[
-    list[int] | None, typer.Option("--n-features", help="Number of features n (repeatable).")
-]
-Multiplier = Annotated[
-    list[float] | None, typer.Option("--multiplier", help="Clamp strength m (repeatable).")
-]
-StrategyOpt = Annotated[
-    list[str] | None, typer.Option("--strategy", help="Intervention strategy (repeatable).")
-]
-Questions = Annotated[
-    str | None,
-    typer.Option(help="Question subset: correct, correct-iff-question, correct-no-tricks, all."),
-]
-Force = Annotated[bool, typer.Option("--force", help="Recompute even if results exist.")]
-
-
-# CLI options whose Settings field is spelled in the plural (they are repeatable).
-_PLURAL_SETTINGS = {
-    "ratio_percentile": "ratio_percentiles",
-    "multiplier": "multipliers",
-    "strategy": "strategies",
-}
-
-
-def _given(options: dict[str, Any]) -> tuple[Path | None, dict[str, Any]]:
-    """A command's options split into its config file and the settings they give.
-
-    Called first thing with ``locals()``, so it sees exactly the command's parameters. An option
-    left at None (or a flag left off) is "not given": the config file or the case's default holds.
-    """
-    settings = {
-        _PLURAL_SETTINGS.get(name, name): None if value is False else value
-        for name, value in options.items()
-        if name != "config"
-    }
-    return options.get("config"), settings
-
-
-def _open_session(config: Path | None, **cli: Any) -> Any:
-    from dsg.session import Session
-
-    return Session.open(cli, config_file=config)
-
-
 def _each_sae(
-    config: Path | None,
-    cli: dict[str, Any],
+    given: Given,
     action: Callable[[Session], list[Path]],
     score: Callable[[Path], str] | None = None,
 ) -> None:
@@ -135,7 +63,7 @@ def _each_sae(
     from dsg.sae_sweep import sessions
 
     summary: list[str] = []
-    for spec, session in sessions(cli, config_file=config):
+    for spec, session in sessions(given.settings, config_file=given.config):
         paths = action(session)
         if spec is None:
             for path in paths:
@@ -155,7 +83,8 @@ def _unlearning_score(report_path: Path) -> str:
 @app.command()
 @user_errors
 def plugins() -> None:
-    """List every plugin, its distribution and version, and the names it registers."""
+    """List every plugin, its distribution and version, and the names it registers with what
+    each one is."""
     from rich.console import Console
     from rich.table import Table
 
@@ -171,122 +100,45 @@ def plugins() -> None:
         )
         status = f"[red]skipped: {info.error}[/]" if info.error else "ok"
         table.add_row(info.name, info.distribution, info.version, registers, status)
-    Console().print(table)
+    names = Table(title="registered names")
+    for column in ("kind", "name", "plugin", "description"):
+        names.add_column(column)
+    for kind, label in KIND_LABEL.items():
+        for name in reg.names(kind):
+            names.add_row(label, name, reg.owners[kind][name], reg.description(kind, name))
+    console = Console()
+    console.print(table)
+    console.print(names)
 
 
 @app.command()
 @user_errors
-def sparsity(
-    case: Case = None,
-    model: Model = None,
-    sae: Sae = None,
-    sae_release_pattern: SaeReleasePattern = None,
-    sae_id_pattern: SaeIdPattern = None,
-    device: Device = None,
-    dtype: Dtype = None,
-    batch_size: BatchSize = None,
-    seed: Seed = None,
-    out: Out = None,
-    config: ConfigFile = None,
-    data_dir: DataDir = None,
-    forget_corpus: ForgetCorpus = None,
-    retain_corpus: RetainCorpus = None,
-) -> None:
+@setting_options("sparsity")
+def sparsity(given: Given) -> None:
     """Per-feature mean activations on the forget and retain corpora, and calibration data."""
-    config, cli = _given(locals())
     from dsg import sparsity as stage
 
-    _each_sae(config, cli, lambda session: [stage.ensure(session).folder])
+    _each_sae(given, lambda session: [stage.ensure(session).folder])
 
 
 @app.command()
 @user_errors
-def select(
-    case: Case = None,
-    model: Model = None,
-    sae: Sae = None,
-    sae_release_pattern: SaeReleasePattern = None,
-    sae_id_pattern: SaeIdPattern = None,
-    device: Device = None,
-    dtype: Dtype = None,
-    batch_size: BatchSize = None,
-    seed: Seed = None,
-    out: Out = None,
-    config: ConfigFile = None,
-    data_dir: DataDir = None,
-    forget_corpus: ForgetCorpus = None,
-    retain_corpus: RetainCorpus = None,
-    ratio_percentile: RatioPercentile = None,
-    n_features: NFeatures = None,
-) -> None:
+@setting_options("select")
+def select(given: Given) -> None:
     """Select features and calibrate per-n thresholds (runs `sparsity` if needed)."""
-    config, cli = _given(locals())
     from dsg import select as stage
 
-    _each_sae(config, cli, lambda session: [sel.path for sel in stage.ensure(session)])
+    _each_sae(given, lambda session: [sel.path for sel in stage.ensure(session)])
 
 
 @app.command()
 @user_errors
-def evaluate(
-    case: Case = None,
-    model: Model = None,
-    sae: Sae = None,
-    sae_release_pattern: SaeReleasePattern = None,
-    sae_id_pattern: SaeIdPattern = None,
-    device: Device = None,
-    dtype: Dtype = None,
-    batch_size: BatchSize = None,
-    seed: Seed = None,
-    out: Out = None,
-    config: ConfigFile = None,
-    data_dir: DataDir = None,
-    forget_corpus: ForgetCorpus = None,
-    retain_corpus: RetainCorpus = None,
-    ratio_percentile: RatioPercentile = None,
-    n_features: NFeatures = None,
-    multiplier: Multiplier = None,
-    strategy: StrategyOpt = None,
-    questions: Questions = None,
-    force: Force = False,
-) -> None:
+@setting_options("evaluate")
+def evaluate(given: Given) -> None:
     """Sweep every configuration on the case's MCQ sets; write report.json and tradeoff.png."""
-    config, cli = _given(locals())
     from dsg import evaluate as stage
 
-    _each_sae(config, cli, lambda session: [stage.run(session)], score=_unlearning_score)
-
-
-@app.command()
-@user_errors
-def saes(
-    release: Annotated[
-        str | None, typer.Argument(help="A release: list its SAE ids with model and hook.")
-    ] = None,
-    sae_release_pattern: Annotated[
-        str | None, typer.Option(help="Regex (full match) over release names.")
-    ] = None,
-    sae_id_pattern: Annotated[
-        str | None, typer.Option(help="Regex (full match) over SAE ids.")
-    ] = None,
-) -> None:
-    """List sae_lens pretrained SAE releases, or the SAEs of one release (usable as --sae)."""
-    try:
-        from dsg_sae_lens import pretrained
-    except ImportError:
-        raise UserError("the sae_lens plugin (dsg_sae_lens) is not installed") from None
-
-    if release is None and sae_release_pattern is None and sae_id_pattern is None:
-        for name, count, model in pretrained.releases():
-            typer.echo(f"{name}\t{model}\t{count} SAEs")
-        return
-    release_pattern = re.escape(release) if release is not None else sae_release_pattern
-    found = pretrained.entries(release_pattern or ".*", sae_id_pattern or ".*")
-    if not found:
-        wanted = f"release {release!r}" if release is not None else "these patterns"
-        raise UserError(f"no pretrained SAE matches {wanted}; list the releases with `dsg saes`")
-    for entry in found:
-        typer.echo(f"{entry.release}/{entry.sae_id}\t{entry.model}\t{entry.hook_name or '?'}")
+    _each_sae(given, lambda session: [stage.run(session)], score=_unlearning_score)
 
 
 data_app = typer.Typer(help="Offline copies of the hub datasets cases read.", no_args_is_help=True)
@@ -313,32 +165,14 @@ def data_mirror(
 
 @app.command("muse-export")
 @user_errors
-def muse_export(
-    case: Case = None,
-    model: Model = None,
-    sae: Sae = None,
-    sae_release_pattern: SaeReleasePattern = None,
-    sae_id_pattern: SaeIdPattern = None,
-    device: Device = None,
-    dtype: Dtype = None,
-    batch_size: BatchSize = None,
-    seed: Seed = None,
-    out: Out = None,
-    config: ConfigFile = None,
-    data_dir: DataDir = None,
-    forget_corpus: ForgetCorpus = None,
-    retain_corpus: RetainCorpus = None,
-    ratio_percentile: RatioPercentile = None,
-    n_features: NFeatures = None,
-    multiplier: Multiplier = None,
-    strategy: StrategyOpt = None,
-) -> None:
+@setting_options("muse-export")
+def muse_export(given: Given) -> None:
     """Write one guardrail bundle per (ratio percentile, n) for transformers-based harnesses."""
-    config, cli = _given(locals())
     from dsg import muse_export as stage
 
-    strategies = tuple(strategy) if strategy else ("dynamic",)
-    _each_sae(config, cli, lambda session: [b.path for b in stage.export(session, strategies)])
+    # The config's and the case's strategies are for sweeps; a bundle is dynamic unless asked.
+    strategies = tuple(given.settings.get("strategies") or ("dynamic",))
+    _each_sae(given, lambda session: [b.path for b in stage.export(session, strategies)])
 
 
 GenBundle = Annotated[
@@ -353,61 +187,22 @@ Chat = Annotated[
 
 @app.command()
 @user_errors
+@setting_options("generate")
 def generate(
     prompt: Annotated[str, typer.Argument(help="The prompt to complete.")],
+    given: Given,
     bundle: GenBundle = None,
-    case: Case = None,
-    model: Model = None,
-    sae: Sae = None,
-    device: Device = None,
-    dtype: Dtype = None,
-    out: Out = None,
-    config: ConfigFile = None,
-    data_dir: DataDir = None,
-    forget_corpus: ForgetCorpus = None,
-    retain_corpus: RetainCorpus = None,
-    ratio_percentile: RatioPercentile = None,
-    n_features: NFeatures = None,
-    multiplier: Multiplier = None,
     max_new_tokens: MaxNewTokens = 64,
     compare: Compare = False,
     chat: Chat = True,
 ) -> None:
     """Complete PROMPT greedily with the guardrail on (a bundle, or the case's first config)."""
     from dsg import generate as gen
-    from dsg.bundle import Bundle
 
     if bundle is not None:
-        guard = Bundle.load(bundle)
-        reference = model or guard.base_model.get("hf")
-        device, dtype = device or "cpu", dtype or "float32"
+        guard, reference, device, dtype = _bundle_guardrail(bundle, given)
     else:
-        from dsg.muse_export import bundles_for
-        from dsg.select import ensure
-
-        session = _open_session(
-            config,
-            case=case,
-            model=model,
-            sae=sae,
-            device=device,
-            dtype=dtype,
-            out=out,
-            data_dir=data_dir,
-            forget_corpus=forget_corpus,
-            retain_corpus=retain_corpus,
-            ratio_percentiles=ratio_percentile,
-            n_features=n_features,
-            multipliers=multiplier,
-        )
-        if session.settings.sae_release_pattern or session.settings.sae_id_pattern:
-            raise UserError(
-                "generate runs one guardrail, but the config selects SAEs by pattern; "
-                "pass --sae or --bundle"
-            )
-        guard = bundles_for(session, ensure(session)[0], ("dynamic",))[0]
-        reference = guard.base_model.get("hf")
-        device, dtype = session.device, session.settings.dtype
+        guard, reference, device, dtype = _built_guardrail(given)
     if not reference:
         raise UserError(
             "no transformers model is known for this guardrail; pass --model with a model "
@@ -426,6 +221,55 @@ def generate(
         )
     typer.echo(gen.describe(result, guard))
 
+
+def _bundle_guardrail(path: Path, given: Given) -> tuple[Bundle, str | None, str, str]:
+    """A saved bundle, the model to run it on (``--model`` or the bundle's), device and dtype."""
+    from dsg.bundle import Bundle
+
+    guard = Bundle.load(path)
+    options = given.settings
+    reference = options.get("model") or guard.base_model.get("hf")
+    return guard, reference, options.get("device") or "cpu", options.get("dtype") or "float32"
+
+
+def _built_guardrail(given: Given) -> tuple[Bundle, str | None, str, str]:
+    """The case's first configuration as a dynamic bundle (running the stages it needs), the
+    model it was built for, device and dtype."""
+    from dsg.muse_export import bundles_for
+    from dsg.select import ensure
+    from dsg.session import Session
+
+    session = Session.open(given.settings, config_file=given.config)
+    if session.settings.sae_release_pattern or session.settings.sae_id_pattern:
+        raise UserError(
+            "generate runs one guardrail, but the config selects SAEs by pattern; "
+            "pass --sae or --bundle"
+        )
+    guard = bundles_for(session, ensure(session)[0], ("dynamic",))[0]
+    return guard, guard.base_model.get("hf"), session.device, session.settings.dtype
+
+
+def _add_plugin_commands() -> None:
+    """Give each command a plugin registers its place beside dsg's own. A registry that cannot
+    be built is left to fail, as one line, in the command that needs it."""
+    from dsg.plugins import registry
+
+    try:
+        reg = registry()
+    except UserError:
+        return
+    own = {
+        info.name or getattr(info.callback, "__name__", "").replace("_", "-")
+        for info in app.registered_commands
+    } | {group.name for group in app.registered_groups}
+    for name in reg.names("commands"):
+        if name in own:
+            reg.reject("commands", name, f"its command {name!r} is one of dsg's own; rename it")
+            continue
+        app.command(name)(user_errors(reg.entries["commands"][name]))
+
+
+_add_plugin_commands()
 
 if __name__ == "__main__":
     app()

@@ -12,3 +12,9 @@ class UserError(Exception):
 
 class PluginConflict(UserError):
     """Two plugins registered the same name in one registry."""
+
+
+def one_line_reason(exc: BaseException) -> str:
+    """The first line of an exception, without a trailing full stop, to end a one-line error."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__).rstrip(".")

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.config import DTYPES
 from dsg.errors import UserError
+from dsg.settings import DTYPES
 
 if TYPE_CHECKING:
     from dsg.bundle import Bundle

@@ -44,3 +44,11 @@ def register_cases(register: Register) -> None:
 def register_strategies(register: Register) -> None:
     """Register :class:`dsg.interfaces.Strategy` objects: they turn a feature selection and its
     parameters into an intervention on the residual stream."""
+
+
+@hookspec
+def register_commands(register: Register) -> None:
+    """Register functions that become ``dsg`` subcommands, as Typer reads them: the function's
+    name (``_`` as ``-``) is the command, its docstring the help, its annotated parameters the
+    arguments and options. A :class:`dsg.api.UserError` they raise is shown as one line with
+    exit code 2. A command may not take the name of one of dsg's own."""

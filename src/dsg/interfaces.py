@@ -37,24 +37,48 @@ class EvalSet:
     questions: tuple[MCQuestion, ...]
 
 
-@dataclass(frozen=True)
 class CaseDefaults:
-    """A case's defaults; every field can be overridden by a config file or a CLI option."""
+    """A case's defaults: its model and SAE, and values for any setting declared with
+    ``case_may_set`` in :mod:`dsg.settings`; a config file or a CLI option overrides each.
 
-    model: str
-    sae: str
-    ratio_percentiles: tuple[float, ...] = (95.0,)
-    n_features: tuple[int, ...] = (20, 50, 100, 200)
-    multipliers: tuple[float, ...] = (500.0,)
-    strategies: tuple[str, ...] = ("dynamic", "static")
-    seq_len: int = 1024
-    dataset_size: int = 1024
-    dataset_fraction: float = 100.0
-    min_chars: int = 50
-    forget_percentile: float = 5.0
-    calibration_percentile: float = 95.0
-    batch_size: int = 8
-    dtype: str = "float32"
+    ``CaseDefaults(model=..., sae=..., n_features=(10, 20))``. A setting a case may not set, or a
+    value of the wrong type, is an error when the case is defined. Read a value as an attribute
+    (``defaults.n_features``); one the case leaves alone reads as dsg's default.
+    """
+
+    def __init__(self, model: str, sae: str, **settings: Any) -> None:
+        from dsg.config import convert
+        from dsg.settings import declared
+
+        known = declared()
+        allowed = [name for name, s in known.items() if s.spec.case_may_set]
+        values: dict[str, Any] = {}
+        for name, value in {"model": model, "sae": sae, **settings}.items():
+            if name not in allowed:
+                raise TypeError(f"a case may not set {name!r}; it may set: {', '.join(allowed)}")
+            listed = list(value) if isinstance(value, tuple) else value
+            values[name] = convert(known[name], listed, f"case default {name}")
+        self.values: dict[str, Any] = values
+
+    def __getattr__(self, name: str) -> Any:
+        from dsg.settings import declared
+
+        values = self.__dict__.get("values", {})
+        if name in values:
+            return values[name]
+        setting = declared().get(name)
+        if setting is None or not setting.spec.case_may_set:
+            raise AttributeError(name)
+        return setting.default
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CaseDefaults) and self.values == other.values
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.values.items())))
+
+    def __repr__(self) -> str:
+        return f"CaseDefaults({', '.join(f'{k}={v!r}' for k, v in self.values.items())})"
 
 
 @runtime_checkable

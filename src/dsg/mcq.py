@@ -8,7 +8,6 @@ answer. The final norm, unembedding and softcap touch only the last real positio
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,23 +15,22 @@ from typing import Any
 import torch
 
 from dsg.errors import UserError
+from dsg.hook_names import resid_hook
 from dsg.interfaces import Intervention
 from dsg.prompts import LETTERS
-
-_RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
 
 
 def split_layer(hook_name: str) -> int:
     """The block at which the forward pass resumes after the hook: ``resid_pre`` of block L is
     the input of block L, ``resid_post`` of block L the input of block L + 1."""
-    match = _RESID_HOOK.match(hook_name)
-    if match is None:
+    parsed = resid_hook(hook_name)
+    if parsed is None:
         raise UserError(
             f"the MCQ engine edits the residual stream, but the SAE reads {hook_name!r}; "
             "use an SAE on blocks.N.hook_resid_pre or blocks.N.hook_resid_post"
         )
-    layer = int(match.group(1))
-    return layer if match.group(2) == "pre" else layer + 1
+    layer, point = parsed
+    return layer if point == "hook_resid_pre" else layer + 1
 
 
 def answer_token_ids(tokenizer: Any) -> torch.Tensor:

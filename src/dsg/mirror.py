@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dsg.data import DataSource
-from dsg.errors import UserError
+from dsg.errors import UserError, one_line_reason
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,6 @@ class HubDataset:
 
     def __str__(self) -> str:
         return f"{self.hub_id} ({self.config or 'default'}, {self.split})"
-
-
-def _reason(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__).rstrip(".")
 
 
 def case_datasets(case: Any) -> list[HubDataset]:
@@ -89,7 +84,7 @@ def mirror(datasets: list[HubDataset], dest: Path) -> list[Path]:
             )
         except OSError as exc:  # offline, gated, missing: huggingface_hub's errors are OSErrors
             raise UserError(
-                f"could not download {hub_id}: {_reason(exc)}. Mirroring "
+                f"could not download {hub_id}: {one_line_reason(exc)}. Mirroring "
                 "needs internet (and `hf auth login` for gated datasets)"
             ) from None
         folders.append(folder)

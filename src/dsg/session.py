@@ -6,7 +6,6 @@ Stages take a Session so that each loads only what it needs and nothing is loade
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,26 +13,17 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from dsg.artifacts import RunDir
-from dsg.config import Settings, find_config, resolve
+from dsg.config import find_config, resolve
 from dsg.data import DataSource
 from dsg.errors import UserError
 from dsg.interfaces import Case, LoadedModel, LoadedSAE
 from dsg.plugins import Registry, registry
+from dsg.settings import Settings
 
 if TYPE_CHECKING:
     import torch
 
-HOOK_LAYER_PATTERN = re.compile(r"blocks\.(\d+)\.")
-
 stderr = Console(stderr=True)
-
-
-def hook_layer_of(hook_name: str) -> int:
-    """The block index in a TransformerLens hook name (``blocks.3.hook_resid_post`` -> 3)."""
-    match = HOOK_LAYER_PATTERN.match(hook_name)
-    if match is None:
-        raise UserError(f"cannot tell the layer of hook {hook_name!r}; expected blocks.N.<hook>")
-    return int(match.group(1))
 
 
 def default_case(reg: Registry) -> str:

@@ -1,0 +1,37 @@
+"""``dsg saes``: list sae_lens's pretrained releases and their SAEs, the specs ``--sae`` takes."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import typer
+
+from dsg.api import UserError
+
+
+def saes(
+    release: Annotated[
+        str | None, typer.Argument(help="A release: list its SAE ids with model and hook.")
+    ] = None,
+    sae_release_pattern: Annotated[
+        str | None, typer.Option(help="Regex (full match) over release names.")
+    ] = None,
+    sae_id_pattern: Annotated[
+        str | None, typer.Option(help="Regex (full match) over SAE ids.")
+    ] = None,
+) -> None:
+    """List sae_lens pretrained SAE releases, or the SAEs of one release (usable as --sae)."""
+    from dsg_sae_lens import pretrained
+
+    if release is None and sae_release_pattern is None and sae_id_pattern is None:
+        for name, count, model in pretrained.releases():
+            typer.echo(f"{name}\t{model}\t{count} SAEs")
+        return
+    release_pattern = re.escape(release) if release is not None else sae_release_pattern
+    found = pretrained.entries(release_pattern or ".*", sae_id_pattern or ".*")
+    if not found:
+        wanted = f"release {release!r}" if release is not None else "these patterns"
+        raise UserError(f"no pretrained SAE matches {wanted}; list the releases with `dsg saes`")
+    for entry in found:
+        typer.echo(f"{entry.release}/{entry.sae_id}\t{entry.model}\t{entry.hook_name or '?'}")

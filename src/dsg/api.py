@@ -1,0 +1,65 @@
+"""What a plugin may import from dsg: everything here is kept stable and documented in
+docs/plugins.md. The rest of ``dsg.*`` is internal and may change between versions.
+
+Importing this module is cheap (no torch); the guardrail math (``dsg.DynamicClamp`` and the
+rest of docs/api.md) is public as well, from the package root.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dsg.data import DataSource, read_text_corpus
+from dsg.errors import UserError, one_line_reason
+from dsg.hook_names import hook_layer_of, parse_hook_name
+from dsg.hookspecs import Register, hookimpl
+from dsg.interfaces import (
+    Case,
+    CaseDefaults,
+    EvalSet,
+    ExpandingSAELoader,
+    Intervention,
+    LoadedModel,
+    LoadedSAE,
+    MCQuestion,
+    ModelLoader,
+    PromptFormat,
+    SAELoader,
+    Strategy,
+)
+from dsg.mirror import HubDataset
+
+__all__ = [
+    "Case",
+    "CaseDefaults",
+    "DataSource",
+    "EvalSet",
+    "ExpandingSAELoader",
+    "HubDataset",
+    "Intervention",
+    "LoadedModel",
+    "LoadedSAE",
+    "MCQuestion",
+    "ModelLoader",
+    "PromptFormat",
+    "Register",
+    "SAELoader",
+    "Strategy",
+    "UserError",
+    "hook_layer_of",
+    "hookimpl",
+    "one_line_reason",
+    "parse_hook_name",
+    "read_text_corpus",
+    "registered",
+]
+
+
+def registered(kind: str, name: str) -> Any:
+    """The object another plugin registered (``registered("sae_loaders", "local-sae")``), so a
+    plugin builds on another's loader instead of importing that plugin's modules. ``kind`` is
+    one of ``sae_loaders``, ``model_loaders``, ``cases``, ``strategies``; an unknown name is a
+    :class:`UserError` listing the choices. Call it when loading, not while registering."""
+    from dsg.plugins import registry
+
+    return registry().get(kind, name)
