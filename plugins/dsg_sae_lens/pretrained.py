@@ -124,4 +124,12 @@ def load_pretrained(spec: str, *, device: str, dtype: torch.dtype) -> LoadedSAE:
         hook_layer=hook_layer_of(hook_name),
         model_name=sae.cfg.metadata.model_name or directory()[release].model,
         fingerprint=f"{release}/{sae_id}",
+        l0=expected_l0(release, sae_id),
     )
+
+
+def expected_l0(release: str, sae_id: str) -> float | None:
+    """The L0 the release directory lists for an SAE; None when absent or listed as 0 (the
+    directory's placeholder for "not measured")."""
+    found = (directory()[release].expected_l0 or {}).get(sae_id)
+    return float(found) if found else None

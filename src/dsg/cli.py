@@ -18,7 +18,6 @@ from dsg.errors import UserError
 
 if TYPE_CHECKING:
     from dsg.bundle import Bundle
-    from dsg.session import Session
 
 app = typer.Typer(
     help="Dynamic SAE Guardrails: unlearn with sparse-autoencoder features at inference time.",
@@ -51,27 +50,36 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _each_sae(
-    given: Given,
-    action: Callable[[Session], list[Path]],
-    score: Callable[[Path], str] | None = None,
-) -> None:
-    """Run ``action`` (a stage, returning the paths it wrote) once per SAE.
+def _each_sae(given: Given, stage: str, strategies: tuple[str, ...] = ()) -> None:
+    """Run ``stage`` once per SAE, on the executor the settings name.
 
-    One SAE: the paths, one per line. SAE patterns: each matching SAE in its own run directory,
-    then a summary on stdout, one line per path: ``spec<TAB>[score<TAB>]path``."""
-    from dsg.sae_sweep import sessions
+    One SAE: the paths it wrote, one per line. SAE patterns: each matching SAE in its own run
+    directory, then ``summary.json`` and, on stdout, one line per path of each finished SAE:
+    ``spec<TAB>[score<TAB>]path``. A failed job does not stop the others; the command then
+    exits 1, naming each failed SAE with its error."""
+    from dsg.executors import run_jobs
+    from dsg.jobs import stage_action
+    from dsg.sae_sweep import plan as make_plan
+    from dsg.session import stderr
+    from dsg.sweep_summary import summarise
 
-    summary: list[str] = []
-    for spec, session in sessions(given.settings, config_file=given.config):
-        paths = action(session)
-        if spec is None:
-            for path in paths:
-                typer.echo(str(path))
-        else:
-            summary += ["\t".join([spec, *([score(p)] if score else []), str(p)]) for p in paths]
-    for line in summary:
-        typer.echo(line)
+    plan = make_plan(stage, given.settings, config_file=given.config, strategies=strategies)
+    if not plan.swept and plan.session.settings.executor == "local":
+        for path in stage_action(stage, strategies)(plan.session):
+            typer.echo(str(path))
+        return
+    results = run_jobs(plan)
+    if plan.swept:
+        summarise(stage, results, plan.session.settings.out, plan.session.console)
+    for result in results:
+        for path in result.paths if result.ok else []:
+            score = [_unlearning_score(path)] if stage == "evaluate" and plan.swept else []
+            typer.echo("\t".join([result.name, *score, str(path)]) if plan.swept else str(path))
+    failed = [r for r in results if not r.ok]
+    for result in failed:
+        stderr.print(f"[red]failed:[/] {result.name}: {result.error}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 def _unlearning_score(report_path: Path) -> str:
@@ -116,9 +124,7 @@ def plugins() -> None:
 @setting_options("sparsity")
 def sparsity(given: Given) -> None:
     """Per-feature mean activations on the forget and retain corpora, and calibration data."""
-    from dsg import sparsity as stage
-
-    _each_sae(given, lambda session: [stage.ensure(session).folder])
+    _each_sae(given, "sparsity")
 
 
 @app.command()
@@ -126,9 +132,7 @@ def sparsity(given: Given) -> None:
 @setting_options("select")
 def select(given: Given) -> None:
     """Select features and calibrate per-n thresholds (runs `sparsity` if needed)."""
-    from dsg import select as stage
-
-    _each_sae(given, lambda session: [sel.path for sel in stage.ensure(session)])
+    _each_sae(given, "select")
 
 
 @app.command()
@@ -136,9 +140,7 @@ def select(given: Given) -> None:
 @setting_options("evaluate")
 def evaluate(given: Given) -> None:
     """Sweep every configuration on the case's MCQ sets; write report.json and tradeoff.png."""
-    from dsg import evaluate as stage
-
-    _each_sae(given, lambda session: [stage.run(session)], score=_unlearning_score)
+    _each_sae(given, "evaluate")
 
 
 data_app = typer.Typer(help="Offline copies of the hub datasets cases read.", no_args_is_help=True)
@@ -168,11 +170,8 @@ def data_mirror(
 @setting_options("muse-export")
 def muse_export(given: Given) -> None:
     """Write one guardrail bundle per (ratio percentile, n) for transformers-based harnesses."""
-    from dsg import muse_export as stage
-
     # The config's and the case's strategies are for sweeps; a bundle is dynamic unless asked.
-    strategies = tuple(given.settings.get("strategies") or ("dynamic",))
-    _each_sae(given, lambda session: [b.path for b in stage.export(session, strategies)])
+    _each_sae(given, "muse-export", tuple(given.settings.get("strategies") or ("dynamic",)))
 
 
 GenBundle = Annotated[

@@ -273,7 +273,7 @@ def choose_questions(
     if s.questions == "all":
         return list(range(len(eval_set.questions)))
     found = subsets.ensure(
-        session.run_dir,
+        session.shared_run_dir,
         model_key,
         lambda texts: scorer.predict(scorer.encode(texts)).tolist(),
         fmt_key,
@@ -283,6 +283,70 @@ def choose_questions(
         force=s.force,
     )
     return found[s.questions]
+
+
+@dataclass(frozen=True)
+class ModelLevel:
+    """What evaluate computes from the model, prompt format and data alone, not the SAE."""
+
+    prompts: list[SetPrompts]
+    baselines: dict[str, torch.Tensor]
+    common: dict[str, Any]
+    warnings: list[str]
+
+
+def model_level(
+    session: Session, scorer: Scorer, eval_sets: list[EvalSet], stages: Stages
+) -> ModelLevel:
+    """Question subsets, prompts and baseline answers, cached in the shared run directory so
+    that the SAEs of a sweep compute them once."""
+    s = session.settings
+    loaded_model, tokenizer = session.model(), scorer.tokenizer
+    fmt = choose_format(session.case.prompt_format(), tokenizer)
+    fmt_key = format_fingerprint(fmt, tokenizer)
+    model_key = {"model": loaded_model.fingerprint or loaded_model.spec, "dtype": s.dtype}
+    with stages.stage("subsets", scorer):
+        chosen = {
+            e.name: choose_questions(session, scorer, fmt, fmt_key, model_key, e) for e in eval_sets
+        }
+    warnings = [
+        f"eval set {name!r} has no questions in subset {s.questions!r}; "
+        "its accuracy is reported as null"
+        for name, ids in chosen.items()
+        if not ids
+    ]
+    prompts = [build_prompts(scorer, fmt, e, chosen[e.name]) for e in eval_sets]
+    common = {
+        **model_key,
+        "format": fmt_key,
+        "questions": s.questions,
+        "sets": [
+            {
+                "name": p.name,
+                "fingerprint": subsets.eval_set_fingerprint(p.eval_set),
+                "question_ids": p.question_ids,
+            }
+            for p in prompts
+        ],
+    }
+    shared = session.shared_run_dir
+    with stages.stage("baseline", scorer):
+        baselines = {p.name: ensure_baseline(shared, scorer, p, common, s.force) for p in prompts}
+    return ModelLevel(prompts, baselines, common, warnings)
+
+
+def prepare_shared(session: Session) -> None:
+    """Compute the sweep's shared model-level artifacts once, before its SAEs run."""
+    session.shared_run_dir.ensure_writable()
+    loaded_model, loaded_sae = session.checked_pair()
+    scorer = Scorer(
+        loaded_model.model,
+        loaded_model.tokenizer,
+        loaded_sae.hook_name,
+        session.settings.batch_size,
+    )
+    eval_sets = session.case.eval_sets(session.data)
+    model_level(session, scorer, eval_sets, Stages(session.console))
 
 
 def run(session: Session) -> Path:
@@ -309,37 +373,8 @@ def run(session: Session) -> Path:
         selections = select.ensure(session)
     tokenizer = loaded_model.tokenizer
     scorer = Scorer(loaded_model.model, tokenizer, loaded_sae.hook_name, s.batch_size)
-    fmt = choose_format(session.case.prompt_format(), tokenizer)
-    fmt_key = format_fingerprint(fmt, tokenizer)
-    model_key = {"model": loaded_model.fingerprint or loaded_model.spec, "dtype": s.dtype}
-
-    with stages.stage("subsets", scorer):
-        chosen = {
-            e.name: choose_questions(session, scorer, fmt, fmt_key, model_key, e) for e in eval_sets
-        }
-    warnings = [
-        f"eval set {name!r} has no questions in subset {s.questions!r}; "
-        "its accuracy is reported as null"
-        for name, ids in chosen.items()
-        if not ids
-    ]
-
-    prompts = [build_prompts(scorer, fmt, e, chosen[e.name]) for e in eval_sets]
-    common = {
-        **model_key,
-        "format": fmt_key,
-        "questions": s.questions,
-        "sets": [
-            {
-                "name": p.name,
-                "fingerprint": subsets.eval_set_fingerprint(p.eval_set),
-                "question_ids": p.question_ids,
-            }
-            for p in prompts
-        ],
-    }
-    with stages.stage("baseline", scorer):
-        baselines = {p.name: ensure_baseline(run_dir, scorer, p, common, s.force) for p in prompts}
+    shared = model_level(session, scorer, eval_sets, stages)
+    prompts, baselines, common = shared.prompts, shared.baselines, shared.common
     baseline_counts = {
         p.name: Count(int((baselines[p.name] == p.gold).sum()), len(p.tokens)) for p in prompts
     }
@@ -361,10 +396,10 @@ def run(session: Session) -> Path:
             baseline=baseline_counts,
             results=results,
             inputs={
-                "model_fingerprint": model_key["model"],
+                "model_fingerprint": common["model"],
                 "sae_fingerprint": sweep_common["sae"],
                 "hook": loaded_sae.hook_name,
-                "prompt_format": fmt_key,
+                "prompt_format": common["format"],
                 "selections": {
                     str(sel.ratio_percentile): str(sel.path.relative_to(run_dir.root))
                     if sel.path.is_relative_to(run_dir.root)
@@ -372,7 +407,7 @@ def run(session: Session) -> Path:
                     for sel in selections
                 },
             },
-            warnings=warnings,
+            warnings=shared.warnings,
         )
         plot.tradeoff(data, run_dir.root / plot.PLOT_FILE)
     data["timings"] = stages.seconds

@@ -131,6 +131,8 @@ class LoadedSAE:
     hook_layer: int
     model_name: str | None = None
     fingerprint: str = ""
+    l0: float | None = None
+    """Mean active features per token, when the loader knows it (for sweep summaries)."""
 
 
 @runtime_checkable

@@ -2,19 +2,23 @@
 
 The patterns are expanded by the SAE loaders that offer ``expand`` (see
 :class:`~dsg.interfaces.ExpandingSAELoader`), so the core names no SAE release. Each matching SAE
-runs in its own session, with its own run directory ``{out}/{sanitised spec}``.
+runs as one job (see :mod:`dsg.jobs`) with its own run directory ``{out}/{sanitised spec}``;
+the artifacts that do not depend on the SAE go to ``{out}/shared``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dsg.errors import UserError
 from dsg.interfaces import ExpandingSAELoader
+from dsg.jobs import SHARED_DIR, Job, job_key
 from dsg.plugins import Registry
 from dsg.session import Session
 
@@ -52,21 +56,34 @@ def expand(session: Session) -> list[str]:
     return list(dict.fromkeys(specs))
 
 
-def sessions(
-    cli: dict[str, Any], config_file: Path | None = None, reg: Registry | None = None
-) -> Iterator[tuple[str | None, Session]]:
-    """``(None, session)`` for one SAE; with SAE patterns, ``(spec, session)`` per matching SAE,
-    each writing under ``{out}/{folder_name(spec)}`` and sharing the loaded model.
+@dataclass(frozen=True)
+class Plan:
+    """The opened base session and the jobs of one command (one job without SAE patterns)."""
 
-    All specs are expanded before the first is run, so a bad pattern fails before any work."""
-    base = Session.open(cli, config_file=config_file, reg=reg)
+    session: Session
+    jobs: list[Job]
+    swept: bool
+
+
+def plan(
+    stage: str,
+    cli: dict[str, Any],
+    config_file: Path | None = None,
+    strategies: tuple[str, ...] = (),
+    registry: Callable[[], Registry] | None = None,
+) -> Plan:
+    """Open the session, expand the SAE patterns and describe one job per matching SAE, each
+    writing under ``{out}/{folder_name(spec)}`` and sharing ``{out}/shared``.
+
+    All specs are expanded before any job runs, so a bad pattern fails before any work."""
+    base = Session.open(cli, config_file=config_file, reg=registry() if registry else None)
     s = base.settings
+    template = Job(stage, cli, config_file, None, s.out, s.out, strategies, registry)
     if s.sae_release_pattern is None and s.sae_id_pattern is None:
-        yield None, base
-        return
-    specs = expand(base)
-    for number, spec in enumerate(specs, 1):
-        shown = spec.partition(":")[2]
-        out = s.out / folder_name(shown)
-        base.console.print(f"[bold]SAE {number}/{len(specs)}:[/] {shown} -> {out}", highlight=False)
-        yield shown, base.for_sae(spec, out)
+        return Plan(base, [dataclasses.replace(template, key=job_key(template, base))], False)
+    jobs = []
+    for spec in expand(base):
+        out = s.out / folder_name(spec.partition(":")[2])
+        job = dataclasses.replace(template, spec=spec, out=out, shared_out=s.out / SHARED_DIR)
+        jobs.append(dataclasses.replace(job, key=job_key(job, base.for_sae(spec, out))))
+    return Plan(base, jobs, swept=True)

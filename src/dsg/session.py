@@ -41,6 +41,8 @@ class Session:
     case: Case
     config_path: Path | None = None
     console: Console = field(default_factory=lambda: stderr)
+    shared_out: Path | None = None
+    """Where SAE-independent artifacts go (a sweep's ``{out}/shared``); None: the run dir."""
     _models: dict[int | None, LoadedModel] = field(default_factory=dict)
     _sae: LoadedSAE | None = None
 
@@ -60,12 +62,12 @@ class Session:
             reg.get("strategies", strategy)
         return cls(settings=settings, registry=reg, case=case, config_path=config_path)
 
-    def for_sae(self, sae: str, out: Path) -> Session:
+    def for_sae(self, sae: str, out: Path, shared_out: Path | None = None) -> Session:
         """This session with another SAE and run directory; a model already loaded is shared."""
         settings = dataclasses.replace(
             self.settings, sae=sae, out=out, sae_release_pattern=None, sae_id_pattern=None
         )
-        return dataclasses.replace(self, settings=settings, _sae=None)
+        return dataclasses.replace(self, settings=settings, shared_out=shared_out, _sae=None)
 
     @property
     def data(self) -> DataSource:
@@ -75,6 +77,11 @@ class Session:
     @property
     def run_dir(self) -> RunDir:
         return RunDir(self.settings.out)
+
+    @property
+    def shared_run_dir(self) -> RunDir:
+        """The run directory of the artifacts every SAE of a sweep shares."""
+        return RunDir(self.shared_out or self.settings.out)
 
     @property
     def device(self) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 QUESTION_SUBSETS = ("correct", "correct-iff-question", "correct-no-tricks", "all")
+EXECUTORS = ("local", "ray")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 # Which commands take a setting, in pipeline order; `generate` builds one guardrail.
@@ -27,7 +28,7 @@ SELECTING = ("select", "evaluate", "muse-export", "generate")
 CLAMPING = ("evaluate", "muse-export", "generate")
 
 # Sections of docs/config.md, in order.
-GROUPS = ("What to run", "Data", "Selection and threshold", "Evaluation")
+GROUPS = ("What to run", "Data", "Selection and threshold", "Evaluation", "Scale-out")
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,21 @@ class Settings:
         group="Evaluation",
         commands=("evaluate",),
         choices=QUESTION_SUBSETS,
+    )
+    executor: str = setting(
+        "local",
+        help="Where the SAE jobs run: local (one after another in this process) or ray (one Ray "
+        "task per SAE, one GPU each on CUDA; needs dsg's ray extra). See docs/scale-out.md.",
+        group="Scale-out",
+        commands=STAGES,
+        choices=EXECUTORS,
+    )
+    ray_address: str | None = setting(
+        None,
+        help="The Ray cluster the ray executor joins: auto (the running one), HOST:PORT or "
+        "ray://HOST:PORT; none starts a Ray instance on this machine.",
+        group="Scale-out",
+        commands=STAGES,
     )
 
 

@@ -1,0 +1,134 @@
+"""Where a sweep's jobs run: ``local`` (one after another in this process, sharing the loaded
+model) or ``ray`` (one Ray task per job, one GPU each when the device is CUDA).
+
+Either way a finished job (its ``job.json`` matches) is skipped, a failed job is reported and
+the others go on, and evaluate's SAE-independent work is done once in ``{out}/shared``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from dsg.errors import UserError
+from dsg.jobs import (
+    Job,
+    JobResult,
+    execute,
+    finished,
+    one_line,
+    prepare_in_worker,
+    run_in_worker,
+)
+from dsg.progress import JobProgress
+
+if TYPE_CHECKING:
+    from dsg.sae_sweep import Plan
+
+RAY_RETRIES = 2
+"""Times Ray reruns a job whose worker died (kill -9, node loss) before it reports it failed."""
+
+
+def run_jobs(plan: Plan, *, ray_retries: int = RAY_RETRIES) -> list[JobResult]:
+    """Run the plan's jobs on the executor its settings name; results in job order."""
+    s = plan.session.settings
+    if s.executor == "ray":  # before any output: a missing Ray or a bad device is a user error
+        import_ray()
+        resources(s.device)
+    progress = JobProgress(plan.session.console, len(plan.jobs))
+    results: dict[int, JobResult] = {}
+    todo: list[tuple[int, Job]] = []
+    for index, job in enumerate(plan.jobs):
+        done = None if s.force else finished(job)
+        if done is None:
+            todo.append((index, job))
+        else:
+            results[index] = done
+            progress.ended(done, was_running=False)
+    if s.executor == "ray":
+        results |= run_on_ray(plan, todo, progress, ray_retries)
+    else:
+        for index, job in todo:
+            progress.started(job)
+            session = plan.session
+            if job.spec is not None:
+                session = session.for_sae(job.spec, job.out, job.shared_out)
+            results[index] = execute(job, session)
+            progress.ended(results[index])
+    return [results[i] for i in range(len(plan.jobs))]
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or a UserError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError(
+            "--executor ray needs Ray, which is not installed; run: pip install 'dsg[ray]'"
+        ) from None
+    return ray
+
+
+def connect(ray: Any, address: str | None) -> None:
+    """Join the cluster at ``address`` (``auto``: the running one), or start a local Ray
+    instance when None. A Ray already initialised in this process is used as it is."""
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, log_to_driver=False, include_dashboard=False)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
+        raise UserError(f"could not connect to {where}: {str(exc).splitlines()[0]}") from None
+
+
+def resources(device: str) -> dict[str, float]:
+    """One GPU per job on CUDA (Ray hands each task its own device), else one CPU."""
+    if device.startswith("cuda:"):
+        raise UserError(
+            f"with --executor ray pass --device cuda, not {device}: Ray gives each job its own GPU"
+        )
+    return {"num_gpus": 1} if device == "cuda" else {"num_cpus": 1}
+
+
+def run_on_ray(
+    plan: Plan, todo: list[tuple[int, Job]], progress: JobProgress, retries: int
+) -> dict[int, JobResult]:
+    """Submit the jobs as Ray tasks and collect them as they end (in any order)."""
+    s = plan.session.settings
+    ray = import_ray()
+    options = {**resources(s.device), "max_retries": retries}
+    if not todo:
+        return {}
+    connect(ray, s.ray_address)
+    if plan.swept and todo[0][1].stage == "evaluate":
+        prepare = ray.remote(prepare_in_worker).options(**options)
+        shared = _get(ray, prepare.remote(todo[0][1]), todo[0][1])
+        if not shared.ok:
+            progress.console.print(
+                f"shared model-level work FAILED: {shared.error}", highlight=False, markup=False
+            )
+            return {i: _failed(job, f"shared work failed: {shared.error}") for i, job in todo}
+    task = ray.remote(run_in_worker).options(**options)
+    pending = {}
+    for index, job in todo:
+        pending[task.remote(job)] = (index, job)
+        progress.started(job)
+    results: dict[int, JobResult] = {}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        index, job = pending.pop(ready[0])
+        results[index] = _get(ray, ready[0], job)
+        progress.ended(results[index])
+    return results
+
+
+def _failed(job: Job, error: str) -> JobResult:
+    return JobResult(job.name, job.out, False, error=error)
+
+
+def _get(ray: Any, ref: Any, job: Job) -> JobResult:
+    """A task's result; a worker that died (after Ray's retries) is a failed job."""
+    try:
+        result: JobResult = ray.get(ref)
+    except ray.exceptions.RayError as exc:
+        return _failed(job, one_line(exc))
+    return result

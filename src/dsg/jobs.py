@@ -1,0 +1,215 @@
+"""One job of a sweep: one stage for one SAE, in its own run directory.
+
+A job runs the same way in this process (the ``local`` executor) and on a Ray worker: it opens
+its session from plain data (the command's options, the config file, the SAE spec), runs the
+stage, and writes ``job.json`` last. A rerun trusts a job only through that file, so a worker
+killed mid-job leaves nothing a rerun skips; the stages' own artifacts are atomic and keyed, so
+the rerun also reuses whatever the killed job had finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.metadata
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dsg.artifacts import artifact_key, canonical_json, read_json, write_json
+from dsg.errors import UserError, one_line_reason
+
+if TYPE_CHECKING:
+    from dsg.plugins import Registry
+    from dsg.session import Session
+
+JOB_FILE = "job.json"
+JOB_VERSION = 1
+SHARED_DIR = "shared"
+# Settings that choose where or how a job runs, not what it computes.
+NOT_KEYED = ("executor", "ray_address", "force")
+L0_IN_ID = re.compile(r"average_l0_(\d+)")
+
+
+def _sparsity(session: Session) -> list[Path]:
+    from dsg import sparsity
+
+    return [sparsity.ensure(session).folder]
+
+
+def _select(session: Session) -> list[Path]:
+    from dsg import select
+
+    return [sel.path for sel in select.ensure(session)]
+
+
+def _evaluate(session: Session) -> list[Path]:
+    from dsg import evaluate
+
+    return [evaluate.run(session)]
+
+
+def _muse_export(session: Session, strategies: tuple[str, ...]) -> list[Path]:
+    from dsg import muse_export
+
+    return [b.path for b in muse_export.export(session, strategies)]
+
+
+def stage_action(stage: str, strategies: tuple[str, ...] = ()) -> Callable[[Session], list[Path]]:
+    """The function that runs ``stage`` on a session and returns the paths it wrote."""
+    if stage == "muse-export":
+        return functools.partial(_muse_export, strategies=strategies or ("dynamic",))
+    actions = {"sparsity": _sparsity, "select": _select, "evaluate": _evaluate}
+    return actions[stage]
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs to run one SAE, as plain data.
+
+    ``spec`` is None for a run without SAE patterns (the session as opened). ``registry`` builds
+    the plugin registry on the worker; None means the installed plugins."""
+
+    stage: str
+    cli: dict[str, Any]
+    config_file: Path | None
+    spec: str | None
+    out: Path
+    shared_out: Path
+    strategies: tuple[str, ...] = ()
+    registry: Callable[[], Registry] | None = None
+    key: str = ""
+
+    @property
+    def name(self) -> str:
+        """The SAE as the user wrote it (no ``loader:`` prefix), or the run directory."""
+        return self.spec.partition(":")[2] if self.spec else str(self.out)
+
+
+@dataclass
+class JobResult:
+    """How a job ended; ``facts`` describe its SAE (hook, layer, width, L0) for the summary."""
+
+    name: str
+    out: Path
+    ok: bool
+    paths: list[Path] = field(default_factory=list)
+    error: str = ""
+    facts: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False
+
+
+def job_key(job: Job, session: Session) -> str:
+    """A hash of the stage, the job's resolved settings and the dsg version."""
+    settings = {
+        f.name: getattr(session.settings, f.name)
+        for f in dataclasses.fields(session.settings)
+        if f.name not in NOT_KEYED
+    }
+    inputs = {
+        "stage": job.stage,
+        "strategies": list(job.strategies),
+        "settings": canonical_json(settings),
+        "dsg": importlib.metadata.version("dsg"),
+    }
+    return artifact_key("job", JOB_VERSION, inputs)
+
+
+def finished(job: Job) -> JobResult | None:
+    """The result a finished job left in ``job.json``, when its key matches and its outputs
+    are all there; None otherwise (a job killed before the end never wrote the file)."""
+    path = job.out / JOB_FILE
+    if not job.key or not path.is_file():
+        return None
+    done = read_json(path)
+    if not isinstance(done, dict) or done.get("key") != job.key:
+        return None
+    paths = [Path(p) for p in done.get("paths", [])]
+    if not all(p.exists() for p in paths):
+        return None
+    return JobResult(job.name, job.out, True, paths, facts=done.get("facts", {}), skipped=True)
+
+
+def sae_facts(session: Session) -> dict[str, Any]:
+    """Hook, layer, width (d_sae) and L0 of the job's SAE, for the sweep summary. L0 comes from
+    the loader when it knows it, else from an ``average_l0_N`` SAE id, else it is None."""
+    from dsg.hook_names import hook_layer_of
+
+    loaded = session.sae()
+    l0 = loaded.l0
+    if l0 is None:
+        found = L0_IN_ID.search(loaded.spec)
+        l0 = float(found.group(1)) if found else None
+    try:
+        layer: int | None = hook_layer_of(loaded.hook_name)
+    except UserError:
+        layer = None
+    return {
+        "hook": loaded.hook_name,
+        "layer": layer,
+        "d_sae": int(loaded.sae.cfg.d_sae),
+        "l0": l0,
+    }
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: the type (unless it is a UserError) and the message's first
+    line."""
+    reason = one_line_reason(exc)
+    if isinstance(exc, UserError) or reason == type(exc).__name__:
+        return reason
+    return f"{type(exc).__name__}: {reason}"
+
+
+def execute(job: Job, session: Session) -> JobResult:
+    """Run the job's stage on ``session``; any error is the job's result, not raised, so the
+    other jobs go on. ``job.json`` is written after every output of the stage."""
+    try:
+        paths = stage_action(job.stage, job.strategies)(session)
+        facts = sae_facts(session)
+    except Exception as exc:
+        return JobResult(job.name, job.out, False, error=one_line(exc))
+    if job.key:
+        done = {
+            "key": job.key,
+            "stage": job.stage,
+            "spec": job.spec,
+            "paths": [str(p) for p in paths],
+            "facts": facts,
+        }
+        write_json(job.out / JOB_FILE, done)
+    return JobResult(job.name, job.out, True, paths, facts=facts)
+
+
+def open_session(job: Job) -> Session:
+    """The job's session, opened afresh (on a worker: nothing is shared with the driver)."""
+    from dsg.session import Session
+
+    reg = job.registry() if job.registry is not None else None
+    base = Session.open(job.cli, config_file=job.config_file, reg=reg)
+    if job.spec is None:
+        return base
+    return base.for_sae(job.spec, job.out, job.shared_out)
+
+
+def run_in_worker(job: Job) -> JobResult:
+    """A job on a worker: open the session, then :func:`execute`."""
+    try:
+        session = open_session(job)
+    except Exception as exc:
+        return JobResult(job.name, job.out, False, error=one_line(exc))
+    return execute(job, session)
+
+
+def prepare_in_worker(job: Job) -> JobResult:
+    """The sweep's shared model-level work (evaluate only), on a worker, using ``job``'s SAE
+    for the hook the prompts are split at."""
+    from dsg import evaluate
+
+    try:
+        evaluate.prepare_shared(open_session(job))
+    except Exception as exc:
+        return JobResult("shared model-level work", job.shared_out, False, error=one_line(exc))
+    return JobResult("shared model-level work", job.shared_out, True)
