@@ -67,8 +67,10 @@ def print_table(summary: dict[str, Any], console: Console) -> None:
     from rich.table import Table
 
     table = Table(title=f"dsg {summary['stage']}: {summary['jobs']} SAEs")
-    for column in ("SAE", "layer", "width", "L0", "score", "status"):
-        table.add_column(column, justify="left" if column in ("SAE", "status") else "right")
+    table.add_column("SAE", overflow="fold")
+    for column in ("layer", "width", "L0", "score"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("status", overflow="fold")
     for e in summary["saes"]:
         table.add_row(
             e["sae"],
