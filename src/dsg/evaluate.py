@@ -280,7 +280,7 @@ def choose_questions(
         fmt,
         scorer.tokenizer,
         eval_set,
-        force=s.force,
+        force=session.force_shared,
     )
     return found[s.questions]
 
@@ -331,7 +331,10 @@ def model_level(
     }
     shared = session.shared_run_dir
     with stages.stage("baseline", scorer):
-        baselines = {p.name: ensure_baseline(shared, scorer, p, common, s.force) for p in prompts}
+        baselines = {
+            p.name: ensure_baseline(shared, scorer, p, common, session.force_shared)
+            for p in prompts
+        }
     return ModelLevel(prompts, baselines, common, warnings)
 
 

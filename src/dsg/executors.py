@@ -7,6 +7,7 @@ the others go on, and evaluate's SAE-independent work is done once in ``{out}/sh
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from dsg.errors import UserError
@@ -47,12 +48,14 @@ def run_jobs(plan: Plan, *, ray_retries: int = RAY_RETRIES) -> list[JobResult]:
     if s.executor == "ray":
         results |= run_on_ray(plan, todo, progress, ray_retries)
     else:
+        shared_ready = False  # under --force, the first evaluate recomputes the shared work
         for index, job in todo:
             progress.started(job)
             session = plan.session
             if job.spec is not None:
-                session = session.for_sae(job.spec, job.out, job.shared_out)
+                session = session.for_sae(job.spec, job.out, job.shared_out, shared_ready)
             results[index] = execute(job, session)
+            shared_ready |= results[index].ok and job.stage == "evaluate"
             progress.ended(results[index])
     return [results[i] for i in range(len(plan.jobs))]
 
@@ -107,6 +110,7 @@ def run_on_ray(
                 f"shared model-level work FAILED: {shared.error}", highlight=False, markup=False
             )
             return {i: _failed(job, f"shared work failed: {shared.error}") for i, job in todo}
+        todo = [(i, dataclasses.replace(job, shared_ready=True)) for i, job in todo]
     task = ray.remote(run_in_worker).options(**options)
     pending = {}
     for index, job in todo:

@@ -81,6 +81,8 @@ class Job:
     strategies: tuple[str, ...] = ()
     registry: Callable[[], Registry] | None = None
     key: str = ""
+    shared_ready: bool = False
+    """The shared model-level work was done before this job (spares it under ``--force``)."""
 
     @property
     def name(self) -> str:
@@ -191,7 +193,7 @@ def open_session(job: Job) -> Session:
     base = Session.open(job.cli, config_file=job.config_file, reg=reg)
     if job.spec is None:
         return base
-    return base.for_sae(job.spec, job.out, job.shared_out)
+    return base.for_sae(job.spec, job.out, job.shared_out, job.shared_ready)
 
 
 def run_in_worker(job: Job) -> JobResult:

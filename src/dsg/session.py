@@ -43,6 +43,8 @@ class Session:
     console: Console = field(default_factory=lambda: stderr)
     shared_out: Path | None = None
     """Where SAE-independent artifacts go (a sweep's ``{out}/shared``); None: the run dir."""
+    shared_ready: bool = False
+    """The shared artifacts were (re)computed for this run already: ``force`` spares them."""
     _models: dict[int | None, LoadedModel] = field(default_factory=dict)
     _sae: LoadedSAE | None = None
 
@@ -62,12 +64,21 @@ class Session:
             reg.get("strategies", strategy)
         return cls(settings=settings, registry=reg, case=case, config_path=config_path)
 
-    def for_sae(self, sae: str, out: Path, shared_out: Path | None = None) -> Session:
+    def for_sae(
+        self, sae: str, out: Path, shared_out: Path | None = None, shared_ready: bool = False
+    ) -> Session:
         """This session with another SAE and run directory; a model already loaded is shared."""
         settings = dataclasses.replace(
             self.settings, sae=sae, out=out, sae_release_pattern=None, sae_id_pattern=None
         )
-        return dataclasses.replace(self, settings=settings, shared_out=shared_out, _sae=None)
+        return dataclasses.replace(
+            self, settings=settings, shared_out=shared_out, shared_ready=shared_ready, _sae=None
+        )
+
+    @property
+    def force_shared(self) -> bool:
+        """Whether to recompute the shared artifacts: ``--force``, unless already done."""
+        return self.settings.force and not self.shared_ready
 
     @property
     def data(self) -> DataSource:
