@@ -62,8 +62,9 @@ def comparable(report_path: Path) -> dict[str, Any]:
     return report
 
 
-def cli_options(out: Path, questions: str, id_pattern: str) -> dict[str, Any]:
+def cli_options(out: Path, questions: str, id_pattern: str, force: bool) -> dict[str, Any]:
     return {
+        "force": force,
         "case": "tiny",
         "out": out,
         "questions": questions,
@@ -74,13 +75,19 @@ def cli_options(out: Path, questions: str, id_pattern: str) -> dict[str, Any]:
 
 
 def ray_sweep(
-    world_dir: Path, out: Path, *, questions: str, id_pattern: str, retries: int
+    world_dir: Path,
+    out: Path,
+    *,
+    questions: str,
+    id_pattern: str,
+    retries: int,
+    force: bool = False,
 ) -> list[JobResult]:
     """What ``dsg evaluate --executor ray`` runs, with the workers given the tiny plugins."""
     factory = functools.partial(sweep_world.worker_registry, str(world_dir))
     with pytest.MonkeyPatch.context() as mp:  # the driver keeps its own RunDir.commit
         mp.setattr(RunDir, "commit", RunDir.commit)
-        swept = plan("evaluate", cli_options(out, questions, id_pattern), registry=factory)
+        swept = plan("evaluate", cli_options(out, questions, id_pattern, force), registry=factory)
     results = run_jobs(swept, ray_retries=retries)
     summarise("evaluate", results, out, swept.session.console)
     return results
@@ -115,7 +122,8 @@ def test_ray_shares_model_work_and_reports_a_failed_job(
 ) -> None:
     (world_dir / ARMED).touch()  # the killer dies once; Ray's retry then finishes it
     out = tmp_path / "runs"
-    results = ray_sweep(world_dir, out, questions="correct", id_pattern=".*", retries=1)
+    # --force: the shared work is still done once (by the task before the jobs)
+    results = ray_sweep(world_dir, out, questions="correct", id_pattern=".*", retries=1, force=True)
     by_name = {r.name: r for r in results}
     assert [r.name for r in results] == [*LAYER_SAES, BROKEN]
     assert not (world_dir / ARMED).exists()
