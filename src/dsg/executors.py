@@ -102,6 +102,7 @@ def run_on_ray(
     if not todo:
         return {}
     connect(ray, s.ray_address)
+    todo = [(i, job.with_absolute_paths()) for i, job in todo]
     if plan.swept and todo[0][1].stage == "evaluate":
         prepare = ray.remote(prepare_in_worker).options(**options)
         shared = _get(ray, prepare.remote(todo[0][1]), todo[0][1])
@@ -109,7 +110,10 @@ def run_on_ray(
             progress.console.print(
                 f"shared model-level work FAILED: {shared.error}", highlight=False, markup=False
             )
-            return {i: _failed(job, f"shared work failed: {shared.error}") for i, job in todo}
+            failed = {i: _failed(job, f"shared work failed: {shared.error}") for i, job in todo}
+            for result in failed.values():
+                progress.ended(result, was_running=False)
+            return failed
         todo = [(i, dataclasses.replace(job, shared_ready=True)) for i, job in todo]
     task = ray.remote(run_in_worker).options(**options)
     pending = {}

@@ -22,6 +22,7 @@ from dsg.artifacts import artifact_key, canonical_json, read_json, write_json
 from dsg.errors import UserError, one_line_reason
 
 if TYPE_CHECKING:
+    from dsg.config import Settings
     from dsg.plugins import Registry
     from dsg.session import Session
 
@@ -67,16 +68,15 @@ def stage_action(stage: str, strategies: tuple[str, ...] = ()) -> Callable[[Sess
 
 @dataclass(frozen=True)
 class Job:
-    """Everything a worker needs to run one SAE, as plain data.
+    """Everything a worker needs to run one SAE, as plain data: the stage and the SAE's fully
+    resolved settings (so a worker reads no config file of its own).
 
-    ``spec`` is None for a run without SAE patterns (the session as opened). ``registry`` builds
-    the plugin registry on the worker; None means the installed plugins."""
+    ``spec`` is the SAE as ``loader:spec``, or None for a run without SAE patterns.
+    ``registry`` builds the plugin registry on the worker; None means the installed plugins."""
 
     stage: str
-    cli: dict[str, Any]
-    config_file: Path | None
+    settings: Settings
     spec: str | None
-    out: Path
     shared_out: Path
     strategies: tuple[str, ...] = ()
     registry: Callable[[], Registry] | None = None
@@ -85,9 +85,33 @@ class Job:
     """The shared model-level work was done before this job (spares it under ``--force``)."""
 
     @property
+    def out(self) -> Path:
+        return self.settings.out
+
+    @property
     def name(self) -> str:
         """The SAE as the user wrote it (no ``loader:`` prefix), or the run directory."""
         return self.spec.partition(":")[2] if self.spec else str(self.out)
+
+    def with_absolute_paths(self) -> Job:
+        """This job with every path absolute, as a worker on another node (or in another
+        directory) needs them; the run directory must be on storage every node shares."""
+        return dataclasses.replace(
+            self, settings=absolute_paths(self.settings), shared_out=self.shared_out.resolve()
+        )
+
+
+def absolute_paths(settings: Settings) -> Settings:
+    def resolved(path: Path | None) -> Path | None:
+        return path.resolve() if path is not None else None
+
+    return dataclasses.replace(
+        settings,
+        out=settings.out.resolve(),
+        data_dir=resolved(settings.data_dir),
+        forget_corpus=resolved(settings.forget_corpus),
+        retain_corpus=resolved(settings.retain_corpus),
+    )
 
 
 @dataclass
@@ -103,11 +127,13 @@ class JobResult:
     skipped: bool = False
 
 
-def job_key(job: Job, session: Session) -> str:
-    """A hash of the stage, the job's resolved settings and the dsg version."""
+def job_key(job: Job) -> str:
+    """A hash of the stage, the job's resolved settings (paths made absolute, so both
+    executors agree) and the dsg version."""
+    resolved = absolute_paths(job.settings)
     settings = {
-        f.name: getattr(session.settings, f.name)
-        for f in dataclasses.fields(session.settings)
+        f.name: getattr(resolved, f.name)
+        for f in dataclasses.fields(resolved)
         if f.name not in NOT_KEYED
     }
     inputs = {
@@ -186,14 +212,20 @@ def execute(job: Job, session: Session) -> JobResult:
 
 
 def open_session(job: Job) -> Session:
-    """The job's session, opened afresh (on a worker: nothing is shared with the driver)."""
+    """The job's session, built afresh from its settings (on a worker nothing is shared with
+    the driver)."""
+    from dsg.plugins import registry
     from dsg.session import Session
 
-    reg = job.registry() if job.registry is not None else None
-    base = Session.open(job.cli, config_file=job.config_file, reg=reg)
-    if job.spec is None:
-        return base
-    return base.for_sae(job.spec, job.out, job.shared_out, job.shared_ready)
+    reg = job.registry() if job.registry is not None else registry()
+    case = reg.get("cases", job.settings.case)
+    return Session(
+        job.settings,
+        reg,
+        case,
+        shared_out=job.shared_out,
+        shared_ready=job.shared_ready,
+    )
 
 
 def run_in_worker(job: Job) -> JobResult:

@@ -78,12 +78,13 @@ def plan(
     All specs are expanded before any job runs, so a bad pattern fails before any work."""
     base = Session.open(cli, config_file=config_file, reg=registry() if registry else None)
     s = base.settings
-    template = Job(stage, cli, config_file, None, s.out, s.out, strategies, registry)
     if s.sae_release_pattern is None and s.sae_id_pattern is None:
-        return Plan(base, [dataclasses.replace(template, key=job_key(template, base))], False)
+        job = Job(stage, s, None, s.out, strategies, registry)
+        return Plan(base, [dataclasses.replace(job, key=job_key(job))], swept=False)
     jobs = []
     for spec in expand(base):
         out = s.out / folder_name(spec.partition(":")[2])
-        job = dataclasses.replace(template, spec=spec, out=out, shared_out=s.out / SHARED_DIR)
-        jobs.append(dataclasses.replace(job, key=job_key(job, base.for_sae(spec, out))))
+        settings = base.for_sae(spec, out).settings
+        job = Job(stage, settings, spec, s.out / SHARED_DIR, strategies, registry)
+        jobs.append(dataclasses.replace(job, key=job_key(job)))
     return Plan(base, jobs, swept=True)
