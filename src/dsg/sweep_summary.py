@@ -110,11 +110,17 @@ def plot(summary: dict[str, Any], path: Path) -> Path | None:
             if points:
                 xs, ys = zip(*points, strict=True)
                 ax.scatter(xs, ys, color=colours[width], label=f"width {width}", alpha=0.85)
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    by_layer.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_layer.set_ylim(-0.02, 1.02)
     by_layer.set_xlabel("layer (from the hook name)")
     by_layer.set_ylabel("unlearning score")
     by_l0.set_xlabel(second_label)
     if second_key == "l0":
         by_l0.set_xscale("log")
+        by_l0.xaxis.set_major_formatter(ScalarFormatter())
+        by_l0.xaxis.set_minor_formatter(ScalarFormatter())
         missing = len(scored) - len(with_l0)
         if missing:
             by_l0.set_title(f"{missing} SAE(s) without a known L0 left out", fontsize=9)
