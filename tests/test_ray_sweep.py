@@ -41,7 +41,7 @@ def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_instance() -> Any:
-    """One local Ray for the module; its workers import this folder's helpers."""
+    """One local Ray for the module; its workers import this folder's test modules."""
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), saved) if p)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
