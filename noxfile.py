@@ -68,10 +68,12 @@ def lowest(session: nox.Session) -> None:
 def transformers_cell(session: nox.Session, version: str) -> None:
     """The guardrail on a plain transformers model (dsg.hf, bundles, open-unlearning) under an
     older transformers. TransformerLens >= 3.9 needs transformers >= 5.9, so the tested set is
-    installed first and transformers replaced over it: the TransformerLens engine is not run."""
+    installed first and transformers replaced over it (with a datasets that accepts its
+    huggingface_hub): the TransformerLens engine is not run."""
     session.install(TORCH)
     session.install("-e", EXTRAS, "-c", CONSTRAINTS)
-    session.install(f"transformers=={version}")
+    # datasets >= 4.4 needs huggingface_hub 1.x, which transformers 4.x does not accept
+    session.install(f"transformers=={version}", "datasets==3.6.0")
     session.run("python", "-m", "pip", "freeze", "--exclude-editable")
     session.run("python", "-m", "pytest", *HF_ONLY_TESTS, *session.posargs)
 

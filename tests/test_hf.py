@@ -194,11 +194,13 @@ def prompt_decided_logits(
     and every hit of a firing row clamped: what cached generation must reproduce."""
     guard = bundle.guardrail()
 
-    def hook(module: Any, args: Any, out: torch.Tensor) -> torch.Tensor:
+    def hook(module: Any, args: Any, out: Any) -> Any:
+        if isinstance(out, tuple):  # transformers 4.x decoder layers
+            return (hook(module, args, out[0]), *out[1:])
         acts = guard.activations(out)
         prompt_hits = token_hits(acts[:, :prompt_len], mask[:, :prompt_len])
         rates = sequence_rates(prompt_hits, mask[:, :prompt_len])
-        fired = rates > torch.tensor(bundle.threshold, dtype=torch.float32)
+        fired = rates.float() > torch.tensor(bundle.threshold, dtype=torch.float32)
         return guard.clamp(out, acts, token_hits(acts, mask) & fired[:, None])
 
     handle = model.model.layers[LAYER].register_forward_hook(hook)
