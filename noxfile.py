@@ -90,7 +90,7 @@ def constraints(session: nox.Session) -> None:
         for line in str(frozen).splitlines()
         if line and not line.startswith(("torch==", "-e ", "dsg"))
     ]
-    header = "# The tested set: `pip install -e . -c constraints.txt`. Rebuilt by `nox -s constraints`.\n"
+    header = "# The tested set: pip install -e . -c constraints.txt (nox -s constraints)\n"
     Path(CONSTRAINTS).write_text(header + "\n".join(sorted(lines, key=str.lower)) + "\n")
 
 
