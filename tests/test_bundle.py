@@ -100,7 +100,10 @@ def test_round_trip(tmp_path: Path) -> None:
     for name, tensor in bundle.tensors.items():
         assert torch.equal(back.tensors[name], tensor)
     assert torch.equal(back.tensors["W_enc"], sae.W_enc.detach()[:, [4, 1, 8]])
+    assert torch.equal(back.tensors["jump_threshold"], sae.threshold.detach()[[4, 1, 8]])
     config = json.loads((tmp_path / "b" / CONFIG_FILE).read_text())
+    assert config["format_version"] == 2 and config["threshold"] == 0.25  # alpha, by one name
+    assert config["strategy_params"] == {}
     assert config["rules"]["fire"].startswith("float32(rate) > ")
     assert config["hook"] == {"name": HOOK, "layer": 1, "point": "hook_resid_post"}
 
@@ -160,3 +163,32 @@ def test_unexportable_sae_and_hook() -> None:
     other_hook = LoadedSAE(random_sae("jumprelu"), "s", "blocks.1.attn.hook_z", 1)
     with pytest.raises(UserError, match="cannot be exported"):
         from_sae(other_hook, [1], threshold=0.1, multiplier=5.0)
+
+
+class NoBundleStrategy:
+    """A strategy whose plugin does not say how it travels in a bundle."""
+
+    name = "unbundled"
+    description = "builds interventions only"
+    uses_threshold = True
+
+    def build(self, sae: Any, features: Any, threshold: float, multiplier: float) -> Any:
+        return DynamicClamp(sae, features, threshold, multiplier)
+
+
+def test_strategies_without_bundle_support_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dsg.plugins
+    from dsg.hookspecs import hookimpl
+
+    class Plugin:
+        @hookimpl
+        def register_strategies(self, register: Any) -> None:
+            register(NoBundleStrategy())
+
+    registry = dsg.plugins.build_registry([("unbundled-plugin", Plugin())])
+    monkeypatch.setattr(dsg.plugins, "registry", lambda: registry)
+    sae = loaded(random_sae("jumprelu"))
+    with pytest.raises(UserError, match="'unbundled' cannot be exported to a bundle"):
+        from_sae(sae, [1, 2], threshold=0.1, multiplier=5.0, strategy="unbundled")
+    with pytest.raises(UserError, match="'nowhere' is not installed"):
+        from_sae(sae, [1, 2], threshold=0.1, multiplier=5.0, strategy="nowhere")

@@ -1,8 +1,9 @@
 """dsg plugin: the intervention strategies shipped with dsg.
 
 ``dynamic`` is the DSG guardrail (clamp only in sequences whose hit rate exceeds the calibrated
-threshold); ``static`` is the paper's always-on clamping baseline. torch is imported only when
-a strategy is built, so listing plugins stays cheap.
+threshold); ``static`` is the paper's always-on clamping baseline. Both differ only in their gate:
+the hits, rates and clamp are :class:`dsg.guardrail.Guardrail`'s. torch is imported only when a
+strategy is built, so listing plugins stays cheap.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dsg.api import Register, hookimpl
 if TYPE_CHECKING:
     import torch
 
-    from dsg.api import Intervention
+    from dsg.api import Gate, Intervention
 
 
 class DynamicStrategy:
@@ -31,6 +32,17 @@ class DynamicStrategy:
 
         return DynamicClamp(sae, features, threshold, multiplier)
 
+    def bundle_params(self, threshold: float | None) -> dict[str, Any]:
+        return {}
+
+    def bundle_gate(self, threshold: float | None, params: dict[str, Any]) -> Gate:
+        from dsg.errors import UserError
+        from dsg.guardrail import ThresholdGate
+
+        if threshold is None:
+            raise UserError("a dynamic bundle needs a threshold; export it again")
+        return ThresholdGate(threshold)
+
 
 class StaticStrategy:
     """Static clamping baseline: no gate, so ``threshold`` is ignored."""
@@ -45,6 +57,14 @@ class StaticStrategy:
         from dsg.guardrail import StaticClamp
 
         return StaticClamp(sae, features, multiplier)
+
+    def bundle_params(self, threshold: float | None) -> dict[str, Any]:
+        return {}
+
+    def bundle_gate(self, threshold: float | None, params: dict[str, Any]) -> Gate:
+        from dsg.guardrail import AnyHitGate
+
+        return AnyHitGate()
 
 
 @hookimpl

@@ -2,9 +2,11 @@
 
 Only the k selected features travel: their encoder columns, biases and JumpReLU thresholds (to
 compute the gate) and their decoder rows (to clamp), beside ``b_dec`` when the SAE subtracts it
-from its input. ``bundle.json`` says where the guardrail hooks, which rules it follows and what it
-was made from. Loading checks the format version, the tensor file's hash and every shape, so a
-foreign, edited or half-written bundle is refused rather than silently misapplied.
+from its input. ``bundle.json`` says where the guardrail hooks, which strategy gates it (any
+installed strategy that says how it is exported), which rules it follows and what it was made
+from. Applying a bundle is :class:`dsg.guardrail.Guardrail`, the same code the engine runs.
+Loading checks the format version, the tensor file's hash and every shape, so a foreign, edited
+or half-written bundle is refused rather than silently misapplied.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from dsg.hook_names import resid_hook
 if TYPE_CHECKING:
     import torch
 
-    from dsg.interfaces import LoadedSAE
+    from dsg.guardrail import Guardrail
+    from dsg.interfaces import ExportableStrategy, LoadedSAE
 
 FORMAT = "dsg-guardrail-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG_FILE = "bundle.json"
 TENSORS_FILE = "guardrail.safetensors"
-STRATEGIES = ("dynamic", "static")
+JUMP_THRESHOLD = "jump_threshold"
 
 RULES: dict[str, str] = {
     "bos": "first attended token of each row; never a hit, never clamped",
@@ -56,12 +59,34 @@ def parse_hook(hook_name: str) -> tuple[int, str]:
     return parsed
 
 
+def exportable_strategy(name: str) -> ExportableStrategy:
+    """The installed strategy ``name``, if its plugin says how it travels in a bundle."""
+    from dsg.interfaces import ExportableStrategy
+    from dsg.plugins import registry
+
+    installed = registry().entries["strategies"]
+    if name not in installed:
+        choices = ", ".join(sorted(installed)) or "none"
+        raise UserError(
+            f"strategy {name!r} is not installed (installed: {choices}); install the plugin "
+            "that provides it"
+        )
+    strategy = installed[name]
+    if not isinstance(strategy, ExportableStrategy):
+        raise UserError(
+            f"strategy {name!r} cannot be exported to a bundle: its plugin defines no "
+            "bundle_params/bundle_gate (see docs/plugins.md)"
+        )
+    return strategy
+
+
 @dataclass(frozen=True)
 class Bundle:
     """One guardrail: hook, ordered features, threshold, multiplier, strategy and k-column weights.
 
     ``tensors`` holds ``W_enc [D, k]``, ``b_enc [k]``, ``W_dec [k, D]``, ``b_dec [D]`` and, for
-    JumpReLU SAEs, ``threshold [k]`` (the per-feature JumpReLU threshold, not alpha).
+    JumpReLU SAEs, ``jump_threshold [k]``; ``threshold`` is the gate's alpha (None when the
+    strategy uses none) and ``strategy_params`` whatever else the strategy's gate needs.
     """
 
     hook_name: str
@@ -73,6 +98,7 @@ class Bundle:
     apply_b_dec_to_input: bool
     d_sae: int
     tensors: dict[str, torch.Tensor]
+    strategy_params: dict[str, Any] = field(default_factory=dict)
     sae: dict[str, Any] = field(default_factory=dict)
     base_model: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -99,18 +125,16 @@ class Bundle:
     def validate(self) -> None:
         """Every field and shape consistent with the others, or a UserError naming the fault."""
         parse_hook(self.hook_name)
-        if self.strategy not in STRATEGIES:
-            raise UserError(
-                f"bundle strategy {self.strategy!r} is unknown; expected one of {STRATEGIES}"
-            )
-        if self.strategy == "dynamic" and self.threshold is None:
-            raise UserError("a dynamic bundle needs a threshold")
+        strategy = exportable_strategy(self.strategy)
+        if strategy.uses_threshold and self.threshold is None:
+            raise UserError(f"a {self.strategy} bundle needs a threshold")
+        strategy.bundle_gate(self.threshold, self.strategy_params)  # refuses bad parameters
         if self.activation not in ("relu", "jumprelu"):
             raise UserError(f"bundle activation {self.activation!r} is neither relu nor jumprelu")
         if len(set(self.features)) != self.k or any(not 0 <= j < self.d_sae for j in self.features):
             raise UserError(f"bundle features must be distinct indices in [0, {self.d_sae})")
         names = {"W_enc", "b_enc", "W_dec", "b_dec"} | (
-            {"threshold"} if self.activation == "jumprelu" else set()
+            {JUMP_THRESHOLD} if self.activation == "jumprelu" else set()
         )
         if set(self.tensors) != names:
             raise UserError(f"bundle tensors are {sorted(self.tensors)}; expected {sorted(names)}")
@@ -120,7 +144,7 @@ class Bundle:
             "b_enc": (k,),
             "W_dec": (k, d),
             "b_dec": (d,),
-            "threshold": (k,),
+            JUMP_THRESHOLD: (k,),
         }
         for name, tensor in self.tensors.items():
             if tuple(tensor.shape) != expected[name]:
@@ -139,6 +163,7 @@ class Bundle:
             "threshold": self.threshold,
             "multiplier": self.multiplier,
             "strategy": self.strategy,
+            "strategy_params": self.strategy_params,
             "rules": RULES,
             "activation": self.activation,
             "apply_b_dec_to_input": self.apply_b_dec_to_input,
@@ -192,6 +217,7 @@ class Bundle:
                 threshold=None if threshold is None else float(threshold),
                 multiplier=float(config["multiplier"]),
                 strategy=str(config["strategy"]),
+                strategy_params=dict(config["strategy_params"]),
                 activation=str(config["activation"]),
                 apply_b_dec_to_input=bool(config["apply_b_dec_to_input"]),
                 d_sae=int(config["d_sae"]),
@@ -205,29 +231,20 @@ class Bundle:
                 f"{config_path} is corrupted ({exc!r}); export the bundle again"
             ) from None
 
-    def guardrail(self) -> BundleGuardrail:
-        return BundleGuardrail(self)
+    def guardrail(self) -> Guardrail:
+        """The bundle's guardrail: the strategy's gate on :class:`dsg.guardrail.Guardrail`."""
+        from dsg.guardrail import FeatureColumns, Guardrail
 
-
-def _sae_activation(sae: Any) -> str:
-    """``relu`` or ``jumprelu`` when the k selected columns alone give the exact activations."""
-    import torch
-    from sae_lens import JumpReLUSAE, StandardSAE
-
-    kinds = {JumpReLUSAE: "jumprelu", StandardSAE: "relu"}
-    cfg = sae.cfg
-    exact = (
-        type(sae) in kinds
-        and isinstance(sae.activation_fn, torch.nn.ReLU)
-        and cfg.normalize_activations == "none"
-        and cfg.reshape_activations == "none"
-    )
-    if not exact:
-        raise UserError(
-            f"a {type(sae).__name__} cannot be exported: a bundle carries k encoder columns, "
-            "which is exact only for ReLU and JumpReLU SAEs without input normalisation"
+        t = self.tensors
+        columns = FeatureColumns(
+            t["W_enc"],
+            t["b_enc"],
+            t["W_dec"],
+            t["b_dec"] if self.apply_b_dec_to_input else None,
+            t.get(JUMP_THRESHOLD),
         )
-    return kinds[type(sae)]
+        gate = exportable_strategy(self.strategy).bundle_gate(self.threshold, self.strategy_params)
+        return Guardrail(columns, gate, self.multiplier)
 
 
 def from_sae(
@@ -241,37 +258,40 @@ def from_sae(
     provenance: dict[str, Any] | None = None,
 ) -> Bundle:
     """Cut the bundle of ``features`` (in clamp order) out of a full sae_lens SAE."""
-    import torch
+    from dsg.guardrail import FeatureColumns, column_activation, feature_index
 
     sae = loaded.sae
-    activation = _sae_activation(sae)
-    index = torch.as_tensor(features, dtype=torch.long).reshape(-1).cpu()
-    d_sae = int(sae.cfg.d_sae)
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= d_sae):
+    if column_activation(sae) is None:
         raise UserError(
-            f"feature indices must lie in [0, {d_sae}); the selection is for another SAE"
+            f"a {type(sae).__name__} cannot be exported: a bundle carries k encoder columns, "
+            "which is exact only for ReLU and JumpReLU SAEs without input normalisation"
         )
+    gate_strategy = exportable_strategy(strategy)
+    threshold = float(threshold) if gate_strategy.uses_threshold and threshold is not None else None
+    index = feature_index(features, int(sae.cfg.d_sae))
+    columns = FeatureColumns.from_sae(sae, index)
 
-    def cols(t: torch.Tensor) -> torch.Tensor:
-        return t.detach().cpu().float()
+    def plain(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().cpu().float().contiguous()
 
     tensors = {
-        "W_enc": cols(sae.W_enc)[:, index].clone(),
-        "b_enc": cols(sae.b_enc)[index].clone(),
-        "W_dec": cols(sae.W_dec)[index].clone(),
-        "b_dec": cols(sae.b_dec).clone(),
+        "W_enc": plain(columns.w_enc),
+        "b_enc": plain(columns.b_enc),
+        "W_dec": plain(columns.w_dec),
+        "b_dec": plain(sae.b_dec),
     }
-    if activation == "jumprelu":
-        tensors["threshold"] = cols(sae.threshold)[index].clone()
+    if columns.jump is not None:
+        tensors[JUMP_THRESHOLD] = plain(columns.jump)
     return Bundle(
         hook_name=loaded.hook_name,
         features=tuple(int(j) for j in index.tolist()),
-        threshold=None if strategy == "static" or threshold is None else float(threshold),
+        threshold=threshold,
         multiplier=float(multiplier),
         strategy=strategy,
-        activation=activation,
+        strategy_params=gate_strategy.bundle_params(threshold),
+        activation=columns.activation,
         apply_b_dec_to_input=bool(sae.cfg.apply_b_dec_to_input),
-        d_sae=d_sae,
+        d_sae=int(sae.cfg.d_sae),
         tensors=tensors,
         sae={
             "spec": loaded.spec,
@@ -282,66 +302,3 @@ def from_sae(
         base_model=base_model or {},
         provenance=provenance or {},
     )
-
-
-class BundleGuardrail:
-    """The guardrail computed from a bundle alone: the same hits, rates, gate and closed-form clamp
-    as :class:`dsg.guardrail.DynamicClamp` (or ``StaticClamp``) on the full SAE.
-
-    Works in the residual's dtype and device; callers wanting float32 gates upcast first.
-    """
-
-    def __init__(self, bundle: Bundle) -> None:
-        self.bundle = bundle
-        t = bundle.tensors
-        self.w_enc, self.b_enc, self.w_dec = t["W_enc"], t["b_enc"], t["W_dec"]
-        self.b_dec_in = t["b_dec"] if bundle.apply_b_dec_to_input else None
-        self.jump = t.get("threshold")
-        self.fired: torch.Tensor | None = None
-        self.rates: torch.Tensor | None = None
-
-    def activations(self, resid: torch.Tensor) -> torch.Tensor:
-        """``[B, T, k]`` activations of the bundle's features."""
-        from dsg.guardrail import encode_columns
-
-        return encode_columns(resid, self.w_enc, self.b_enc, self.b_dec_in, self.jump)
-
-    def gate(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
-        """Which rows clamp: rate above alpha (dynamic) or any hit at all (static)."""
-        from dsg.guardrail import rate_gate
-
-        threshold = self.bundle.threshold
-        if self.bundle.strategy == "static" or threshold is None:  # validated: not dynamic
-            return hits.any(dim=1)
-        return rate_gate(rates, threshold)
-
-    def clamp(self, resid: torch.Tensor, acts: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-        """``x + Σ_j (-m - a_j) · W_dec[j]`` at ``where`` (bool ``[B, T]``); ``resid`` elsewhere."""
-        from dsg.guardrail import apply_clamp
-
-        return apply_clamp(resid, acts, where, self.w_dec, self.bundle.multiplier)
-
-    def __call__(self, resid: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """A whole sequence: decide each row on its attended tokens, then clamp its hits."""
-        from dsg.guardrail import sequence_rates, token_hits
-
-        mask = attention_mask.to(resid.device).bool()
-        acts = self.activations(resid)
-        hits = token_hits(acts, mask)
-        self.rates = sequence_rates(hits, mask)
-        self.fired = self.gate(self.rates, hits)
-        return self.clamp(resid, acts, hits & self.fired[:, None])
-
-    def continue_rows(
-        self, resid: torch.Tensor, attention_mask: torch.Tensor, fired: torch.Tensor
-    ) -> torch.Tensor:
-        """New positions of rows already decided (decode steps): clamp hits where ``fired``.
-
-        A static bundle clamps every hit, as on the prompt.
-        """
-        mask = attention_mask.to(resid.device).bool()
-        acts = self.activations(resid)
-        hits = (acts > 0).any(dim=-1) & mask
-        if self.bundle.strategy == "static":
-            return self.clamp(resid, acts, hits)
-        return self.clamp(resid, acts, hits & fired.to(resid.device)[:, None])

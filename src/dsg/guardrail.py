@@ -8,12 +8,15 @@ definition of "hit", "rate" and "clamp".
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from dsg.errors import UserError
+
+if TYPE_CHECKING:
+    from dsg.interfaces import Gate
 
 __all__ = [
     "select_features",
@@ -24,6 +27,14 @@ __all__ = [
     "encode_columns",
     "rate_gate",
     "apply_clamp",
+    "column_activation",
+    "feature_index",
+    "sae_features",
+    "FeatureColumns",
+    "EncodedFeatures",
+    "ThresholdGate",
+    "AnyHitGate",
+    "Guardrail",
     "DynamicClamp",
     "StaticClamp",
 ]
@@ -136,7 +147,8 @@ def calibrate_threshold(rates: Any, percentile: float = 95.0) -> float:
 # --------------------------------------------------------------------------- SAE access
 
 
-def _as_feature_index(features: Any, d_sae: int) -> torch.Tensor:
+def feature_index(features: Any, d_sae: int) -> torch.Tensor:
+    """Selected feature indices as a CPU int64 vector; out of range or repeated: UserError."""
     if isinstance(features, torch.Tensor):
         features = features.detach().cpu()
     index = torch.as_tensor(np.asarray(features, dtype=np.int64).reshape(-1))
@@ -149,18 +161,20 @@ def _as_feature_index(features: Any, d_sae: int) -> torch.Tensor:
     return index
 
 
-def _is_elementwise(sae: Any) -> bool:
-    """True when ``encode`` is ``act((x - b_dec) @ W_enc + b_enc)`` with a per-feature ``act``,
-    so the k selected columns alone give the exact activations."""
+def column_activation(sae: Any) -> str | None:
+    """``relu`` or ``jumprelu`` when ``encode`` is ``act((x - b_dec) @ W_enc + b_enc)`` with a
+    per-feature ``act``, so the k selected columns alone give the exact activations; else None."""
     from sae_lens import JumpReLUSAE, StandardSAE
 
+    kinds = {JumpReLUSAE: "jumprelu", StandardSAE: "relu"}
     cfg = sae.cfg
-    return (
-        type(sae) in (StandardSAE, JumpReLUSAE)
+    exact = (
+        type(sae) in kinds
         and isinstance(sae.activation_fn, torch.nn.ReLU)
         and cfg.normalize_activations == "none"
         and cfg.reshape_activations == "none"
     )
+    return kinds[type(sae)] if exact else None
 
 
 def _has_plain_decoder(sae: Any) -> bool:
@@ -219,11 +233,15 @@ def encode_columns(
     return acts
 
 
+def _float32(value: float) -> float:
+    """``value`` rounded to float32, kept as a Python float: comparing a float32 tensor with it
+    is the float32 comparison, and it needs no tensor (no host-to-device copy per call)."""
+    return float(np.float32(value))
+
+
 def rate_gate(rates: torch.Tensor, threshold: float) -> torch.Tensor:
     """The dynamic gate: ``float32(rate) > float32(threshold)``, strict as in the reference."""
-    return rates.to(torch.float32) > torch.tensor(
-        threshold, dtype=torch.float32, device=rates.device
-    )
+    return rates.to(torch.float32) > _float32(threshold)
 
 
 def apply_clamp(
@@ -233,40 +251,117 @@ def apply_clamp(
     directions: torch.Tensor,
     multiplier: float,
 ) -> torch.Tensor:
-    """``x + Σ_j (-m - a_j) · d_j`` at ``where`` (bool ``[B, T]``); ``resid`` itself elsewhere."""
-    if not bool(where.any()):
-        return resid
-    coeff = -multiplier - acts[where]
-    out = resid.clone()
-    out[where] = resid[where] + coeff @ directions.to(device=resid.device, dtype=resid.dtype)
-    return out
+    """``x + Σ_j (-m - a_j) · d_j`` at ``where`` (bool ``[B, T]``); ``resid``'s values elsewhere.
+
+    Dense and branch-free (``torch.where``, no boolean indexing), so it never waits for the
+    device and CUDA graphs or ``torch.compile`` can capture it.
+    """
+    delta = (-multiplier - acts) @ directions.to(device=resid.device, dtype=resid.dtype)
+    return torch.where(where[..., None], resid + delta, resid)
 
 
-class _SelectedFeatures:
-    """The k selected features of one SAE: their activations and their decoder directions."""
+# --------------------------------------------------------------------------- features
 
-    def __init__(self, sae: Any, features: Any) -> None:
-        self.sae = sae
-        self.index = _as_feature_index(features, sae.cfg.d_sae)
-        self.elementwise = _is_elementwise(sae)
-        if self.elementwise:
-            idx = self.index.to(sae.W_enc.device)
-            self.w_enc = sae.W_enc.detach()[:, idx].clone()
-            self.b_enc = sae.b_enc.detach()[idx].clone()
-            self.b_dec_in = sae.b_dec.detach().clone() if sae.cfg.apply_b_dec_to_input else None
-            jump = getattr(sae, "threshold", None)
-            self.jump = jump.detach()[idx].clone() if isinstance(jump, torch.Tensor) else None
+
+class _CastCache:
+    """Named tensors cast once per (device, dtype) they are used in, not on every forward pass."""
+
+    def __init__(self, **tensors: torch.Tensor) -> None:
+        self.source = tensors
+        self.cast: dict[tuple[torch.device, torch.dtype], dict[str, torch.Tensor]] = {}
+
+    def like(self, resid: torch.Tensor) -> dict[str, torch.Tensor]:
+        key = (resid.device, resid.dtype)
+        if key not in self.cast:
+            self.cast[key] = {
+                name: t.to(device=resid.device, dtype=resid.dtype)
+                for name, t in self.source.items()
+            }
+        return self.cast[key]
+
+
+class FeatureColumns:
+    """The k selected features of a ReLU or JumpReLU SAE as plain tensors: encoder columns
+    ``w_enc [D, k]``, biases ``b_enc [k]``, decoder rows ``w_dec [k, D]``, the decoder bias
+    ``b_dec_in [D]`` when the SAE subtracts it from its input, and JumpReLU thresholds
+    ``jump [k]``. This is all a guardrail needs, so a bundle carries exactly these."""
+
+    def __init__(
+        self,
+        w_enc: torch.Tensor,
+        b_enc: torch.Tensor,
+        w_dec: torch.Tensor,
+        b_dec_in: torch.Tensor | None = None,
+        jump: torch.Tensor | None = None,
+    ) -> None:
+        self.w_enc, self.b_enc, self.w_dec = w_enc, b_enc, w_dec
+        self.b_dec_in, self.jump = b_dec_in, jump
+        optional = {"b_dec_in": b_dec_in, "jump": jump}
+        self._cast = _CastCache(
+            w_enc=w_enc,
+            b_enc=b_enc,
+            w_dec=w_dec,
+            **{name: t for name, t in optional.items() if t is not None},
+        )
+
+    @classmethod
+    def from_sae(cls, sae: Any, index: torch.Tensor) -> FeatureColumns:
+        """Cut the columns of ``index`` out of a ReLU or JumpReLU SAE (others: UserError)."""
+        activation = column_activation(sae)
+        if activation is None:
+            raise UserError(
+                f"a {type(sae).__name__} has no exact k-column form: that needs a ReLU or "
+                "JumpReLU SAE without input normalisation"
+            )
+        idx = index.to(sae.W_enc.device)
+        jump = sae.threshold.detach()[idx].clone() if activation == "jumprelu" else None
+        return cls(
+            sae.W_enc.detach()[:, idx].clone(),
+            sae.b_enc.detach()[idx].clone(),
+            _decoder_directions(sae, index),
+            sae.b_dec.detach().clone() if sae.cfg.apply_b_dec_to_input else None,
+            jump,
+        )
+
+    @property
+    def activation(self) -> str:
+        return "relu" if self.jump is None else "jumprelu"
 
     def activations(self, resid: torch.Tensor) -> torch.Tensor:
         """``[B, T, k]`` activations of the selected features, in the residual's dtype."""
-        if self.index.numel() == 0:
-            return resid.new_zeros(*resid.shape[:-1], 0)
-        if not self.elementwise:
-            with torch.no_grad():
-                acts = self.sae.encode(resid)
-            return acts[..., self.index.to(acts.device)].to(resid.dtype)
+        t = self._cast.like(resid)
+        return encode_columns(resid, t["w_enc"], t["b_enc"], t.get("b_dec_in"), t.get("jump"))
 
-        return encode_columns(resid, self.w_enc, self.b_enc, self.b_dec_in, self.jump)
+    def directions(self, resid: torch.Tensor) -> torch.Tensor:
+        """The decoder rows ``[k, D]`` on the residual's device and in its dtype."""
+        return self._cast.like(resid)["w_dec"]
+
+
+class EncodedFeatures:
+    """The k selected features of an SAE whose activation depends on all features (TopK, ...):
+    the SAE's own ``encode`` runs and the k columns are kept. Not free of host synchronisation
+    (that is up to the SAE); ReLU and JumpReLU SAEs use :class:`FeatureColumns` instead."""
+
+    def __init__(self, sae: Any, index: torch.Tensor) -> None:
+        self.sae = sae
+        self.index = index
+        self._cast = _CastCache(directions=_decoder_directions(sae, index))
+
+    def activations(self, resid: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            acts = self.sae.encode(resid)
+        return acts[..., self.index.to(acts.device)].to(resid.dtype)
+
+    def directions(self, resid: torch.Tensor) -> torch.Tensor:
+        return self._cast.like(resid)["directions"]
+
+
+def sae_features(sae: Any, features: Any) -> FeatureColumns | EncodedFeatures:
+    """The selected ``features`` of a sae_lens SAE, in the cheapest exact form."""
+    index = feature_index(features, sae.cfg.d_sae)
+    if column_activation(sae) is not None:
+        return FeatureColumns.from_sae(sae, index)
+    return EncodedFeatures(sae, index)
 
 
 def feature_activations(sae: Any, resid: torch.Tensor, features: Any) -> torch.Tensor:
@@ -276,73 +371,109 @@ def feature_activations(sae: Any, resid: torch.Tensor, features: Any) -> torch.T
     other architectures, such as TopK, whose activation depends on all features, run the
     SAE's own ``encode`` and keep the k columns.
     """
-    return _SelectedFeatures(sae, features).activations(resid)
+    return sae_features(sae, features).activations(resid)
 
 
-# --------------------------------------------------------------------------- clamps
+# --------------------------------------------------------------------------- gates
 
 
-class _Clamp:
-    """Sets every selected feature to ``-multiplier`` at the positions a subclass chooses.
+class ThresholdGate:
+    """The DSG gate: a row fires when ``float32(rate) > float32(threshold)`` (strict); decode
+    steps keep the prompt's decision."""
 
-    The edit is the closed form ``x + Σ_j (-m - a_j(x)) · d_j`` (``d_j`` the decoder
-    direction of feature j); every other position is returned bit for bit.
+    def __init__(self, threshold: float) -> None:
+        self.threshold = float(threshold)
+        if math.isnan(self.threshold):
+            raise UserError("the guardrail threshold is NaN; recalibrate it")
+        self._threshold32 = _float32(self.threshold)
+
+    def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
+        return rates.to(torch.float32) > self._threshold32
+
+    def carry(self, fired: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
+        return fired
+
+
+class AnyHitGate:
+    """No gate (static clamping): every row with a hit is clamped, on the prompt and after."""
+
+    def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
+        return hits.any(dim=1)
+
+    def carry(self, fired: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
+        return hits.any(dim=1)
+
+
+# --------------------------------------------------------------------------- the guardrail
+
+
+class Guardrail:
+    """The one guardrail: hits -> rates -> gate -> clamp, for a full SAE or a bundle alike.
+
+    Each selected feature is set to ``-multiplier`` at the hit positions of the rows the gate
+    lets through, with the closed form ``x + Σ_j (-m - a_j(x)) · d_j`` (``d_j`` the decoder
+    direction of feature j); every other position is returned bit for bit. The per-call path
+    never synchronises with the host. After a call ``fired`` (bool ``[B]``) and ``rates``
+    (float32 ``[B]``) describe the last batch, as tensors on the residual's device.
     """
 
-    def __init__(self, sae: Any, features: Any, multiplier: float) -> None:
-        self.selected = _SelectedFeatures(sae, features)
+    def __init__(
+        self, features: FeatureColumns | EncodedFeatures, gate: Gate, multiplier: float
+    ) -> None:
+        self.selected = features
+        self.gate = gate
         self.multiplier = float(multiplier)
-        self.directions = _decoder_directions(sae, self.selected.index)
         self.fired: torch.Tensor | None = None
         self.rates: torch.Tensor | None = None
 
-    @property
-    def features(self) -> torch.Tensor:
-        return self.selected.index
+    def activations(self, resid: torch.Tensor) -> torch.Tensor:
+        """``[B, T, k]`` activations of the selected features, in the residual's dtype."""
+        return self.selected.activations(resid)
 
-    def _gate(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    def clamp(self, resid: torch.Tensor, acts: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """The closed-form edit at ``where`` (bool ``[B, T]``); ``resid``'s values elsewhere."""
+        return apply_clamp(resid, acts, where, self.selected.directions(resid), self.multiplier)
 
     def __call__(self, resid: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """A whole sequence: decide each row on its attended tokens, then clamp its hits."""
         if resid.dim() != 3 or attention_mask.shape != resid.shape[:2]:
             raise ValueError(
                 f"expected resid [B, T, D] and attention_mask [B, T], got "
                 f"{tuple(resid.shape)} and {tuple(attention_mask.shape)}"
             )
         mask = attention_mask.to(resid.device).bool()
-        acts = self.selected.activations(resid)
+        acts = self.activations(resid)
         hits = token_hits(acts, mask)
         self.rates = sequence_rates(hits, mask)
-        self.fired = self._gate(self.rates, hits)
-        return apply_clamp(
-            resid, acts, hits & self.fired[:, None], self.directions, self.multiplier
-        )
+        self.fired = self.gate(self.rates, hits)
+        return self.clamp(resid, acts, hits & self.fired[:, None])
+
+    def continue_rows(
+        self, resid: torch.Tensor, attention_mask: torch.Tensor, fired: torch.Tensor
+    ) -> torch.Tensor:
+        """New positions of rows already decided (decode steps): clamp the hits of the rows the
+        gate carries on from the prompt's decision ``fired``."""
+        mask = attention_mask.to(resid.device).bool()
+        acts = self.activations(resid)
+        hits = (acts > 0).any(dim=-1) & mask
+        rows = self.gate.carry(fired.to(resid.device), hits)
+        return self.clamp(resid, acts, hits & rows[:, None])
 
 
-class DynamicClamp(_Clamp):
-    """The DSG guardrail: clamp only in sequences whose hit rate exceeds ``threshold``.
-
-    A row fires when ``float32(rate) > float32(threshold)`` (strict, as the reference); in a
-    firing row every hit position is clamped. After a call ``fired`` (bool ``[B]``) and
-    ``rates`` (float ``[B]``) describe the last batch.
-    """
+class DynamicClamp(Guardrail):
+    """The DSG guardrail on a full SAE: clamp only in sequences whose hit rate exceeds
+    ``threshold`` (``float32(rate) > float32(threshold)``, strict, as the reference)."""
 
     def __init__(self, sae: Any, features: Any, threshold: float, multiplier: float) -> None:
-        super().__init__(sae, features, multiplier)
-        self.threshold = float(threshold)
-        if math.isnan(self.threshold):
-            raise UserError("the guardrail threshold is NaN; recalibrate it")
-
-    def _gate(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
-        return rate_gate(rates, self.threshold)
+        gate = ThresholdGate(threshold)
+        super().__init__(sae_features(sae, features), gate, multiplier)
+        self.threshold = gate.threshold
 
 
-class StaticClamp(_Clamp):
-    """The always-on baseline (Farrell et al.): clamp at every hit position of every row.
+class StaticClamp(Guardrail):
+    """The always-on baseline (Farrell et al.) on a full SAE: clamp at every hit position of
+    every row. BOS is excluded like in :class:`DynamicClamp`; ``fired`` is True for rows with at
+    least one hit."""
 
-    BOS is excluded like in :class:`DynamicClamp`. ``fired`` is True for rows with at least
-    one hit.
-    """
-
-    def _gate(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
-        return hits.any(dim=1)
+    def __init__(self, sae: Any, features: Any, multiplier: float) -> None:
+        super().__init__(sae_features(sae, features), AnyHitGate(), multiplier)

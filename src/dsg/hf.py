@@ -32,7 +32,8 @@ from dsg.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-    from dsg.bundle import Bundle, BundleGuardrail
+    from dsg.bundle import Bundle
+    from dsg.guardrail import Guardrail
 
 
 class GuardrailStateError(UserError):
@@ -139,7 +140,7 @@ class GuardrailHandle:
 
     def __init__(self, model: Any, bundle: Bundle) -> None:
         self.bundle = bundle
-        self.guardrail: BundleGuardrail = bundle.guardrail()
+        self.guardrail: Guardrail = bundle.guardrail()
         decoder = decoder_of(model)
         self._signature = inspect.signature(decoder.forward)
         self._call: _Call | None = None

@@ -197,6 +197,20 @@ class Intervention(Protocol):
 
 
 @runtime_checkable
+class Gate(Protocol):
+    """Decides which rows of a batch a guardrail clamps, from tensors alone (no host sync).
+
+    ``rates`` is float32 ``[B]`` (hits over attended tokens), ``hits`` bool ``[B, T]``; both
+    return bool ``[B]``. ``carry`` decides the rows of a generation's decode step from the
+    prompt's decision ``fired`` and the step's own ``hits``.
+    """
+
+    def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor: ...
+
+    def carry(self, fired: torch.Tensor, hits: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class Strategy(Protocol):
     """Turns a feature selection and its parameters into an :class:`Intervention`."""
 
@@ -207,3 +221,23 @@ class Strategy(Protocol):
     def build(
         self, sae: Any, features: torch.Tensor, threshold: float, multiplier: float
     ) -> Intervention: ...
+
+
+@runtime_checkable
+class ExportableStrategy(Strategy, Protocol):
+    """A :class:`Strategy` that travels in guardrail bundles (optional: without these two
+    methods ``muse-export`` refuses the strategy).
+
+    A bundle stores the strategy's name, the threshold (when ``uses_threshold``), the multiplier,
+    the k feature columns and the JSON object ``bundle_params`` returns; ``bundle_gate`` rebuilds
+    the gate from them, and dsg's one :class:`dsg.guardrail.Guardrail` does the rest.
+    """
+
+    def bundle_params(self, threshold: float | None) -> dict[str, Any]:
+        """JSON-serialisable parameters of the gate beyond the threshold; raise a
+        :class:`~dsg.errors.UserError` when this configuration cannot be exported."""
+        ...
+
+    def bundle_gate(self, threshold: float | None, params: dict[str, Any]) -> Gate:
+        """The gate for a bundle's threshold and parameters."""
+        ...

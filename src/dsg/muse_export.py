@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dsg.artifacts import read_json
-from dsg.bundle import STRATEGIES, Bundle, from_sae
-from dsg.errors import UserError
+from dsg.bundle import Bundle, exportable_strategy, from_sae
 from dsg.generate import hf_reference
 
 if TYPE_CHECKING:
@@ -78,11 +77,8 @@ def export(session: Session, strategies: tuple[str, ...] = ("dynamic",)) -> list
     """Select if needed, then write every bundle under ``{run dir}/bundles/``."""
     from dsg import select
 
-    unknown = [name for name in strategies if name not in STRATEGIES]
-    if unknown:
-        raise UserError(
-            f"bundles support the strategies {', '.join(STRATEGIES)}, not {', '.join(unknown)}"
-        )
+    for name in strategies:  # refuse before any stage runs
+        exportable_strategy(name)
     root = session.run_dir.root / BUNDLES_DIR
     exported = []
     for selection in select.ensure(session):

@@ -1,0 +1,138 @@
+"""The guardrail's per-forward path: no host synchronisation, weights cast once per (device,
+dtype), capturable by ``torch.compile(fullgraph=True)``, and unclamped positions bit for bit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import torch
+from test_bundle import batch, loaded
+from test_guardrail import random_sae
+
+from dsg.bundle import from_sae
+from dsg.guardrail import DynamicClamp, Guardrail, StaticClamp
+
+torch.set_num_threads(1)
+
+FEATURES = [7, 3, 30, 12, 0]
+SYNCING_METHODS = ("__bool__", "item", "nonzero", "tolist", "__int__", "__float__", "numpy")
+
+
+@contextmanager
+def host_sync_forbidden() -> Iterator[None]:
+    """Every tensor operation that copies a value to the host raises, as
+    ``torch.cuda.set_sync_debug_mode("error")`` would on a GPU; boolean-mask indexing (which
+    needs the count of True entries on the host) raises too."""
+    originals = {name: getattr(torch.Tensor, name) for name in SYNCING_METHODS}
+    get, put = torch.Tensor.__getitem__, torch.Tensor.__setitem__
+
+    def forbidden(name: str) -> Any:
+        def method(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            raise AssertionError(f"host synchronisation: Tensor.{name}")
+
+        return method
+
+    def is_mask(index: Any) -> bool:
+        parts = index if isinstance(index, tuple) else (index,)
+        return any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts)
+
+    def checked_get(self: torch.Tensor, index: Any) -> Any:
+        if is_mask(index):
+            raise AssertionError("host synchronisation: boolean-mask indexing")
+        return get(self, index)
+
+    def checked_put(self: torch.Tensor, index: Any, value: Any) -> None:
+        if is_mask(index):
+            raise AssertionError("host synchronisation: boolean-mask assignment")
+        put(self, index, value)
+
+    try:
+        for name in SYNCING_METHODS:
+            setattr(torch.Tensor, name, forbidden(name))
+        torch.Tensor.__getitem__ = checked_get  # type: ignore[method-assign,assignment]
+        torch.Tensor.__setitem__ = checked_put  # type: ignore[method-assign,assignment]
+        yield
+    finally:
+        for name, method in originals.items():
+            setattr(torch.Tensor, name, method)
+        torch.Tensor.__getitem__ = get  # type: ignore[method-assign]
+        torch.Tensor.__setitem__ = put  # type: ignore[method-assign]
+
+
+def guardrails() -> dict[str, Guardrail]:
+    sae = random_sae("jumprelu", d_sae=48, apply_b_dec_to_input=True)
+    return {
+        "dynamic": DynamicClamp(sae, FEATURES, 0.3, 50.0),
+        "static": StaticClamp(sae, FEATURES, 50.0),
+        "bundle": from_sae(loaded(sae), FEATURES, threshold=0.3, multiplier=50.0).guardrail(),
+    }
+
+
+def test_the_check_catches_a_sync() -> None:
+    x = torch.ones(3)
+    with host_sync_forbidden():
+        with pytest.raises(AssertionError, match="__bool__"):
+            bool(x.any())
+        with pytest.raises(AssertionError, match="boolean-mask"):
+            x[x > 0]
+
+
+@pytest.mark.parametrize("name", ["dynamic", "static", "bundle"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_no_host_sync_on_the_forward_or_decode_path(name: str, dtype: torch.dtype) -> None:
+    guard = guardrails()[name]
+    resid, mask = batch()
+    resid = resid.to(dtype)
+    expected = guard(resid, mask)  # outside the check: the casts happen here, once
+    expected_step = guard.continue_rows(resid[:, -1:], mask[:, -1:], guard.fired)
+    with host_sync_forbidden():
+        got = guard(resid, mask)
+        step = guard.continue_rows(resid[:, -1:], mask[:, -1:], guard.fired)
+    assert torch.equal(got, expected) and torch.equal(step, expected_step)
+    assert guard.fired is not None and guard.fired.dtype == torch.bool
+    assert guard.rates is not None and guard.rates.dtype == torch.float32
+
+
+def test_weights_are_cast_once_per_device_and_dtype() -> None:
+    guard = guardrails()["bundle"]
+    resid, _ = batch()
+    half = resid.to(torch.bfloat16)
+    first = guard.selected.directions(half)
+    assert first.dtype == torch.bfloat16
+    assert guard.selected.directions(half) is first
+    assert guard.selected.directions(resid) is not first  # float32 has its own copy
+    assert guard.selected.directions(resid).dtype == torch.float32
+
+
+def test_unclamped_positions_are_returned_bit_for_bit() -> None:
+    guard = guardrails()["dynamic"]
+    resid, mask = batch()
+    resid[0, 3, 0] = -0.0  # x + 0 would turn it into +0.0
+    out = guard(resid, mask)
+    acts = guard.activations(resid)
+    clamped = (acts > 0).any(-1) & mask & guard.fired[:, None]
+    clamped &= ~(mask & (mask.cumsum(1) == 1))  # never the BOS
+    assert 0 < int(clamped.sum()) < int(mask.sum())
+    untouched = ~clamped
+    assert torch.equal(out[untouched].view(torch.int32), resid[untouched].view(torch.int32))
+    assert not torch.equal(out[clamped], resid[clamped])
+
+
+@pytest.mark.parametrize("name", ["dynamic", "bundle"])
+def test_the_call_path_compiles_as_one_graph(name: str) -> None:
+    guard = guardrails()[name]
+    resid, mask = batch()
+    expected = guard(resid, mask)
+    fired, rates = guard.fired, guard.rates
+
+    def call(resid: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = guard(resid, mask)
+        return out, guard.fired, guard.rates  # type: ignore[return-value]
+
+    compiled = torch.compile(call, fullgraph=True, backend="aot_eager")
+    out, got_fired, got_rates = compiled(resid, mask)
+    assert torch.equal(out, expected)
+    assert torch.equal(got_fired, fired) and torch.equal(got_rates, rates)
