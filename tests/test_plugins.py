@@ -247,3 +247,89 @@ def test_plugin_guide_shows_the_example_verbatim() -> None:
     guide = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
     for part in ("pyproject.toml", "src/dsg_example/__init__.py"):
         assert (EXAMPLE / part).read_text().rstrip() in guide, part
+
+
+HF_CHECK = """
+import json, sys
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from dsg.bundle import Bundle
+from dsg.hf import attach
+
+bundle = Bundle.load(sys.argv[1])
+torch.manual_seed(0)
+config = LlamaConfig(vocab_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+model = LlamaForCausalLM(config).eval()
+layer = model.model.layers[bundle.hook_layer]
+w = bundle.tensors["W_enc"][:, 0]
+with torch.no_grad():  # layer 0 passes its input through; token 1 hits feature 0, 0 hits nothing
+    layer.self_attn.o_proj.weight.zero_()
+    layer.mlp.down_proj.weight.zero_()
+    model.model.embed_tokens.weight.zero_()
+    model.model.embed_tokens.weight[1] = w * (2.0 - bundle.tensors["b_enc"][0]) / (w @ w)
+ids = torch.tensor([[1] * 12, [0] * 12, [0] * 8 + [1] * 4, [0] * 4 + [1] * 8])
+mask = torch.ones(4, 12, dtype=torch.long)
+mask[2, :8] = 0
+mask[3, :4] = 0
+with torch.no_grad():
+    plain = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    with attach(model, bundle) as handle:
+        guarded = model(input_ids=ids, attention_mask=mask).logits
+print(json.dumps({
+    "hidden": plain.hidden_states[bundle.hook_layer + 1].tolist(),
+    "mask": mask.tolist(),
+    "fired": handle.fired.tolist(),
+    "rates": handle.rates.tolist(),
+    "changed": (guarded != plain.logits).any(dim=-1).any(dim=-1).tolist(),
+}))
+"""
+
+
+def test_example_strategy_exports_to_a_bundle_and_runs_on_transformers(
+    example_installed: Path, tmp_path: Path
+) -> None:
+    exported = run_dsg(
+        example_installed,
+        tmp_path,
+        "muse-export",
+        "--case",
+        "example",
+        "--strategy",
+        "example-min-hits",
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert exported.returncode == 0, exported.stderr
+    directory = Path(exported.stdout.split()[-1])
+    config = json.loads((directory / "bundle.json").read_text())
+    assert config["strategy"] == "example-min-hits"
+    assert config["strategy_params"] == {"min_hits": 4}
+    script = tmp_path / "check.py"
+    script.write_text(HF_CHECK)
+    env = {**os.environ, "PYTHONPATH": str(example_installed), "OMP_NUM_THREADS": "1"}
+    ran = subprocess.run(
+        [sys.executable, str(script), str(directory)], env=env, capture_output=True, text=True
+    )
+    assert ran.returncode == 0, ran.stderr
+    seen = json.loads(ran.stdout)
+
+    # the gate, computed by hand from the bundle's own tensors and the unguarded residual
+    import torch
+    from safetensors.torch import load_file
+
+    t = load_file(directory / "guardrail.safetensors")
+    hidden, mask = torch.tensor(seen["hidden"]), torch.tensor(seen["mask"]).bool()
+    pre = hidden @ t["W_enc"] + t["b_enc"]
+    acts = torch.relu(pre) * (pre > t["jump_threshold"])
+    bos = mask & (mask.cumsum(1) == 1)
+    hits = (acts > 0).any(-1) & mask & ~bos
+    rates = hits.sum(1) / mask.sum(1)
+    torch.testing.assert_close(torch.tensor(seen["rates"]), rates.float())
+    gated = rates.float() > torch.tensor(config["threshold"], dtype=torch.float32)
+    fired = gated & (hits.sum(1) >= 4)
+    assert seen["fired"] == fired.tolist() == [True, False, False, True]
+    assert bool(gated[2])  # the dynamic gate alone would fire the short row
+    assert seen["changed"] == [
+        f and bool(h.any()) for f, h in zip(seen["fired"], hits, strict=True)
+    ]

@@ -1,4 +1,5 @@
-"""An example dsg plugin: a case named ``example`` with its own tiny model and SAE.
+"""An example dsg plugin: a case named ``example`` with its own tiny model and SAE, and a
+strategy ``example-min-hits`` that travels in guardrail bundles.
 
 It registers one object per hook it implements. The model and the SAE are built from a fixed
 seed, so the plugin runs offline; a real plugin would load weights from disk or the hub.
@@ -147,6 +148,45 @@ class ExampleSAELoader:
         )
 
 
+class MinHitsGate:
+    """The DSG gate, plus: a row needs at least ``min_hits`` hit tokens to fire, so a short
+    prompt cannot fire on two or three tokens."""
+
+    def __init__(self, threshold: float, min_hits: int) -> None:
+        # rounded to float32 once, so each call compares with a plain float (no host sync)
+        self.limit = torch.tensor(threshold, dtype=torch.float32).item()
+        self.min_hits = min_hits
+
+    def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
+        return (rates.to(torch.float32) > self.limit) & (hits.sum(dim=1) >= self.min_hits)
+
+    def carry(self, fired: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
+        return fired  # generation keeps the prompt's decision
+
+
+class MinHitsStrategy:
+    name = "example-min-hits"
+    description = "The DSG gate, for prompts with at least 4 hit tokens"
+    uses_threshold = True
+    min_hits = 4
+
+    def build(self, sae: Any, features: torch.Tensor, threshold: float, multiplier: float) -> Any:
+        from dsg.guardrail import Guardrail, sae_features
+
+        gate = MinHitsGate(threshold, self.min_hits)
+        return Guardrail(sae_features(sae, features), gate, multiplier)
+
+    def bundle_params(self, threshold: float | None) -> dict[str, Any]:
+        return {"min_hits": self.min_hits}
+
+    def bundle_gate(self, threshold: float | None, params: dict[str, Any]) -> MinHitsGate:
+        from dsg.errors import UserError
+
+        if threshold is None or not isinstance(params.get("min_hits"), int):
+            raise UserError("an example-min-hits bundle needs a threshold and min_hits")
+        return MinHitsGate(threshold, params["min_hits"])
+
+
 @hookimpl
 def register_cases(register: Any) -> None:
     register(ExampleCase())
@@ -160,3 +200,8 @@ def register_model_loaders(register: Any) -> None:
 @hookimpl
 def register_sae_loaders(register: Any) -> None:
     register(ExampleSAELoader())
+
+
+@hookimpl
+def register_strategies(register: Any) -> None:
+    register(MinHitsStrategy())
