@@ -93,7 +93,7 @@ def test_no_host_sync_on_the_forward_or_decode_path(name: str, dtype: torch.dtyp
         step = guard.continue_rows(resid[:, -1:], mask[:, -1:], guard.fired)
     assert torch.equal(got, expected) and torch.equal(step, expected_step)
     assert guard.fired is not None and guard.fired.dtype == torch.bool
-    assert guard.rates is not None and guard.rates.dtype == torch.float32
+    assert guard.rates is not None and guard.rates.dtype == torch.float64
 
 
 def test_weights_are_cast_once_per_device_and_dtype() -> None:

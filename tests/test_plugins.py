@@ -324,8 +324,8 @@ def test_example_strategy_exports_to_a_bundle_and_runs_on_transformers(
     acts = torch.relu(pre) * (pre > t["jump_threshold"])
     bos = mask & (mask.cumsum(1) == 1)
     hits = (acts > 0).any(-1) & mask & ~bos
-    rates = hits.sum(1) / mask.sum(1)
-    torch.testing.assert_close(torch.tensor(seen["rates"]), rates.float())
+    rates = hits.sum(1).double() / mask.sum(1).double()
+    torch.testing.assert_close(torch.tensor(seen["rates"], dtype=torch.float64), rates)
     gated = rates.float() > torch.tensor(config["threshold"], dtype=torch.float32)
     fired = gated & (hits.sum(1) >= 4)
     assert seen["fired"] == fired.tolist() == [True, False, False, True]

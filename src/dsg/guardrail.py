@@ -414,7 +414,8 @@ class Guardrail:
     lets through, with the closed form ``x + Σ_j (-m - a_j(x)) · d_j`` (``d_j`` the decoder
     direction of feature j); every other position is returned bit for bit. The per-call path
     never synchronises with the host. After a call ``fired`` (bool ``[B]``) and ``rates``
-    (float32 ``[B]``) describe the last batch, as tensors on the residual's device.
+    (``[B]``, see :func:`sequence_rates`) describe the last batch, as tensors on the residual's
+    device.
     """
 
     def __init__(
