@@ -121,9 +121,8 @@ def test_unclamped_positions_are_returned_bit_for_bit() -> None:
     assert not torch.equal(out[clamped], resid[clamped])
 
 
-@pytest.mark.parametrize("name", ["dynamic", "bundle"])
-def test_the_call_path_compiles_as_one_graph(name: str) -> None:
-    guard = guardrails()[name]
+def test_the_call_path_compiles_as_one_graph() -> None:
+    guard = guardrails()["bundle"]  # the same Guardrail class as DynamicClamp
     resid, mask = batch()
     expected = guard(resid, mask)
     fired, rates = guard.fired, guard.rates
