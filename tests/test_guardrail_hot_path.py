@@ -135,3 +135,11 @@ def test_the_call_path_compiles_as_one_graph() -> None:
     out, got_fired, got_rates = compiled(resid, mask)
     assert torch.equal(out, expected)
     assert torch.equal(got_fired, fired) and torch.equal(got_rates, rates)
+
+
+def test_the_guardrail_pieces_are_public() -> None:
+    import dsg
+    from dsg import guardrail
+
+    for name in ("Guardrail", "ThresholdGate", "AnyHitGate", "FeatureColumns", "sae_features"):
+        assert getattr(dsg, name) is getattr(guardrail, name)

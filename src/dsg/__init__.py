@@ -18,6 +18,11 @@ _GUARDRAIL_API = (
     "calibrate_threshold",
     "DynamicClamp",
     "StaticClamp",
+    "Guardrail",
+    "ThresholdGate",
+    "AnyHitGate",
+    "FeatureColumns",
+    "sae_features",
     "feature_activations",
     "token_hits",
 )

@@ -171,7 +171,7 @@ class MinHitsStrategy:
     min_hits = 4
 
     def build(self, sae: Any, features: torch.Tensor, threshold: float, multiplier: float) -> Any:
-        from dsg.guardrail import Guardrail, sae_features
+        from dsg import Guardrail, sae_features
 
         gate = MinHitsGate(threshold, self.min_hits)
         return Guardrail(sae_features(sae, features), gate, multiplier)
@@ -180,7 +180,7 @@ class MinHitsStrategy:
         return {"min_hits": self.min_hits}
 
     def bundle_gate(self, threshold: float | None, params: dict[str, Any]) -> MinHitsGate:
-        from dsg.errors import UserError
+        from dsg.api import UserError
 
         if threshold is None or not isinstance(params.get("min_hits"), int):
             raise UserError("an example-min-hits bundle needs a threshold and min_hits")
