@@ -201,9 +201,8 @@ class Gate(Protocol):
     """Decides which rows of a batch a guardrail clamps, from tensors alone (no host sync).
 
     ``rates`` is ``[B]`` (hits over attended tokens, float64; float32 on MPS), ``hits`` bool
-    ``[B, T]``; both
-    return bool ``[B]``. ``carry`` decides the rows of a generation's decode step from the
-    prompt's decision ``fired`` and the step's own ``hits``.
+    ``[B, T]``; both return bool ``[B]``. ``carry`` decides the rows of a generation's decode
+    step from the prompt's decision ``fired`` and the step's own ``hits``.
     """
 
     def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor: ...
