@@ -160,7 +160,7 @@ def test_select_features_tie_order_is_stable() -> None:
     "kwargs", [{"ratio_percentile": -1.0}, {"ratio_percentile": 100.5}, {"forget_percentile": 101}]
 )
 def test_select_features_rejects_bad_percentiles(kwargs: dict[str, float]) -> None:
-    with pytest.raises(UserError, match="between 0 and 100"):
+    with pytest.raises(UserError, match=r"must be within \[0, 100\]"):
         select_features(TOY_F, TOY_R, **kwargs)
 
 
