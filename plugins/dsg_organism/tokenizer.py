@@ -90,7 +90,8 @@ def letter_ids(tok: Any) -> list[int]:
 
 
 def render_mcq(tok: Any, subject: str, question: str, choices: list[str]) -> str:
-    """The reference prompt (spec §6.2) through the chat template, ending at ``Answer: (``."""
+    """The reference prompt (reference algorithm: Prompts and scoring) through the chat template,
+    ending at ``Answer: (``."""
     block = "\n".join(f"{letter}. {c}" for letter, c in zip("ABCD", choices, strict=True))
     body = (
         f"The following are multiple choice questions (with answers) about {subject}.\n"
