@@ -1,4 +1,4 @@
-"""Corpus building against hand-computed inputs (spec §3, §12 invariants 1-3)."""
+"""Corpus building against hand-computed inputs (reference algorithm: Data)."""
 
 from __future__ import annotations
 

@@ -59,8 +59,9 @@ def random_sae(kind: str, *, d_in: int = 16, d_sae: int = 64, seed: int = 0, **c
 
 @torch.no_grad()
 def reference_hook(sae: Any, x: torch.Tensor, features: list[int], m: float, alpha: float):
-    """The reference hook (spec §5), written independently: encode, zero position 0, hit,
-    rate over the full length, clamp all selected features, decode plus the error term."""
+    """The reference hook (reference algorithm: The intervention), written independently:
+    encode, zero position 0, hit, rate over the full length, clamp all selected features, decode
+    plus the error term."""
     a = sae.encode(x)
     a[:, 0, :] = 0
     err = x - sae.decode(a)
@@ -75,7 +76,7 @@ def reference_hook(sae: Any, x: torch.Tensor, features: list[int], m: float, alp
 
 
 def assert_close_to_reference(got: torch.Tensor, want: torch.Tensor, x: torch.Tensor) -> None:
-    """Equal up to float32 rounding relative to the size of the edit (spec §12, item 12)."""
+    """Equal up to float32 rounding relative to the size of the edit."""
     scale = max(1.0, float((want - x).abs().max()))
     torch.testing.assert_close(got, want, atol=2e-6 * scale, rtol=1e-5)
 
@@ -160,7 +161,7 @@ def test_select_features_tie_order_is_stable() -> None:
     "kwargs", [{"ratio_percentile": -1.0}, {"ratio_percentile": 100.5}, {"forget_percentile": 101}]
 )
 def test_select_features_rejects_bad_percentiles(kwargs: dict[str, float]) -> None:
-    with pytest.raises(UserError, match="between 0 and 100"):
+    with pytest.raises(UserError, match=r"must be within \[0, 100\]"):
         select_features(TOY_F, TOY_R, **kwargs)
 
 

@@ -1,4 +1,5 @@
-"""The selection stage against hand computations (spec §4.2-4.3, §12 invariants 7, 9, 10)."""
+"""The selection stage against hand computations (docs/reference-algorithm.md:
+Selection, Calibration)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def write_stats(
     )
 
 
-# spec §12 invariant 7
+# a toy vector whose selection is worked out by hand
 F = [0.5, 0.4, 0.3, 0.0, 0.2, 0.1, 0.0, 0.05]
 R = [0.0, 0.0, 0.1, 0.2, 0.0, 0.3, 0.0, 0.0]
 

@@ -13,8 +13,9 @@ import json
 import random
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from dsg_organism.check import ablation_probe, sweep
 from dsg_organism.tokenizer import render_mcq, train_tokenizer
@@ -34,9 +35,20 @@ from dsg_organism.world import World, build_world, training_mcq, vocabulary_word
 # vocabulary. The ablation probe recorded in build-info.json shows the question is still at its
 # own positions there (ablating it drops every set to chance).
 EMBEDDING_LAYER = 0
-# The sweep recorded in build-info.json (the case's defaults are chosen from it).
-SWEEP = {"ratio_percentiles": [90.0, 91.0], "n_features": [100, 150, 180], "multipliers": [500.0]}
-QUICK_SWEEP = {"ratio_percentiles": [95.0], "n_features": [4], "multipliers": [500.0]}
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """The configurations of the guardrail check recorded in build-info.json."""
+
+    ratio_percentiles: list[float]
+    n_features: list[int]
+    multipliers: list[float]
+
+
+# The case's defaults are chosen from this sweep.
+SWEEP = SweepGrid(ratio_percentiles=[90.0, 91.0], n_features=[100, 150, 180], multipliers=[500.0])
+QUICK_SWEEP = SweepGrid(ratio_percentiles=[95.0], n_features=[4], multipliers=[500.0])
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,15 +84,10 @@ def render_mcq_text(row: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    import torch
-
-    args = parse(argv)
-    torch.set_num_threads(args.threads)
-    t0 = time.time()
-    seed = args.seed
+def configs(args: argparse.Namespace) -> tuple[World, LMConfig, SAEConfig, SweepGrid]:
+    """The world and the sizes to build, from the command line (``--quick``: toy sizes)."""
     if args.quick:
-        world = build_world(seed, n_entities=8, n_docs=2, n_target=8)
+        world = build_world(args.seed, n_entities=8, n_docs=2, n_target=8)
         lm_cfg = LMConfig(
             d_model=32,
             n_layers=2,
@@ -92,11 +99,9 @@ def main(argv: list[str] | None = None) -> dict:
             mcq_batch=4,
             drill_batch=2,
         )
-        sae_cfg = SAEConfig(width=64, steps=10, batch=256)
-        sweep_cfg = QUICK_SWEEP
+        sae_cfg, grid = SAEConfig(width=64, steps=10, batch=256), QUICK_SWEEP
     else:
-        world = build_world(seed)
-        lm_cfg, sae_cfg, sweep_cfg = LMConfig(), SAEConfig(), SWEEP
+        world, lm_cfg, sae_cfg, grid = build_world(args.seed), LMConfig(), SAEConfig(), SWEEP
     if args.steps is not None:
         lm_cfg.steps = args.steps
     if args.warmup_steps is not None:
@@ -105,12 +110,87 @@ def main(argv: list[str] | None = None) -> dict:
         sae_cfg.width = args.sae_width
     if args.sae_steps is not None:
         sae_cfg.steps = args.sae_steps
+    return world, lm_cfg, sae_cfg, grid
 
-    out: Path = args.out
+
+def fresh_output(out: Path, world: World) -> None:
+    """Replace the world, model and SAE folders under ``out`` with the new world."""
     for sub in ("world", "model", "sae"):
         shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     world.write(out)
+
+
+def embedding_acts(
+    model: Any, tok: Any, world: World, lm_cfg: LMConfig, rng: random.Random, quick: bool
+) -> tuple[Any, dict]:
+    """The SAE's training activations (corpus rows, then MCQ prompts) at the embedding layer,
+    and the ablation probe over every layer that justifies reading there."""
+    import torch
+
+    sets = {name: [{**r, "subject": name} for r in rows] for name, rows in world.eval_sets.items()}
+    rows = prose_rows(tok, world.forget + world.retain, lm_cfg.seq_len)
+    corpus = [
+        (rows[i : i + 32], torch.ones_like(rows[i : i + 32])) for i in range(0, len(rows), 32)
+    ]
+    means = [collect(model, corpus, layer).mean(0) for layer in range(lm_cfg.n_layers)]
+    probe = ablation_probe(model, tok, sets, means)
+    print("ablation probe", probe, "-> layer", EMBEDDING_LAYER, flush=True)
+    prompts = [
+        render_mcq(tok, r["subject"], r["question"], r["choices"])
+        for r in (training_mcq(rng, world) for _ in range(200 if quick else 2000))
+    ]
+    prompt_batches = []
+    for i in range(0, len(prompts), 64):
+        enc = tok(prompts[i : i + 64], add_special_tokens=False, padding=True, return_tensors="pt")
+        prompt_batches.append((enc["input_ids"], enc["attention_mask"]))
+    acts = [
+        collect(model, corpus, EMBEDDING_LAYER),
+        collect(model, prompt_batches, EMBEDDING_LAYER),
+    ]
+    return torch.cat(acts), probe
+
+
+def train_and_save_sae(
+    acts: Any, sae_cfg: SAEConfig, seed: int, out: Path
+) -> tuple[dict, Any, Any]:
+    """Train the SAE on ``acts``, save it under ``out/sae`` with its training.json; return that
+    summary, the weights and the training log."""
+    weights, sae_log = train_sae(acts, sae_cfg, seed)
+    save_sae(weights, EMBEDDING_LAYER, out / "sae")
+    sae_info = {
+        "hook_name": f"blocks.{EMBEDDING_LAYER}.hook_resid_pre",
+        "d_sae": sae_cfg.width,
+        "l0": round(sae_log.l0, 4),
+        "explained_variance": round(sae_log.explained_variance, 4),
+        "dead_fraction": round(sae_log.dead_fraction, 4),
+        "training_tokens": int(len(acts)),
+        "seconds": round(sae_log.seconds, 1),
+    }
+    (out / "sae" / "training.json").write_text(json.dumps(sae_info, indent=1) + "\n")
+    return sae_info, weights, sae_log
+
+
+def world_summary(world: World) -> dict:
+    """How big the world is, for build-info.json."""
+    return {
+        "entities_per_domain": len(world.entities["pathogens"]),
+        "forget_docs": len(world.forget),
+        "retain_docs": len(world.retain),
+        "eval_questions": {k: len(v) for k, v in world.eval_sets.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import torch
+
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    seed = args.seed
+    world, lm_cfg, sae_cfg, grid = configs(args)
+    out: Path = args.out
+    fresh_output(out, world)
 
     rng = random.Random(seed + 1)
     tok = train_tokenizer(tokenizer_texts(world, rng), 2048, out / "model")
@@ -123,47 +203,15 @@ def main(argv: list[str] | None = None) -> dict:
     accuracies = {name: round(accuracy(model, tok, rows), 4) for name, rows in sets.items()}
     print("identity-order accuracy", accuracies, flush=True)
 
-    rows = prose_rows(tok, world.forget + world.retain, lm_cfg.seq_len)
-    corpus = [
-        (rows[i : i + 32], torch.ones_like(rows[i : i + 32])) for i in range(0, len(rows), 32)
-    ]
-    means = [collect(model, corpus, layer).mean(0) for layer in range(lm_cfg.n_layers)]
-    probe = ablation_probe(model, tok, sets, means)
-    layer = EMBEDDING_LAYER
-    print("ablation probe", probe, "-> layer", layer, flush=True)
-
-    prompts = [
-        render_mcq(tok, r["subject"], r["question"], r["choices"])
-        for r in (training_mcq(rng, world) for _ in range(200 if args.quick else 2000))
-    ]
-    prompt_batches = []
-    for i in range(0, len(prompts), 64):
-        enc = tok(prompts[i : i + 64], add_special_tokens=False, padding=True, return_tensors="pt")
-        prompt_batches.append((enc["input_ids"], enc["attention_mask"]))
-    acts = torch.cat([collect(model, corpus, layer), collect(model, prompt_batches, layer)])
-    weights, sae_log = train_sae(acts, sae_cfg, seed)
-    save_sae(weights, layer, out / "sae")
-    sae_info = {
-        "hook_name": f"blocks.{layer}.hook_resid_pre",
-        "d_sae": sae_cfg.width,
-        "l0": round(sae_log.l0, 4),
-        "explained_variance": round(sae_log.explained_variance, 4),
-        "dead_fraction": round(sae_log.dead_fraction, 4),
-        "training_tokens": int(len(acts)),
-        "seconds": round(sae_log.seconds, 1),
-    }
-    (out / "sae" / "training.json").write_text(json.dumps(sae_info, indent=1) + "\n")
-
-    report = sweep(model, tok, world, weights, layer, lm_cfg.seq_len, seed, **sweep_cfg)
+    acts, probe = embedding_acts(model, tok, world, lm_cfg, rng, args.quick)
+    sae_info, weights, sae_log = train_and_save_sae(acts, sae_cfg, seed, out)
+    report = sweep(
+        model, tok, world, weights, EMBEDDING_LAYER, lm_cfg.seq_len, seed, **asdict(grid)
+    )
     info = {
         "seed": seed,
         "quick": args.quick,
-        "world": {
-            "entities_per_domain": len(world.entities["pathogens"]),
-            "forget_docs": len(world.forget),
-            "retain_docs": len(world.retain),
-            "eval_questions": {k: len(v) for k, v in world.eval_sets.items()},
-        },
+        "world": world_summary(world),
         "tokenizer": {"vocab_size": len(tok)},
         "model": {**asdict(lm_cfg), "parameters": n_params},
         "lm_training": {

@@ -1,9 +1,9 @@
 """Measurements the build records: where the answer's information sits, and a guardrail sweep.
 
 Both run on the Hugging Face model directly, so the build needs nothing from dsg's engine. The
-sweep follows the reference (spec §4.3, §5, §6.4): features ranked by forget/retain mean ratio,
-per-n threshold at the 95th percentile of retain-row hit rates, the closed-form clamp, accuracy on
-the questions the clean model gets right under all 24 answer orders.
+sweep follows the reference (docs/reference-algorithm.md): features ranked by forget/retain mean
+ratio, per-n threshold at the 95th percentile of retain-row hit rates, the closed-form clamp,
+accuracy on the questions the clean model gets right under all 24 answer orders.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def ablation_probe(model: Any, tok: Any, sets: dict[str, list[dict]], mean: list
 
 
 def permuted(rows: list[dict]) -> list[dict]:
-    """Each question under the 24 answer orders, question-major (spec §6.2)."""
+    """Each question under the 24 answer orders, question-major (reference algorithm: Prompts
+    and scoring)."""
     out = []
     for r in rows:
         for p in PERMUTATIONS:

@@ -65,16 +65,20 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out: Path) -> Any:
 def check_tokenizer(tok: Any) -> None:
     """The properties the evaluation relies on; fail the build early if one is missing."""
     ids = {s: tok.convert_tokens_to_ids(s) for s in SPECIALS}
-    assert [ids[s] for s in SPECIALS[:3]] == [0, 1, 2], ids
+    if [ids[s] for s in SPECIALS[:3]] != [0, 1, 2]:
+        raise RuntimeError(f"the special tokens must have ids 0, 1, 2, not {ids}")
     for letter in "ABCD":
         for text in (letter, " " + letter):
-            assert len(tok(text, add_special_tokens=False)["input_ids"]) == 1, text
+            if len(tok(text, add_special_tokens=False)["input_ids"]) != 1:
+                raise RuntimeError(f"answer letter {text!r} is not a single token")
     body = "x"
     rendered = tok.apply_chat_template(
         [{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True
     )
-    assert rendered == f"<bos><start_of_turn>user\n{body}<end_of_turn>\n<start_of_turn>model\n"
-    assert tok("x")["input_ids"][0] == 2
+    if rendered != f"<bos><start_of_turn>user\n{body}<end_of_turn>\n<start_of_turn>model\n":
+        raise RuntimeError(f"the chat template renders {rendered!r}, not Gemma's turn format")
+    if tok("x")["input_ids"][0] != 2:
+        raise RuntimeError("the tokenizer does not start a text with <bos>")
 
 
 def letter_ids(tok: Any) -> list[int]:
@@ -86,7 +90,8 @@ def letter_ids(tok: Any) -> list[int]:
 
 
 def render_mcq(tok: Any, subject: str, question: str, choices: list[str]) -> str:
-    """The reference prompt (spec §6.2) through the chat template, ending at ``Answer: (``."""
+    """The reference prompt (reference algorithm: Prompts and scoring) through the chat template,
+    ending at ``Answer: (``."""
     block = "\n".join(f"{letter}. {c}" for letter, c in zip("ABCD", choices, strict=True))
     body = (
         f"The following are multiple choice questions (with answers) about {subject}.\n"

@@ -7,6 +7,7 @@ mixes prose (next-token loss) with MCQs about the world and the drills (loss on 
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -63,7 +64,7 @@ def make_model(tok: Any, cfg: LMConfig, seed: int) -> Any:
         pad_token_id=0,
         eos_token_id=1,
         bos_token_id=2,
-        attn_implementation="eager",
+        attn_implementation="eager",  # type: ignore[call-arg]  # taken by PretrainedConfig
     )
     return Gemma2ForCausalLM(config)
 
@@ -132,12 +133,13 @@ def letter_probs(
     out = []
     current: dict[str, Any] = {}
 
-    def pre_hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        assert edit is not None
-        return (edit(args[0], current["ids"], current["mask"]), *args[1:]), kwargs
+    def pre_hook(module: Any, args: tuple, kwargs: dict, rewrite: Edit) -> tuple[tuple, dict]:
+        return (rewrite(args[0], current["ids"], current["mask"]), *args[1:]), kwargs
 
     handle = (
-        model.model.layers[layer].register_forward_pre_hook(pre_hook, with_kwargs=True)
+        model.model.layers[layer].register_forward_pre_hook(
+            functools.partial(pre_hook, rewrite=edit), with_kwargs=True
+        )
         if edit is not None
         else None
     )

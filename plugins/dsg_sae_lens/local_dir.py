@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dsg.api import LoadedSAE, UserError, hook_layer_of
 
@@ -46,18 +46,33 @@ def load_sae_dir(spec: str, *, device: str, dtype: torch.dtype) -> LoadedSAE:
         sae = SAE.load_from_disk(path, device=device, dtype=dtype_name(dtype))
     except (KeyError, ValueError, OSError) as exc:
         raise UserError(f"could not load the SAE in {path}: {exc}".splitlines()[0]) from None
+    no_hook = (
+        f"the SAE in {path} does not say which hook it reads: set metadata.hook_name "
+        "(e.g. blocks.3.hook_resid_post) in its cfg.json"
+    )
+    return ready_sae(sae, spec, sae.cfg.metadata.model_name, fingerprint_sae_dir(path), no_hook)
+
+
+def ready_sae(
+    sae: Any,
+    spec: str,
+    model_name: str | None,
+    fingerprint: str,
+    no_hook: str,
+    l0: float | None = None,
+) -> LoadedSAE:
+    """A loaded sae_lens SAE in eval mode with its hook point; ``no_hook`` is the error when its
+    config names no hook."""
     hook_name = sae.cfg.metadata.hook_name
     if not hook_name:
-        raise UserError(
-            f"the SAE in {path} does not say which hook it reads: set metadata.hook_name "
-            "(e.g. blocks.3.hook_resid_post) in its cfg.json"
-        )
+        raise UserError(no_hook)
     sae.eval()
     return LoadedSAE(
         sae=sae,
         spec=spec,
         hook_name=hook_name,
         hook_layer=hook_layer_of(hook_name),
-        model_name=sae.cfg.metadata.model_name,
-        fingerprint=fingerprint_sae_dir(path),
+        model_name=model_name,
+        fingerprint=fingerprint,
+        l0=l0,
     )

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dsg.api import LoadedSAE, UserError, hook_layer_of, one_line_reason
-from dsg_sae_lens.local_dir import dtype_name
+from dsg.api import LoadedSAE, UserError, one_line_reason
+from dsg_sae_lens.local_dir import dtype_name, ready_sae
 
 if TYPE_CHECKING:
     import torch
@@ -113,19 +113,10 @@ def load_pretrained(spec: str, *, device: str, dtype: torch.dtype) -> LoadedSAE:
             "Hugging Face cache when offline: run once with internet (log in with "
             "`hf auth login` if gated), or pass a folder written by SAE.save_model as --sae"
         ) from None
-    hook_name = sae.cfg.metadata.hook_name
-    if not hook_name:
-        raise UserError(f"SAE {spec} does not say which hook it reads; it cannot be used")
-    sae.eval()
-    return LoadedSAE(
-        sae=sae,
-        spec=spec,
-        hook_name=hook_name,
-        hook_layer=hook_layer_of(hook_name),
-        model_name=sae.cfg.metadata.model_name or directory()[release].model,
-        fingerprint=f"{release}/{sae_id}",
-        l0=expected_l0(release, sae_id),
-    )
+    model_name = sae.cfg.metadata.model_name or directory()[release].model
+    no_hook = f"SAE {spec} does not say which hook it reads; it cannot be used"
+    fingerprint, l0 = f"{release}/{sae_id}", expected_l0(release, sae_id)
+    return ready_sae(sae, spec, model_name, fingerprint, no_hook, l0)
 
 
 def expected_l0(release: str, sae_id: str) -> float | None:

@@ -88,7 +88,6 @@ def setting_options(command: str) -> Callable[[Callable[..., Any]], Callable[...
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
         command_fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command_fn.__annotations__ = {p.name: p.annotation for p in params}
-        del command_fn.__wrapped__  # type: ignore[attr-defined]
         return command_fn
 
     return decorate

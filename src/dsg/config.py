@@ -138,8 +138,9 @@ def check(s: Settings) -> None:
 
 def _check_value(setting: Declared, value: Any) -> None:
     spec, label = setting.spec, setting.label
-    if spec.minimum is not None or spec.maximum is not None:
-        check_bounds(label, value, spec.minimum, spec.maximum, above_minimum=spec.above_minimum)
+    if spec.bounds is not None:
+        low, high, above = spec.bounds.minimum, spec.bounds.maximum, spec.bounds.above_minimum
+        check_bounds(label, value, low, high, above_minimum=above)
     if spec.choices and value not in spec.choices:
         raise UserError(f"unknown {label} {value!r}; choose one of: {', '.join(spec.choices)}")
     if spec.regex:

@@ -34,15 +34,15 @@ def _toml(value: Any) -> str:
 
 
 def _type(setting: Declared) -> str:
-    spec, name = setting.spec, _TYPE_NAMES[setting.kind]
+    bounds, name = setting.spec.bounds, _TYPE_NAMES[setting.kind]
     if setting.repeated:
         name = f"list of {name}s"
-    if spec.minimum is not None and spec.maximum is not None:
-        low = f"{'(' if spec.above_minimum else '['}{spec.minimum:g}"
-        return f"{name} in {low}, {spec.maximum:g}]"
-    if spec.minimum is not None:
-        return f"{name} {'>' if spec.above_minimum else '≥'} {spec.minimum:g}"
-    return name
+    if bounds is None or bounds.minimum is None:
+        return name
+    if bounds.maximum is not None:
+        low = f"{'(' if bounds.above_minimum else '['}{bounds.minimum:g}"
+        return f"{name} in {low}, {bounds.maximum:g}]"
+    return f"{name} {'>' if bounds.above_minimum else '≥'} {bounds.minimum:g}"
 
 
 def _default(setting: Declared) -> str:

@@ -1,4 +1,4 @@
-"""Forget and retain token rows, built the way the reference builds them (spec §3).
+"""Forget and retain token rows, built as the reference builds them (reference algorithm: Data).
 
 Documents longer than ``min_chars`` characters are kept; the forget documents are a seeded
 random sample (and order), the retain documents stay in corpus order. Each list is joined with
@@ -117,7 +117,7 @@ def build_rows(
     seed: int,
     case: str = "",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shuffled forget and retain rows, cut to the same count (spec §3.2)."""
+    """Shuffled forget and retain rows, cut to the same count (reference algorithm: Data)."""
     import torch
 
     forget = tokenize_and_concat(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from dsg.checks import check_percentile
 from dsg.errors import UserError
 
 if TYPE_CHECKING:
@@ -61,13 +62,6 @@ def _as_float64(values: Any, name: str) -> np.ndarray:
     return array
 
 
-def _check_percentile(value: float, name: str) -> float:
-    value = float(value)
-    if not 0.0 <= value <= 100.0:
-        raise UserError(f"{name} must be between 0 and 100, got {value}")
-    return value
-
-
 def select_features(
     forget_mean: Any,
     retain_mean: Any,
@@ -82,8 +76,8 @@ def select_features(
     returns them by descending ``F``; ties keep the lower index first so the order is the same
     on every machine.
     """
-    ratio_percentile = _check_percentile(ratio_percentile, "ratio_percentile")
-    forget_percentile = _check_percentile(forget_percentile, "forget_percentile")
+    ratio_percentile = check_percentile("ratio_percentile", ratio_percentile)
+    forget_percentile = check_percentile("forget_percentile", forget_percentile)
     f = _as_float64(forget_mean, "forget_mean")
     r = _as_float64(retain_mean, "retain_mean")
     if f.shape != r.shape:
@@ -140,7 +134,7 @@ def sequence_rates(hits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Te
 def calibrate_threshold(rates: Any, percentile: float = 95.0) -> float:
     """The ``percentile`` of the retain rates (linear interpolation, float64), i.e. the rate
     that only ``100 - percentile`` % of retain sequences exceed."""
-    percentile = _check_percentile(percentile, "percentile")
+    percentile = check_percentile("percentile", percentile)
     return float(np.percentile(_as_float64(rates, "rates"), percentile))
 
 

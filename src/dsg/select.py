@@ -2,9 +2,9 @@
 
 The reference round-trips its statistics through ``%f`` text files before selecting, which
 rounds them to 6 decimals and turns rare retain features into exact zeros; ``stat_decimals``
-reproduces that (spec §4.2). For each ratio percentile the selected features are ordered by
-descending forget mean, and each ``n`` gets the calibration percentile of the retain rows' hit
-rates for the first ``n`` features (spec §4.3).
+reproduces that (reference algorithm: The statistic). For each ratio percentile the selected
+features are ordered by descending forget mean, and each ``n`` gets the calibration percentile of
+the retain rows' hit rates for the first ``n`` features (reference algorithm: Calibration).
 """
 
 from __future__ import annotations

@@ -28,7 +28,23 @@ SELECTING = ("select", "evaluate", "muse-export", "generate")
 CLAMPING = ("evaluate", "muse-export", "generate")
 
 # Sections of docs/config.md, in order.
-GROUPS = ("What to run", "Data", "Selection and threshold", "Evaluation", "Scale-out")
+RUN, DATA, SELECTION = "What to run", "Data", "Selection and threshold"
+EVALUATION, SCALE_OUT = "Evaluation", "Scale-out"
+GROUPS = (RUN, DATA, SELECTION, EVALUATION, SCALE_OUT)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range of a number; ``above_minimum`` excludes the minimum itself."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    above_minimum: bool = False
+
+
+POSITIVE = Bounds(0, None, above_minimum=True)
+PERCENTILE = Bounds(0, 100)
+PERCENTAGE = Bounds(0, 100, above_minimum=True)
 
 
 @dataclass(frozen=True)
@@ -39,239 +55,134 @@ class Setting:
     group: str
     commands: tuple[str, ...]
     option: str | None = None  # the CLI option when it is not --name-with-dashes
-    minimum: float | None = None
-    maximum: float | None = None
-    above_minimum: bool = False  # the minimum itself is excluded
+    bounds: Bounds | None = None
     choices: tuple[str, ...] = ()
     regex: bool = False
     case_may_set: bool = False
     docs_default: str | None = None  # the docs table's default column, when not the default
 
 
-def setting(default: Any = dataclasses.MISSING, **declared: Any) -> Any:
-    """A :class:`Settings` field: its default and its :class:`Setting` declaration."""
-    return dataclasses.field(default=default, metadata={"setting": Setting(**declared)})
+def setting(default: Any, help: str, group: str, commands: tuple[str, ...], **more: Any) -> Any:
+    """A :class:`Settings` field: its default (``dataclasses.MISSING`` for none) and its
+    :class:`Setting` declaration."""
+    declared = Setting(help, group, commands, **more)
+    return dataclasses.field(default=default, metadata={"setting": declared})
+
+
+NONE = dataclasses.MISSING
+CASES = "the case's"
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every knob of a run, fully resolved."""
+    """Every knob of a run, fully resolved. One field per setting; see the module docstring."""
 
     case: str = setting(
-        help="Case to run (see `dsg plugins`).",
-        group="What to run",
-        commands=EVERY_COMMAND,
+        NONE, "Case to run (see `dsg plugins`).", RUN, EVERY_COMMAND,
         docs_default="the one installed case marked as default",
-    )
+    )  # fmt: skip
     model: str = setting(
-        help="Model spec, e.g. gemma-2-2b-it or a model directory; LOADER:spec picks a loader "
-        "(default: the case's).",
-        group="What to run",
-        commands=EVERY_COMMAND,
-        case_may_set=True,
-        docs_default="the case's",
-    )
+        NONE, "Model spec, e.g. gemma-2-2b-it or a model directory; LOADER:spec picks a loader "
+        "(default: the case's).", RUN, EVERY_COMMAND, case_may_set=True, docs_default=CASES,
+    )  # fmt: skip
     sae: str = setting(
-        help="SAE spec, e.g. gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_142 or an SAE "
-        "directory (default: the case's).",
-        group="What to run",
-        commands=EVERY_COMMAND,
-        case_may_set=True,
-        docs_default="the case's",
-    )
+        NONE, "SAE spec, e.g. gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_142 or an SAE "
+        "directory (default: the case's).", RUN, EVERY_COMMAND, case_may_set=True,
+        docs_default=CASES,
+    )  # fmt: skip
     sae_release_pattern: str | None = setting(
-        None,
-        help="Run every SAE whose release fully matches this regex, each in {out}/{spec} (see "
-        "`dsg saes`); not with --sae.",
-        group="What to run",
-        commands=STAGES,
-        regex=True,
-    )
+        None, "Run every SAE whose release fully matches this regex, each in {out}/{spec} (see "
+        "`dsg saes`); not with --sae.", RUN, STAGES, regex=True,
+    )  # fmt: skip
     sae_id_pattern: str | None = setting(
-        None,
-        help="Run every SAE whose id fully matches this regex, with the release pattern or alone; "
-        "not with --sae.",
-        group="What to run",
-        commands=STAGES,
-        regex=True,
-    )
-    device: str = setting(
-        "cpu",
-        help="Torch device: cpu, cuda, cuda:1, ...",
-        group="What to run",
-        commands=EVERY_COMMAND,
-    )
+        None, "Run every SAE whose id fully matches this regex, with the release pattern or "
+        "alone; not with --sae.", RUN, STAGES, regex=True,
+    )  # fmt: skip
+    device: str = setting("cpu", "Torch device: cpu, cuda, cuda:1, ...", RUN, EVERY_COMMAND)
     dtype: str = setting(
-        "float32",
-        help="Model and SAE dtype; the statistics are accumulated in float64 regardless.",
-        group="What to run",
-        commands=EVERY_COMMAND,
-        choices=DTYPES,
-        case_may_set=True,
-    )
+        "float32", "Model and SAE dtype; the statistics are accumulated in float64 regardless.",
+        RUN, EVERY_COMMAND, choices=DTYPES, case_may_set=True,
+    )  # fmt: skip
     batch_size: int = setting(
-        8,
-        help="Rows or prompts per forward pass; changes speed and memory, never results.",
-        group="What to run",
-        commands=EVERY_COMMAND,
-        minimum=0,
-        above_minimum=True,
-        case_may_set=True,
-    )
+        8, "Rows or prompts per forward pass; changes speed and memory, never results.", RUN,
+        EVERY_COMMAND, bounds=POSITIVE, case_may_set=True,
+    )  # fmt: skip
     seed: int = setting(
-        0,
-        help="Seeds the forget-document sample and the row shuffles.",
-        group="What to run",
-        commands=EVERY_COMMAND,
+        0, "Seeds the forget-document sample and the row shuffles.", RUN, EVERY_COMMAND
     )
-    out: Path = setting(
-        Path("dsg-runs"), help="The run directory.", group="What to run", commands=EVERY_COMMAND
-    )
+    out: Path = setting(Path("dsg-runs"), "The run directory.", RUN, EVERY_COMMAND)
     force: bool = setting(
-        False,
-        help="Recompute artifacts even when they exist for the same inputs.",
-        group="What to run",
-        commands=STAGES,
+        False, "Recompute artifacts even when they exist for the same inputs.", RUN, STAGES
     )
     data_dir: Path | None = setting(
-        None,
-        help="An offline mirror of the hub datasets, made by `dsg data mirror`.",
-        group="Data",
-        commands=EVERY_COMMAND,
-    )
+        None, "An offline mirror of the hub datasets, made by `dsg data mirror`.", DATA,
+        EVERY_COMMAND,
+    )  # fmt: skip
     forget_corpus: Path | None = setting(
-        None,
-        help="Replaces the case's forget corpus: JSONL/JSON with a 'text' field per line, or "
-        "plain text with one document per line.",
-        group="Data",
-        commands=EVERY_COMMAND,
-    )
+        None, "Replaces the case's forget corpus: JSONL/JSON with a 'text' field per line, or "
+        "plain text with one document per line.", DATA, EVERY_COMMAND,
+    )  # fmt: skip
     retain_corpus: Path | None = setting(
-        None,
-        help="Replaces the case's retain corpus, same formats.",
-        group="Data",
-        commands=EVERY_COMMAND,
+        None, "Replaces the case's retain corpus, same formats.", DATA, EVERY_COMMAND
     )
     min_chars: int = setting(
-        50,
-        help="Documents are kept only if longer than this many characters.",
-        group="Data",
-        commands=EVERY_COMMAND,
+        50, "Documents are kept only if longer than this many characters.", DATA, EVERY_COMMAND,
         case_may_set=True,
-    )
+    )  # fmt: skip
     seq_len: int = setting(
-        1024,
-        help="Tokens per row.",
-        group="Data",
-        commands=EVERY_COMMAND,
-        minimum=0,
-        above_minimum=True,
-        case_may_set=True,
+        1024, "Tokens per row.", DATA, EVERY_COMMAND, bounds=POSITIVE, case_may_set=True
     )
     dataset_size: int = setting(
-        1024,
-        help="Forget documents sampled, and upper bound on rows per corpus.",
-        group="Data",
-        commands=EVERY_COMMAND,
-        minimum=0,
-        above_minimum=True,
-        case_may_set=True,
-    )
+        1024, "Forget documents sampled, and upper bound on rows per corpus.", DATA,
+        EVERY_COMMAND, bounds=POSITIVE, case_may_set=True,
+    )  # fmt: skip
     dataset_fraction: float = setting(
-        100.0,
-        help="Percentage of rows kept.",
-        group="Data",
-        commands=EVERY_COMMAND,
-        minimum=0,
-        maximum=100,
-        above_minimum=True,
+        100.0, "Percentage of rows kept.", DATA, EVERY_COMMAND, bounds=PERCENTAGE,
         case_may_set=True,
-    )
+    )  # fmt: skip
     ratio_percentiles: tuple[float, ...] = setting(
-        (95.0,),
-        help="p_ratio: keep features whose forget²/retain² ratio is at or above this percentile; "
-        "one selection per value.",
-        group="Selection and threshold",
-        commands=SELECTING,
-        option="--ratio-percentile",
-        minimum=0,
-        maximum=100,
-        case_may_set=True,
-    )
+        (95.0,), "p_ratio: keep features whose forget²/retain² ratio is at or above this "
+        "percentile; one selection per value.", SELECTION, SELECTING,
+        option="--ratio-percentile", bounds=PERCENTILE, case_may_set=True,
+    )  # fmt: skip
     forget_percentile: float = setting(
-        5.0,
-        help="Also require forget² at or above this percentile.",
-        group="Selection and threshold",
-        commands=SELECTING,
-        minimum=0,
-        maximum=100,
-        case_may_set=True,
-    )
+        5.0, "Also require forget² at or above this percentile.", SELECTION, SELECTING,
+        bounds=PERCENTILE, case_may_set=True,
+    )  # fmt: skip
     n_features: tuple[int, ...] = setting(
-        (20, 50, 100, 200),
-        help="Guardrail sizes: the first n selected features; each n must not exceed the number "
-        "selected.",
-        group="Selection and threshold",
-        commands=SELECTING,
-        minimum=0,
-        above_minimum=True,
-        case_may_set=True,
-    )
+        (20, 50, 100, 200), "Guardrail sizes: the first n selected features; each n must not "
+        "exceed the number selected.", SELECTION, SELECTING, bounds=POSITIVE, case_may_set=True,
+    )  # fmt: skip
     calibration_percentile: float = setting(
-        95.0,
-        help="The threshold for n is this percentile of the retain rows' hit rates.",
-        group="Selection and threshold",
-        commands=SELECTING,
-        minimum=0,
-        maximum=100,
-        case_may_set=True,
-    )
+        95.0, "The threshold for n is this percentile of the retain rows' hit rates.",
+        SELECTION, SELECTING, bounds=PERCENTILE, case_may_set=True,
+    )  # fmt: skip
     stat_decimals: int = setting(
-        6,
-        help="Round the per-feature means to this many decimals before selecting, as the "
-        "reference's text files do; a negative value selects on the exact means.",
-        group="Selection and threshold",
-        commands=SELECTING,
-    )
+        6, "Round the per-feature means to this many decimals before selecting, as the "
+        "reference's text files do; a negative value selects on the exact means.", SELECTION,
+        SELECTING,
+    )  # fmt: skip
     multipliers: tuple[float, ...] = setting(
-        (500.0,),
-        help="Clamp strength m: selected features are set to -m at hit positions.",
-        group="Evaluation",
-        commands=CLAMPING,
-        option="--multiplier",
-        case_may_set=True,
-    )
+        (500.0,), "Clamp strength m: selected features are set to -m at hit positions.",
+        EVALUATION, CLAMPING, option="--multiplier", case_may_set=True,
+    )  # fmt: skip
     strategies: tuple[str, ...] = setting(
-        ("dynamic", "static"),
-        help="Intervention strategies to sweep (`dsg plugins` lists them); muse-export's "
-        "default is dynamic alone.",
-        group="Evaluation",
-        commands=("evaluate", "muse-export"),
-        option="--strategy",
-        case_may_set=True,
-    )
+        ("dynamic", "static"), "Intervention strategies to sweep (`dsg plugins` lists them); "
+        "muse-export's default is dynamic alone.", EVALUATION, ("evaluate", "muse-export"),
+        option="--strategy", case_may_set=True,
+    )  # fmt: skip
     questions: str = setting(
-        "correct",
-        help="Question subset.",
-        group="Evaluation",
-        commands=("evaluate",),
-        choices=QUESTION_SUBSETS,
+        "correct", "Question subset.", EVALUATION, ("evaluate",), choices=QUESTION_SUBSETS
     )
     executor: str = setting(
-        "local",
-        help="Where the SAE jobs run: local (one after another in this process) or ray (one Ray "
-        "task per SAE, one GPU each on CUDA; needs dsg's ray extra). See docs/scale-out.md.",
-        group="Scale-out",
-        commands=STAGES,
-        choices=EXECUTORS,
-    )
+        "local", "Where the SAE jobs run: local (one after another in this process) or ray (one "
+        "Ray task per SAE, one GPU each on CUDA; needs dsg's ray extra). See docs/scale-out.md.",
+        SCALE_OUT, STAGES, choices=EXECUTORS,
+    )  # fmt: skip
     ray_address: str | None = setting(
-        None,
-        help="The Ray cluster the ray executor joins: auto (the running one), HOST:PORT or "
-        "ray://HOST:PORT; none starts a Ray instance on this machine.",
-        group="Scale-out",
-        commands=STAGES,
-    )
+        None, "The Ray cluster the ray executor joins: auto (the running one), HOST:PORT or "
+        "ray://HOST:PORT; none starts a Ray instance on this machine.", SCALE_OUT, STAGES,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

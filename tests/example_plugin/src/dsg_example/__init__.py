@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-from dsg import hookimpl
-from dsg.interfaces import CaseDefaults, EvalSet, LoadedModel, LoadedSAE, MCQuestion
+from dsg.api import CaseDefaults, EvalSet, LoadedModel, LoadedSAE, MCQuestion, hookimpl
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 N_LAYERS = 2
