@@ -156,11 +156,13 @@ def data_mirror(
     ],
 ) -> None:
     """Download the hub datasets of the given cases into DEST/owner/name (needs internet)."""
+    from dsg.artifacts import check_writable
     from dsg.mirror import case_datasets, mirror
     from dsg.plugins import registry
 
     reg = registry()
     datasets = [d for name in case for d in case_datasets(reg.get("cases", name))]
+    check_writable(dest, "pass a destination folder you can write")
     for folder in mirror(list(dict.fromkeys(datasets)), dest):
         typer.echo(str(folder))
 
@@ -224,11 +226,14 @@ def generate(
 def _bundle_guardrail(path: Path, given: Given) -> tuple[Bundle, str | None, str, str]:
     """A saved bundle, the model to run it on (``--model`` or the bundle's), device and dtype."""
     from dsg.bundle import Bundle
+    from dsg.devices import check_device
 
-    guard = Bundle.load(path)
     options = given.settings
+    device = options.get("device") or "cpu"
+    check_device(device)
+    guard = Bundle.load(path)
     reference = options.get("model") or guard.base_model.get("hf")
-    return guard, reference, options.get("device") or "cpu", options.get("dtype") or "float32"
+    return guard, reference, device, options.get("dtype") or "float32"
 
 
 def _built_guardrail(given: Given) -> tuple[Bundle, str | None, str, str]:

@@ -15,6 +15,7 @@ from rich.console import Console
 from dsg.artifacts import RunDir
 from dsg.config import find_config, resolve
 from dsg.data import DataSource
+from dsg.devices import check_device
 from dsg.errors import UserError
 from dsg.interfaces import Case, LoadedModel, LoadedSAE
 from dsg.plugins import Registry, registry
@@ -60,6 +61,7 @@ class Session:
         case_name = cli.get("case") or config.get("case") or default_case(reg)
         case = reg.get("cases", case_name)
         settings = resolve(case.defaults, case_name, config, cli)
+        check_device(settings.device)
         for strategy in settings.strategies:
             reg.get("strategies", strategy)
         return cls(settings=settings, registry=reg, case=case, config_path=config_path)
@@ -150,6 +152,11 @@ class Session:
             raise UserError(
                 f"SAE {sae.spec!r} reads vectors of size {d_in} but model {model.spec!r} has "
                 f"d_model {cfg.d_model}; choose an SAE trained on this model"
+            )
+        if self.settings.seq_len > cfg.n_ctx:
+            raise UserError(
+                f"seq_len {self.settings.seq_len} is longer than the context of model "
+                f"{model.spec!r} ({cfg.n_ctx} tokens); set seq_len to at most {cfg.n_ctx}"
             )
         if sae.hook_layer >= cfg.n_layers and n_layers is None:
             raise UserError(
