@@ -116,8 +116,8 @@ def write_tensors(
 
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
         raise UserError(
             f"{path} is unreadable or corrupted ({exc}); delete it and run again"
         ) from None
@@ -215,6 +215,6 @@ def check_intact(folder: Path, meta: dict[str, Any]) -> None:
                 break
     if problem:
         raise UserError(
-            f"{folder} changed after dsg wrote it ({problem}); rerun with --force to recompute "
-            "it, or delete that folder"
+            f"{folder} changed after dsg wrote it ({problem}); rerun with --force (or "
+            "force = true in the config file) to recompute it, or delete that folder"
         )

@@ -29,6 +29,8 @@ def find_config(explicit: Path | None) -> tuple[Path | None, dict[str, Any]]:
 
     candidates: list[tuple[Path, bool]] = []
     if explicit is not None:
+        if explicit.is_dir():
+            raise UserError(f"config file {explicit} is a directory; pass a TOML file")
         if not explicit.is_file():
             raise UserError(f"config file {explicit} does not exist")
         candidates.append((explicit, False))
@@ -43,9 +45,13 @@ def find_config(explicit: Path | None) -> tuple[Path | None, dict[str, Any]]:
         if not path.is_file():
             continue
         try:
-            table = tomli.loads(path.read_text())
+            table = tomli.loads(path.read_text(encoding="utf-8"))
         except tomli.TOMLDecodeError as exc:
             raise UserError(f"{path} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not UTF-8 text, so not a TOML config file") from None
+        except OSError as exc:
+            raise UserError(f"config file {path} cannot be read ({exc.strerror})") from None
         if is_pyproject:
             table = table.get("tool", {}).get("dsg")
             if table is None:
