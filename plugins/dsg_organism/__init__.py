@@ -22,6 +22,7 @@ from dsg.api import (
     MCQuestion,
     PromptFormat,
     Register,
+    UserError,
     hookimpl,
     read_text_corpus,
     registered,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dsg.api import LoadedSAE, UserError, hook_layer_of
+from dsg.api import LoadedSAE, UserError, hook_layer_of, unreadable_file_errors
 
 if TYPE_CHECKING:
     import torch
@@ -43,9 +44,15 @@ def load_sae_dir(spec: str, *, device: str, dtype: torch.dtype) -> LoadedSAE:
     if not (path / WEIGHTS_FILE).is_file():
         raise UserError(f"SAE directory {path} has no {WEIGHTS_FILE}; save it with SAE.save_model")
     try:
+        if not isinstance(json.loads((path / CFG_FILE).read_text(encoding="utf-8")), dict):
+            raise ValueError(f"{CFG_FILE} is not a JSON object")
         sae = SAE.load_from_disk(path, device=device, dtype=dtype_name(dtype))
-    except (KeyError, ValueError, OSError) as exc:
-        raise UserError(f"could not load the SAE in {path}: {exc}".splitlines()[0]) from None
+    except unreadable_file_errors() as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"could not load the SAE in {path} ({reason}); its files are corrupted or "
+            "incomplete: save or download it again"
+        ) from None
     hook_name = sae.cfg.metadata.hook_name
     if not hook_name:
         raise UserError(

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.api import LoadedModel, UserError
+from dsg.api import LoadedModel, UserError, unreadable_file_errors
 
 if TYPE_CHECKING:
     import torch
@@ -114,8 +114,11 @@ def load_local_model(
     path = Path(path)
     if not is_model_dir(str(path)):
         raise UserError(f"{path} is not a model directory (no config.json)")
-    architecture, hf = read_hf_config(path)
-    cfg_dict = CONFIG_BUILDERS[architecture](hf)
+    try:
+        architecture, hf = read_hf_config(path)
+        cfg_dict = CONFIG_BUILDERS[architecture](hf)
+    except unreadable_file_errors() as exc:
+        raise UserError(f"{path / 'config.json'} is not a valid model config ({exc!r})") from None
     total_layers = cfg_dict["n_layers"]
     if n_layers is not None:
         cfg_dict["n_layers"] = min(n_layers, total_layers)
@@ -140,8 +143,12 @@ def load_local_model(
             hf_config.layer_types = hf_config.layer_types[: cfg.n_layers]
         hf_model = AutoModelForCausalLM.from_pretrained(path, config=hf_config, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"could not read model directory {path}: {exc}".splitlines()[0]) from None
+    except unreadable_file_errors() as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"could not read model directory {path} ({reason}); its files are corrupted or "
+            "incomplete: copy or download them again"
+        ) from None
     state_dict = convert_gemma_weights(hf_model, cfg)
     del hf_model
 

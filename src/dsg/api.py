@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from dsg.data import DataSource, read_text_corpus
-from dsg.errors import UserError, one_line_reason
+from dsg.errors import UserError, one_line_reason, unreadable_file_errors
 from dsg.hook_names import hook_layer_of, parse_hook_name
 from dsg.hookspecs import Register, hookimpl
 from dsg.interfaces import (
@@ -56,6 +56,7 @@ __all__ = [
     "parse_hook_name",
     "read_text_corpus",
     "registered",
+    "unreadable_file_errors",
 ]
 
 

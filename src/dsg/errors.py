@@ -18,3 +18,11 @@ def one_line_reason(exc: BaseException) -> str:
     """The first line of an exception, without a trailing full stop, to end a one-line error."""
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__).rstrip(".")
+
+
+def unreadable_file_errors() -> tuple[type[Exception], ...]:
+    """What loading a model or SAE raises when a file on disk is missing, truncated or malformed
+    (a bad config.json, cut-off safetensors): the user's to fix, so reported as one line."""
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, KeyError, UnicodeDecodeError, SafetensorError)

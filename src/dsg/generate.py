@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.errors import UserError
+from dsg.errors import UserError, unreadable_file_errors
 from dsg.settings import DTYPES
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def load_model(reference: str, *, device: str, dtype: str) -> tuple[Any, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(reference)
         model: Any = AutoModelForCausalLM.from_pretrained(reference, dtype=getattr(torch, dtype))
-    except (OSError, ValueError) as exc:
+    except unreadable_file_errors() as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
             f"could not load the transformers model {reference!r}: {reason}. Pass --model with "
