@@ -9,11 +9,34 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dsg.errors import UserError
+
+
+class _DropErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+@contextmanager
+def _errors_reported_by_dsg() -> Iterator[None]:
+    """Silence ``datasets``' own error log lines while it loads: a failure is reported once, as
+    dsg's one error line, not twice with a raw log line before it. Warnings still show."""
+    handlers = logging.getLogger("datasets").handlers
+    drop = _DropErrors()
+    for handler in handlers:
+        handler.addFilter(drop)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(drop)
 
 
 def mirror_cache_dir(local: Path) -> str:
@@ -53,9 +76,10 @@ class DataSource:
                     f"create it with: dsg data mirror --case CASE {self.data_dir}"
                 )
             try:
-                return datasets.load_dataset(
-                    str(local), config, split=split, cache_dir=mirror_cache_dir(local)
-                )
+                with _errors_reported_by_dsg():
+                    return datasets.load_dataset(
+                        str(local), config, split=split, cache_dir=mirror_cache_dir(local)
+                    )
             except Exception as exc:  # a damaged or partial mirror: the user's to refetch
                 raise UserError(
                     f"could not read dataset {hub_id} ({config or 'default'}, {split}) from the "
@@ -63,7 +87,8 @@ class DataSource:
                     f"with: dsg data mirror --case CASE {self.data_dir}"
                 ) from None
         try:
-            return datasets.load_dataset(hub_id, config, split=split, revision=revision)
+            with _errors_reported_by_dsg():
+                return datasets.load_dataset(hub_id, config, split=split, revision=revision)
         except Exception as exc:  # network, gated access, missing config: all user-fixable
             raise UserError(
                 f"could not load dataset {hub_id} ({config or 'default'}, {split}): "
@@ -74,7 +99,7 @@ class DataSource:
 
 
 def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else ""
 
 
 def read_text_corpus(path: Path) -> list[str]:
