@@ -53,9 +53,12 @@ def find_config(explicit: Path | None) -> tuple[Path | None, dict[str, Any]]:
         except OSError as exc:
             raise UserError(f"config file {path} cannot be read ({exc.strerror})") from None
         if is_pyproject:
-            table = table.get("tool", {}).get("dsg")
+            tool = table.get("tool", {})
+            table = tool.get("dsg") if isinstance(tool, dict) else None
             if table is None:
                 continue
+        if not isinstance(table, dict):
+            raise UserError(f"{path}: [tool.dsg] must be a table of settings, not {table!r}")
         return path, validate_config(table, path)
     return None, {}
 
