@@ -37,9 +37,12 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
+            from rich.markup import escape
+
             from dsg.session import stderr
 
-            stderr.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            # escaped: a message quoting "[tool.dsg]" or a regex must not be read as markup
+            stderr.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             from dsg.session import stderr
