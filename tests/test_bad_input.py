@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from mirrors import write_case_mirror
 from test_cli_errors import one_error, run
 from tiny import TinyWorld, UseWorld, build_sae
 from tiny_gemma import write_tiny_gemma
@@ -380,3 +381,32 @@ def test_evaluate_refuses_an_edited_cached_result(world: TinyWorld, use_world: U
     forced = run("evaluate", "--case", "tiny", "--out", "runs", "--questions", "all", "--force")
     assert forced.exit_code == 0, forced.output
     assert json.loads(metas[0].read_text())["per_set"] == first_per_set
+
+
+def test_pyproject_tool_dsg_that_is_not_a_table(world: TinyWorld, use_world: UseWorld) -> None:
+    use_world(world)
+    Path("pyproject.toml").write_text("[tool]\ndsg = 5\n")
+    one_error(run("select", "--case", "tiny", "--out", "runs"), "[tool.dsg] must be a table")
+    nothing_written()
+
+
+@pytest.mark.parametrize("damage", [truncate, lambda f: f.write_bytes(b"")])
+def test_damaged_dataset_mirror(
+    tmp_path: Path, use_world: UseWorld, damage: Callable[[Path], None]
+) -> None:
+    mirror = write_case_mirror(tmp_path / "mirror", "news")
+    (forget,) = mirror.rglob("forget-*.parquet")
+    damage(forget)
+    result = run("sparsity", "--case", "news", "--data-dir", str(mirror), "--out", "runs")
+    one_error(result, "could not read dataset muse-bench/MUSE-News (raw, forget) from the mirror")
+    assert "dsg data mirror --case CASE" in result.stderr
+    nothing_written()
+
+
+def test_error_lines_keep_square_brackets(world: TinyWorld, use_world: UseWorld) -> None:
+    """A message quoting a regex or a TOML table is printed as is, not read as console markup."""
+    use_world(world)
+    one_error(
+        run("select", "--case", "tiny", "--sae-id-pattern", "[bold]("),
+        "bad SAE pattern '[bold](' (sae_id_pattern)",
+    )
