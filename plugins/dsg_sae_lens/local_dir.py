@@ -47,6 +47,11 @@ def load_sae_dir(spec: str, *, device: str, dtype: torch.dtype) -> LoadedSAE:
         if not isinstance(json.loads((path / CFG_FILE).read_text(encoding="utf-8")), dict):
             raise ValueError(f"{CFG_FILE} is not a JSON object")
         sae = SAE.load_from_disk(path, device=device, dtype=dtype_name(dtype))
+    except RuntimeError:  # torch's load_state_dict: weights whose shapes differ from cfg.json
+        raise UserError(
+            f"the weights in SAE directory {path} do not fit its {CFG_FILE} (another SAE's "
+            "weights or config?); save the SAE again with SAE.save_model"
+        ) from None
     except unreadable_file_errors() as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.api import LoadedModel, UserError, unreadable_file_errors
+from dsg.api import LoadedModel, UserError, no_progress_bars, unreadable_file_errors
 
 if TYPE_CHECKING:
     import torch
@@ -141,8 +141,14 @@ def load_local_model(
         if cfg.n_layers < total_layers:
             hf_config.num_hidden_layers = cfg.n_layers
             hf_config.layer_types = hf_config.layer_types[: cfg.n_layers]
-        hf_model = AutoModelForCausalLM.from_pretrained(path, config=hf_config, dtype=dtype)
+        with no_progress_bars():
+            hf_model = AutoModelForCausalLM.from_pretrained(path, config=hf_config, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
+    except RuntimeError as exc:  # transformers: weights whose shapes differ from config.json
+        raise UserError(
+            f"the weights in model directory {path} do not fit its config.json (another "
+            f"model's weights or config?): {type(exc).__name__}; copy the matching files again"
+        ) from None
     except unreadable_file_errors() as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
