@@ -52,14 +52,15 @@ def find_config(explicit: Path | None) -> tuple[Path | None, dict[str, Any]]:
             raise UserError(f"{path} is not UTF-8 text, so not a TOML config file") from None
         except OSError as exc:
             raise UserError(f"config file {path} cannot be read ({exc.strerror})") from None
+        settings: Any = table
         if is_pyproject:
             tool = table.get("tool", {})
-            table = tool.get("dsg") if isinstance(tool, dict) else None
-            if table is None:
+            settings = tool.get("dsg") if isinstance(tool, dict) else None
+            if settings is None:
                 continue
-        if not isinstance(table, dict):
-            raise UserError(f"{path}: [tool.dsg] must be a table of settings, not {table!r}")
-        return path, validate_config(table, path)
+        if not isinstance(settings, dict):
+            raise UserError(f"{path}: [tool.dsg] must be a table of settings, not {settings!r}")
+        return path, validate_config(settings, path)
     return None, {}
 
 
