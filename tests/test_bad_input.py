@@ -16,7 +16,7 @@ import torch
 from mirrors import write_case_mirror
 from test_cli_errors import one_error, run
 from tiny import TinyWorld, UseWorld, build_sae
-from tiny_gemma import write_tiny_gemma
+from tiny_gemma import tiny_gemma_config, write_tiny_gemma
 
 from dsg.bundle import CONFIG_FILE, from_sae
 from dsg.interfaces import LoadedSAE
@@ -410,3 +410,24 @@ def test_error_lines_keep_square_brackets(world: TinyWorld, use_world: UseWorld)
         run("select", "--case", "tiny", "--sae-id-pattern", "[bold]("),
         "bad SAE pattern '[bold](' (sae_id_pattern)",
     )
+
+
+def test_weights_that_do_not_fit_the_config(
+    gemma_dir: Path, sae_dir: Path, tmp_path: Path, use_world: UseWorld
+) -> None:
+    """A weight file swapped in from another model or SAE (valid files, wrong shapes)."""
+    from transformers import Gemma2ForCausalLM
+
+    Gemma2ForCausalLM(tiny_gemma_config(1, hidden_size=16)).save_pretrained(tmp_path / "narrow")
+    model = shutil.copytree(gemma_dir, tmp_path / "model")
+    shutil.copyfile(tmp_path / "narrow" / "model.safetensors", model / "model.safetensors")
+    args = ["--case", "organism", "--model", str(model), "--sae", str(sae_dir), "--out", "runs"]
+    one_error(run("sparsity", *args), "do not fit its config.json")
+    sae = shutil.copytree(sae_dir, tmp_path / "sae")
+    build_sae(32, 24, hook_name="blocks.0.hook_resid_post").save_model(str(tmp_path / "other"))
+    shutil.copyfile(tmp_path / "other" / "sae_weights.safetensors", sae / "sae_weights.safetensors")
+    one_error(
+        run("sparsity", "--case", "organism", "--sae", str(sae), "--out", "runs"),
+        "do not fit its cfg.json",
+    )
+    nothing_written()
