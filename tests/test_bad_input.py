@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from mirrors import write_case_mirror
+from mirrors import mcq_rows, write_case_mirror, write_hub_dataset
 from test_cli_errors import one_error, run
 from tiny import TinyWorld, UseWorld, build_sae
 from tiny_gemma import tiny_gemma_config, write_tiny_gemma
@@ -431,3 +431,26 @@ def test_weights_that_do_not_fit_the_config(
         "do not fit its cfg.json",
     )
     nothing_written()
+
+
+@pytest.mark.parametrize(
+    ("bad", "fragment"),
+    [
+        ({"answer": 7}, "answer 7"),
+        ({"answer": None}, "answer None"),
+        ({"choices": ["a", "b", "c"]}, "choices ['a', 'b', 'c']"),
+        ({"choices": None}, "choices None"),
+    ],
+)
+def test_malformed_question_rows(tmp_path: Path, bad: dict[str, object], fragment: str) -> None:
+    from dsg_wmdp.mcq import questions_of, wmdp_dataset
+
+    from dsg.data import DataSource
+    from dsg.errors import UserError
+
+    rows = mcq_rows("biology", 3)
+    rows[1] = {**rows[1], **bad}
+    write_hub_dataset(tmp_path, "cais/wmdp", {("wmdp-bio", "test"): rows}, fmt="jsonl")
+    with pytest.raises(UserError, match=r"cais/wmdp \(wmdp-bio, test\), row 1: expected") as err:
+        questions_of(wmdp_dataset("wmdp-bio"), DataSource(data_dir=tmp_path))
+    assert fragment in str(err.value)
