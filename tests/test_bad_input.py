@@ -454,3 +454,24 @@ def test_malformed_question_rows(tmp_path: Path, bad: dict[str, object], fragmen
     with pytest.raises(UserError, match=r"cais/wmdp \(wmdp-bio, test\), row 1: expected") as err:
         questions_of(wmdp_dataset("wmdp-bio"), DataSource(data_dir=tmp_path))
     assert fragment in str(err.value)
+
+
+def test_damaged_packaged_organism_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_world: UseWorld
+) -> None:
+    """A damaged install (a cut-off question file, a truncated SAE) is named, not a traceback."""
+    import dsg_organism
+
+    data = shutil.copytree(dsg_organism.DATA, tmp_path / "data")
+    eval_file = next((data / "world" / "eval").glob("*.jsonl"))
+    truncate(eval_file)
+    truncate(data / "sae" / "sae_weights.safetensors")
+    monkeypatch.setattr(dsg_organism, "WORLD", data / "world")
+    monkeypatch.setattr(dsg_organism, "SAE_DIR", data / "sae")
+    from dsg.data import DataSource
+    from dsg.errors import UserError
+
+    with pytest.raises(UserError, match="packaged questions .* are damaged"):
+        dsg_organism.OrganismCase().eval_sets(DataSource())
+    one_error(run("sparsity", "--case", "organism", "--out", "runs"), "packaged SAE", "reinstall")
+    nothing_written()

@@ -75,18 +75,24 @@ class OrganismCase:
         return read_text_corpus(WORLD / "retain.jsonl")
 
     def eval_sets(self, data: DataSource) -> list[EvalSet]:
-        sets = json.loads((WORLD / "sets.json").read_text(encoding="utf-8"))
-        return [
-            EvalSet(
-                name=s["name"],
-                subject=s["subject"],
-                questions=tuple(
-                    MCQuestion(r["question"], tuple(r["choices"]), int(r["answer"]))
-                    for r in _jsonl(WORLD / "eval" / f"{s['name']}.jsonl")
-                ),
-            )
-            for s in sets
-        ]
+        try:
+            sets = json.loads((WORLD / "sets.json").read_text(encoding="utf-8"))
+            return [
+                EvalSet(
+                    name=s["name"],
+                    subject=s["subject"],
+                    questions=tuple(
+                        MCQuestion(r["question"], tuple(r["choices"]), int(r["answer"]))
+                        for r in _jsonl(WORLD / "eval" / f"{s['name']}.jsonl")
+                    ),
+                )
+                for s in sets
+            ]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(
+                f"the model organism's packaged questions in {WORLD} are damaged ({exc!r}); "
+                "reinstall dsg"
+            ) from None
 
     def prompt_format(self) -> PromptFormat | None:
         return None  # the packaged tokenizer carries Gemma's chat template
