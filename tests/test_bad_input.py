@@ -475,3 +475,20 @@ def test_damaged_packaged_organism_files(
         dsg_organism.OrganismCase().eval_sets(DataSource())
     one_error(run("sparsity", "--case", "organism", "--out", "runs"), "packaged SAE", "reinstall")
     nothing_written()
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("nan", "must be a finite number, got nan"),
+        ("inf", "must be a finite number, got inf"),
+        ("-5", "must be at least 0, got -5"),
+    ],
+)
+def test_multiplier_that_is_not_a_clamp_strength(
+    world: TinyWorld, use_world: UseWorld, value: str, fragment: str
+) -> None:
+    use_world(world)
+    args = ["evaluate", "--case", "tiny", "--out", "runs", "--multiplier", value]
+    one_error(run(*args), "multiplier", fragment)
+    nothing_written()

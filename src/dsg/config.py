@@ -8,6 +8,7 @@ the keys are, their types and bounds, is declared in :mod:`dsg.settings`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from pathlib import Path
@@ -148,6 +149,8 @@ def check(s: Settings) -> None:
 
 def _check_value(setting: Declared, value: Any) -> None:
     spec, label = setting.spec, setting.label
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{label} must be a finite number, got {value}")
     if spec.minimum is not None or spec.maximum is not None:
         check_bounds(label, value, spec.minimum, spec.maximum, above_minimum=spec.above_minimum)
     if spec.choices and value not in spec.choices:

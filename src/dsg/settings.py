@@ -239,6 +239,7 @@ class Settings:
         group="Evaluation",
         commands=CLAMPING,
         option="--multiplier",
+        minimum=0,
         case_may_set=True,
     )
     strategies: tuple[str, ...] = setting(
