@@ -73,6 +73,14 @@ def test_unusable_device(world: TinyWorld, use_world: UseWorld, device: str, fra
     nothing_written()
 
 
+def test_seq_len_longer_than_the_model_context(world: TinyWorld, use_world: UseWorld) -> None:
+    use_world(world)
+    line = one_error(run("evaluate", "--case", "tiny", "--out", "runs", "--seq-len", "513"))
+    assert "seq_len 513 is longer than the context of model 'tiny-model' (512 tokens)" in line
+    assert "--seq-len 512 or less" in line
+    nothing_written()
+
+
 def test_unusable_device_in_the_config_file(world: TinyWorld, use_world: UseWorld) -> None:
     use_world(world)
     Path("dsg.toml").write_text('device = "gpu0"\n')
@@ -347,11 +355,9 @@ def test_tampered_artifact_is_refused_until_forced(
     fragment = tamper(selection)
     line = one_error(run("select", "--case", "tiny", "--out", "runs"), fragment)
     assert "--force" in line and "delete that folder" in line
-    Path("dsg.toml").write_text("force = true\n")
-    forced = run("select", "--case", "tiny", "--out", "runs")
+    forced = run("select", "--case", "tiny", "--out", "runs", "--force")
     assert forced.exit_code == 0, forced.output
     assert json.loads((selection / "selection.json").read_text()) == original
-    Path("dsg.toml").unlink()
     again = run("select", "--case", "tiny", "--out", "runs")
     assert again.exit_code == 0, again.output
 

@@ -215,6 +215,6 @@ def check_intact(folder: Path, meta: dict[str, Any]) -> None:
                 break
     if problem:
         raise UserError(
-            f"{folder} changed after dsg wrote it ({problem}); rerun with --force (or "
-            "force = true in the config file) to recompute it, or delete that folder"
+            f"{folder} changed after dsg wrote it ({problem}); rerun with --force to recompute "
+            "it, or delete that folder"
         )

@@ -156,7 +156,7 @@ class Session:
         if self.settings.seq_len > cfg.n_ctx:
             raise UserError(
                 f"seq_len {self.settings.seq_len} is longer than the context of model "
-                f"{model.spec!r} ({cfg.n_ctx} tokens); set seq_len to at most {cfg.n_ctx}"
+                f"{model.spec!r} ({cfg.n_ctx} tokens); pass --seq-len {cfg.n_ctx} or less"
             )
         if sae.hook_layer >= cfg.n_layers and n_layers is None:
             raise UserError(

@@ -97,7 +97,7 @@ class Settings:
     )
     device: str = setting(
         "cpu",
-        help="Torch device: cpu, cuda, cuda:1, ...",
+        help="Torch device: cpu, cuda, cuda:N or mps; checked against this machine first.",
         group="What to run",
         commands=EVERY_COMMAND,
     )
