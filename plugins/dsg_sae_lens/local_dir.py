@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dsg.api import LoadedSAE, UserError, hook_layer_of, unreadable_file_errors
+from dsg.api import (
+    LoadedSAE,
+    UserError,
+    hook_layer_of,
+    one_line_reason,
+    unreadable_file_errors,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +59,7 @@ def load_sae_dir(spec: str, *, device: str, dtype: torch.dtype) -> LoadedSAE:
             "weights or config?); save the SAE again with SAE.save_model"
         ) from None
     except unreadable_file_errors() as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = one_line_reason(exc)
         raise UserError(
             f"could not load the SAE in {path} ({reason}); its files are corrupted or "
             "incomplete: save or download it again"

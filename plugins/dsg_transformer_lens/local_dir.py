@@ -15,7 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.api import LoadedModel, UserError, no_progress_bars, unreadable_file_errors
+from dsg.api import (
+    LoadedModel,
+    UserError,
+    no_progress_bars,
+    one_line_reason,
+    unreadable_file_errors,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -150,7 +156,7 @@ def load_local_model(
             f"model's weights or config?): {type(exc).__name__}; copy the matching files again"
         ) from None
     except unreadable_file_errors() as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = one_line_reason(exc)
         raise UserError(
             f"could not read model directory {path} ({reason}); its files are corrupted or "
             "incomplete: copy or download them again"

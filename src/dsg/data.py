@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsg.errors import UserError
+from dsg.errors import UserError, one_line_reason
 
 
 class _DropErrors(logging.Filter):
@@ -83,7 +83,7 @@ class DataSource:
             except Exception as exc:  # a damaged or partial mirror: the user's to refetch
                 raise UserError(
                     f"could not read dataset {hub_id} ({config or 'default'}, {split}) from the "
-                    f"mirror {local}: {type(exc).__name__}: {_first_line(exc)}. Fetch it again "
+                    f"mirror {local}: {type(exc).__name__}: {one_line_reason(exc)}. Fetch it again "
                     f"with: dsg data mirror --case CASE {self.data_dir}"
                 ) from None
         try:
@@ -92,14 +92,10 @@ class DataSource:
         except Exception as exc:  # network, gated access, missing config: all user-fixable
             raise UserError(
                 f"could not load dataset {hub_id} ({config or 'default'}, {split}): "
-                f"{type(exc).__name__}: {_first_line(exc)}. "
+                f"{type(exc).__name__}: {one_line_reason(exc)}. "
                 "Log in with `hf auth login` if it is gated, "
                 "or pass --data-dir with an offline mirror"
             ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else ""
 
 
 def read_text_corpus(path: Path) -> list[str]:

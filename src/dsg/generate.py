@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.errors import UserError, unreadable_file_errors
+from dsg.errors import UserError, one_line_reason, unreadable_file_errors
 from dsg.loading import no_progress_bars
 from dsg.settings import DTYPES
 
@@ -59,7 +59,7 @@ def load_model(reference: str, *, device: str, dtype: str) -> tuple[Any, Any]:
             f"(another model's weights or config?): {type(exc).__name__}"
         ) from None
     except unreadable_file_errors() as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = one_line_reason(exc)
         raise UserError(
             f"could not load the transformers model {reference!r}: {reason}. Pass --model with "
             "a local model directory or a hub id that is cached"
