@@ -15,7 +15,7 @@ import pytest
 import torch
 from mirrors import mcq_rows, write_case_mirror, write_hub_dataset
 from test_cli_errors import one_error, run
-from tiny import TinyWorld, UseWorld, build_sae
+from tiny import TinyWorld, UseWorld, build_sae, tiny_registry
 from tiny_gemma import tiny_gemma_config, write_tiny_gemma
 
 from dsg.bundle import CONFIG_FILE, from_sae
@@ -498,3 +498,24 @@ def test_multiplier_that_is_not_a_clamp_strength(
     args = ["evaluate", "--case", "tiny", "--out", "runs", "--multiplier", value]
     one_error(run(*args), "multiplier", fragment)
     nothing_written()
+
+
+def test_plugin_texts_with_square_brackets_are_shown_as_is(
+    world: TinyWorld, monkeypatch: pytest.MonkeyPatch, use_world: UseWorld
+) -> None:
+    """A plugin error quoting "[/x]" would otherwise be a markup error: a crash of the listing."""
+    import dsg.plugins
+    import dsg.session
+    from dsg.plugins import PluginInfo
+
+    reg = tiny_registry(world)
+    reg.plugins.append(PluginInfo("broken", "broken_mod", "(test)", "", error="bad [/x] [red]"))
+    monkeypatch.setattr(dsg.plugins, "registry", lambda: reg)
+    monkeypatch.setattr(dsg.session, "registry", lambda: reg)
+    monkeypatch.setenv("COLUMNS", "200")
+    listed = run("plugins")
+    assert listed.exit_code == 0, listed.output
+    assert "skipped: bad [/x] [red]" in listed.output
+    failing = run("select", "--case", "tiny", "--out", "runs", "--n-features", "1000")
+    assert "warning: plugin 'broken' skipped: bad [/x] [red]" in failing.stderr
+    assert failing.exit_code == 2

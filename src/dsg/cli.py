@@ -97,6 +97,7 @@ def plugins() -> None:
     """List every plugin, its distribution and version, and the names it registers with what
     each one is."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from dsg.plugins import KIND_LABEL, registry
@@ -109,14 +110,15 @@ def plugins() -> None:
         registers = "\n".join(
             f"{KIND_LABEL[kind]}: {', '.join(names)}" for kind, names in info.registered.items()
         )
-        status = f"[red]skipped: {info.error}[/]" if info.error else "ok"
+        status = f"[red]skipped: {escape(info.error)}[/]" if info.error else "ok"
         table.add_row(info.name, info.distribution, info.version, registers, status)
     names = Table(title="registered names")
     for column in ("kind", "name", "plugin", "description"):
         names.add_column(column)
     for kind, label in KIND_LABEL.items():
         for name in reg.names(kind):
-            names.add_row(label, name, reg.owners[kind][name], reg.description(kind, name))
+            description = escape(reg.description(kind, name))
+            names.add_row(label, name, reg.owners[kind][name], description)
     console = Console()
     console.print(table)
     console.print(names)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from dsg.artifacts import RunDir
 from dsg.config import find_config, resolve
@@ -56,7 +57,9 @@ class Session:
         """Resolve settings (CLI over config over case defaults) and pick the case."""
         reg = reg or registry()
         for failed in reg.failures:
-            stderr.print(f"[yellow]warning:[/] plugin {failed.name!r} skipped: {failed.error}")
+            stderr.print(
+                f"[yellow]warning:[/] plugin {failed.name!r} skipped: {escape(failed.error or '')}"
+            )
         config_path, config = find_config(config_file)
         case_name = cli.get("case") or config.get("case") or default_case(reg)
         case = reg.get("cases", case_name)
@@ -168,7 +171,7 @@ class Session:
         model_names = {self.settings.model, model.spec, Path(model.spec).name}
         if sae.model_name and sae.model_name not in model_names:
             self.console.print(
-                f"[yellow]warning:[/] SAE {sae.spec!r} was trained on {sae.model_name!r}, "
-                f"applied here to {model.spec!r}"
+                f"[yellow]warning:[/] SAE {escape(repr(sae.spec))} was trained on "
+                f"{escape(repr(sae.model_name))}, applied here to {escape(repr(model.spec))}"
             )
         return model, sae
