@@ -184,6 +184,10 @@ def test_bad_corpus(
 # --- model and SAE folders -------------------------------------------------------------------
 
 
+def edit_json(path: Path, **changes: object) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -203,6 +207,9 @@ def garble_header(path: Path) -> None:
         (lambda d: truncate(d / "config.json"), "config.json is not a valid model config"),
         (lambda d: (d / "config.json").write_text("{}"), "holds a ?; the local loader supports"),
         (lambda d: (d / "config.json").write_bytes(b"\xff\xfe"), "not a valid model config"),
+        (lambda d: edit_json(d / "config.json", hidden_size="x"), "not a valid model config"),
+        (lambda d: edit_json(d / "config.json", num_hidden_layers=-1), "not a valid model config"),
+        (lambda d: edit_json(d / "config.json", head_dim=2.5), "not a valid model config"),
     ],
 )
 def test_damaged_model_directory(

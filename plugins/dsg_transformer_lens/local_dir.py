@@ -122,28 +122,31 @@ def load_local_model(
         raise UserError(f"{path} is not a model directory (no config.json)")
     try:
         architecture, hf = read_hf_config(path)
+        hf_config = AutoConfig.from_pretrained(path)  # transformers' own checks of every field
         cfg_dict = CONFIG_BUILDERS[architecture](hf)
-    except unreadable_file_errors() as exc:
-        raise UserError(f"{path / 'config.json'} is not a valid model config ({exc!r})") from None
-    total_layers = cfg_dict["n_layers"]
-    if n_layers is not None:
-        cfg_dict["n_layers"] = min(n_layers, total_layers)
-        cfg_dict["attn_types"] = cfg_dict["attn_types"][: cfg_dict["n_layers"]]
-    cfg = HookedTransformerConfig.from_dict(
-        {
-            **cfg_dict,
-            "model_name": path.name,
-            "tokenizer_name": str(path),
-            "dtype": dtype,
-            "device": device,
-            "init_weights": False,
-            "default_prepend_bos": True,
-        }
-    )
+        total_layers = cfg_dict["n_layers"]
+        if n_layers is not None:
+            cfg_dict["n_layers"] = min(n_layers, total_layers)
+            cfg_dict["attn_types"] = cfg_dict["attn_types"][: cfg_dict["n_layers"]]
+        cfg = HookedTransformerConfig.from_dict(
+            {
+                **cfg_dict,
+                "model_name": path.name,
+                "tokenizer_name": str(path),
+                "dtype": dtype,
+                "device": device,
+                "init_weights": False,
+                "default_prepend_bos": True,
+            }
+        )
+    except (*unreadable_file_errors(), TypeError) as exc:  # TypeError: a value of a wrong type
+        raise UserError(
+            f"{path / 'config.json'} is not a valid model config "
+            f"({type(exc).__name__}: {one_line_reason(exc)})"
+        ) from None
 
     try:
         # Only the blocks the TL model has are read from disk: transformers skips the others.
-        hf_config = AutoConfig.from_pretrained(path)
         if cfg.n_layers < total_layers:
             hf_config.num_hidden_layers = cfg.n_layers
             hf_config.layer_types = hf_config.layer_types[: cfg.n_layers]

@@ -23,6 +23,9 @@ def one_line_reason(exc: BaseException) -> str:
 def unreadable_file_errors() -> tuple[type[Exception], ...]:
     """What loading a model or SAE raises when a file on disk is missing, truncated or malformed
     (a bad config.json, cut-off safetensors): the user's to fix, so reported as one line."""
+    from huggingface_hub import errors as hub_errors
     from safetensors import SafetensorError
 
-    return (OSError, ValueError, KeyError, UnicodeDecodeError, SafetensorError)
+    # transformers validates config.json fields through huggingface_hub's strict dataclasses
+    strict = getattr(hub_errors, "StrictDataclassError", None)
+    return (OSError, ValueError, KeyError, SafetensorError, *([strict] if strict else []))
