@@ -236,6 +236,9 @@ def test_damaged_model_directory(
         (lambda d: (d / "cfg.json").write_text("[1, 2]"), "could not load the SAE"),
         (lambda d: (d / "cfg.json").write_bytes(b"\xff\xfe"), "could not load the SAE"),
         (lambda d: (d / "sae_weights.safetensors").unlink(), "has no sae_weights.safetensors"),
+        (lambda d: edit_json(d / "cfg.json", d_sae="x"), "a value of the wrong type"),
+        (lambda d: edit_json(d / "cfg.json", d_in=-3), "do not fit its cfg.json"),
+        (lambda d: edit_json(d / "cfg.json", architecture="nope"), "could not load the SAE"),
     ],
 )
 def test_damaged_sae_directory(

@@ -53,6 +53,11 @@ def load_sae_dir(spec: str, *, device: str, dtype: torch.dtype) -> LoadedSAE:
         if not isinstance(json.loads((path / CFG_FILE).read_text(encoding="utf-8")), dict):
             raise ValueError(f"{CFG_FILE} is not a JSON object")
         sae = SAE.load_from_disk(path, device=device, dtype=dtype_name(dtype))
+    except TypeError as exc:  # a cfg.json value of the wrong type reaching torch or sae_lens
+        raise UserError(
+            f"{path / CFG_FILE} holds a value of the wrong type ({one_line_reason(exc)}); "
+            "save the SAE again with SAE.save_model"
+        ) from None
     except RuntimeError:  # torch's load_state_dict: weights whose shapes differ from cfg.json
         raise UserError(
             f"the weights in SAE directory {path} do not fit its {CFG_FILE} (another SAE's "
