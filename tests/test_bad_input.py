@@ -529,3 +529,10 @@ def test_plugin_texts_with_square_brackets_are_shown_as_is(
     failing = run("select", "--case", "tiny", "--out", "runs", "--n-features", "1000")
     assert "warning: plugin 'broken' skipped: bad [/x] [red]" in failing.stderr
     assert failing.exit_code == 2
+
+
+def test_config_file_with_a_byte_order_mark(world: TinyWorld, use_world: UseWorld) -> None:
+    """Editors on Windows save UTF-8 with a BOM; the file is still a valid config."""
+    use_world(world)
+    Path("dsg.toml").write_text("seq_len = 513\n", encoding="utf-8-sig")
+    one_error(run("select", "--case", "tiny", "--out", "runs"), "seq_len 513 is longer")

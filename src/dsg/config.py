@@ -46,7 +46,7 @@ def find_config(explicit: Path | None) -> tuple[Path | None, dict[str, Any]]:
         if not path.is_file():
             continue
         try:
-            table = tomli.loads(path.read_text(encoding="utf-8"))
+            table = tomli.loads(path.read_text(encoding="utf-8-sig"))
         except tomli.TOMLDecodeError as exc:
             raise UserError(f"{path} is not valid TOML: {exc}") from None
         except UnicodeDecodeError:

@@ -105,7 +105,7 @@ def read_text_corpus(path: Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"corpus file {path} does not exist")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM is not text
     except UnicodeDecodeError as exc:
         raise UserError(
             f"corpus file {path} is not UTF-8 text (byte {exc.start} cannot be decoded); "
