@@ -536,3 +536,20 @@ def test_config_file_with_a_byte_order_mark(world: TinyWorld, use_world: UseWorl
     use_world(world)
     Path("dsg.toml").write_text("seq_len = 513\n", encoding="utf-8-sig")
     one_error(run("select", "--case", "tiny", "--out", "runs"), "seq_len 513 is longer")
+
+
+@NO_CUDA
+def test_ray_sweeps_leave_the_device_to_each_worker(world: TinyWorld) -> None:
+    """Ray workers may have GPUs the driver lacks: the driver checks the name, a worker the rest."""
+    from dsg.devices import check_device
+    from dsg.errors import UserError
+    from dsg.session import Session
+
+    reg = tiny_registry(world)
+    opened = Session.open({"case": "tiny", "device": "cuda", "executor": "ray"}, reg=reg)
+    assert opened.settings.device == "cuda"
+    with pytest.raises(UserError, match="unknown device 'gpu0'"):
+        Session.open({"case": "tiny", "device": "gpu0", "executor": "ray"}, reg=reg)
+    with pytest.raises(UserError, match="torch sees no CUDA GPU"):
+        check_device("cuda")  # what each worker runs when it opens its job
+    check_device("cuda", here=False)

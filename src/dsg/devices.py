@@ -11,8 +11,12 @@ from dsg.errors import UserError
 SUPPORTED = ("cpu", "cuda", "mps")
 
 
-def check_device(name: str) -> None:
-    """A UserError unless ``name`` is a device torch knows and this machine has."""
+def check_device(name: str, *, here: bool = True) -> None:
+    """A UserError unless ``name`` is a device torch knows and, with ``here``, this machine has.
+
+    ``here=False`` checks the name only: the jobs of a Ray sweep run on workers whose devices the
+    driver cannot see, so each worker checks its own when it opens the job's session.
+    """
     import torch
 
     try:
@@ -21,6 +25,8 @@ def check_device(name: str) -> None:
         raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or mps") from None
     if device.type not in SUPPORTED:
         raise UserError(f"device {name!r} is not supported; use cpu, cuda, cuda:N or mps")
+    if not here:
+        return
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

@@ -214,9 +214,11 @@ def execute(job: Job, session: Session) -> JobResult:
 def open_session(job: Job) -> Session:
     """The job's session, built afresh from its settings (on a worker nothing is shared with
     the driver)."""
+    from dsg.devices import check_device
     from dsg.plugins import registry
     from dsg.session import Session
 
+    check_device(job.settings.device)  # on a worker: its own devices, which the driver cannot see
     reg = job.registry() if job.registry is not None else registry()
     case = reg.get("cases", job.settings.case)
     return Session(

@@ -64,7 +64,7 @@ class Session:
         case_name = cli.get("case") or config.get("case") or default_case(reg)
         case = reg.get("cases", case_name)
         settings = resolve(case.defaults, case_name, config, cli)
-        check_device(settings.device)
+        check_device(settings.device, here=settings.executor == "local")
         for strategy in settings.strategies:
             reg.get("strategies", strategy)
         return cls(settings=settings, registry=reg, case=case, config_path=config_path)
