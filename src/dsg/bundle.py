@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from dsg.interfaces import ExportableStrategy, LoadedSAE
 
 FORMAT = "dsg-guardrail-bundle"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 DIGEST_FIELD = "sha256"
 CONFIG_FILE = "bundle.json"
 TENSORS_FILE = "guardrail.safetensors"
