@@ -98,6 +98,7 @@ def counting(commit: Any) -> Any:
 
     def commit_and_count(self: RunDir, stage: str, *args: Any, **kwargs: Any) -> Path:
         if stage in SHARED_STAGES:
+            self.root.parent.mkdir(parents=True, exist_ok=True)  # run directories are made lazily
             with (self.root.parent / "shared-commits.log").open("a") as log:
                 log.write(f"{stage} {os.getpid()}\n")
         return commit(self, stage, *args, **kwargs)

@@ -3,6 +3,7 @@ trip, and foreign or damaged bundles are refused."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 import torch
 from test_guardrail import random_sae as guardrail_random_sae
 
+from dsg.artifacts import json_sha256
 from dsg.bundle import CONFIG_FILE, TENSORS_FILE, Bundle, from_sae
 from dsg.errors import UserError
 from dsg.guardrail import DynamicClamp, StaticClamp
@@ -102,7 +104,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert torch.equal(back.tensors["W_enc"], sae.W_enc.detach()[:, [4, 1, 8]])
     assert torch.equal(back.tensors["jump_threshold"], sae.threshold.detach()[[4, 1, 8]])
     config = json.loads((tmp_path / "b" / CONFIG_FILE).read_text())
-    assert config["format_version"] == 2 and config["threshold"] == 0.25  # alpha, by one name
+    assert config["format_version"] == 3 and config["threshold"] == 0.25  # alpha, by one name
     assert config["strategy_params"] == {}
     assert config["rules"]["fire"].startswith("float32(rate) > ")
     assert config["hook"] == {"name": HOOK, "layer": 1, "point": "hook_resid_post"}
@@ -120,10 +122,42 @@ def damage_tensors(directory: Path) -> None:
     (directory / TENSORS_FILE).write_bytes(raw)
 
 
-def damage_shape(directory: Path) -> None:
+def edit_config(directory: Path, edit: Any, *, resign: bool = False) -> None:
+    """Apply ``edit`` to bundle.json; with ``resign``, recompute its digest as a forger would."""
     config = json.loads((directory / CONFIG_FILE).read_text())
-    config["features"] = config["features"][:-1]
+    edit(config)
+    if resign:
+        config["sha256"] = json_sha256({k: v for k, v in config.items() if k != "sha256"})
     (directory / CONFIG_FILE).write_text(json.dumps(config))
+
+
+def damage_shape(directory: Path) -> None:
+    edit_config(directory, lambda c: c.update(features=c["features"][:-1]), resign=True)
+
+
+def move_hook(directory: Path) -> None:
+    hook = {"name": "blocks.0.hook_resid_post", "layer": 0, "point": "hook_resid_post"}
+    edit_config(directory, lambda c: c.update(hook=hook))
+
+
+def reorder_features(directory: Path) -> None:
+    edit_config(directory, lambda c: c.update(features=c["features"][::-1]))
+
+
+def zero_threshold(directory: Path) -> None:
+    edit_config(directory, lambda c: c.update(threshold=0.0))
+
+
+def drop_digest(directory: Path) -> None:
+    edit_config(directory, lambda c: c.pop("sha256"))
+
+
+def retag_tensors(directory: Path) -> None:
+    """The tensors edited and their recorded hash updated, but not the description's digest."""
+    damage_tensors(directory)
+    with (directory / TENSORS_FILE).open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    edit_config(directory, lambda c: c["tensors"].update(sha256=digest))
 
 
 def damage_json(directory: Path) -> None:
@@ -140,6 +174,11 @@ def foreign(directory: Path) -> None:
         (damage_version, "format version 99"),
         (damage_tensors, "does not match"),
         (damage_shape, "has shape"),
+        (move_hook, "edited after export"),
+        (reorder_features, "edited after export"),
+        (zero_threshold, "edited after export"),
+        (drop_digest, "edited after export"),
+        (retag_tensors, "edited after export"),
         (damage_json, "unreadable or corrupted"),
         (foreign, "not a dsg guardrail bundle"),
     ],

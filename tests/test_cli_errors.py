@@ -3,35 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tiny import TinyWorld, build_sae, tiny_registry
+from tiny import TinyWorld, UseWorld, build_sae
 from typer.testing import CliRunner, Result
 
-import dsg.session
 from dsg.cli import app
-
-UseWorld = Callable[[TinyWorld], None]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
     return TinyWorld(tmp_path_factory.mktemp("world"))
-
-
-@pytest.fixture
-def use_world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> UseWorld:
-    """Serve a given TinyWorld through the registry; run in an empty directory."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DSG_CONFIG", raising=False)
-
-    def use(w: TinyWorld) -> None:
-        reg = tiny_registry(w)
-        monkeypatch.setattr(dsg.session, "registry", lambda: reg)
-
-    return use
 
 
 def run(*args: str) -> Result:
@@ -107,7 +90,7 @@ def test_bad_option(
     [
         ('strategies = ["nope"]', ["unknown strategy 'nope'", "dynamic"]),
         ("min_chars = 5000", ["forget corpus of case 'tiny' has no document longer than 5000"]),
-        ("seq_len = 100000", ["shorter than one row of 100000 tokens"]),
+        ("seq_len = 512", ["shorter than one row of 512 tokens"]),
         ("calibration_percentile = 101.0", ["calibration percentile must be within [0, 100]"]),
         ("bogus = 1", ["unknown key 'bogus'", "known keys:"]),
         ('seed = "zero"', ["seed must be a int"]),
@@ -156,4 +139,4 @@ def test_corrupted_and_foreign_artifacts(world: TinyWorld, use_world: UseWorld) 
     one_error(run("select", "--case", "tiny", "--out", "runs"), "does not match its name")
     meta.write_text(original)
     (meta.parent / "calibration-00000.safetensors").write_bytes(b"\x00" * 20)
-    one_error(run("select", "--case", "tiny", "--out", "runs"), "corrupted")
+    one_error(run("select", "--case", "tiny", "--out", "runs"), "was edited, truncated or replaced")

@@ -197,3 +197,12 @@ def test_documents_are_filtered_before_fingerprinting() -> None:
 def test_empty_corpus_after_filtering_is_a_user_error() -> None:
     with pytest.raises(UserError, match=r"forget corpus of case 'toy'.*longer than 50"):
         load_documents(_session(_Case(["x" * 50], ["y" * 60]), 50))
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_document(tmp_path: Path) -> None:
+    from dsg.data import read_text_corpus
+
+    (tmp_path / "c.jsonl").write_text('{"text": "first"}\n{"text": "second"}\n', "utf-8-sig")
+    (tmp_path / "c.txt").write_text("first\nsecond\n", "utf-8-sig")
+    assert read_text_corpus(tmp_path / "c.jsonl") == ["first", "second"]
+    assert read_text_corpus(tmp_path / "c.txt") == ["first", "second"]

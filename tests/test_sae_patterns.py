@@ -163,3 +163,27 @@ def test_real_sae_lens_loader_expands_by_full_match() -> None:
 def test_generate_refuses_patterns_from_the_config() -> None:
     Path("dsg.toml").write_text('sae-id-pattern = "tiny-l0-.*"\n')
     one_error(run("generate", "--case", "tiny", "hello"), "one guardrail", "--sae or --bundle")
+
+
+def test_a_sweep_refuses_an_edited_job_or_report_until_forced() -> None:
+    """A finished job is skipped on a rerun, its facts and report feeding the summary: an edited
+    job.json or report.json must stop the rerun, not pass as finished."""
+    from test_cli_errors import one_error
+
+    args = ["evaluate", "--case", "tiny", "--out", "runs", "--questions", "all"]
+    args += ["--sae-id-pattern", "tiny-l0-a"]
+    (row,) = summary(run(*args))
+    report_path = Path(row[2])
+    job = report_path.parent / "job.json"
+    done = json.loads(job.read_text())
+    job.write_text(json.dumps({**done, "facts": {**done["facts"], "layer": 7}}))
+    one_error(run(*args), "job.json was edited", "--force")
+    job.write_text(json.dumps(done))
+    report = json.loads(report_path.read_text())
+    report_path.write_text(json.dumps({**report, "unlearning_score": 1.0}))
+    one_error(run(*args), "an output it lists was edited or replaced")
+    (forced,) = summary(run(*args, "--force"))
+    assert json.loads(report_path.read_text())["unlearning_score"] == report["unlearning_score"]
+    assert float(forced[1]) == pytest.approx(report["unlearning_score"], abs=1e-4)
+    (again,) = summary(run(*args))
+    assert again == forced

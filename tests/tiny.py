@@ -4,6 +4,7 @@ serves them, so every stage runs offline in seconds."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,10 @@ class TinyWorld:
         )
         self.hook_name = hook_name
         self.hook_layer = hook_layer
+
+
+UseWorld = Callable[[TinyWorld], None]
+"""The ``use_world`` fixture (conftest.py): serve a TinyWorld through the plugin registry."""
 
 
 class TinyCase:

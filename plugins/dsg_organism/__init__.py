@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +24,7 @@ from dsg.api import (
     MCQuestion,
     PromptFormat,
     Register,
+    UserError,
     hookimpl,
     read_text_corpus,
     registered,
@@ -74,21 +77,38 @@ class OrganismCase:
         return read_text_corpus(WORLD / "retain.jsonl")
 
     def eval_sets(self, data: DataSource) -> list[EvalSet]:
-        sets = json.loads((WORLD / "sets.json").read_text(encoding="utf-8"))
-        return [
-            EvalSet(
-                name=s["name"],
-                subject=s["subject"],
-                questions=tuple(
-                    MCQuestion(r["question"], tuple(r["choices"]), int(r["answer"]))
-                    for r in _jsonl(WORLD / "eval" / f"{s['name']}.jsonl")
-                ),
-            )
-            for s in sets
-        ]
+        try:
+            sets = json.loads((WORLD / "sets.json").read_text(encoding="utf-8"))
+            return [
+                EvalSet(
+                    name=s["name"],
+                    subject=s["subject"],
+                    questions=tuple(
+                        MCQuestion(r["question"], tuple(r["choices"]), int(r["answer"]))
+                        for r in _jsonl(WORLD / "eval" / f"{s['name']}.jsonl")
+                    ),
+                )
+                for s in sets
+            ]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(
+                f"the model organism's packaged questions in {WORLD} are damaged ({exc!r}); "
+                "reinstall dsg"
+            ) from None
 
     def prompt_format(self) -> PromptFormat | None:
         return None  # the packaged tokenizer carries Gemma's chat template
+
+
+@contextmanager
+def _packaged(what: str, folder: Path) -> Iterator[None]:
+    """A damaged install: the loader's reason, and the fix that applies to packaged files."""
+    try:
+        yield
+    except UserError as exc:
+        raise UserError(
+            f"the model organism's packaged {what} in {folder} is damaged; reinstall dsg ({exc})"
+        ) from None
 
 
 class OrganismModelLoader:
@@ -103,7 +123,8 @@ class OrganismModelLoader:
     ) -> LoadedModel:
         # The packaged model is a transformers directory: the `local` loader reads those.
         loader = registered("model_loaders", "local")
-        loaded = loader.load(str(MODEL_DIR), device=device, dtype=dtype, n_layers=n_layers)
+        with _packaged("model", MODEL_DIR):
+            loaded = loader.load(str(MODEL_DIR), device=device, dtype=dtype, n_layers=n_layers)
         loaded.spec = NAME
         return loaded
 
@@ -118,7 +139,8 @@ class OrganismSAELoader:
     def load(self, spec: str, *, device: str, dtype: torch.dtype) -> LoadedSAE:
         # The packaged SAE is a sae_lens directory: the `local-sae` loader reads those.
         loader = registered("sae_loaders", "local-sae")
-        loaded = loader.load(str(SAE_DIR), device=device, dtype=dtype)
+        with _packaged("SAE", SAE_DIR):
+            loaded = loader.load(str(SAE_DIR), device=device, dtype=dtype)
         weights = (SAE_DIR / "sae_weights.safetensors").read_bytes()
         loaded.spec, loaded.model_name = NAME, NAME
         loaded.fingerprint = hashlib.sha256(weights).hexdigest()

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.api import LoadedSAE, UserError, hook_layer_of
+from dsg.api import (
+    LoadedSAE,
+    UserError,
+    hook_layer_of,
+    one_line_reason,
+    unreadable_file_errors,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -43,9 +50,25 @@ def load_sae_dir(spec: str, *, device: str, dtype: torch.dtype) -> LoadedSAE:
     if not (path / WEIGHTS_FILE).is_file():
         raise UserError(f"SAE directory {path} has no {WEIGHTS_FILE}; save it with SAE.save_model")
     try:
+        if not isinstance(json.loads((path / CFG_FILE).read_text(encoding="utf-8")), dict):
+            raise ValueError(f"{CFG_FILE} is not a JSON object")
         sae = SAE.load_from_disk(path, device=device, dtype=dtype_name(dtype))
-    except (KeyError, ValueError, OSError) as exc:
-        raise UserError(f"could not load the SAE in {path}: {exc}".splitlines()[0]) from None
+    except TypeError as exc:  # a cfg.json value of the wrong type reaching torch or sae_lens
+        raise UserError(
+            f"{path / CFG_FILE} holds a value of the wrong type ({one_line_reason(exc)}); "
+            "save the SAE again with SAE.save_model"
+        ) from None
+    except RuntimeError:  # torch's load_state_dict: weights whose shapes differ from cfg.json
+        raise UserError(
+            f"the weights in SAE directory {path} do not fit its {CFG_FILE} (another SAE's "
+            "weights or config?); save the SAE again with SAE.save_model"
+        ) from None
+    except unreadable_file_errors() as exc:
+        reason = one_line_reason(exc)
+        raise UserError(
+            f"could not load the SAE in {path} ({reason}); its files are corrupted or "
+            "incomplete: save or download it again"
+        ) from None
     no_hook = (
         f"the SAE in {path} does not say which hook it reads: set metadata.hook_name "
         "(e.g. blocks.3.hook_resid_post) in its cfg.json"

@@ -15,7 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.api import LoadedModel, UserError
+from dsg.api import (
+    LoadedModel,
+    UserError,
+    no_progress_bars,
+    one_line_reason,
+    unreadable_file_errors,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -114,34 +120,51 @@ def load_local_model(
     path = Path(path)
     if not is_model_dir(str(path)):
         raise UserError(f"{path} is not a model directory (no config.json)")
-    architecture, hf = read_hf_config(path)
-    cfg_dict = CONFIG_BUILDERS[architecture](hf)
-    total_layers = cfg_dict["n_layers"]
-    if n_layers is not None:
-        cfg_dict["n_layers"] = min(n_layers, total_layers)
-        cfg_dict["attn_types"] = cfg_dict["attn_types"][: cfg_dict["n_layers"]]
-    cfg = HookedTransformerConfig.from_dict(
-        {
-            **cfg_dict,
-            "model_name": path.name,
-            "tokenizer_name": str(path),
-            "dtype": dtype,
-            "device": device,
-            "init_weights": False,
-            "default_prepend_bos": True,
-        }
-    )
+    bad_config = (*unreadable_file_errors(), TypeError)  # TypeError: a value of a wrong type
+    try:
+        architecture, hf = read_hf_config(path)
+        hf_config = AutoConfig.from_pretrained(path)  # transformers' own checks of every field
+        cfg_dict = CONFIG_BUILDERS[architecture](hf)
+        total_layers = cfg_dict["n_layers"]
+        if n_layers is not None:
+            cfg_dict["n_layers"] = min(n_layers, total_layers)
+            cfg_dict["attn_types"] = cfg_dict["attn_types"][: cfg_dict["n_layers"]]
+        cfg = HookedTransformerConfig.from_dict(
+            {
+                **cfg_dict,
+                "model_name": path.name,
+                "tokenizer_name": str(path),
+                "dtype": dtype,
+                "device": device,
+                "init_weights": False,
+                "default_prepend_bos": True,
+            }
+        )
+    except bad_config as exc:
+        raise UserError(
+            f"{path / 'config.json'} is not a valid model config "
+            f"({type(exc).__name__}: {one_line_reason(exc)})"
+        ) from None
 
     try:
         # Only the blocks the TL model has are read from disk: transformers skips the others.
-        hf_config = AutoConfig.from_pretrained(path)
         if cfg.n_layers < total_layers:
             hf_config.num_hidden_layers = cfg.n_layers
             hf_config.layer_types = hf_config.layer_types[: cfg.n_layers]
-        hf_model = AutoModelForCausalLM.from_pretrained(path, config=hf_config, dtype=dtype)
+        with no_progress_bars():
+            hf_model = AutoModelForCausalLM.from_pretrained(path, config=hf_config, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"could not read model directory {path}: {exc}".splitlines()[0]) from None
+    except RuntimeError as exc:  # transformers: weights whose shapes differ from config.json
+        raise UserError(
+            f"the weights in model directory {path} do not fit its config.json (another "
+            f"model's weights or config?): {type(exc).__name__}; copy the matching files again"
+        ) from None
+    except unreadable_file_errors() as exc:
+        reason = one_line_reason(exc)
+        raise UserError(
+            f"could not read model directory {path} ({reason}); its files are corrupted or "
+            "incomplete: copy or download them again"
+        ) from None
     state_dict = convert_gemma_weights(hf_model, cfg)
     del hf_model
 

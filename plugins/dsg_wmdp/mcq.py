@@ -27,10 +27,25 @@ def questions_of(dataset: HubDataset, data: DataSource) -> tuple[MCQuestion, ...
     )
     questions = []
     for number, (question, choices, answer) in enumerate(rows):
-        if len(choices) != 4 or not 0 <= int(answer) < 4:
-            raise UserError(f"dataset {dataset}, row {number}: expected 4 choices and answer 0-3")
+        if not _well_formed(question, choices, answer):
+            raise UserError(
+                f"dataset {dataset}, row {number}: expected a question, a list of 4 choices and "
+                f"an answer 0-3, got choices {choices!r} and answer {answer!r}"
+            )
         questions.append(MCQuestion(str(question), tuple(str(c) for c in choices), int(answer)))
     return tuple(questions)
+
+
+def _well_formed(question: object, choices: object, answer: object) -> bool:
+    return (
+        isinstance(question, str)
+        and isinstance(choices, list | tuple)
+        and len(choices) == 4
+        and all(isinstance(c, str) for c in choices)
+        and isinstance(answer, int)
+        and not isinstance(answer, bool)
+        and 0 <= answer < 4
+    )
 
 
 def wmdp_set(config: str, data: DataSource) -> EvalSet:

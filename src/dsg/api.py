@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from dsg.data import DataSource, read_text_corpus
-from dsg.errors import UserError, one_line_reason
+from dsg.errors import UserError, one_line_reason, unreadable_file_errors
 from dsg.hook_names import hook_layer_of, parse_hook_name
 from dsg.hookspecs import Register, hookimpl
 from dsg.interfaces import (
@@ -29,6 +29,7 @@ from dsg.interfaces import (
     SAELoader,
     Strategy,
 )
+from dsg.loading import no_progress_bars
 from dsg.mirror import HubDataset
 
 __all__ = [
@@ -52,10 +53,12 @@ __all__ = [
     "UserError",
     "hook_layer_of",
     "hookimpl",
+    "no_progress_bars",
     "one_line_reason",
     "parse_hook_name",
     "read_text_corpus",
     "registered",
+    "unreadable_file_errors",
 ]
 
 

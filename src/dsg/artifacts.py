@@ -3,6 +3,10 @@
 Layout: ``{out}/{stage}/{key}/`` holds a ``meta.json`` (stage, format version, key, the inputs
 that made it) beside the stage's files (safetensors for tensors, JSON for small results).
 A changed input gives a new key and so a new directory; a stale artifact is never reused.
+
+``meta.json`` also records the sha256 of every other file in the folder and a sha256 of its own
+content, both checked whenever the artifact is reused: an edited, truncated, deleted or swapped
+file is refused instead of silently feeding the next stage.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 from dsg.errors import UserError
 
 META_FILE = "meta.json"
+FILES_FIELD = "files"
+DIGEST_FIELD = "sha256"
 
 
 def canonical_json(value: Any) -> str:
@@ -37,6 +43,38 @@ def fingerprint_texts(texts: list[str]) -> str:
     for text in texts:
         digest.update(hashlib.sha256(text.encode()).digest())
     return digest.hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def json_sha256(value: Any) -> str:
+    """The sha256 of a JSON value as it reads back from disk (tuples as lists, keys as strings),
+    so a digest taken before writing matches one taken after reading."""
+    as_read = json.loads(json.dumps(value, default=str))
+    return hashlib.sha256(canonical_json(as_read).encode()).hexdigest()
+
+
+def check_writable(directory: Path, hint: str) -> None:
+    """Fail before any work if ``directory`` cannot be created and written; creates nothing.
+
+    Probes the directory itself, or the nearest ancestor that exists (where it would be made).
+    """
+    existing = directory.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    reason = None
+    if not existing.is_dir():
+        reason = f"{existing} is not a directory"
+    else:
+        try:
+            tempfile.NamedTemporaryFile(dir=existing, prefix=".probe.", delete=True).close()
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+    if reason is not None:
+        raise UserError(f"{directory} is not writable ({reason}); {hint}")
 
 
 def _umask() -> int:
@@ -78,8 +116,8 @@ def write_tensors(
 
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
         raise UserError(
             f"{path} is unreadable or corrupted ({exc}); delete it and run again"
         ) from None
@@ -103,22 +141,19 @@ class RunDir:
         self.root = root
 
     def ensure_writable(self) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe.", delete=True)
-            probe.close()
-        except OSError as exc:
-            raise UserError(
-                f"output directory {self.root} is not writable ({exc.strerror}); "
-                "pass a writable --out"
-            ) from None
+        """Check up front that the run directory can be written; it is made by the first write,
+        so a run that fails before writing anything leaves no empty folder behind."""
+        check_writable(self.root, "pass a writable --out")
 
     def folder(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
-    def find(self, stage: str, version: int, key: str) -> Path | None:
-        """The folder of a finished artifact, or None; a foreign or corrupted one is an error."""
+    def find(self, stage: str, version: int, key: str, *, force: bool = False) -> Path | None:
+        """The folder of a finished, intact artifact, or None; a foreign, corrupted or edited
+        one is an error. With ``force`` it is None: the caller recomputes and overwrites it."""
         folder = self.folder(stage, key)
+        if force:
+            return None
         meta_path = folder / META_FILE
         if not meta_path.exists():
             return None
@@ -133,6 +168,7 @@ class RunDir:
                 f"{folder} holds an artifact that does not match its name (foreign, edited or "
                 "from another dsg version); delete that folder and run again"
             )
+        check_intact(folder, meta)
         return folder
 
     def commit(
@@ -143,8 +179,42 @@ class RunDir:
         inputs: dict[str, Any],
         extra: dict[str, Any] | None = None,
     ) -> Path:
-        """Write ``meta.json`` last: its presence marks the artifact complete."""
+        """Write ``meta.json`` last: its presence marks the artifact complete. It records the
+        sha256 of every other file in the folder and of its own content."""
         folder = self.folder(stage, key)
+        files = {
+            path.name: file_sha256(path)
+            for path in sorted(folder.iterdir() if folder.is_dir() else [])
+            if path.is_file() and path.name != META_FILE and not path.name.startswith(".")
+        }
         meta = {"stage": stage, "version": version, "key": key, "inputs": inputs, **(extra or {})}
+        meta[FILES_FIELD] = files
+        meta[DIGEST_FIELD] = json_sha256(meta)
         write_json(folder / META_FILE, meta)
         return folder
+
+
+def check_intact(folder: Path, meta: dict[str, Any]) -> None:
+    """Every file ``meta.json`` lists is there with its recorded hash, and ``meta.json`` itself
+    is as written; otherwise a UserError that says how to recover."""
+    recorded = meta.get(DIGEST_FIELD)
+    files = meta.get(FILES_FIELD)
+    if not isinstance(recorded, str) or not isinstance(files, dict):
+        problem = f"{META_FILE} has no content hashes (written by an older dsg?)"
+    elif json_sha256({k: v for k, v in meta.items() if k != DIGEST_FIELD}) != recorded:
+        problem = f"{META_FILE} was edited"
+    else:
+        problem = None
+        for name, digest in sorted(files.items()):
+            path = folder / str(name)
+            if not path.is_file():
+                problem = f"{name} is missing"
+            elif file_sha256(path) != digest:
+                problem = f"{name} was edited, truncated or replaced"
+            if problem:
+                break
+    if problem:
+        raise UserError(
+            f"{folder} changed after dsg wrote it ({problem}); rerun with --force to recompute "
+            "it, or delete that folder"
+        )

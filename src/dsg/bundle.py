@@ -5,8 +5,10 @@ compute the gate) and their decoder rows (to clamp), beside ``b_dec`` when the S
 from its input. ``bundle.json`` says where the guardrail hooks, which strategy gates it (any
 installed strategy that says how it is exported), which rules it follows and what it was made
 from. Applying a bundle is :class:`dsg.guardrail.Guardrail`, the same code the engine runs.
-Loading checks the format version, the tensor file's hash and every shape, so a foreign, edited
-or half-written bundle is refused rather than silently misapplied.
+``bundle.json`` carries a sha256 of its own content, which includes the tensor file's sha256, so
+the description (hook, features, threshold, ...) is covered as well as the weights. Loading
+checks the format version, both hashes and every shape, so a foreign, edited or half-written
+bundle is refused rather than silently misapplied.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.artifacts import read_json, read_tensors, write_json, write_tensors
+from dsg.artifacts import json_sha256, read_json, read_tensors, write_json, write_tensors
 from dsg.errors import UserError
 from dsg.hook_names import resid_hook
 
@@ -27,7 +29,8 @@ if TYPE_CHECKING:
     from dsg.interfaces import ExportableStrategy, LoadedSAE
 
 FORMAT = "dsg-guardrail-bundle"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+DIGEST_FIELD = "sha256"
 CONFIG_FILE = "bundle.json"
 TENSORS_FILE = "guardrail.safetensors"
 JUMP_THRESHOLD = "jump_threshold"
@@ -180,7 +183,8 @@ class Bundle:
         """Write the tensors, then ``bundle.json`` (with their hash), each atomically."""
         directory.mkdir(parents=True, exist_ok=True)
         write_tensors(directory / TENSORS_FILE, self.tensors, metadata={"format": FORMAT})
-        write_json(directory / CONFIG_FILE, self.config(_sha256(directory / TENSORS_FILE)))
+        config = self.config(_sha256(directory / TENSORS_FILE))
+        write_json(directory / CONFIG_FILE, {**config, DIGEST_FIELD: json_sha256(config)})
         return directory
 
     @classmethod
@@ -197,6 +201,12 @@ class Bundle:
             raise UserError(
                 f"{directory} is bundle format version {config.get('format_version')!r}; this "
                 f"dsg reads version {FORMAT_VERSION}. Export the bundle again"
+            )
+        described = {k: v for k, v in config.items() if k != DIGEST_FIELD}
+        if config.get(DIGEST_FIELD) != json_sha256(described):
+            raise UserError(
+                f"{config_path} was edited after export (its sha256 does not match its content); "
+                "export the bundle again"
             )
         if config.get("rules") != RULES:
             raise UserError(f"{directory} asks for guardrail rules this dsg does not implement")

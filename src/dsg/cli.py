@@ -37,9 +37,12 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
+            from rich.markup import escape
+
             from dsg.session import stderr
 
-            stderr.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            # escaped: a message quoting "[tool.dsg]" or a regex must not be read as markup
+            stderr.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             from dsg.session import stderr
@@ -94,6 +97,7 @@ def plugins() -> None:
     """List every plugin, its distribution and version, and the names it registers with what
     each one is."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from dsg.plugins import KIND_LABEL, registry
@@ -106,14 +110,15 @@ def plugins() -> None:
         registers = "\n".join(
             f"{KIND_LABEL[kind]}: {', '.join(names)}" for kind, names in info.registered.items()
         )
-        status = f"[red]skipped: {info.error}[/]" if info.error else "ok"
+        status = f"[red]skipped: {escape(info.error)}[/]" if info.error else "ok"
         table.add_row(info.name, info.distribution, info.version, registers, status)
     names = Table(title="registered names")
     for column in ("kind", "name", "plugin", "description"):
         names.add_column(column)
     for kind, label in KIND_LABEL.items():
         for name in reg.names(kind):
-            names.add_row(label, name, reg.owners[kind][name], reg.description(kind, name))
+            description = escape(reg.description(kind, name))
+            names.add_row(label, name, reg.owners[kind][name], description)
     console = Console()
     console.print(table)
     console.print(names)
@@ -156,11 +161,13 @@ def data_mirror(
     ],
 ) -> None:
     """Download the hub datasets of the given cases into DEST/owner/name (needs internet)."""
+    from dsg.artifacts import check_writable
     from dsg.mirror import case_datasets, mirror
     from dsg.plugins import registry
 
     reg = registry()
     datasets = [d for name in case for d in case_datasets(reg.get("cases", name))]
+    check_writable(dest, "pass a destination folder you can write")
     for folder in mirror(list(dict.fromkeys(datasets)), dest):
         typer.echo(str(folder))
 
@@ -224,11 +231,14 @@ def generate(
 def _bundle_guardrail(path: Path, given: Given) -> tuple[Bundle, str | None, str, str]:
     """A saved bundle, the model to run it on (``--model`` or the bundle's), device and dtype."""
     from dsg.bundle import Bundle
+    from dsg.devices import check_device
 
-    guard = Bundle.load(path)
     options = given.settings
+    device = options.get("device") or "cpu"
+    check_device(device)
+    guard = Bundle.load(path)
     reference = options.get("model") or guard.base_model.get("hf")
-    return guard, reference, options.get("device") or "cpu", options.get("dtype") or "float32"
+    return guard, reference, device, options.get("dtype") or "float32"
 
 
 def _built_guardrail(given: Given) -> tuple[Bundle, str | None, str, str]:

@@ -8,6 +8,7 @@ the keys are, their types and bounds, is declared in :mod:`dsg.settings`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from pathlib import Path
@@ -29,6 +30,8 @@ def find_config(explicit: Path | None) -> tuple[Path | None, dict[str, Any]]:
 
     candidates: list[tuple[Path, bool]] = []
     if explicit is not None:
+        if explicit.is_dir():
+            raise UserError(f"config file {explicit} is a directory; pass a TOML file")
         if not explicit.is_file():
             raise UserError(f"config file {explicit} does not exist")
         candidates.append((explicit, False))
@@ -43,14 +46,22 @@ def find_config(explicit: Path | None) -> tuple[Path | None, dict[str, Any]]:
         if not path.is_file():
             continue
         try:
-            table = tomli.loads(path.read_text())
+            table = tomli.loads(path.read_text(encoding="utf-8-sig"))
         except tomli.TOMLDecodeError as exc:
             raise UserError(f"{path} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not UTF-8 text, so not a TOML config file") from None
+        except OSError as exc:
+            raise UserError(f"config file {path} cannot be read ({exc.strerror})") from None
+        settings: Any = table
         if is_pyproject:
-            table = table.get("tool", {}).get("dsg")
-            if table is None:
+            tool = table.get("tool", {})
+            settings = tool.get("dsg") if isinstance(tool, dict) else None
+            if settings is None:
                 continue
-        return path, validate_config(table, path)
+        if not isinstance(settings, dict):
+            raise UserError(f"{path}: [tool.dsg] must be a table of settings, not {settings!r}")
+        return path, validate_config(settings, path)
     return None, {}
 
 
@@ -138,6 +149,8 @@ def check(s: Settings) -> None:
 
 def _check_value(setting: Declared, value: Any) -> None:
     spec, label = setting.spec, setting.label
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{label} must be a finite number, got {value}")
     if spec.bounds is not None:
         low, high, above = spec.bounds.minimum, spec.bounds.maximum, spec.bounds.above_minimum
         check_bounds(label, value, low, high, above_minimum=above)

@@ -9,11 +9,34 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsg.errors import UserError
+from dsg.errors import UserError, one_line_reason
+
+
+class _DropErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+@contextmanager
+def _errors_reported_by_dsg() -> Iterator[None]:
+    """Silence ``datasets``' own error log lines while it loads: a failure is reported once, as
+    dsg's one error line, not twice with a raw log line before it. Warnings still show."""
+    handlers = logging.getLogger("datasets").handlers
+    drop = _DropErrors()
+    for handler in handlers:
+        handler.addFilter(drop)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(drop)
 
 
 def mirror_cache_dir(local: Path) -> str:
@@ -52,15 +75,24 @@ class DataSource:
                     f"dataset {hub_id} is not in the mirror {self.data_dir} (expected {local}); "
                     f"create it with: dsg data mirror --case CASE {self.data_dir}"
                 )
-            return datasets.load_dataset(
-                str(local), config, split=split, cache_dir=mirror_cache_dir(local)
-            )
+            try:
+                with _errors_reported_by_dsg():
+                    return datasets.load_dataset(
+                        str(local), config, split=split, cache_dir=mirror_cache_dir(local)
+                    )
+            except Exception as exc:  # a damaged or partial mirror: the user's to refetch
+                raise UserError(
+                    f"could not read dataset {hub_id} ({config or 'default'}, {split}) from the "
+                    f"mirror {local}: {type(exc).__name__}: {one_line_reason(exc)}. Fetch it again "
+                    f"with: dsg data mirror --case CASE {self.data_dir}"
+                ) from None
         try:
-            return datasets.load_dataset(hub_id, config, split=split, revision=revision)
+            with _errors_reported_by_dsg():
+                return datasets.load_dataset(hub_id, config, split=split, revision=revision)
         except Exception as exc:  # network, gated access, missing config: all user-fixable
             raise UserError(
                 f"could not load dataset {hub_id} ({config or 'default'}, {split}): "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+                f"{type(exc).__name__}: {one_line_reason(exc)}. "
                 "Log in with `hf auth login` if it is gated, "
                 "or pass --data-dir with an offline mirror"
             ) from None
@@ -68,20 +100,30 @@ class DataSource:
 
 def read_text_corpus(path: Path) -> list[str]:
     """Documents from a JSONL file with a ``text`` field, or a plain text file (one per line)."""
+    if path.is_dir():
+        raise UserError(f"corpus {path} is a directory; pass a .jsonl or plain text file")
     if not path.is_file():
         raise UserError(f"corpus file {path} does not exist")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM is not text
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"corpus file {path} is not UTF-8 text (byte {exc.start} cannot be decoded); "
+            "convert it to UTF-8, e.g. with iconv"
+        ) from None
+    except OSError as exc:
+        raise UserError(f"corpus file {path} cannot be read ({exc.strerror})") from None
     if path.suffix in {".jsonl", ".json"}:
         docs = []
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-                docs.append(str(record["text"]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(
-                    f"{path}:{number} is not a JSON object with a 'text' field"
-                ) from None
+                text = json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError, IndexError):
+                text = None
+            if not isinstance(text, str):
+                raise UserError(f"{path}:{number} is not a JSON object with a string 'text' field")
+            docs.append(text)
         return docs
     return [line for line in lines if line.strip()]

@@ -18,3 +18,14 @@ def one_line_reason(exc: BaseException) -> str:
     """The first line of an exception, without a trailing full stop, to end a one-line error."""
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__).rstrip(".")
+
+
+def unreadable_file_errors() -> tuple[type[Exception], ...]:
+    """What loading a model or SAE raises when a file on disk is missing, truncated or malformed
+    (a bad config.json, cut-off safetensors): the user's to fix, so reported as one line."""
+    from huggingface_hub import errors as hub_errors
+    from safetensors import SafetensorError
+
+    # transformers validates config.json fields through huggingface_hub's strict dataclasses
+    strict = getattr(hub_errors, "StrictDataclassError", None)
+    return (OSError, ValueError, KeyError, SafetensorError, *([strict] if strict else []))

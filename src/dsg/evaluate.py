@@ -145,8 +145,8 @@ def build_prompts(
 
 
 def _cached(run_dir: RunDir, stage: str, key: str, force: bool) -> dict[str, Any] | None:
-    folder = run_dir.find(stage, VERSION, key)
-    if folder is None or force:
+    folder = run_dir.find(stage, VERSION, key, force=force)
+    if folder is None:
         return None
     return read_json(folder / META_FILE)
 

@@ -66,7 +66,7 @@ def import_ray() -> Any:
         import ray
     except ImportError:
         raise UserError(
-            "--executor ray needs Ray, which is not installed; run: pip install 'dsg\\[ray]'"
+            "--executor ray needs Ray, which is not installed; run: pip install 'dsg[ray]'"
         ) from None
     return ray
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.errors import UserError
+from dsg.errors import UserError, one_line_reason, unreadable_file_errors
+from dsg.loading import no_progress_bars
 from dsg.settings import DTYPES
 
 if TYPE_CHECKING:
@@ -48,9 +49,17 @@ def load_model(reference: str, *, device: str, dtype: str) -> tuple[Any, Any]:
         raise UserError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(reference)
-        model: Any = AutoModelForCausalLM.from_pretrained(reference, dtype=getattr(torch, dtype))
-    except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        with no_progress_bars():
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                reference, dtype=getattr(torch, dtype)
+            )
+    except RuntimeError as exc:  # weights whose shapes differ from config.json
+        raise UserError(
+            f"the weights of the transformers model {reference!r} do not fit its config.json "
+            f"(another model's weights or config?): {type(exc).__name__}"
+        ) from None
+    except unreadable_file_errors() as exc:
+        reason = one_line_reason(exc)
         raise UserError(
             f"could not load the transformers model {reference!r}: {reason}. Pass --model with "
             "a local model directory or a hub id that is cached"

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.artifacts import artifact_key, canonical_json, read_json, write_json
+from dsg.artifacts import (
+    DIGEST_FIELD,
+    artifact_key,
+    canonical_json,
+    file_sha256,
+    json_sha256,
+    read_json,
+    write_json,
+)
 from dsg.errors import UserError, one_line_reason
 
 if TYPE_CHECKING:
@@ -157,7 +165,29 @@ def finished(job: Job) -> JobResult | None:
     paths = [Path(p) for p in done.get("paths", [])]
     if not all(p.exists() for p in paths):
         return None
+    check_job_intact(path, done, paths)
     return JobResult(job.name, job.out, True, paths, facts=done.get("facts", {}), skipped=True)
+
+
+def output_hashes(paths: list[Path]) -> dict[str, str]:
+    """The sha256 of each output that is a file (a report); folders check themselves."""
+    return {str(p): file_sha256(p) for p in paths if p.is_file()}
+
+
+def check_job_intact(path: Path, done: dict[str, Any], paths: list[Path]) -> None:
+    """``job.json`` as written and its file outputs unchanged, or a UserError: a skipped job's
+    facts and report feed the sweep summary, so an edited one must not pass as finished."""
+    recorded = {k: v for k, v in done.items() if k != DIGEST_FIELD}
+    if done.get(DIGEST_FIELD) != json_sha256(recorded):
+        problem = f"{JOB_FILE} was edited"
+    elif done.get("outputs") != output_hashes(paths):
+        problem = "an output it lists was edited or replaced"
+    else:
+        return
+    raise UserError(
+        f"{path.parent} changed after dsg wrote it ({problem}); rerun with --force to recompute "
+        "it, or delete that folder"
+    )
 
 
 def sae_facts(session: Session) -> dict[str, Any]:
@@ -205,18 +235,21 @@ def execute(job: Job, session: Session) -> JobResult:
             "stage": job.stage,
             "spec": job.spec,
             "paths": [str(p) for p in paths],
+            "outputs": output_hashes(paths),
             "facts": facts,
         }
-        write_json(job.out / JOB_FILE, done)
+        write_json(job.out / JOB_FILE, {**done, DIGEST_FIELD: json_sha256(done)})
     return JobResult(job.name, job.out, True, paths, facts=facts)
 
 
 def open_session(job: Job) -> Session:
     """The job's session, built afresh from its settings (on a worker nothing is shared with
     the driver)."""
+    from dsg.devices import check_device
     from dsg.plugins import registry
     from dsg.session import Session
 
+    check_device(job.settings.device)  # on a worker: its own devices, which the driver cannot see
     reg = job.registry() if job.registry is not None else registry()
     case = reg.get("cases", job.settings.case)
     return Session(

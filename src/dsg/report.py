@@ -161,5 +161,7 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     console.print(table)
     console.print("side %: pooled over the side-effect sets; fired %: target prompts guarded")
     console.print(f"unlearning score: {report['unlearning_score']:.4f}")
+    from rich.markup import escape
+
     for warning in report["warnings"]:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(f"[yellow]warning:[/] {escape(warning)}")

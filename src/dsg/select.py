@@ -100,8 +100,8 @@ def ensure(session: Session) -> list[Selection]:
             "n_features": sorted(set(s.n_features)),
         }
         key = artifacts.artifact_key(STAGE, VERSION, inputs)
-        folder = session.run_dir.find(STAGE, VERSION, key)
-        if folder is not None and not s.force:
+        folder = session.run_dir.find(STAGE, VERSION, key, force=s.force)
+        if folder is not None:
             selections.append(load(folder / SELECTION_FILE))
             continue
         features = select_features(

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from dsg.artifacts import RunDir
 from dsg.config import find_config, resolve
 from dsg.data import DataSource
+from dsg.devices import check_device
 from dsg.errors import UserError
 from dsg.interfaces import Case, LoadedModel, LoadedSAE
 from dsg.plugins import Registry, registry
@@ -55,11 +57,14 @@ class Session:
         """Resolve settings (CLI over config over case defaults) and pick the case."""
         reg = reg or registry()
         for failed in reg.failures:
-            stderr.print(f"[yellow]warning:[/] plugin {failed.name!r} skipped: {failed.error}")
+            stderr.print(
+                f"[yellow]warning:[/] plugin {failed.name!r} skipped: {escape(failed.error or '')}"
+            )
         config_path, config = find_config(config_file)
         case_name = cli.get("case") or config.get("case") or default_case(reg)
         case = reg.get("cases", case_name)
         settings = resolve(case.defaults, case_name, config, cli)
+        check_device(settings.device, here=settings.executor == "local")
         for strategy in settings.strategies:
             reg.get("strategies", strategy)
         return cls(settings=settings, registry=reg, case=case, config_path=config_path)
@@ -151,6 +156,11 @@ class Session:
                 f"SAE {sae.spec!r} reads vectors of size {d_in} but model {model.spec!r} has "
                 f"d_model {cfg.d_model}; choose an SAE trained on this model"
             )
+        if self.settings.seq_len > cfg.n_ctx:
+            raise UserError(
+                f"seq_len {self.settings.seq_len} is longer than the context of model "
+                f"{model.spec!r} ({cfg.n_ctx} tokens); pass --seq-len {cfg.n_ctx} or less"
+            )
         if sae.hook_layer >= cfg.n_layers and n_layers is None:
             raise UserError(
                 f"SAE hook {sae.hook_name!r} is beyond model {model.spec!r}, which has "
@@ -161,7 +171,7 @@ class Session:
         model_names = {self.settings.model, model.spec, Path(model.spec).name}
         if sae.model_name and sae.model_name not in model_names:
             self.console.print(
-                f"[yellow]warning:[/] SAE {sae.spec!r} was trained on {sae.model_name!r}, "
-                f"applied here to {model.spec!r}"
+                f"[yellow]warning:[/] SAE {escape(repr(sae.spec))} was trained on "
+                f"{escape(repr(sae.model_name))}, applied here to {escape(repr(model.spec))}"
             )
         return model, sae

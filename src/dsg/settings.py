@@ -44,6 +44,7 @@ class Bounds:
 
 POSITIVE = Bounds(0, None, above_minimum=True)
 PERCENTILE = Bounds(0, 100)
+NON_NEGATIVE = Bounds(0, None)
 PERCENTAGE = Bounds(0, 100, above_minimum=True)
 
 
@@ -98,7 +99,10 @@ class Settings:
         None, "Run every SAE whose id fully matches this regex, with the release pattern or "
         "alone; not with --sae.", RUN, STAGES, regex=True,
     )  # fmt: skip
-    device: str = setting("cpu", "Torch device: cpu, cuda, cuda:1, ...", RUN, EVERY_COMMAND)
+    device: str = setting(
+        "cpu", "Torch device: cpu, cuda, cuda:N or mps; checked against this machine first.",
+        RUN, EVERY_COMMAND,
+    )  # fmt: skip
     dtype: str = setting(
         "float32", "Model and SAE dtype; the statistics are accumulated in float64 regardless.",
         RUN, EVERY_COMMAND, choices=DTYPES, case_may_set=True,
@@ -164,7 +168,7 @@ class Settings:
     )  # fmt: skip
     multipliers: tuple[float, ...] = setting(
         (500.0,), "Clamp strength m: selected features are set to -m at hit positions.",
-        EVALUATION, CLAMPING, option="--multiplier", case_may_set=True,
+        EVALUATION, CLAMPING, option="--multiplier", bounds=NON_NEGATIVE, case_may_set=True,
     )  # fmt: skip
     strategies: tuple[str, ...] = setting(
         ("dynamic", "static"), "Intervention strategies to sweep (`dsg plugins` lists them); "

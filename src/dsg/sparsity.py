@@ -128,8 +128,8 @@ def ensure(session: Session) -> SparsityStats:
         )
     inputs = artifact_inputs(session, model, sae, docs)
     key = artifacts.artifact_key(STAGE, VERSION, inputs)
-    folder = run_dir.find(STAGE, VERSION, key)
-    if folder is not None and not session.settings.force:
+    folder = run_dir.find(STAGE, VERSION, key, force=session.settings.force)
+    if folder is not None:
         return load(folder, key)
     return compute(session, model, sae, docs, inputs, key)
 

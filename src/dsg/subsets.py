@@ -125,8 +125,8 @@ def ensure(
         "set_fingerprint": eval_set_fingerprint(eval_set),
     }
     key = artifact_key(STAGE, VERSION, inputs)
-    folder = run_dir.find(STAGE, VERSION, key)
-    if folder is not None and not force:
+    folder = run_dir.find(STAGE, VERSION, key, force=force)
+    if folder is not None:
         return {name: list(ids) for name, ids in read_json(folder / META_FILE)["subsets"].items()}
     subsets = compute(predict, fmt, tokenizer, eval_set)
     run_dir.commit(STAGE, VERSION, key, inputs, extra={"subsets": subsets})
