@@ -120,7 +120,8 @@ def load_local_model(
     path = Path(path)
     if not is_model_dir(str(path)):
         raise UserError(f"{path} is not a model directory (no config.json)")
-    bad_config = (*unreadable_file_errors(), TypeError)  # TypeError: a value of a wrong type
+    # TypeError: a value of a wrong type
+    bad_config: tuple[type[Exception], ...] = (*unreadable_file_errors(), TypeError)
     try:
         architecture, hf = read_hf_config(path)
         hf_config = AutoConfig.from_pretrained(path)  # transformers' own checks of every field
