@@ -30,6 +30,12 @@ class Given:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+def _optional(kind: Any) -> Any:
+    """``Optional[kind]`` as a typing.Union: Typer before 0.15 cannot read ``kind | None``
+    built at run time (a types.UnionType)."""
+    return typing.Optional[kind]  # noqa: UP045
+
+
 def _parameter(setting: Declared) -> inspect.Parameter:
     kind: Any = list[setting.kind] if setting.repeated else setting.kind  # type: ignore[name-defined]
     help_text = setting.described + (" Repeatable." if setting.repeated else "")
@@ -45,7 +51,7 @@ def _parameter(setting: Declared) -> inspect.Parameter:
         setting.name,
         inspect.Parameter.KEYWORD_ONLY,
         default=None,
-        annotation=Annotated[kind | None, typer.Option(setting.option, help=help_text)],
+        annotation=Annotated[_optional(kind), typer.Option(setting.option, help=help_text)],
     )
 
 
@@ -55,7 +61,7 @@ def _config_parameter() -> inspect.Parameter:
         CONFIG_OPTION,
         inspect.Parameter.KEYWORD_ONLY,
         default=None,
-        annotation=Annotated[Path | None, option],
+        annotation=Annotated[_optional(Path), option],
     )
 
 
