@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from dsg.backends.base import ModelBackend
 from dsg.errors import UserError
 from dsg.hook_names import resid_hook
 from dsg.interfaces import Intervention
@@ -98,14 +99,15 @@ class Outcome:
 
 
 class Scorer:
-    """A TransformerLens model split at the hook, scoring four-letter answers."""
+    """A model backend split at the hook, scoring four-letter answers."""
 
-    def __init__(self, model: Any, tokenizer: Any, hook_name: str, batch_size: int) -> None:
-        self.model = model
+    def __init__(self, backend: ModelBackend, hook_name: str, batch_size: int) -> None:
+        self.backend = backend
         self.split = split_layer(hook_name)
-        if self.split > model.cfg.n_layers:
-            raise UserError(f"hook {hook_name!r} is beyond the model's {model.cfg.n_layers} blocks")
+        if self.split > backend.n_layers:
+            raise UserError(f"hook {hook_name!r} is beyond the model's {backend.n_layers} blocks")
         self.batch_size = batch_size
+        tokenizer = backend.tokenizer
         self.answer_ids = answer_token_ids(tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else tokenizer.eos_token_id or 0)
@@ -115,40 +117,21 @@ class Scorer:
 
     @property
     def device(self) -> torch.device:
-        return self.model.W_U.device
+        return self.backend.device
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        return encode(self.tokenizer, texts, self.model.cfg.n_ctx)
+        return encode(self.tokenizer, texts, self.backend.n_ctx)
 
     def to_hook(self, batch: Batch) -> torch.Tensor:
         """The residual stream at the hook: the input of block ``split``."""
-        return self.model(
-            batch.tokens.to(self.device),
-            stop_at_layer=self.split,
-            attention_mask=batch.mask.to(self.device),
-        )
+        return self.backend.to_hook(batch.tokens, batch.mask, self.split)
 
     def from_hook(
         self, resid: torch.Tensor, mask: torch.Tensor, last: torch.Tensor
     ) -> torch.Tensor:
         """``[B, 4]`` answer probabilities: max of P(X) and P(" X") from a softmax over the whole
         vocabulary at each row's last real token, with the model's final-logit softcap."""
-        from transformer_lens.utilities.activation_functions import apply_softcap
-
-        model = self.model
-        width = int(last.max()) + 1
-        mask = mask[:, :width].to(resid.device)
-        resid = model(
-            resid[:, :width],
-            start_at_layer=self.split,
-            stop_at_layer=model.cfg.n_layers,
-            attention_mask=mask,
-        )
-        final = resid[torch.arange(resid.shape[0], device=resid.device), last.to(resid.device)]
-        final = final[:, None, :]
-        if model.cfg.normalization_type is not None:
-            final = model.ln_final(final)
-        logits = apply_softcap(model.unembed(final)[:, 0], model.cfg.output_logits_soft_cap)
+        logits = self.backend.from_hook(resid, mask.to(resid.device), last, self.split)
         probs = torch.softmax(logits.float(), dim=-1)
         ids = self.answer_ids.to(probs.device)
         return probs[:, ids].amax(dim=1)
