@@ -114,6 +114,8 @@ class Scorer:
         self.tokenizer = tokenizer
         self.on_rows: Callable[[int], None] | None = None
         """Called with the number of prompts in each finished batch (progress display)."""
+        self.share_prefixes = True
+        """Compute a question's shared prompt prefix once (on backends that can)."""
 
     @property
     def device(self) -> torch.device:
@@ -131,7 +133,12 @@ class Scorer:
     ) -> torch.Tensor:
         """``[B, 4]`` answer probabilities: max of P(X) and P(" X") from a softmax over the whole
         vocabulary at each row's last real token, with the model's final-logit softcap."""
-        logits = self.backend.from_hook(resid, mask.to(resid.device), last, self.split)
+        return self.answer_probabilities(
+            self.backend.from_hook(resid, mask.to(resid.device), last, self.split)
+        )
+
+    def answer_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[B, 4]``: max of P(X) and P(" X"), softmax over the whole vocabulary."""
         probs = torch.softmax(logits.float(), dim=-1)
         ids = self.answer_ids.to(probs.device)
         return probs[:, ids].amax(dim=1)
@@ -149,9 +156,27 @@ class Scorer:
             self._done(batch)
         return out
 
-    def predict(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Answer index per prompt (argmax, first index on ties)."""
-        return argmax(self.probabilities(ids))
+    def predict(self, ids: Sequence[Sequence[int]], group: int = 1) -> torch.Tensor:
+        """Answer index per prompt (argmax, first index on ties). ``group``: runs of that many
+        consecutive prompts share a prefix, computed once per run where the backend can."""
+        share = getattr(self.backend, "prefix_shared_logits", None)
+        if group < 2 or share is None or not self.share_prefixes:
+            return argmax(self.probabilities(ids))
+        return self._predict_shared(ids, group, share)
+
+    @torch.inference_mode()
+    def _predict_shared(
+        self, ids: Sequence[Sequence[int]], group: int, share: Callable[..., torch.Tensor]
+    ) -> torch.Tensor:
+        out = torch.empty(len(ids), dtype=torch.long)
+        for start in range(0, len(ids), group):
+            rows = ids[start : start + group]
+            cut = min(common_prefix_length(rows), min(len(row) for row in rows) - 1)
+            logits = share(rows[0][:cut], [row[cut:] for row in rows], self.batch_size, self.pad_id)
+            out[start : start + len(rows)] = argmax(self.answer_probabilities(logits).cpu())
+            if self.on_rows is not None:
+                self.on_rows(len(rows))
+        return out
 
     @torch.inference_mode()
     def sweep(
@@ -195,6 +220,15 @@ def _fired(intervention: Intervention, rows: int) -> torch.Tensor:
             f"intervention {type(intervention).__name__} did not report `fired` for its {rows} rows"
         )
     return fired.detach().cpu().bool()
+
+
+def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every row has in common."""
+    first = rows[0]
+    length = min(len(row) for row in rows)
+    for row in rows[1:]:
+        length = next((i for i in range(length) if row[i] != first[i]), length)
+    return length
 
 
 def argmax(probs: torch.Tensor) -> torch.Tensor:

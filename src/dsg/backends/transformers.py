@@ -125,7 +125,57 @@ class TransformersBackend:
             )
             hidden = out[0] if isinstance(out, tuple) else out
         final = hidden[torch.arange(rows, device=hidden.device), last.to(hidden.device)]
-        logits = self.model.lm_head(self.inner.norm(final))
+        return self._final_logits(self.inner.norm(final))
+
+    def prefix_shared_logits(
+        self, prefix: list[int], suffixes: list[list[int]], batch_size: int, pad_id: int
+    ) -> torch.Tensor:
+        """Final logits ``[N, vocab]`` at the last token of ``prefix + suffix`` for each suffix
+        (each non-empty), running the prefix once and the suffixes on copies of its KV cache."""
+        import copy
+
+        import torch
+
+        keyword = cache_keyword(self.inner)
+        device = self.device
+        out = []
+        with torch.inference_mode():
+            if prefix:
+                prefix_ids = torch.tensor([prefix], device=device)
+                cached = getattr(self.inner(input_ids=prefix_ids, use_cache=True), keyword)
+            for start in range(0, len(suffixes), batch_size):
+                chunk = suffixes[start : start + batch_size]
+                width = max(len(s) for s in chunk)
+                tokens = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(chunk), len(prefix) + width), dtype=torch.long)
+                mask[:, : len(prefix)] = 1
+                for r, suffix in enumerate(chunk):
+                    tokens[r, : len(suffix)] = torch.tensor(suffix, dtype=torch.long)
+                    mask[r, len(prefix) : len(prefix) + len(suffix)] = 1
+                extra: dict[str, Any] = {}
+                if prefix:
+                    cache = copy.deepcopy(cached)
+                    cache.batch_repeat_interleave(len(chunk))
+                    extra[keyword] = cache
+                positions = torch.arange(len(prefix), len(prefix) + width).expand(len(chunk), width)
+                hidden = self.inner(
+                    input_ids=tokens.to(device),
+                    attention_mask=mask.to(device),
+                    position_ids=positions.to(device),
+                    use_cache=bool(prefix),
+                    **extra,
+                ).last_hidden_state
+                last = torch.tensor([len(s) - 1 for s in chunk], device=device)
+                out.append(
+                    self._final_logits(hidden[torch.arange(len(chunk), device=device), last])
+                )
+        return torch.cat(out)
+
+    def _final_logits(self, normed: torch.Tensor) -> torch.Tensor:
+        """``lm_head`` and the final softcap on final-normed hidden states."""
+        import torch
+
+        logits = self.model.lm_head(normed)
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
@@ -154,3 +204,11 @@ def additive_mask(mask: torch.Tensor, window: int | None, dtype: torch.dtype) ->
     allowed = allowed[None, None] & mask[:, None, None, :].bool()
     zero = torch.zeros((), dtype=dtype, device=mask.device)
     return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+
+def cache_keyword(module: Any) -> str:
+    """The name under which a model's forward takes and returns its KV cache: ``cache`` in
+    recent transformers 5 releases, ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
