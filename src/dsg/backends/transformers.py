@@ -8,9 +8,9 @@ causal + padding mask (``[B, 1, T, T]``, with the sliding window on the layers t
 which both the eager and the SDPA attention accept in transformers 4.5x and 5.x alike; then the
 final norm, ``lm_head`` and the final-logit softcap at each row's last real position only.
 
-Attention: SDPA when the architecture supports it, else eager. Gemma-2 declares no SDPA
-support because SDPA cannot apply its attention-logit softcap; transformers then runs its
-eager attention, which applies the softcap, so the numerics are Gemma-2's own.
+Attention: SDPA when the architecture supports it, else eager; always eager when the config sets
+an attention-logit softcap (Gemma-2), which SDPA cannot apply. transformers 5 declares no SDPA
+support for Gemma-2 for that reason; its eager attention applies the softcap.
 """
 
 from __future__ import annotations
@@ -33,9 +33,12 @@ class _Reached(Exception):  # noqa: N818 - a control-flow signal, not an error
         self.hidden = hidden
 
 
-def attention_implementation(model_class: Any) -> str:
-    """``sdpa`` where the model class supports it, else ``eager`` (what Gemma-2 needs for its
-    attention softcap)."""
+def attention_implementation(model_class: Any, config: Any) -> str:
+    """``sdpa`` where the model class supports it and the config sets no attention-logit
+    softcap, else ``eager``: SDPA cannot apply a softcap, and an SDPA path that dropped it
+    silently would change the model."""
+    if getattr(config, "attn_logit_softcapping", None):
+        return "eager"
     return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
 
 
@@ -45,10 +48,12 @@ def load_causal_lm(reference: str, *, device: str, dtype: torch.dtype) -> Any:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
-        architecture = (AutoConfig.from_pretrained(reference).architectures or [""])[0]
-        model_class = getattr(transformers, architecture, None)
+        config = AutoConfig.from_pretrained(reference)
+        model_class = getattr(transformers, (config.architectures or [""])[0], None)
         model = AutoModelForCausalLM.from_pretrained(
-            reference, dtype=dtype, attn_implementation=attention_implementation(model_class)
+            reference,
+            dtype=dtype,
+            attn_implementation=attention_implementation(model_class, config),
         )
     except (OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
