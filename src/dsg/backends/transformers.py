@@ -50,7 +50,7 @@ def load_causal_lm(reference: str, *, device: str, dtype: torch.dtype) -> Any:
     try:
         config = AutoConfig.from_pretrained(reference)
         model_class = getattr(transformers, (config.architectures or [""])[0], None)
-        model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(
             reference,
             dtype=dtype,
             attn_implementation=attention_implementation(model_class, config),
