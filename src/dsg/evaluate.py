@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from dsg import select, subsets
 from dsg.artifacts import META_FILE, RunDir, artifact_key, read_json
 from dsg.errors import UserError
-from dsg.interfaces import EvalSet, Intervention, LoadedModel, LoadedSAE, PromptFormat
+from dsg.interfaces import EvalSet, Intervention, LoadedSAE, PromptFormat
 from dsg.mcq import Outcome, Scorer
 from dsg.progress import Tracker
 from dsg.prompts import choose_format, format_fingerprint, render_question
@@ -350,8 +350,7 @@ def load_inputs(session: Session) -> tuple[LoadedSAE, list[EvalSet]]:
 
 def empty_subset_warnings(chosen: dict[str, list[int]], subset: str) -> list[str]:
     return [
-        f"eval set {name!r} has no questions in subset {subset!r}; "
-        "its accuracy is reported as null"
+        f"eval set {name!r} has no questions in subset {subset!r}; its accuracy is reported as null"
         for name, ids in chosen.items()
         if not ids
     ]
