@@ -5,6 +5,11 @@ blocks before it, edit (or encode) the residual stream there, and resume from it
 provides exactly that, on right-padded batches with a boolean attention mask ``[B, T]``
 (True on real tokens), and the logits of the last real position only, after the final norm,
 the unembedding and the model's final-logit softcap.
+
+A backend may also offer ``prefix_shared_logits(prefix, suffixes, batch_size, pad_id)``: the
+final logits at the last token of ``prefix + suffix`` for each suffix, with the prefix computed
+once. The scorer uses it, when present, for a question's answer orders (the transformers
+backend does, through its KV cache).
 """
 
 from __future__ import annotations
