@@ -19,7 +19,6 @@ from tiny_gemma import SLIDING_WINDOW, write_tiny_gemma
 
 from dsg import subsets
 from dsg.backends import open_backend, resolve_backend
-from dsg.backends.transformers import additive_mask
 from dsg.config import Settings, check
 from dsg.errors import UserError
 from dsg.guardrail import DynamicClamp, StaticClamp
@@ -56,21 +55,6 @@ def padded_batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return tokens, mask, mask.sum(dim=1) - 1
 
 
-def test_additive_mask_by_hand() -> None:
-    real = torch.tensor([[True, True, True, False]])
-    got = additive_mask(real, window=2, dtype=torch.float32)
-    low = torch.finfo(torch.float32).min
-    allowed = [
-        [1, 0, 0, 0],
-        [1, 1, 0, 0],
-        [0, 1, 1, 0],  # the window of 2 drops key 0
-        [0, 0, 1, 0],  # key 3 is padding
-    ]
-    expected = torch.tensor(allowed, dtype=torch.bool)
-    assert torch.equal(got[0, 0] == 0, expected)
-    assert torch.equal(got[0, 0][~expected], torch.full((int((~expected).sum()),), low))
-
-
 @pytest.mark.parametrize("split", [0, 1, 2, 3])
 def test_residuals_and_logits_agree_at_every_split(gemma: LoadedModel, split: int) -> None:
     backends = both(gemma)
@@ -85,17 +69,6 @@ def test_residuals_and_logits_agree_at_every_split(gemma: LoadedModel, split: in
     torch.testing.assert_close(
         logits["transformers"], logits["transformer_lens"], **RESID_TOLERANCE
     )
-
-
-def test_resuming_equals_the_models_own_forward(gemma: LoadedModel) -> None:
-    """The hand-built masks and rotary positions reproduce transformers' own forward pass,
-    padding and sliding window included."""
-    backend = both(gemma)["transformers"]
-    tokens, mask, last = padded_batch(backend.model.config.vocab_size)
-    with torch.inference_mode():
-        own = backend.model(input_ids=tokens, attention_mask=mask.long()).logits
-        split = backend.from_hook(backend.to_hook(tokens, mask, 1), mask, last, 1)
-    torch.testing.assert_close(split, own[torch.arange(3), last], **RESID_TOLERANCE)
 
 
 def clamps(sae: Any) -> list[Any]:
@@ -197,39 +170,3 @@ def test_backend_choice_and_errors(tmp_path: Path) -> None:
     loaded = LoadedModel(world.model, world.tokenizer, "tiny-model")
     with pytest.raises(UserError, match="--backend transformer_lens"):
         open_backend("transformers", loaded, device="cpu", dtype=torch.float32)
-
-
-def test_shared_prefixes_change_no_answer(gemma: LoadedModel) -> None:
-    """A question's answer orders share a prefix: computing it once through the KV cache gives
-    the same logits as the whole prompts (sliding window included) and the same subsets."""
-    backend = both(gemma)["transformers"]
-    fmt = choose_format(None, gemma.tokenizer)
-    eval_set = tiny_set()
-    scorer = Scorer(backend, "blocks.1.hook_resid_post", batch_size=4)
-    texts = [
-        render_question(fmt, gemma.tokenizer, eval_set, eval_set.questions[0], order)[0]
-        for order in subsets.PERMUTATIONS[:6]
-    ]
-    ids = scorer.encode(texts)
-    cut = 60
-    assert all(row[:cut] == ids[0][:cut] for row in ids) and cut > 3 * SLIDING_WINDOW
-    with torch.inference_mode():
-        shared = backend.prefix_shared_logits(
-            ids[0][:cut], [row[cut:] for row in ids], 4, scorer.pad_id
-        )
-        whole = backend.prefix_shared_logits([], ids, 4, scorer.pad_id)
-    torch.testing.assert_close(shared, whole, **RESID_TOLERANCE)
-    torch.testing.assert_close(scorer.probabilities(ids), scorer.answer_probabilities(shared))
-
-    groups: list[int] = []
-
-    def predict(texts: list[str], group: int) -> list[int]:
-        groups.append(group)
-        return scorer.predict(scorer.encode(texts), group).tolist()
-
-    found = {}
-    for share in (True, False):
-        scorer.share_prefixes = share
-        found[share] = subsets.compute(predict, fmt, gemma.tokenizer, eval_set)
-    assert found[True] == found[False]
-    assert max(groups) > 1  # the grouped rounds ran
