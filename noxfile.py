@@ -19,7 +19,12 @@ TORCH = "torch==2.13.0"
 CONSTRAINTS = "constraints.txt"
 EXTRAS = ".[test]"
 TRANSFORMERS_CELLS = ["4.57.6", "5.0.0"]
-HF_ONLY_TESTS = ["tests/test_hf.py", "tests/test_hf_state.py", "tests/test_bundle.py"]
+HF_ONLY_TESTS = [
+    "tests/test_hf.py",
+    "tests/test_hf_state.py",
+    "tests/test_bundle.py",
+    "tests/test_backend_transformers.py",
+]
 
 
 def _declared() -> list[str]:
@@ -66,10 +71,10 @@ def lowest(session: nox.Session) -> None:
 @nox.session(name="transformers")
 @nox.parametrize("version", TRANSFORMERS_CELLS, ids=TRANSFORMERS_CELLS)
 def transformers_cell(session: nox.Session, version: str) -> None:
-    """The guardrail on a plain transformers model (dsg.hf, bundles, open-unlearning) under an
-    older transformers. TransformerLens >= 3.9 needs transformers >= 5.9, so the tested set is
-    installed first and transformers replaced over it (with a datasets that accepts its
-    huggingface_hub): the TransformerLens engine is not run."""
+    """The guardrail on a plain transformers model (dsg.hf, bundles, open-unlearning) and the
+    transformers backend under an older transformers. TransformerLens >= 3.9 needs transformers
+    >= 5.9, so the tested set is installed first and transformers replaced over it (with a
+    datasets that accepts its huggingface_hub): the TransformerLens engine is not run."""
     session.install(TORCH)
     session.install("-e", EXTRAS, "-c", CONSTRAINTS)
     # datasets >= 4.4 needs huggingface_hub 1.x, which transformers 4.x does not accept

@@ -168,6 +168,7 @@ def run_mode(args: argparse.Namespace) -> dict:
 
     from dsg import evaluate, select, subsets
     from dsg.artifacts import RunDir
+    from dsg.backends.transformer_lens import TransformerLensBackend
     from dsg.mcq import Scorer
     from dsg.prompts import choose_format, render_question
 
@@ -179,7 +180,8 @@ def run_mode(args: argparse.Namespace) -> dict:
     eval_sets = limited(session.case.eval_sets(session.data), args.max_questions)
     tok = model.tokenizer
     fmt = choose_format(session.case.prompt_format(), tok)
-    scorer = Scorer(model.model, tok, sae.hook_name, session.settings.batch_size)
+    backend = TransformerLensBackend(model.model, tok)
+    scorer = Scorer(backend, sae.hook_name, session.settings.batch_size)
     configs = evaluate.expand(selections, session)
     rss_loaded = rss_mib()
     times: dict[str, float] = {}
@@ -189,8 +191,8 @@ def run_mode(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         if mode == "engine":
 
-            def predict(texts: list[str]) -> list[int]:
-                return scorer.predict(scorer.encode(texts)).tolist()
+            def predict(texts: list[str], group: int = 1) -> list[int]:
+                return scorer.predict(scorer.encode(texts), group).tolist()
 
             found = {e.name: subsets.compute(predict, fmt, tok, e) for e in eval_sets}
         else:

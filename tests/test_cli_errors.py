@@ -22,10 +22,13 @@ def run(*args: str) -> Result:
 
 
 def one_error(result: Result, *fragments: str) -> str:
-    """The run failed with exit code 2 and exactly one error line containing the fragments."""
+    """The run failed with exit code 2 and exactly one error line containing the fragments
+    (besides warnings and the progress lines of the stages that ran before it)."""
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln and not ln.startswith("warning:")]
+    lines = [
+        ln for ln in result.stderr.splitlines() if ln and not ln.startswith(("warning:", "[dsg] "))
+    ]
     assert len(lines) == 1, lines
     assert lines[0].startswith("error: ")
     for fragment in fragments:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from tiny import TinyWorld, build_model, build_sae
 
+from dsg.backends.transformer_lens import TransformerLensBackend
 from dsg.errors import UserError
 from dsg.guardrail import DynamicClamp, StaticClamp
 from dsg.mcq import Scorer, answer_token_ids, split_layer
@@ -60,7 +61,9 @@ def test_scores_match_a_hand_computation(world: TinyWorld) -> None:
     with torch.no_grad():
         model.W_U.zero_()
         model.b_U.copy_(bias)
-    scorer = Scorer(model, world.tokenizer, "blocks.0.hook_resid_post", batch_size=4)
+    scorer = Scorer(
+        TransformerLensBackend(model, world.tokenizer), "blocks.0.hook_resid_post", batch_size=4
+    )
     probs = scorer.probabilities(scorer.encode(PROMPTS[:3]))
 
     cap = 30.0
@@ -89,7 +92,7 @@ def test_scores_match_a_hand_computation(world: TinyWorld) -> None:
     ],
 )
 def test_split_forward_equals_full_forward(world: TinyWorld, hook: str) -> None:
-    scorer = Scorer(world.model, world.tokenizer, hook, batch_size=16)
+    scorer = Scorer(TransformerLensBackend(world.model, world.tokenizer), hook, batch_size=16)
     ids = scorer.encode(PROMPTS)
     probs = scorer.probabilities(ids)
     answer = answer_token_ids(world.tokenizer)
@@ -113,7 +116,7 @@ def test_sweep_equals_rerunning_everything(world: TinyWorld, hook: str) -> None:
     """Reusing hook activations and baseline answers changes no answer and no decision."""
     sae = build_sae(world.model.cfg.d_model, 64, hook_name=hook, threshold=0.3)
     features = [0, 5, 9, 17, 33, 40]
-    scorer = Scorer(world.model, world.tokenizer, hook, batch_size=5)
+    scorer = Scorer(TransformerLensBackend(world.model, world.tokenizer), hook, batch_size=5)
     ids = scorer.encode(PROMPTS)
     base, outcomes = scorer.sweep(ids, interventions(world, sae, features))
     answer = answer_token_ids(world.tokenizer)
@@ -135,7 +138,11 @@ def test_batch_size_does_not_change_results(world: TinyWorld) -> None:
     features = [1, 2, 3, 11, 30]
     results = {}
     for batch_size in (1, 16):
-        scorer = Scorer(world.model, world.tokenizer, world.hook_name, batch_size=batch_size)
+        scorer = Scorer(
+            TransformerLensBackend(world.model, world.tokenizer),
+            world.hook_name,
+            batch_size=batch_size,
+        )
         ids = scorer.encode(PROMPTS)
         base, outcomes = scorer.sweep(ids, interventions(world, sae, features))
         results[batch_size] = (scorer.probabilities(ids), base, outcomes)
@@ -149,7 +156,9 @@ def test_batch_size_does_not_change_results(world: TinyWorld) -> None:
 
 
 def test_known_baseline_is_used_for_rows_that_do_not_fire(world: TinyWorld) -> None:
-    scorer = Scorer(world.model, world.tokenizer, world.hook_name, batch_size=4)
+    scorer = Scorer(
+        TransformerLensBackend(world.model, world.tokenizer), world.hook_name, batch_size=4
+    )
     ids = scorer.encode(PROMPTS)
     clamp = DynamicClamp(world.sae, torch.tensor([1, 2]), threshold=1.0, multiplier=40.0)
     fake_baseline = (torch.arange(len(ids)) % 4).long()

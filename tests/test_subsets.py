@@ -33,7 +33,7 @@ def shown_choices(text: str) -> list[str]:
     return [line[3:] for line in lines if line[:3] in {f"{x}. " for x in LETTERS}]
 
 
-def oracle(texts: list[str]) -> list[int]:
+def oracle(texts: list[str], group: int = 1) -> list[int]:
     """Right on known questions; without question text, right only on the guessable one;
     otherwise always "A"."""
     answers = []
@@ -79,7 +79,7 @@ def test_subsets_from_a_known_scorer() -> None:
 def test_always_a_knows_nothing() -> None:
     calls: list[int] = []
 
-    def always_a(texts: list[str]) -> list[int]:
+    def always_a(texts: list[str], group: int = 1) -> list[int]:
         calls.append(len(texts))
         return [0] * len(texts)
 
@@ -95,7 +95,7 @@ def test_always_a_knows_nothing() -> None:
 def test_prompts_only_for_questions_still_in_the_running() -> None:
     sizes: list[int] = []
 
-    def counting(texts: list[str]) -> list[int]:
+    def counting(texts: list[str], group: int = 1) -> list[int]:
         sizes.append(len(texts))
         return oracle(texts)
 
@@ -109,7 +109,7 @@ def test_subsets_are_cached_per_model_format_and_data(tmp_path: Path) -> None:
     run_dir = RunDir(tmp_path)
     calls: list[int] = []
 
-    def counting(texts: list[str]) -> list[int]:
+    def counting(texts: list[str], group: int = 1) -> list[int]:
         calls.append(1)
         return oracle(texts)
 
@@ -147,7 +147,7 @@ def test_rounds_give_the_exhaustive_answer() -> None:
     )
     eval_set = EvalSet("many", "things", questions)
 
-    def flaky(texts: list[str]) -> list[int]:
+    def flaky(texts: list[str], group: int = 1) -> list[int]:
         """Right on known questions, except on about one prompt in 60."""
         answers = []
         for text, right in zip(texts, oracle_many(texts, questions), strict=True):

@@ -9,7 +9,6 @@ and a changed input is never answered from a stale file.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 from dsg import select, subsets
 from dsg.artifacts import META_FILE, RunDir, artifact_key, read_json
 from dsg.errors import UserError
-from dsg.interfaces import EvalSet, Intervention, PromptFormat
-from dsg.mcq import Scorer
+from dsg.interfaces import EvalSet, Intervention, LoadedSAE, PromptFormat
+from dsg.mcq import Outcome, Scorer
+from dsg.progress import Tracker
 from dsg.prompts import choose_format, format_fingerprint, render_question
 from dsg.score import Count
 
 if TYPE_CHECKING:
     import torch
-    from rich.console import Console
 
     from dsg.session import Session
 
@@ -79,37 +78,6 @@ class ConfigResult:
     config: Config
     counts: dict[str, Count]
     fired: dict[str, int]
-
-
-class Stages:
-    """Wall time per stage and, on a terminal, a live count of the prompts scored so far."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str, scorer: Scorer | None = None) -> Iterator[None]:
-        """Time a stage; with a scorer, show how many prompts it has scored. Stages without
-        one show nothing: they may run their own progress display (only one can be live)."""
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        columns = (SpinnerColumn(), TextColumn(name), TextColumn("{task.completed} prompts"))
-        show = scorer is not None and self.console.is_terminal
-        bar = Progress(
-            *columns, TimeElapsedColumn(), console=self.console, transient=True, disable=not show
-        )
-        start = time.perf_counter()
-        try:
-            with bar:
-                task = bar.add_task(name, total=None)
-                if scorer is not None:
-                    scorer.on_rows = lambda n: bar.advance(task, n)
-                yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-            if scorer is not None:
-                scorer.on_rows = None
 
 
 def expand(selections: list[select.Selection], session: Session) -> list[Config]:
@@ -204,7 +172,6 @@ def sweep(
     configuration's own file once all its sets are.
     """
     force = session.settings.force
-    sae = session.sae().sae
     results: dict[Config, ConfigResult] = {}
     pending: list[Config] = []
     for config in dict.fromkeys(configs):
@@ -213,15 +180,35 @@ def sweep(
             pending.append(config)
         else:
             results[config] = load_result(config, meta)
-    if not pending:
-        return [results[c] for c in configs]
+    if pending:
+        per_set = _sweep_sets(run_dir, scorer, session, pending, prompts, baselines, common)
+        for config in pending:
+            key, inputs = config_key(config, common)
+            run_dir.commit(CONFIG_STAGE, VERSION, key, inputs, extra={"per_set": per_set[config]})
+            results[config] = load_result(config, {"per_set": per_set[config]})
+    return [results[c] for c in configs]
 
+
+def _sweep_sets(
+    run_dir: RunDir,
+    scorer: Scorer,
+    session: Session,
+    pending: list[Config],
+    prompts: list[SetPrompts],
+    baselines: dict[str, torch.Tensor],
+    common: dict[str, Any],
+) -> dict[Config, dict[str, dict[str, int]]]:
+    """Per pending configuration and set, its counts: cached ones read, the others scored
+    together, one pass over each set's prompts."""
+    sae = session.sae().sae
     interventions = {c: build_intervention(session, sae, c) for c in pending}
     per_set: dict[Config, dict[str, dict[str, int]]] = {c: {} for c in pending}
     for p in prompts:
         todo = []
         for config in pending:
-            meta = _cached(run_dir, SET_STAGE, set_key(config, p.name, common)[0], force)
+            meta = _cached(
+                run_dir, SET_STAGE, set_key(config, p.name, common)[0], session.settings.force
+            )
             if meta is None:
                 todo.append(config)
             else:
@@ -231,24 +218,25 @@ def sweep(
         outcomes = (
             scorer.sweep(p.tokens, [interventions[c] for c in todo], baselines[p.name])[1]
             if p.tokens
-            else []
+            else [None] * len(todo)
         )
-        for k, config in enumerate(todo):
-            result = {"correct": 0, "total": 0, "fired": 0}
-            if outcomes:
-                result = {
-                    "correct": int((outcomes[k].predicted == p.gold).sum()),
-                    "total": len(p.tokens),
-                    "fired": int(outcomes[k].fired.sum()),
-                }
+        for config, outcome in zip(todo, outcomes, strict=True):
+            result = _counts(outcome, p)
             key, inputs = set_key(config, p.name, common)
             run_dir.commit(SET_STAGE, VERSION, key, inputs, extra={"result": result})
             per_set[config][p.name] = result
-    for config in pending:
-        key, inputs = config_key(config, common)
-        run_dir.commit(CONFIG_STAGE, VERSION, key, inputs, extra={"per_set": per_set[config]})
-        results[config] = load_result(config, {"per_set": per_set[config]})
-    return [results[c] for c in configs]
+    return per_set
+
+
+def _counts(outcome: Outcome | None, prompts: SetPrompts) -> dict[str, int]:
+    """Right answers, questions and firing prompts of one configuration on one set."""
+    if outcome is None:
+        return {"correct": 0, "total": 0, "fired": 0}
+    return {
+        "correct": int((outcome.predicted == prompts.gold).sum()),
+        "total": len(prompts.tokens),
+        "fired": int(outcome.fired.sum()),
+    }
 
 
 def build_intervention(session: Session, sae: Any, config: Config) -> Intervention:
@@ -275,7 +263,7 @@ def choose_questions(
     found = subsets.ensure(
         session.shared_run_dir,
         model_key,
-        lambda texts: scorer.predict(scorer.encode(texts)).tolist(),
+        lambda texts, group: scorer.predict(scorer.encode(texts), group).tolist(),
         fmt_key,
         fmt,
         scorer.tokenizer,
@@ -283,6 +271,17 @@ def choose_questions(
         force=session.force_shared,
     )
     return found[s.questions]
+
+
+@contextmanager
+def scoring(tracker: Tracker, name: str, scorer: Scorer) -> Iterator[None]:
+    """A stage whose progress is the prompts the scorer has finished."""
+    with tracker.counting(name, unit="prompts") as advance:
+        scorer.on_rows = advance
+        try:
+            yield
+        finally:
+            scorer.on_rows = None
 
 
 @dataclass(frozen=True)
@@ -296,7 +295,7 @@ class ModelLevel:
 
 
 def model_level(
-    session: Session, scorer: Scorer, eval_sets: list[EvalSet], stages: Stages
+    session: Session, scorer: Scorer, eval_sets: list[EvalSet], tracker: Tracker
 ) -> ModelLevel:
     """Question subsets, prompts and baseline answers, cached in the shared run directory so
     that the SAEs of a sweep compute them once."""
@@ -304,22 +303,67 @@ def model_level(
     loaded_model, tokenizer = session.model(), scorer.tokenizer
     fmt = choose_format(session.case.prompt_format(), tokenizer)
     fmt_key = format_fingerprint(fmt, tokenizer)
-    model_key = {"model": loaded_model.fingerprint or loaded_model.spec, "dtype": s.dtype}
-    with stages.stage("subsets", scorer):
+    model_key = {
+        "model": loaded_model.fingerprint or loaded_model.spec,
+        "dtype": s.dtype,
+        "backend": session.backend_name,
+    }
+    with scoring(tracker, "subsets", scorer):
         chosen = {
             e.name: choose_questions(session, scorer, fmt, fmt_key, model_key, e) for e in eval_sets
         }
-    warnings = [
-        f"eval set {name!r} has no questions in subset {s.questions!r}; "
-        "its accuracy is reported as null"
+    prompts = [build_prompts(scorer, fmt, e, chosen[e.name]) for e in eval_sets]
+    common = common_inputs(model_key, fmt_key, s.questions, prompts)
+    shared = session.shared_run_dir
+    with scoring(tracker, "baseline", scorer):
+        baselines = {
+            p.name: ensure_baseline(shared, scorer, p, common, session.force_shared)
+            for p in prompts
+        }
+    return ModelLevel(prompts, baselines, common, empty_subset_warnings(chosen, s.questions))
+
+
+def prepare_shared(session: Session) -> None:
+    """Compute the sweep's shared model-level artifacts once, before its SAEs run."""
+    session.shared_run_dir.ensure_writable()
+    _, loaded_sae = session.checked_pair()
+    scorer = Scorer(session.backend(), loaded_sae.hook_name, session.settings.batch_size)
+    eval_sets = session.case.eval_sets(session.data)
+    model_level(session, scorer, eval_sets, Tracker(session.console))
+
+
+def load_inputs(session: Session) -> tuple[LoadedSAE, list[EvalSet]]:
+    """The SAE and the eval sets, checked: at least one set, no two with the same name. The
+    full model is loaded first, so the sparsity stage reuses it."""
+    s = session.settings
+    _, loaded_sae = session.checked_pair()
+    eval_sets = session.case.eval_sets(session.data)
+    if not eval_sets:
+        raise UserError(
+            f"case {s.case!r} has no multiple-choice eval sets, so there is nothing to evaluate"
+        )
+    names = [e.name for e in eval_sets]
+    if len(set(names)) != len(names):
+        raise UserError(f"case {s.case!r} has eval sets with the same name: {names}")
+    return loaded_sae, eval_sets
+
+
+def empty_subset_warnings(chosen: dict[str, list[int]], subset: str) -> list[str]:
+    return [
+        f"eval set {name!r} has no questions in subset {subset!r}; its accuracy is reported as null"
         for name, ids in chosen.items()
         if not ids
     ]
-    prompts = [build_prompts(scorer, fmt, e, chosen[e.name]) for e in eval_sets]
-    common = {
+
+
+def common_inputs(
+    model_key: dict[str, Any], fmt_key: str, questions: str, prompts: list[SetPrompts]
+) -> dict[str, Any]:
+    """What every baseline and sweep result depends on, besides its configuration."""
+    return {
         **model_key,
         "format": fmt_key,
-        "questions": s.questions,
+        "questions": questions,
         "sets": [
             {
                 "name": p.name,
@@ -329,91 +373,90 @@ def model_level(
             for p in prompts
         ],
     }
-    shared = session.shared_run_dir
-    with stages.stage("baseline", scorer):
-        baselines = {
-            p.name: ensure_baseline(shared, scorer, p, common, session.force_shared)
-            for p in prompts
-        }
-    return ModelLevel(prompts, baselines, common, warnings)
 
 
-def prepare_shared(session: Session) -> None:
-    """Compute the sweep's shared model-level artifacts once, before its SAEs run."""
-    session.shared_run_dir.ensure_writable()
-    loaded_model, loaded_sae = session.checked_pair()
-    scorer = Scorer(
-        loaded_model.model,
-        loaded_model.tokenizer,
-        loaded_sae.hook_name,
-        session.settings.batch_size,
-    )
-    eval_sets = session.case.eval_sets(session.data)
-    model_level(session, scorer, eval_sets, Stages(session.console))
+def selection_paths(selections: list[select.Selection], root: Path) -> dict[str, str]:
+    """Each selection's folder, relative to the run directory when inside it."""
+    return {
+        str(sel.ratio_percentile): str(sel.path.relative_to(root))
+        if sel.path.is_relative_to(root)
+        else str(sel.path)
+        for sel in selections
+    }
 
 
 def run(session: Session) -> Path:
     """Run the whole evaluation and return the path of ``report.json``."""
     import torch
 
-    from dsg import plot, report
-
     s = session.settings
     run_dir = session.run_dir
     run_dir.ensure_writable()
-    stages = Stages(session.console)
-    with stages.stage("load"):  # the full model first, so the sparsity stage reuses it
-        loaded_model, loaded_sae = session.checked_pair()
-        eval_sets = session.case.eval_sets(session.data)
-    if not eval_sets:
-        raise UserError(
-            f"case {s.case!r} has no multiple-choice eval sets, so there is nothing to evaluate"
-        )
-    names = [e.name for e in eval_sets]
-    if len(set(names)) != len(names):
-        raise UserError(f"case {s.case!r} has eval sets with the same name: {names}")
-    with stages.stage("select"):
+    tracker = Tracker(session.console)
+    with tracker.timed("load"):
+        loaded_sae, eval_sets = load_inputs(session)
+        scorer = Scorer(session.backend(), loaded_sae.hook_name, s.batch_size)
+    with tracker.timed("select"):
         selections = select.ensure(session)
-    tokenizer = loaded_model.tokenizer
-    scorer = Scorer(loaded_model.model, tokenizer, loaded_sae.hook_name, s.batch_size)
-    shared = model_level(session, scorer, eval_sets, stages)
-    prompts, baselines, common = shared.prompts, shared.baselines, shared.common
-    baseline_counts = {
-        p.name: Count(int((baselines[p.name] == p.gold).sum()), len(p.tokens)) for p in prompts
-    }
-    configs = expand(selections, session)
+    shared = model_level(session, scorer, eval_sets, tracker)
     sweep_common = {
-        **common,
+        **shared.common,
         "sae": loaded_sae.fingerprint or loaded_sae.spec,
         "hook": loaded_sae.hook_name,
     }
-    with stages.stage("sweep", scorer), torch.inference_mode():
-        results = sweep(run_dir, scorer, session, configs, prompts, baselines, sweep_common)
-
-    with stages.stage("report"):
-        data = report.build(
-            session=session,
-            set_names=names,
-            question_totals={e.name: len(e.questions) for e in eval_sets},
-            subjects={e.name: e.subject for e in eval_sets},
-            baseline=baseline_counts,
-            results=results,
-            inputs={
-                "model_fingerprint": common["model"],
-                "sae_fingerprint": sweep_common["sae"],
-                "hook": loaded_sae.hook_name,
-                "prompt_format": common["format"],
-                "selections": {
-                    str(sel.ratio_percentile): str(sel.path.relative_to(run_dir.root))
-                    if sel.path.is_relative_to(run_dir.root)
-                    else str(sel.path)
-                    for sel in selections
-                },
-            },
-            warnings=shared.warnings,
+    configs = expand(selections, session)
+    with scoring(tracker, "sweep", scorer), torch.inference_mode():
+        results = sweep(
+            run_dir, scorer, session, configs, shared.prompts, shared.baselines, sweep_common
         )
-        plot.tradeoff(data, run_dir.root / plot.PLOT_FILE)
-    data["timings"] = stages.seconds
-    report_path = report.write(data, run_dir.root)
+    with tracker.timed("report"):
+        inputs = {**sweep_common, "selections": selection_paths(selections, run_dir.root)}
+        data = build_report(session, eval_sets, shared, results, inputs)
+    return finish_report(session, tracker, data)
+
+
+def build_report(
+    session: Session,
+    eval_sets: list[EvalSet],
+    shared: ModelLevel,
+    results: list[ConfigResult],
+    inputs: dict[str, Any],
+) -> dict[str, Any]:
+    """The report's data, and its trade-off plot written next to it. ``inputs``: the sweep's
+    common inputs and the selections' folders."""
+    from dsg import plot, report
+
+    baseline_counts = {
+        p.name: Count(int((shared.baselines[p.name] == p.gold).sum()), len(p.tokens))
+        for p in shared.prompts
+    }
+    data = report.build(
+        session=session,
+        set_names=[e.name for e in eval_sets],
+        question_totals={e.name: len(e.questions) for e in eval_sets},
+        subjects={e.name: e.subject for e in eval_sets},
+        baseline=baseline_counts,
+        results=results,
+        inputs={
+            "model_fingerprint": inputs["model"],
+            "sae_fingerprint": inputs["sae"],
+            "hook": inputs["hook"],
+            "prompt_format": inputs["format"],
+            "selections": inputs["selections"],
+            "backend": inputs["backend"],
+        },
+        warnings=shared.warnings,
+    )
+    plot.tradeoff(data, session.run_dir.root / plot.PLOT_FILE)
+    return data
+
+
+def finish_report(session: Session, tracker: Tracker, data: dict[str, Any]) -> Path:
+    """Write ``report.json`` with the stage timings, print the table and the wall times."""
+    from dsg import report
+
+    data["timings"] = tracker.seconds
+    report_path = report.write(data, session.run_dir.root)
     report.print_table(data, session.console)
+    tracker.summary()
     return report_path

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from dsg.backends.base import ModelBackend
 from dsg.errors import UserError
 from dsg.hook_names import resid_hook
 from dsg.interfaces import Intervention
@@ -98,57 +99,46 @@ class Outcome:
 
 
 class Scorer:
-    """A TransformerLens model split at the hook, scoring four-letter answers."""
+    """A model backend split at the hook, scoring four-letter answers."""
 
-    def __init__(self, model: Any, tokenizer: Any, hook_name: str, batch_size: int) -> None:
-        self.model = model
+    def __init__(self, backend: ModelBackend, hook_name: str, batch_size: int) -> None:
+        self.backend = backend
         self.split = split_layer(hook_name)
-        if self.split > model.cfg.n_layers:
-            raise UserError(f"hook {hook_name!r} is beyond the model's {model.cfg.n_layers} blocks")
+        if self.split > backend.n_layers:
+            raise UserError(f"hook {hook_name!r} is beyond the model's {backend.n_layers} blocks")
         self.batch_size = batch_size
+        tokenizer = backend.tokenizer
         self.answer_ids = answer_token_ids(tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else tokenizer.eos_token_id or 0)
         self.tokenizer = tokenizer
         self.on_rows: Callable[[int], None] | None = None
         """Called with the number of prompts in each finished batch (progress display)."""
+        self.share_prefixes = True
+        """Compute a question's shared prompt prefix once (on backends that can)."""
 
     @property
     def device(self) -> torch.device:
-        return self.model.W_U.device
+        return self.backend.device
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        return encode(self.tokenizer, texts, self.model.cfg.n_ctx)
+        return encode(self.tokenizer, texts, self.backend.n_ctx)
 
     def to_hook(self, batch: Batch) -> torch.Tensor:
         """The residual stream at the hook: the input of block ``split``."""
-        return self.model(
-            batch.tokens.to(self.device),
-            stop_at_layer=self.split,
-            attention_mask=batch.mask.to(self.device),
-        )
+        return self.backend.to_hook(batch.tokens, batch.mask, self.split)
 
     def from_hook(
         self, resid: torch.Tensor, mask: torch.Tensor, last: torch.Tensor
     ) -> torch.Tensor:
         """``[B, 4]`` answer probabilities: max of P(X) and P(" X") from a softmax over the whole
         vocabulary at each row's last real token, with the model's final-logit softcap."""
-        from transformer_lens.utilities.activation_functions import apply_softcap
-
-        model = self.model
-        width = int(last.max()) + 1
-        mask = mask[:, :width].to(resid.device)
-        resid = model(
-            resid[:, :width],
-            start_at_layer=self.split,
-            stop_at_layer=model.cfg.n_layers,
-            attention_mask=mask,
+        return self.answer_probabilities(
+            self.backend.from_hook(resid, mask.to(resid.device), last, self.split)
         )
-        final = resid[torch.arange(resid.shape[0], device=resid.device), last.to(resid.device)]
-        final = final[:, None, :]
-        if model.cfg.normalization_type is not None:
-            final = model.ln_final(final)
-        logits = apply_softcap(model.unembed(final)[:, 0], model.cfg.output_logits_soft_cap)
+
+    def answer_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[B, 4]``: max of P(X) and P(" X"), softmax over the whole vocabulary."""
         probs = torch.softmax(logits.float(), dim=-1)
         ids = self.answer_ids.to(probs.device)
         return probs[:, ids].amax(dim=1)
@@ -166,9 +156,27 @@ class Scorer:
             self._done(batch)
         return out
 
-    def predict(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Answer index per prompt (argmax, first index on ties)."""
-        return argmax(self.probabilities(ids))
+    def predict(self, ids: Sequence[Sequence[int]], group: int = 1) -> torch.Tensor:
+        """Answer index per prompt (argmax, first index on ties). ``group``: runs of that many
+        consecutive prompts share a prefix, computed once per run where the backend can."""
+        share = getattr(self.backend, "prefix_shared_logits", None)
+        if group < 2 or share is None or not self.share_prefixes:
+            return argmax(self.probabilities(ids))
+        return self._predict_shared(ids, group, share)
+
+    @torch.inference_mode()
+    def _predict_shared(
+        self, ids: Sequence[Sequence[int]], group: int, share: Callable[..., torch.Tensor]
+    ) -> torch.Tensor:
+        out = torch.empty(len(ids), dtype=torch.long)
+        for start in range(0, len(ids), group):
+            rows = ids[start : start + group]
+            cut = min(common_prefix_length(rows), min(len(row) for row in rows) - 1)
+            logits = share(rows[0][:cut], [row[cut:] for row in rows], self.batch_size, self.pad_id)
+            out[start : start + len(rows)] = argmax(self.answer_probabilities(logits).cpu())
+            if self.on_rows is not None:
+                self.on_rows(len(rows))
+        return out
 
     @torch.inference_mode()
     def sweep(
@@ -212,6 +220,15 @@ def _fired(intervention: Intervention, rows: int) -> torch.Tensor:
             f"intervention {type(intervention).__name__} did not report `fired` for its {rows} rows"
         )
     return fired.detach().cpu().bool()
+
+
+def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every row has in common."""
+    first = rows[0]
+    length = min(len(row) for row in rows)
+    for row in rows[1:]:
+        length = next((i for i in range(length) if row[i] != first[i]), length)
+    return length
 
 
 def argmax(probs: torch.Tensor) -> torch.Tensor:

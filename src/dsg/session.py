@@ -25,6 +25,8 @@ from dsg.settings import Settings
 if TYPE_CHECKING:
     import torch
 
+    from dsg.backends import ModelBackend
+
 stderr = Console(stderr=True)
 
 
@@ -49,6 +51,7 @@ class Session:
     """The shared artifacts were (re)computed for this run already: ``force`` spares them."""
     _models: dict[int | None, LoadedModel] = field(default_factory=dict)
     _sae: LoadedSAE | None = None
+    _transformers_backend: ModelBackend | None = None
 
     @classmethod
     def open(
@@ -144,6 +147,28 @@ class Session:
             )
             self._models[n_layers] = loaded
         return self._models[n_layers]
+
+    @property
+    def backend_name(self) -> str:
+        """The model backend in force (``auto`` resolved for the device)."""
+        from dsg.backends import resolve_backend
+
+        return resolve_backend(self.settings.backend, self.device)
+
+    def backend(self, n_layers: int | None = None) -> ModelBackend:
+        """The model under the chosen backend. TransformerLens wraps the loaded model; the
+        transformers backend loads the whole checkpoint once and shares it between stages."""
+        from dsg.backends import open_backend
+        from dsg.backends.transformer_lens import TransformerLensBackend
+
+        loaded = self.model(n_layers)
+        if self.backend_name == "transformer_lens":
+            return TransformerLensBackend(loaded.model, loaded.tokenizer)
+        if self._transformers_backend is None:
+            self._transformers_backend = open_backend(
+                self.backend_name, loaded, device=self.device, dtype=self.torch_dtype
+            )
+        return self._transformers_backend
 
     def checked_pair(self, n_layers: int | None = None) -> tuple[LoadedModel, LoadedSAE]:
         """Model and SAE, with the checks that make them usable together."""

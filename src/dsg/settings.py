@@ -20,6 +20,7 @@ from typing import Any
 QUESTION_SUBSETS = ("correct", "correct-iff-question", "correct-no-tricks", "all")
 EXECUTORS = ("local", "ray")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
+BACKENDS = ("auto", "transformer_lens", "transformers")
 
 # Which commands take a setting, in pipeline order; `generate` builds one guardrail.
 STAGES = ("sparsity", "select", "evaluate", "muse-export")
@@ -106,6 +107,11 @@ class Settings:
     dtype: str = setting(
         "float32", "Model and SAE dtype; the statistics are accumulated in float64 regardless.",
         RUN, EVERY_COMMAND, choices=DTYPES, case_may_set=True,
+    )  # fmt: skip
+    backend: str = setting(
+        "auto", "What runs the forward passes of sparsity and the MCQ engine; auto is "
+        "transformer_lens on cpu, transformers on any other device (docs/evaluate.md#backends).",
+        RUN, STAGES, choices=BACKENDS,
     )  # fmt: skip
     batch_size: int = setting(
         8, "Rows or prompts per forward pass; changes speed and memory, never results.", RUN,

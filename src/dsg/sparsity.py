@@ -25,6 +25,7 @@ from dsg.errors import UserError
 if TYPE_CHECKING:
     import torch
 
+    from dsg.backends import ModelBackend
     from dsg.interfaces import LoadedModel, LoadedSAE
     from dsg.session import Session
 
@@ -107,6 +108,7 @@ def artifact_inputs(
         "retain_texts": docs.retain_fingerprint,
         "seed": s.seed,
         "dtype": s.dtype,
+        "backend": session.backend_name,
         "seq_len": s.seq_len,
         "dataset_size": s.dataset_size,
         "dataset_fraction": s.dataset_fraction,
@@ -158,15 +160,12 @@ def _batches(rows: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         yield rows[start : start + batch_size]
 
 
-def _encode(model: LoadedModel, sae: LoadedSAE, tokens: torch.Tensor) -> torch.Tensor:
+def _encode(backend: ModelBackend, sae: LoadedSAE, tokens: torch.Tensor) -> torch.Tensor:
     """SAE activations ``[B, L, d_sae]`` at the hook, running only the blocks before it."""
     import torch
 
     with torch.inference_mode():
-        _, cache = model.model.run_with_cache(
-            tokens, stop_at_layer=sae.hook_layer + 1, names_filter=sae.hook_name
-        )
-        resid = cache[sae.hook_name]
+        resid = backend.hook_activations(tokens, sae.hook_name)
         weight = next(sae.sae.parameters())
         return sae.sae.encode(resid.to(device=weight.device, dtype=weight.dtype))
 
@@ -221,18 +220,19 @@ def _run_corpus(
 ) -> tuple[torch.Tensor, int]:
     """Mean activation per feature over valid tokens; feeds ``writer`` the firing pairs."""
     import torch
-    from rich.progress import Progress
+
+    from dsg.progress import Tracker
 
     tok = model.tokenizer
     special = [i for i in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) if i is not None]
     device = session.device
+    backend = session.backend(sae.hook_layer + 1)
     total: torch.Tensor | None = None
     n_valid = 0
-    console = session.console
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
-        task = progress.add_task(f"{label} rows", total=rows.shape[0])
+    tracker = Tracker(session.console)
+    with tracker.counting(f"sparsity {label}", total=rows.shape[0]) as advance:
         for batch in _batches(rows, session.settings.batch_size):
-            acts = _encode(model, sae, batch.to(device)).to("cpu")
+            acts = _encode(backend, sae, batch.to(device)).to("cpu")
             valid = ~torch.isin(batch, torch.tensor(special, dtype=batch.dtype))
             n_valid += int(valid.sum())
             for b in range(acts.shape[0]):
@@ -242,7 +242,7 @@ def _run_corpus(
                 if writer is not None:
                     fired = torch.nonzero(row_acts[1:] > 0)
                     writer.add_row((fired[:, 0] + 1) * row_acts.shape[1] + fired[:, 1])
-            progress.advance(task, acts.shape[0])
+            advance(acts.shape[0])
     if total is None or n_valid == 0:
         raise UserError(f"the {label} rows contain no token other than pad/EOS/BOS; pass more text")
     return total / n_valid, n_valid

@@ -32,8 +32,9 @@ ROUNDS = (PERMUTATIONS[:1], PERMUTATIONS[1:4], PERMUTATIONS[4:])
 TRICK_CHOICE = re.compile(r"^(Both )?(A|B|C|D) (and|&) (A|B|C|D)$")
 ALL_OF_THE_ABOVE = "All of the above"
 
-Predict = Callable[[list[str]], Sequence[int]]
-"""Prompt texts in, predicted answer index per prompt out."""
+Predict = Callable[[list[str], int], Sequence[int]]
+"""Prompt texts and the number of consecutive prompts that render one question (they share a
+prefix a scorer may compute once) in, predicted answer index per prompt out."""
 
 
 def is_tricky(question: MCQuestion) -> bool:
@@ -79,7 +80,8 @@ def all_orders_right(
                 )
                 texts.append(text)
                 golds.append(gold)
-        right = [int(p) == g for p, g in zip(predict(texts) if texts else [], golds, strict=True)]
+        answers = predict(texts, len(orders)) if texts else []
+        right = [int(p) == g for p, g in zip(answers, golds, strict=True)]
         per = len(orders)
         alive = [i for k, i in enumerate(alive) if all(right[k * per : (k + 1) * per])]
     return alive
