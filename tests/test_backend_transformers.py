@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny import tiny_questions
-from tiny_gemma import SLIDING_WINDOW, write_tiny_gemma
+from tiny_gemma import SLIDING_WINDOW, padded_batch, write_tiny_gemma
 
 from dsg import subsets
 from dsg.backends import open_backend
@@ -29,17 +29,6 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> TransformersBackend:
     opened = open_backend("transformers", loaded, device="cpu", dtype=torch.float32)
     assert isinstance(opened, TransformersBackend)
     return opened
-
-
-def padded_batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Three right-padded rows, the longest several sliding windows long."""
-    generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(3, vocab, (3, 5 * SLIDING_WINDOW), generator=generator)
-    mask = torch.ones_like(tokens, dtype=torch.bool)
-    mask[1, 3 * SLIDING_WINDOW :] = False
-    mask[2, 5:] = False
-    tokens[~mask] = 0
-    return tokens, mask, mask.sum(dim=1) - 1
 
 
 def test_gemma_2_runs_eager_attention(backend: TransformersBackend) -> None:

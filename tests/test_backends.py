@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 from tiny import TinyWorld, build_sae
-from tiny_gemma import SLIDING_WINDOW, write_tiny_gemma
+from tiny_gemma import padded_batch, write_tiny_gemma
 
 from dsg import subsets
 from dsg.backends import open_backend, resolve_backend
@@ -42,17 +42,6 @@ def both(loaded: LoadedModel) -> dict[str, Any]:
         name: open_backend(name, loaded, device="cpu", dtype=torch.float32)
         for name in ("transformer_lens", "transformers")
     }
-
-
-def padded_batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Three right-padded rows, the longest several sliding windows long."""
-    generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(3, vocab, (3, 5 * SLIDING_WINDOW), generator=generator)
-    mask = torch.ones_like(tokens, dtype=torch.bool)
-    mask[1, 3 * SLIDING_WINDOW :] = False
-    mask[2, 5:] = False
-    tokens[~mask] = 0
-    return tokens, mask, mask.sum(dim=1) - 1
 
 
 @pytest.mark.parametrize("split", [0, 1, 2, 3])

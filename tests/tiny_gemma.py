@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dsg_organism.tokenizer import CHAT_TEMPLATE as GEMMA_CHAT_TEMPLATE
 from dsg_organism.tokenizer import SPECIALS as SPECIAL_TOKENS
+
+if TYPE_CHECKING:
+    import torch
 
 SLIDING_WINDOW = 8
 
@@ -94,3 +98,16 @@ def write_tiny_gemma(path: Path, n_layers: int = 3, seed: int = 0) -> Path:
     model.save_pretrained(path)
     write_tokenizer(path)
     return path
+
+
+def padded_batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Three right-padded rows, the longest several sliding windows long."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(3, vocab, (3, 5 * SLIDING_WINDOW), generator=generator)
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    mask[1, 3 * SLIDING_WINDOW :] = False
+    mask[2, 5:] = False
+    tokens[~mask] = 0
+    return tokens, mask, mask.sum(dim=1) - 1
