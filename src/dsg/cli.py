@@ -217,14 +217,11 @@ def generate(
     hf_model, tokenizer = gen.load_model(reference, device=device, dtype=dtype)
     if compare:
         typer.echo("--- guarded ---")
-    result = gen.guarded(
-        hf_model, tokenizer, guard, prompt, max_new_tokens=max_new_tokens, chat=chat, stream=True
-    )
+    options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "chat": chat, "stream": True}
+    result = gen.completion(hf_model, tokenizer, prompt, bundle=guard, **options)
     if compare:
         typer.echo("--- unguarded ---")
-        gen.unguarded(
-            hf_model, tokenizer, prompt, max_new_tokens=max_new_tokens, chat=chat, stream=True
-        )
+        gen.completion(hf_model, tokenizer, prompt, bundle=None, **options)
     typer.echo(gen.describe(result, guard))
 
 

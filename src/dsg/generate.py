@@ -104,42 +104,31 @@ def complete(
     return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def guarded(
+def completion(
     model: Any,
     tokenizer: Any,
-    bundle: Bundle,
     prompt: str,
     *,
+    bundle: Bundle | None,
     max_new_tokens: int,
     chat: bool = True,
     stream: bool = False,
 ) -> Completion:
-    """The completion with the bundle's guardrail on, and the prompt's decision."""
+    """The completion of ``prompt``: guarded by ``bundle`` (with the prompt's decision) or, with
+    no bundle, the base model's, for comparison."""
     from dsg.hf import GuardrailStateError, attach
 
     inputs = encode(tokenizer, prompt, chat=chat)
+    if bundle is None:
+        return Completion(
+            complete(model, tokenizer, inputs, max_new_tokens=max_new_tokens, stream=stream)
+        )
     with attach(model, bundle) as handle:
         text = complete(model, tokenizer, inputs, max_new_tokens=max_new_tokens, stream=stream)
         fired, rates = handle.fired, handle.rates
     if fired is None or rates is None:
         raise GuardrailStateError("the guardrail never saw the prompt; nothing was guarded")
     return Completion(text, bool(fired[0]), float(rates[0]))
-
-
-def unguarded(
-    model: Any,
-    tokenizer: Any,
-    prompt: str,
-    *,
-    max_new_tokens: int,
-    chat: bool = True,
-    stream: bool = False,
-) -> Completion:
-    """The base model's completion, for comparison."""
-    inputs = encode(tokenizer, prompt, chat=chat)
-    return Completion(
-        complete(model, tokenizer, inputs, max_new_tokens=max_new_tokens, stream=stream)
-    )
 
 
 def describe(completion: Completion, bundle: Bundle) -> str:
