@@ -25,6 +25,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from dsg.errors import UserError
+from dsg.hf import GuardrailStateError
 
 if TYPE_CHECKING:
     from dsg.bundle import Bundle
@@ -140,7 +141,7 @@ def row_masks(
             if all(t == PAD_ID for t in row[length:]) and tuple(row[:length]) in known:
                 matches.add((length, known[tuple(row[:length])]))
         if len(matches) != 1 or next(iter(matches))[1] is None:
-            raise RuntimeError(
+            raise GuardrailStateError(
                 f"the guardrail cannot tell where the prompt of batch row {r} ends "
                 f"({len(matches)} matching requests), so it refuses to score the row"
             )
