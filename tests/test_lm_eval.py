@@ -55,11 +55,11 @@ def organism_lm(bundle: Path | None, batch_size: int) -> GuardedLM:
     return GuardedLM(pretrained=str(MODEL_DIR), bundle=bundle, batch_size=batch_size, device="cpu")
 
 
-def evaluate_organism(lm: GuardedLM) -> dict[str, Any]:
+def evaluate_organism(lm: GuardedLM, tasks: TaskManager) -> dict[str, Any]:
     return simple_evaluate(
         model=lm,
         tasks=[f"organism_{name}" for name in SETS],
-        task_manager=TaskManager(include_path=str(TASKS_DIR)),
+        task_manager=tasks,
         log_samples=True,
         verbosity="ERROR",
     )
@@ -67,10 +67,12 @@ def evaluate_organism(lm: GuardedLM) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def harness(run: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "baseline": evaluate_organism(organism_lm(None, 8)),
-        "guarded": evaluate_organism(organism_lm(run["bundle"], 8)),
-    }
+    """lm-eval's own evaluation of the organism tasks, unguarded and then guarded."""
+    tasks = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    lm = organism_lm(None, 8)
+    baseline = evaluate_organism(lm, tasks)
+    lm.use_bundle(Bundle.load(run["bundle"]))
+    return {"baseline": baseline, "guarded": evaluate_organism(lm, tasks)}
 
 
 def accuracies(results: dict[str, Any]) -> dict[str, float]:
@@ -156,7 +158,7 @@ def test_continuation_is_scored_as_generation_would_carry_it(run: dict[str, Any]
     summed log-probabilities must match lm-eval's one-pass score (cached vs uncached attention
     rounds differently: 1e-4)."""
     lm = organism_lm(run["bundle"], 8)
-    reqs = requests()
+    reqs = [requests()[i] for i in (0, 1, 5, 10)]  # fired, fired, not fired, fired
     scored = lm.loglikelihood(reqs, disable_tqdm=True)
     model = lm.model
     lm.use_bundle(None)
@@ -210,7 +212,7 @@ def test_the_command_line_knows_the_dsg_model(
         "--device",
         "cpu",
         "--limit",
-        "8",
+        "4",
         "--output_path",
         str(out),
     ]
