@@ -36,19 +36,24 @@ CONFIG = ["--ratio-percentile", "90", "--n-features", "150", "--strategy", "dyna
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One organism configuration: dsg's own report on every question, and its bundle."""
+    """One organism configuration: dsg's own report on every question, with lm-eval's
+    accuracies of the organism tasks added by `--lm-eval-tasks`, and its bundle."""
     out = tmp_path_factory.mktemp("lm-eval-run")
-    runner = CliRunner()
+    args = ["evaluate", "--out", str(out), "--questions", "all", *CONFIG]
+    tasks = ",".join(f"organism_{name}" for name in SETS)
+    lm_eval_args = ["--lm-eval-tasks", tasks, "--lm-eval-include-path", str(TASKS_DIR)]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(out)
-        evaluated = runner.invoke(
-            app, ["evaluate", "--out", str(out), "--questions", "all", *CONFIG]
-        )
-        assert evaluated.exit_code == 0, evaluated.output
-        exported = runner.invoke(app, ["muse-export", "--out", str(out), *CONFIG[:4]])
-        assert exported.exit_code == 0, exported.output
-    bundle = Path(exported.stdout.strip().splitlines()[-1])
-    return {"report": json.loads((out / "report.json").read_text()), "bundle": bundle}
+        evaluated = CliRunner().invoke(app, [*args, *lm_eval_args])
+    assert evaluated.exit_code == 0, evaluated.output
+    (bundle,) = (out / "bundles").iterdir()
+    return {
+        "out": out,
+        "args": args,
+        "output": evaluated.output,
+        "report": json.loads((out / "report.json").read_text()),
+        "bundle": bundle,
+    }
 
 
 def organism_lm(bundle: Path | None, batch_size: int) -> GuardedLM:
@@ -228,3 +233,31 @@ def test_a_model_is_needed(run: dict[str, Any]) -> None:
     bundle = dataclasses.replace(Bundle.load(run["bundle"]), base_model={"hf": None})
     with pytest.raises(UserError, match="no model to guard"):
         GuardedLM(bundle=bundle, device="cpu")
+
+
+def test_evaluate_reports_the_lm_eval_accuracies(
+    run: dict[str, Any], harness: dict[str, Any]
+) -> None:
+    report = run["report"]
+    tasks = [f"organism_{name}" for name in SETS]
+    assert report["lm_eval"]["tasks"] == tasks
+    assert report["lm_eval"]["limit"] is None
+    for key, entry in (("baseline", report["lm_eval"]), ("guarded", report["configs"][0])):
+        found = entry["baseline"] if key == "baseline" else entry["lm_eval"]
+        expected = harness[key]["results"]
+        assert found == {task: expected[task]["acc,none"] for task in tasks}
+    assert "task %: lm-eval accuracy on the whole task" in run["output"]
+    assert f"{100 * report['configs'][0]['lm_eval']['organism_pathogens']:.2f}" in run["output"]
+    lm_eval_artifacts = list((run["out"] / "lm-eval").iterdir())
+    assert len(lm_eval_artifacts) == 2  # the baseline and the one configuration
+
+
+def test_an_unknown_lm_eval_task_is_one_line(run: dict[str, Any]) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(run["out"])
+        result = CliRunner().invoke(
+            app, [*run["args"], "--lm-eval-tasks", "organism_nonesuch", "--force"]
+        )
+    assert result.exit_code == 2
+    assert "lm-eval knows no task organism_nonesuch" in result.output
+    assert "Traceback" not in result.output
