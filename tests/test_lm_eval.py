@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,13 @@ SETS = ("pathogens", "cities", "scholars", "plants")
 CONFIG = ["--ratio-percentile", "90", "--n-features", "150", "--strategy", "dynamic"]
 
 
+@pytest.fixture(autouse=True)
+def fresh_lm_eval_log_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """lm-eval adds a log handler bound to the stderr of the moment; in one test process that
+    is an earlier test's captured (and closed) stream, so each test starts without one."""
+    monkeypatch.setattr(logging.getLogger("lm_eval"), "handlers", [])
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One organism configuration: dsg's own report on every question, with lm-eval's
@@ -56,7 +64,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
-def organism_lm(bundle: Path | None, batch_size: int) -> GuardedLM:
+def organism_lm(bundle: Path | None, batch_size: int | str) -> GuardedLM:
     return GuardedLM(pretrained=str(MODEL_DIR), bundle=bundle, batch_size=batch_size, device="cpu")
 
 
@@ -148,9 +156,11 @@ def test_batch_size_does_not_change_a_requests_log_likelihood(run: dict[str, Any
     reqs = requests()
     one = organism_lm(run["bundle"], 1).loglikelihood(reqs, disable_tqdm=True)
     eight = organism_lm(run["bundle"], 8).loglikelihood(reqs, disable_tqdm=True)
+    auto = organism_lm(run["bundle"], "auto").loglikelihood(reqs, disable_tqdm=True)
     plain = organism_lm(None, 8).loglikelihood(reqs, disable_tqdm=True)
-    for (a, greedy_a), (b, greedy_b) in zip(one, eight, strict=True):
+    for (a, greedy_a), (b, greedy_b), (c, _) in zip(one, eight, auto, strict=True):
         assert a == pytest.approx(b, abs=1e-5)
+        assert c == pytest.approx(b, abs=1e-5)
         assert greedy_a == greedy_b
     changed = [abs(g[0] - p[0]) > 1e-3 for g, p in zip(eight, plain, strict=True)]
     assert changed[:5] == [True] * 5  # pathogen prompts: guarded
@@ -179,6 +189,22 @@ def test_continuation_is_scored_as_generation_would_carry_it(run: dict[str, Any]
                 cache = out.past_key_values
                 total += torch.log_softmax(out.logits[0, -1].double(), -1)[token].item()
         assert logprob == pytest.approx(total, abs=1e-4)
+
+
+def test_generation_requests_decide_on_the_prompt(run: dict[str, Any]) -> None:
+    """generate_until: left-padded batches give each prompt its batch-size-1 completion; the
+    guardrail changes the completions of the pathogen prompts it fires on and no other."""
+    settings = {"until": ["<end_of_turn>"], "max_gen_toks": 8, "do_sample": False}
+    reqs = [
+        Instance("generate_until", doc={}, arguments=(r.args[0], settings), idx=0)
+        for r in requests()[:10]
+    ]
+    one = organism_lm(run["bundle"], 1).generate_until(reqs, disable_tqdm=True)
+    four = organism_lm(run["bundle"], 4).generate_until(reqs, disable_tqdm=True)
+    plain = organism_lm(None, 4).generate_until(reqs, disable_tqdm=True)
+    assert one == four
+    assert four[5:] == plain[5:]  # city prompts: the guardrail does not fire
+    assert any(g != p for g, p in zip(four[:5], plain[:5], strict=True))
 
 
 def test_rows_are_matched_to_their_requests_or_refused() -> None:

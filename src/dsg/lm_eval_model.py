@@ -86,6 +86,14 @@ class GuardedLM(HFLM):
         finally:
             self._context_lengths = None
 
+    def _detect_batch_size(self, requests: Any = None, pos: int = 0) -> Any:
+        # batch_size=auto probes with dummy rows that match no request; their output is dropped
+        saved, self._context_lengths = self._context_lengths, None
+        try:
+            return super()._detect_batch_size(requests, pos)
+        finally:
+            self._context_lengths = saved
+
     def _model_call(
         self,
         inps: torch.Tensor,
