@@ -454,7 +454,6 @@ class Guardrail:
         rows = self.gate.carry(fired.to(resid.device), hits)
         return self.clamp(resid, acts, hits & rows[:, None])
 
-
     def decide_on_prefix(
         self, resid: torch.Tensor, decide_mask: torch.Tensor, apply_mask: torch.Tensor
     ) -> torch.Tensor:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsg.artifacts import META_FILE, artifact_key, read_json
-from dsg.bundle import CONFIG_FILE, STRATEGIES, Bundle
+from dsg.bundle import CONFIG_FILE, Bundle
 from dsg.errors import UserError
 
 if TYPE_CHECKING:
@@ -47,10 +47,15 @@ def config_bundles(
     session: Session, selections: list[Selection], configs: list[Config]
 ) -> dict[Config, Path | None]:
     """Each configuration's bundle, written under ``{run dir}/bundles/`` as muse-export names
-    it; None for strategies a bundle cannot carry."""
+    it; None for strategies whose plugin does not say how they travel in a bundle."""
+    from dsg.interfaces import ExportableStrategy
     from dsg.muse_export import BUNDLES_DIR, bundle_name, bundles_for
 
-    strategies = tuple(dict.fromkeys(c.strategy for c in configs if c.strategy in STRATEGIES))
+    strategies = tuple(
+        name
+        for name in dict.fromkeys(c.strategy for c in configs)
+        if isinstance(session.registry.get("strategies", name), ExportableStrategy)
+    )
     by_key: dict[tuple[float, int, float, str], Path] = {}
     for selection in selections:
         for bundle in bundles_for(session, selection, strategies) if strategies else []:
