@@ -89,6 +89,7 @@ class Harness:
             "lm_eval": lm_eval_version(),
         }
         self._lm: GuardedLM | None = None
+        self._manager: Any = None  # lm-eval's task index, built once (it reads every task YAML)
 
     def accuracies(self, bundle: Path | None) -> dict[str, float | None]:
         """Accuracy per task under the bundle in this folder (None: unguarded), cached in the
@@ -110,6 +111,16 @@ class Harness:
         from lm_eval.tasks import TaskManager
 
         s = self.session.settings
+        if self._manager is None:
+            include = str(s.lm_eval_include_path) if s.lm_eval_include_path else None
+            self._manager = TaskManager(include_path=include)
+        manager = self._manager
+        unknown = [t for t in self.tasks if t not in manager.all_tasks]
+        if unknown:
+            raise UserError(
+                f"lm-eval knows no task {', '.join(unknown)}; list them with `lm-eval ls tasks`"
+                " (or pass --lm-eval-include-path for a folder of task YAMLs)"
+            )
         if self._lm is None:
             from dsg.lm_eval_model import GuardedLM
 
@@ -120,14 +131,6 @@ class Harness:
                 batch_size=s.batch_size,
             )
         self._lm.use_bundle(bundle)
-        include = str(s.lm_eval_include_path) if s.lm_eval_include_path else None
-        manager = TaskManager(include_path=include)
-        unknown = [t for t in self.tasks if t not in manager.all_tasks]
-        if unknown:
-            raise UserError(
-                f"lm-eval knows no task {', '.join(unknown)}; list them with `lm-eval ls tasks`"
-                " (or pass --lm-eval-include-path for a folder of task YAMLs)"
-            )
         results = simple_evaluate(
             model=self._lm,
             tasks=self.tasks,
