@@ -98,8 +98,8 @@ class Harness:
         inputs = {**self.common, "bundle": described}
         key = artifact_key(STAGE, VERSION, inputs)
         run_dir = self.session.run_dir
-        folder = run_dir.find(STAGE, VERSION, key)
-        if folder is not None and not self.session.settings.force:
+        folder = run_dir.find(STAGE, VERSION, key, force=self.session.settings.force)
+        if folder is not None:
             found: dict[str, float | None] = read_json(folder / META_FILE)["accuracy"]
             return found
         accuracy = self._evaluate(None if bundle is None else Bundle.load(bundle))
