@@ -409,9 +409,15 @@ def run(session: Session) -> Path:
         results = sweep(
             run_dir, scorer, session, configs, shared.prompts, shared.baselines, sweep_common
         )
+    lm_eval = None
+    if s.lm_eval_tasks:
+        from dsg import lm_eval_run
+
+        with tracker.timed("lm-eval"):
+            lm_eval = lm_eval_run.section(session, selections, configs)
     with tracker.timed("report"):
         inputs = {**sweep_common, "selections": selection_paths(selections, run_dir.root)}
-        data = build_report(session, eval_sets, shared, results, inputs)
+        data = build_report(session, eval_sets, shared, results, inputs, lm_eval)
     return finish_report(session, tracker, data)
 
 
@@ -421,9 +427,10 @@ def build_report(
     shared: ModelLevel,
     results: list[ConfigResult],
     inputs: dict[str, Any],
+    lm_eval: tuple[dict[str, Any], list[dict[str, float | None] | None]] | None = None,
 ) -> dict[str, Any]:
     """The report's data, and its trade-off plot written next to it. ``inputs``: the sweep's
-    common inputs and the selections' folders."""
+    common inputs and the selections' folders; ``lm_eval``: lm-eval's accuracies, when run."""
     from dsg import plot, report
 
     baseline_counts = {
@@ -446,6 +453,7 @@ def build_report(
             "backend": inputs["backend"],
         },
         warnings=shared.warnings,
+        lm_eval=lm_eval,
     )
     plot.tradeoff(data, session.run_dir.root / plot.PLOT_FILE)
     return data

@@ -454,6 +454,23 @@ class Guardrail:
         rows = self.gate.carry(fired.to(resid.device), hits)
         return self.clamp(resid, acts, hits & rows[:, None])
 
+    def decide_on_prefix(
+        self, resid: torch.Tensor, decide_mask: torch.Tensor, apply_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """A prompt and its continuation in one pass (log-likelihood scoring): decide each row
+        on ``decide_mask`` (its prompt), then clamp the rest of ``apply_mask`` as decode steps
+        under that decision would be, i.e. exactly a prefill followed by :meth:`continue_rows`.
+        ``decide_mask`` lies inside ``apply_mask``."""
+        decide = decide_mask.to(resid.device).bool()
+        later = apply_mask.to(resid.device).bool() & ~decide
+        acts = self.activations(resid)
+        hits = token_hits(acts, decide)
+        self.rates = sequence_rates(hits, decide)
+        self.fired = self.gate(self.rates, hits)
+        later_hits = (acts > 0).any(dim=-1) & later
+        rows = self.gate.carry(self.fired, later_hits)
+        return self.clamp(resid, acts, (hits & self.fired[:, None]) | (later_hits & rows[:, None]))
+
 
 class DynamicClamp(Guardrail):
     """The DSG guardrail on a full SAE: clamp only in sequences whose hit rate exceeds

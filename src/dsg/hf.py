@@ -24,6 +24,8 @@ these disagree, or a continuation arrives for rows it never decided, the guardra
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -145,6 +147,7 @@ class GuardrailHandle:
         self._signature = inspect.signature(decoder.forward)
         self._call: _Call | None = None
         self._record: _Record | None = None
+        self._prefix: tuple[torch.Tensor, torch.Tensor] | None = None
         layer = decoder.layers[bundle.hook_layer]
         self._hooks = [decoder.register_forward_pre_hook(self._capture, with_kwargs=True)]
         if bundle.hook_point == "hook_resid_post":
@@ -172,6 +175,21 @@ class GuardrailHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+    @contextmanager
+    def decided_on_prefix(
+        self, decide_mask: torch.Tensor, apply_mask: torch.Tensor
+    ) -> Iterator[None]:
+        """Forward passes inside score a prompt and its continuation at once (log-likelihood
+        requests): each row is decided on ``decide_mask`` (its prompt) and the decision applies
+        to all of ``apply_mask``, as if the continuation had been generated. Both are ``[B, T]``
+        for the whole call; a call of another shape, or one that continues a cache, is refused.
+        """
+        self._prefix = (decide_mask.bool(), apply_mask.bool())
+        try:
+            yield
+        finally:
+            self._prefix = None
 
     def _capture(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         bound = dict(self._signature.bind_partial(*args, **kwargs).arguments)
@@ -202,7 +220,9 @@ class GuardrailHandle:
         batch, length = hidden.shape[:2]
         past = call.past(length)
         x = hidden.float()  # gate and clamp in float32, as the reference ran
-        if past == 0:
+        if self._prefix is not None:
+            out = self._apply_prefix(x, past, *self._prefix)
+        elif past == 0:
             out = self.guardrail(x, _prompt_mask(call.mask, batch, length, hidden.device))
             fired, rates = self.guardrail.fired, self.guardrail.rates
             if fired is None or rates is None:
@@ -215,6 +235,23 @@ class GuardrailHandle:
             )
             record.seen = past + length
         return hidden if out is x else out.to(hidden.dtype)
+
+    def _apply_prefix(
+        self, x: torch.Tensor, past: int, decide: torch.Tensor, apply: torch.Tensor
+    ) -> torch.Tensor:
+        """One pass over prompts and continuations, decided on the prompts (see
+        :meth:`decided_on_prefix`)."""
+        if past != 0 or decide.shape != x.shape[:2] or apply.shape != x.shape[:2]:
+            raise GuardrailStateError(
+                f"the guardrail was given prompt masks of shape {tuple(decide.shape)} for a "
+                f"call of shape {tuple(x.shape[:2])} after {past} cached positions"
+            )
+        out = self.guardrail.decide_on_prefix(x, decide, apply)
+        fired, rates = self.guardrail.fired, self.guardrail.rates
+        if fired is None or rates is None:
+            raise GuardrailStateError("the guardrail decided no rows for these prompts")
+        self._record = _Record(fired, rates, x.shape[1])
+        return out
 
     def _continued(self, batch: int, past: int) -> _Record:
         """The record of the rows a continuation step extends; raises when there is none."""

@@ -70,11 +70,19 @@ def build(
     results: list[ConfigResult],
     inputs: dict[str, Any],
     warnings: list[str],
+    lm_eval: tuple[dict[str, Any], list[dict[str, float | None] | None]] | None = None,
 ) -> dict[str, Any]:
-    """The report as a JSON-ready dict (timings are added by the caller)."""
+    """The report as a JSON-ready dict (timings are added by the caller). ``lm_eval``: the
+    lm-eval section and each configuration's full-benchmark accuracies, when run."""
     s = session.settings
     points = [point(r.counts, set_names) for r in results]
     side_baseline = pooled(baseline[name] for name in set_names[1:])
+    configs = [config_entry(r, set_names) for r in results]
+    extra: dict[str, Any] = {}
+    if lm_eval is not None:
+        extra["lm_eval"], per_config = lm_eval
+        for entry, accuracy in zip(configs, per_config, strict=True):
+            entry["lm_eval"] = accuracy
     return {
         "report_version": REPORT_VERSION,
         "unlearning_score": unlearning_score(points),
@@ -92,7 +100,7 @@ def build(
         },
         "baseline": _accuracies(baseline),
         "baseline_side_effect_accuracy": side_baseline.accuracy,
-        "configs": [config_entry(r, set_names) for r in results],
+        "configs": configs,
         "settings": {f.name: _plain(getattr(s, f.name)) for f in dataclasses.fields(s)},
         "inputs": inputs,
         "environment": {
@@ -104,6 +112,7 @@ def build(
             "seed": s.seed,
         },
         "warnings": warnings,
+        **extra,
     }
 
 
@@ -125,15 +134,22 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+def _lm_eval_cells(accuracy: dict[str, float | None] | None, tasks: list[str]) -> list[str]:
+    return [_pct(None if accuracy is None else accuracy.get(task)) for task in tasks]
+
+
 def print_table(report: dict[str, Any], console: Console) -> None:
     """The sweep as a table on stderr, then the score and any warnings."""
     from rich.table import Table
 
     target = report["target"]
     table = Table(title=f"dsg evaluate: {target} (questions: {report['question_subset']})")
+    tasks = report["lm_eval"]["tasks"] if "lm_eval" in report else []
     for column in ("strategy", "p_ratio", "n", "m", "alpha", "target %", "side %", "fired %"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("gate", no_wrap=True)
+    for task in tasks:
+        table.add_column(f"{task} %", justify="right", no_wrap=True)
     table.add_row(
         "baseline",
         "",
@@ -144,6 +160,7 @@ def print_table(report: dict[str, Any], console: Console) -> None:
         _pct(report["baseline_side_effect_accuracy"]),
         "",
         "",
+        *_lm_eval_cells(report["lm_eval"]["baseline"] if tasks else None, tasks),
     )
     for c in report["configs"]:
         threshold = "-" if c["threshold"] is None else f"{c['threshold']:.4g}"
@@ -157,9 +174,12 @@ def print_table(report: dict[str, Any], console: Console) -> None:
             _pct(c["side_effect_accuracy"]),
             _pct(c["fired"][target]),
             "pass" if c["passes_gate"] else "fail",
+            *_lm_eval_cells(c.get("lm_eval"), tasks),
         )
     console.print(table)
     console.print("side %: pooled over the side-effect sets; fired %: target prompts guarded")
+    if tasks:
+        console.print("task %: lm-eval accuracy on the whole task, in the task's own prompt format")
     console.print(f"unlearning score: {report['unlearning_score']:.4f}")
     from rich.markup import escape
 

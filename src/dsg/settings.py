@@ -184,6 +184,19 @@ class Settings:
     questions: str = setting(
         "correct", "Question subset.", EVALUATION, ("evaluate",), choices=QUESTION_SUBSETS
     )
+    lm_eval_tasks: tuple[str, ...] = setting(
+        (), "lm-evaluation-harness tasks or groups to run on the baseline and on every "
+        "configuration's bundle, e.g. wmdp_bio,mmlu (comma-separated or repeated; needs dsg's "
+        "lm-eval extra). See docs/lm-eval.md.", EVALUATION, ("evaluate",), docs_default="none",
+    )  # fmt: skip
+    lm_eval_limit: int | None = setting(
+        None, "Score only the first N documents of each lm-eval task (for trials).", EVALUATION,
+        ("evaluate",), bounds=POSITIVE,
+    )  # fmt: skip
+    lm_eval_include_path: Path | None = setting(
+        None, "A folder of extra lm-eval task YAMLs (lm-eval's --include_path).", EVALUATION,
+        ("evaluate",),
+    )  # fmt: skip
     executor: str = setting(
         "local", "Where the SAE jobs run: local (one after another in this process) or ray (one "
         "Ray task per SAE, one GPU each on CUDA; needs dsg's ray extra). See docs/scale-out.md.",
