@@ -130,7 +130,8 @@ def feature_stats(acts: Any, ids: Any, specials: list[int]) -> np.ndarray:
 
 
 def select(f: np.ndarray, r: np.ndarray, ratio_percentile: float) -> np.ndarray:
-    """Spec §4.3: top features by forget²/retain² ratio, ordered by forget mean (stable)."""
+    """Top features by forget²/retain² ratio, ordered by forget mean, stable (see
+    docs/reference-algorithm.md, "Selection")."""
     big_f = f**2
     ratio = big_f / (r**2 + 1e-21)
     keep = (big_f >= np.percentile(big_f, 5)) & (ratio >= np.percentile(ratio, ratio_percentile))

@@ -1,8 +1,9 @@
 """The statistics stage: per-feature mean activations and the retain calibration data.
 
 For each corpus the model runs only up to the SAE's hook, the SAE encodes the residual and the
-mean activation of every feature over the valid tokens (not pad, EOS or BOS; spec §4.1) is
-accumulated in float64, row by row, so the batch size cannot change it.
+mean activation of every feature over the valid tokens (not pad, EOS or BOS; see
+docs/reference-algorithm.md, "The statistic") is accumulated in float64, row by row, so the
+batch size cannot change it.
 
 Instead of the reference's dense activation dumps (64 MiB per 1024-token row at d_sae 16384),
 the retain rows' calibration data is the sparse set of firing (position, feature) pairs at
@@ -57,7 +58,8 @@ class SparsityStats:
         self, features_ordered: torch.Tensor, ns: list[int]
     ) -> dict[int, torch.Tensor]:
         """Per retain row, the fraction of its ``seq_len`` positions where one of the first ``n``
-        features fires, for each ``n`` in ``ns`` (float64 ``[n_rows]``; spec §12 invariant 8).
+        features fires, for each ``n`` in ``ns`` (float64 ``[n_rows]``; docs/reference-algorithm.md,
+        "Calibration").
 
         Position 0 never counts but stays in the denominator; mid-row BOS/EOS can count, as in
         the reference with batch size 1.
