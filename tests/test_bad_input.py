@@ -198,59 +198,54 @@ def garble_header(path: Path) -> None:
     path.write_bytes(bytes(raw))
 
 
+MODEL_DAMAGE = [
+    (lambda d: truncate(d / "model.safetensors"), "could not read model directory"),
+    (lambda d: garble_header(d / "model.safetensors"), "could not read model directory"),
+    (lambda d: (d / "model.safetensors").unlink(), "could not read model directory"),
+    (lambda d: truncate(d / "config.json"), "config.json is not a valid model config"),
+    (lambda d: (d / "config.json").write_text("{}"), "holds a ?; the local loader supports"),
+    (lambda d: (d / "config.json").write_bytes(b"\xff\xfe"), "not a valid model config"),
+    (lambda d: edit_json(d / "config.json", hidden_size="x"), "not a valid model config"),
+    (lambda d: edit_json(d / "config.json", num_hidden_layers=-1), "not a valid model config"),
+    (lambda d: edit_json(d / "config.json", head_dim=2.5), "not a valid model config"),
+]
+SAE_DAMAGE = [
+    (lambda d: truncate(d / "sae_weights.safetensors"), "could not load the SAE"),
+    (lambda d: garble_header(d / "sae_weights.safetensors"), "could not load the SAE"),
+    (lambda d: truncate(d / "cfg.json"), "could not load the SAE"),
+    (lambda d: (d / "cfg.json").write_text("[1, 2]"), "could not load the SAE"),
+    (lambda d: (d / "cfg.json").write_bytes(b"\xff\xfe"), "could not load the SAE"),
+    (lambda d: (d / "sae_weights.safetensors").unlink(), "has no sae_weights.safetensors"),
+    (lambda d: edit_json(d / "cfg.json", d_sae="x"), "a value of the wrong type"),
+    (lambda d: edit_json(d / "cfg.json", d_in=-3), "do not fit its cfg.json"),
+    (lambda d: edit_json(d / "cfg.json", architecture="nope"), "could not load the SAE"),
+]
+
+
 @pytest.mark.parametrize(
-    ("damage", "fragment"),
-    [
-        (lambda d: truncate(d / "model.safetensors"), "could not read model directory"),
-        (lambda d: garble_header(d / "model.safetensors"), "could not read model directory"),
-        (lambda d: (d / "model.safetensors").unlink(), "could not read model directory"),
-        (lambda d: truncate(d / "config.json"), "config.json is not a valid model config"),
-        (lambda d: (d / "config.json").write_text("{}"), "holds a ?; the local loader supports"),
-        (lambda d: (d / "config.json").write_bytes(b"\xff\xfe"), "not a valid model config"),
-        (lambda d: edit_json(d / "config.json", hidden_size="x"), "not a valid model config"),
-        (lambda d: edit_json(d / "config.json", num_hidden_layers=-1), "not a valid model config"),
-        (lambda d: edit_json(d / "config.json", head_dim=2.5), "not a valid model config"),
-    ],
+    ("kind", "damage", "fragment"),
+    [("model", *case) for case in MODEL_DAMAGE] + [("sae", *case) for case in SAE_DAMAGE],
 )
-def test_damaged_model_directory(
+def test_damaged_model_or_sae_directory(
     gemma_dir: Path,
     sae_dir: Path,
     tmp_path: Path,
     use_world: UseWorld,
+    kind: str,
     damage: Callable[[Path], None],
     fragment: str,
 ) -> None:
-    model = shutil.copytree(gemma_dir, tmp_path / "model")
-    damage(model)
-    args = ["--case", "organism", "--model", str(model), "--sae", str(sae_dir), "--out", "runs"]
+    """A damaged local model directory (used with a good SAE), or a damaged SAE directory (used
+    with the organism's model)."""
+    damaged = shutil.copytree(gemma_dir if kind == "model" else sae_dir, tmp_path / kind)
+    damage(damaged)
+    args = ["--case", "organism", "--out", "runs"]
+    args += (
+        ["--model", str(damaged), "--sae", str(sae_dir)]
+        if kind == "model"
+        else ["--sae", str(damaged)]
+    )
     one_error(run("sparsity", *args), fragment)
-    nothing_written()
-
-
-@pytest.mark.parametrize(
-    ("damage", "fragment"),
-    [
-        (lambda d: truncate(d / "sae_weights.safetensors"), "could not load the SAE"),
-        (lambda d: garble_header(d / "sae_weights.safetensors"), "could not load the SAE"),
-        (lambda d: truncate(d / "cfg.json"), "could not load the SAE"),
-        (lambda d: (d / "cfg.json").write_text("[1, 2]"), "could not load the SAE"),
-        (lambda d: (d / "cfg.json").write_bytes(b"\xff\xfe"), "could not load the SAE"),
-        (lambda d: (d / "sae_weights.safetensors").unlink(), "has no sae_weights.safetensors"),
-        (lambda d: edit_json(d / "cfg.json", d_sae="x"), "a value of the wrong type"),
-        (lambda d: edit_json(d / "cfg.json", d_in=-3), "do not fit its cfg.json"),
-        (lambda d: edit_json(d / "cfg.json", architecture="nope"), "could not load the SAE"),
-    ],
-)
-def test_damaged_sae_directory(
-    sae_dir: Path,
-    tmp_path: Path,
-    use_world: UseWorld,
-    damage: Callable[[Path], None],
-    fragment: str,
-) -> None:
-    sae = shutil.copytree(sae_dir, tmp_path / "sae")
-    damage(sae)
-    one_error(run("sparsity", "--case", "organism", "--sae", str(sae), "--out", "runs"), fragment)
     nothing_written()
 
 

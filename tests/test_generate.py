@@ -21,6 +21,11 @@ torch.set_num_threads(1)
 runner = CliRunner()
 
 
+def on_tiny(setup: dict[str, Any], out: Path) -> list[str]:
+    """The options that run a command on the tiny case, its model and the run directory."""
+    return ["--case", "tiny", "--model", str(setup["model_dir"]), "--out", str(out)]
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("generate")
@@ -117,12 +122,7 @@ def test_muse_export_writes_one_bundle_per_ratio_and_n(
 
     result = invoke(
         "generate",
-        "--case",
-        "tiny",
-        "--model",
-        str(setup["model_dir"]),
-        "--out",
-        str(tiny_case),
+        *on_tiny(setup, tiny_case),
         "--raw",
         "--max-new-tokens",
         "3",
@@ -135,12 +135,7 @@ def test_muse_export_writes_one_bundle_per_ratio_and_n(
 def test_muse_export_refuses_an_unknown_strategy(tiny_case: Path, setup: dict[str, Any]) -> None:
     result = invoke(
         "muse-export",
-        "--case",
-        "tiny",
-        "--model",
-        str(setup["model_dir"]),
-        "--out",
-        str(tiny_case),
+        *on_tiny(setup, tiny_case),
         "--strategy",
         "sometimes",
     )
