@@ -13,12 +13,18 @@ bundle is refused rather than silently misapplied.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.artifacts import json_sha256, read_json, read_tensors, write_json, write_tensors
+from dsg.artifacts import (
+    file_sha256,
+    json_sha256,
+    read_json,
+    read_tensors,
+    write_json,
+    write_tensors,
+)
 from dsg.errors import UserError
 from dsg.hook_names import resid_hook
 
@@ -44,11 +50,6 @@ RULES: dict[str, str] = {
     "generation": "decided on the prompt, carried through KV-cache decode steps",
 }
 """The semantics a bundle's consumer must implement; a bundle with other rules is refused."""
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def parse_hook(hook_name: str) -> tuple[int, str]:
@@ -183,7 +184,7 @@ class Bundle:
         """Write the tensors, then ``bundle.json`` (with their hash), each atomically."""
         directory.mkdir(parents=True, exist_ok=True)
         write_tensors(directory / TENSORS_FILE, self.tensors, metadata={"format": FORMAT})
-        config = self.config(_sha256(directory / TENSORS_FILE))
+        config = self.config(file_sha256(directory / TENSORS_FILE))
         write_json(directory / CONFIG_FILE, {**config, DIGEST_FIELD: json_sha256(config)})
         return directory
 
@@ -213,7 +214,7 @@ class Bundle:
         tensors_path = directory / TENSORS_FILE
         if not tensors_path.is_file():
             raise UserError(f"{directory} has no {TENSORS_FILE}; export the bundle again")
-        if _sha256(tensors_path) != (config.get("tensors") or {}).get("sha256"):
+        if file_sha256(tensors_path) != (config.get("tensors") or {}).get("sha256"):
             raise UserError(
                 f"{tensors_path} does not match {CONFIG_FILE} (edited or half-written); "
                 "export the bundle again"

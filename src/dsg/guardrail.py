@@ -379,10 +379,9 @@ class ThresholdGate:
         self.threshold = float(threshold)
         if math.isnan(self.threshold):
             raise UserError("the guardrail threshold is NaN; recalibrate it")
-        self._threshold32 = _float32(self.threshold)
 
     def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
-        return rates.to(torch.float32) > self._threshold32
+        return rate_gate(rates, self.threshold)
 
     def carry(self, fired: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
         return fired
