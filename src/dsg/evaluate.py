@@ -386,12 +386,15 @@ def selection_paths(selections: list[select.Selection], root: Path) -> dict[str,
 
 
 def run(session: Session) -> Path:
-    """Run the whole evaluation and return the path of ``report.json``."""
+    """Run the whole evaluation and return the path of this run's ``report.json``."""
     import torch
+
+    from dsg import report
 
     s = session.settings
     run_dir = session.run_dir
     run_dir.ensure_writable()
+    report.check_slots(run_dir.root)
     tracker = Tracker(session.console)
     with tracker.timed("load"):
         loaded_sae, eval_sets = load_inputs(session)
@@ -455,12 +458,13 @@ def build_report(
         warnings=shared.warnings,
         lm_eval=lm_eval,
     )
-    plot.tradeoff(data, session.run_dir.root / plot.PLOT_FILE)
+    plot.tradeoff(data, report.run_folder(session.run_dir.root, data) / plot.PLOT_FILE)
     return data
 
 
 def finish_report(session: Session, tracker: Tracker, data: dict[str, Any]) -> Path:
-    """Write ``report.json`` with the stage timings, print the table and the wall times."""
+    """Write the run's ``report.json`` (with the stage timings) and make it the latest, print
+    the table and the wall times."""
     from dsg import report
 
     data["timings"] = tracker.seconds

@@ -1,6 +1,9 @@
 """``report.json`` and the terminal table: every number of a run and everything that made it.
 
 The schema is documented in ``docs/report-schema.md``; bump ``REPORT_VERSION`` when it changes.
+Each run writes its report and plot into its own folder, ``reports/<key>/``, keyed by its
+settings and inputs, so two runs with different settings on one run directory never overwrite
+each other's; ``report.json`` and ``tradeoff.png`` at the top are copies of the last to finish.
 """
 
 from __future__ import annotations
@@ -8,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import platform
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.artifacts import write_json
+from dsg.artifacts import artifact_key, atomic_write, check_kind, write_json
+from dsg.plot import PLOT_FILE
 from dsg.score import Count, point, pooled, unlearning_score
 
 if TYPE_CHECKING:
@@ -22,6 +27,7 @@ if TYPE_CHECKING:
     from dsg.session import Session
 
 REPORT_FILE = "report.json"
+REPORTS_DIR = "reports"
 REPORT_VERSION = 1
 LIBRARIES = ("dsg", "torch", "transformer-lens", "sae-lens", "transformers", "numpy")
 
@@ -124,9 +130,33 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def write(report: dict[str, Any], folder: Path) -> Path:
+def run_folder(root: Path, report: dict[str, Any]) -> Path:
+    """``{root}/reports/{key}``: one run's report and plot. The key hashes the run's settings
+    (bar those that choose only where it runs) and inputs, as a job's key does."""
+    from dsg.jobs import NOT_KEYED
+
+    settings = {k: v for k, v in report["settings"].items() if k not in NOT_KEYED}
+    inputs = {"settings": settings, "inputs": report["inputs"]}
+    return root / REPORTS_DIR / artifact_key("report", REPORT_VERSION, inputs)
+
+
+def check_slots(root: Path) -> None:
+    """Before any work: nothing of the wrong kind where the report and plot will go."""
+    check_kind(root / REPORTS_DIR, folder=True)
+    for name in (REPORT_FILE, PLOT_FILE):
+        check_kind(root / name, folder=False)
+
+
+def write(report: dict[str, Any], root: Path) -> Path:
+    """Write the run's own ``reports/<key>/report.json``, then copy it, and the plot beside it,
+    to ``report.json`` and ``tradeoff.png`` at the top; return the run's own path."""
+    folder = run_folder(root, report)
     path = folder / REPORT_FILE
     write_json(path, report)
+    write_json(root / REPORT_FILE, report)
+    plot = folder / PLOT_FILE
+    if plot.is_file():
+        atomic_write(root / PLOT_FILE, lambda target: shutil.copyfile(plot, target))
     return path
 
 
