@@ -432,9 +432,9 @@ def build_report(
     inputs: dict[str, Any],
     lm_eval: tuple[dict[str, Any], list[dict[str, float | None] | None]] | None = None,
 ) -> dict[str, Any]:
-    """The report's data, and its trade-off plot written next to it. ``inputs``: the sweep's
-    common inputs and the selections' folders; ``lm_eval``: lm-eval's accuracies, when run."""
-    from dsg import plot, report
+    """The report's data. ``inputs``: the sweep's common inputs and the selections' folders;
+    ``lm_eval``: lm-eval's accuracies, when run."""
+    from dsg import report
 
     baseline_counts = {
         p.name: Count(int((shared.baselines[p.name] == p.gold).sum()), len(p.tokens))
@@ -458,13 +458,12 @@ def build_report(
         warnings=shared.warnings,
         lm_eval=lm_eval,
     )
-    plot.tradeoff(data, report.run_folder(session.run_dir.root, data) / plot.PLOT_FILE)
     return data
 
 
 def finish_report(session: Session, tracker: Tracker, data: dict[str, Any]) -> Path:
-    """Write the run's ``report.json`` (with the stage timings) and make it the latest, print
-    the table and the wall times."""
+    """Write the run's ``report.json`` (with the stage timings) and its plot and make them the
+    latest, print the table and the wall times."""
     from dsg import report
 
     data["timings"] = tracker.seconds

@@ -16,8 +16,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.artifacts import artifact_key, atomic_write, check_kind, write_json
-from dsg.plot import PLOT_FILE
+from dsg.artifacts import (
+    artifact_key,
+    atomic_write,
+    check_kind,
+    complete_or_absent,
+    write_json,
+)
+from dsg.plot import PLOT_FILE, tradeoff
 from dsg.score import Count, point, pooled, unlearning_score
 
 if TYPE_CHECKING:
@@ -148,16 +154,16 @@ def check_slots(root: Path) -> None:
 
 
 def write(report: dict[str, Any], root: Path) -> Path:
-    """Write the run's own ``reports/<key>/report.json``, then copy it, and the plot beside it,
-    to ``report.json`` and ``tradeoff.png`` at the top; return the run's own path."""
+    """Write the run's own ``reports/<key>/`` (its plot, then ``report.json``, which marks it
+    complete), then copy both to ``report.json`` and ``tradeoff.png`` at the top; return the
+    path of the run's own report."""
     folder = run_folder(root, report)
-    path = folder / REPORT_FILE
-    write_json(path, report)
+    with complete_or_absent(folder, REPORT_FILE):
+        tradeoff(report, folder / PLOT_FILE)
+        write_json(folder / REPORT_FILE, report)
     write_json(root / REPORT_FILE, report)
-    plot = folder / PLOT_FILE
-    if plot.is_file():
-        atomic_write(root / PLOT_FILE, lambda target: shutil.copyfile(plot, target))
-    return path
+    atomic_write(root / PLOT_FILE, lambda target: shutil.copyfile(folder / PLOT_FILE, target))
+    return folder / REPORT_FILE
 
 
 def _pct(value: float | None) -> str:
