@@ -76,8 +76,11 @@ def test_report_schema_plot_and_numbers(world: TinyWorld, registry: Any, tmp_pat
     session = open_session(registry, tmp_path / "run")
     path = evaluate.run(session)
     report = json.loads(path.read_text())
-    assert path == tmp_path / "run" / "report.json"
-    assert (tmp_path / "run" / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.parent.parent == tmp_path / "run" / "reports" and path.name == "report.json"
+    assert (tmp_path / "run" / "report.json").read_bytes() == path.read_bytes()
+    plot = tmp_path / "run" / "tradeoff.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot.read_bytes() == (path.parent / "tradeoff.png").read_bytes()
     assert report["target"] == "tiny-target" and report["side_effects"] == ["tiny-side"]
     assert {"select", "subsets", "baseline", "sweep", "report"} <= set(report["timings"])
     assert report["environment"]["versions"]["torch"]

@@ -115,7 +115,7 @@ def test_evaluate_two_saes_with_a_release_pattern_from_the_config() -> None:
     assert [r[0] for r in rows] == ["fake-release/tiny-l0-a", "fake-release/tiny-l0-b"]
     for spec, score, path in rows:
         report = json.loads(Path(path).read_text())
-        assert Path(path) == Path("runs") / folder_name(spec) / "report.json"
+        assert Path(path).parent.parent == Path("runs") / folder_name(spec) / "reports"
         assert float(score) == pytest.approx(report["unlearning_score"], abs=1e-4)
         assert report["settings"]["sae"] == f"fake-sae:{spec}"
         assert report["inputs"]["sae_fingerprint"] == spec
@@ -174,7 +174,7 @@ def test_a_sweep_refuses_an_edited_job_or_report_until_forced() -> None:
     args += ["--sae-id-pattern", "tiny-l0-a"]
     (row,) = summary(run(*args))
     report_path = Path(row[2])
-    job = report_path.parent / "job.json"
+    job = report_path.parents[2] / "job.json"  # SAE folder / reports / key / report.json
     done = json.loads(job.read_text())
     job.write_text(json.dumps({**done, "facts": {**done["facts"], "layer": 7}}))
     one_error(run(*args), "job.json was edited", "--force")

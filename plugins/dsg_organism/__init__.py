@@ -8,7 +8,6 @@ Gemma-2 trained on it and an SAE on its residual stream, all shipped as package 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from dsg.api import (
     Register,
     UserError,
     hookimpl,
+    parse_json,
     read_text_corpus,
     registered,
 )
@@ -41,7 +41,7 @@ SAE_DIR = DATA / "sae"
 
 
 def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [parse_json(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class OrganismCase:
 
     def eval_sets(self, data: DataSource) -> list[EvalSet]:
         try:
-            sets = json.loads((WORLD / "sets.json").read_text(encoding="utf-8"))
+            sets = parse_json((WORLD / "sets.json").read_text(encoding="utf-8"))
             return [
                 EvalSet(
                     name=s["name"],

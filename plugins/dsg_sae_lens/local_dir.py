@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +11,7 @@ from dsg.api import (
     UserError,
     hook_layer_of,
     one_line_reason,
+    parse_json,
     unreadable_file_errors,
 )
 
@@ -50,7 +50,7 @@ def load_sae_dir(spec: str, *, device: str, dtype: torch.dtype) -> LoadedSAE:
     if not (path / WEIGHTS_FILE).is_file():
         raise UserError(f"SAE directory {path} has no {WEIGHTS_FILE}; save it with SAE.save_model")
     try:
-        if not isinstance(json.loads((path / CFG_FILE).read_text(encoding="utf-8")), dict):
+        if not isinstance(parse_json((path / CFG_FILE).read_text(encoding="utf-8")), dict):
             raise ValueError(f"{CFG_FILE} is not a JSON object")
         sae = SAE.load_from_disk(path, device=device, dtype=dtype_name(dtype))
     except TypeError as exc:  # a cfg.json value of the wrong type reaching torch or sae_lens

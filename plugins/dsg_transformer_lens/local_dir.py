@@ -10,7 +10,6 @@ processing (as ``from_pretrained_no_processing``).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ from dsg.api import (
     UserError,
     no_progress_bars,
     one_line_reason,
+    parse_json,
     unreadable_file_errors,
 )
 
@@ -99,7 +99,7 @@ def fingerprint_dir(path: Path) -> str:
 
 def read_hf_config(path: Path) -> tuple[str, dict[str, Any]]:
     """The architecture name and the raw config dict, or a UserError if unsupported."""
-    hf = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    hf = parse_json((path / "config.json").read_text(encoding="utf-8"))
     architecture = (hf.get("architectures") or ["?"])[0]
     if architecture not in CONFIG_BUILDERS:
         raise UserError(

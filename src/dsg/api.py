@@ -31,6 +31,7 @@ from dsg.interfaces import (
 )
 from dsg.loading import no_progress_bars
 from dsg.mirror import HubDataset
+from dsg.safe_json import loads as parse_json
 
 __all__ = [
     "Case",
@@ -56,6 +57,7 @@ __all__ = [
     "no_progress_bars",
     "one_line_reason",
     "parse_hook_name",
+    "parse_json",
     "read_text_corpus",
     "registered",
     "unreadable_file_errors",

@@ -11,14 +11,20 @@ file is refused instead of silently feeding the next stage.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from dsg import safe_json
 from dsg.errors import UserError
 
 META_FILE = "meta.json"
@@ -61,20 +67,30 @@ def check_writable(directory: Path, hint: str) -> None:
     """Fail before any work if ``directory`` cannot be created and written; creates nothing.
 
     Probes the directory itself, or the nearest ancestor that exists (where it would be made).
+    A name too long for the file system, a symbolic link that leads nowhere (dangling, or a
+    loop) and a file in the way are refused here, not after the run's work.
     """
-    existing = directory.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    reason = None
-    if not existing.is_dir():
-        reason = f"{existing} is not a directory"
-    else:
-        try:
-            tempfile.NamedTemporaryFile(dir=existing, prefix=".probe.", delete=True).close()
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
+    reason = _why_unwritable(directory.absolute())
     if reason is not None:
         raise UserError(f"{directory} is not writable ({reason}); {hint}")
+
+
+def _why_unwritable(directory: Path) -> str | None:
+    existing = directory
+    try:
+        while not existing.exists() and existing != existing.parent:
+            if existing.is_symlink():
+                return f"{existing} is a symbolic link to nothing: dangling, or a loop"
+            existing = existing.parent
+    except OSError as exc:  # ENAMETOOLONG: a name, or the whole path, too long
+        return exc.strerror or type(exc).__name__
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    try:
+        tempfile.NamedTemporaryFile(dir=existing, prefix=".probe.", delete=True).close()
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
 
 
 def _umask() -> int:
@@ -83,19 +99,117 @@ def _umask() -> int:
     return current
 
 
+TMP_SUFFIX = ".tmp"
+STALE_FOREIGN_SECONDS = 24 * 3600
+"""A temporary file of a writer on another host is stale once unchanged this long (a live
+writer's file changes as it is written; a single write takes minutes at most)."""
+_TMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9_-]*)\.[^.]+\.tmp$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:32]
+
+
+def _tmp_prefix(name: str) -> str:
+    """``.{name}.{pid}@{host}.``: who writes a temporary file is in its name, so a later run can
+    tell a dead writer's leftover from a live one's file."""
+    return f".{name}.{os.getpid()}@{_host()}."
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # there os.kill ends the process; assume alive, never remove
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def is_stale_temporary(path: Path) -> bool:
+    """A temporary file of :func:`atomic_write` whose writer is gone: on this host a process
+    that no longer exists, on another host one unchanged for a day."""
+    found = _TMP_NAME.match(path.name)
+    if found is None:
+        return False
+    if found["host"] == _host():
+        return not _alive(int(found["pid"]))
+    try:
+        return time.time() - path.lstat().st_mtime > STALE_FOREIGN_SECONDS
+    except OSError:
+        return False
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete what writers killed mid-write left in ``folder``; a live writer's file stays."""
+    try:
+        names = [p for p in folder.iterdir() if p.name.endswith(TMP_SUFFIX)]
+    except OSError:
+        return
+    for path in names:
+        if is_stale_temporary(path):
+            path.unlink(missing_ok=True)
+
+
+def _in_the_way(path: Path) -> Path | None:
+    """The nearest ancestor of ``path`` that exists but is not a folder (or a broken link)."""
+    try:
+        for parent in reversed(path.parents):
+            if parent.is_symlink() and not parent.exists():
+                return parent
+            if parent.exists() and not parent.is_dir():
+                return parent
+    except OSError:
+        pass
+    return None
+
+
+def write_failed(path: Path, exc: OSError) -> UserError:
+    """An OSError while writing ``path`` as the user's one line: what failed and what to do."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.ELOOP):
+        blocker = _in_the_way(path)
+        where = f"{blocker} is not a folder" if blocker else reason
+        return UserError(f"cannot write {path}: {where}; move it away or pass another --out")
+    advice = {
+        errno.ENOSPC: "free some space",
+        errno.EDQUOT: "free some space",
+        errno.EISDIR: "a folder stands where dsg writes this file; move it away",
+        errno.ENAMETOOLONG: "use a shorter path",
+        errno.EACCES: "make it writable",
+        errno.EPERM: "make it writable",
+        errno.EROFS: "make it writable",
+    }.get(exc.errno or 0, "check the disk")
+    return UserError(f"cannot write {path} ({reason}); {advice}, or pass another --out")
+
+
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write`` on a temporary file beside ``path``, then rename it into place, so a
-    reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    reader never sees a half-written file. A file system error (disk full, a folder or file
+    in the way, a name too long) is a UserError naming ``path``, and the temporary file is
+    removed; so are those that killed writers left in the same folder."""
+    tmp: Path | None = None
     try:
-        write(Path(tmp))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent)
+        fd, name = tempfile.mkstemp(
+            dir=path.parent, prefix=_tmp_prefix(path.name), suffix=TMP_SUFFIX
+        )
+        os.close(fd)
+        tmp = Path(name)
+        write(tmp)
         # mkstemp creates 0600 files; give the result the permissions a plain write would.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise write_failed(path, exc) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
 
 
@@ -104,19 +218,34 @@ def write_json(path: Path, value: Any) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(value, indent=2, default=str) + "\n"))
 
 
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
 def write_tensors(
     path: Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None
 ) -> None:
     """Write a safetensors file atomically."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     contiguous = {k: v.contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda p: save_file(contiguous, str(p), metadata=metadata))
+
+    def save(target: Path) -> None:
+        try:
+            save_file(contiguous, str(target), metadata=metadata)
+        except SafetensorError as exc:  # an I/O error names its errno as "(os error N)"
+            found = _OS_ERROR.search(str(exc))
+            if found is None:
+                raise
+            code = int(found.group(1))
+            raise OSError(code, os.strerror(code)) from None
+
+    atomic_write(path, save)
 
 
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return safe_json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
         raise UserError(
             f"{path} is unreadable or corrupted ({exc}); delete it and run again"
@@ -134,6 +263,55 @@ def read_tensors(path: Path) -> dict[str, Any]:
         ) from None
 
 
+def check_kind(path: Path, *, folder: bool) -> None:
+    """Refuse, before any work, a file (or a broken link) where dsg keeps a folder, or a folder
+    where it writes a file."""
+    try:
+        wrong = (path.exists() or path.is_symlink()) and path.is_dir() != folder
+    except OSError as exc:
+        raise write_failed(path, exc) from None
+    if wrong:
+        kind = "a folder" if folder else "a file"
+        raise UserError(
+            f"{path} is in the way: dsg keeps {kind} there; move it away or pass another --out"
+        )
+
+
+def _live_temporary(path: Path) -> bool:
+    return _TMP_NAME.match(path.name) is not None and not is_stale_temporary(path)
+
+
+def discard(folder: Path, marker: str = META_FILE) -> None:
+    """Remove an unfinished artifact: ``marker`` first, so the folder reads as incomplete at
+    once, then its other files, keeping a live writer's temporary files; the folder goes too
+    once empty."""
+    if not folder.is_dir():
+        return
+    (folder / marker).unlink(missing_ok=True)
+    for path in folder.iterdir():
+        if (path.is_file() or path.is_symlink()) and not _live_temporary(path):
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: a live writer's file is left
+        folder.rmdir()
+
+
+@contextlib.contextmanager
+def complete_or_absent(folder: Path, marker: str) -> Iterator[Path]:
+    """Write one artifact into ``folder``, which ``marker`` (written last) marks complete.
+
+    What an interrupted run left there (or the old artifact that ``force`` recomputes) is
+    cleared first; if the block fails, what it wrote is removed, so the folder holds a complete
+    artifact or nothing."""
+    check_kind(folder.parent, folder=True)
+    check_kind(folder, folder=True)
+    discard(folder, marker)
+    try:
+        yield folder
+    except BaseException:
+        discard(folder, marker)
+        raise
+
+
 class RunDir:
     """One run directory; each stage asks it for the folder of a key and checks what it finds."""
 
@@ -146,7 +324,15 @@ class RunDir:
         check_writable(self.root, "pass a writable --out")
 
     def folder(self, stage: str, key: str) -> Path:
-        return self.root / stage / key
+        """``{root}/{stage}/{key}``; a file or a broken link where a folder belongs is refused."""
+        folder = self.root / stage / key
+        check_kind(folder.parent, folder=True)
+        check_kind(folder, folder=True)
+        return folder
+
+    def building(self, stage: str, key: str) -> contextlib.AbstractContextManager[Path]:
+        """The folder of an artifact about to be computed, as :func:`complete_or_absent`."""
+        return complete_or_absent(self.folder(stage, key), META_FILE)
 
     def find(self, stage: str, version: int, key: str, *, force: bool = False) -> Path | None:
         """The folder of a finished, intact artifact, or None; a foreign, corrupted or edited

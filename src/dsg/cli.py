@@ -86,9 +86,9 @@ def _each_sae(given: Given, stage: str, strategies: tuple[str, ...] = ()) -> Non
 
 
 def _unlearning_score(report_path: Path) -> str:
-    import json
+    from dsg.artifacts import read_json
 
-    return f"{json.loads(report_path.read_text())['unlearning_score']:.4f}"
+    return f"{read_json(report_path)['unlearning_score']:.4f}"
 
 
 @app.command()

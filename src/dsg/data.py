@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dsg import safe_json
 from dsg.errors import UserError, one_line_reason
 
 
@@ -119,9 +120,11 @@ def read_text_corpus(path: Path) -> list[str]:
             if not line.strip():
                 continue
             try:
-                text = json.loads(line)["text"]
+                text = safe_json.loads(line)["text"]
             except (json.JSONDecodeError, KeyError, TypeError, IndexError):
                 text = None
+            except ValueError as exc:  # too deep, or a lone surrogate: valid JSON, not text
+                raise UserError(f"{path}:{number} cannot be used ({exc}); fix that line") from None
             if not isinstance(text, str):
                 raise UserError(f"{path}:{number} is not a JSON object with a string 'text' field")
             docs.append(text)

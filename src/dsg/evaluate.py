@@ -386,12 +386,15 @@ def selection_paths(selections: list[select.Selection], root: Path) -> dict[str,
 
 
 def run(session: Session) -> Path:
-    """Run the whole evaluation and return the path of ``report.json``."""
+    """Run the whole evaluation and return the path of this run's ``report.json``."""
     import torch
+
+    from dsg import report
 
     s = session.settings
     run_dir = session.run_dir
     run_dir.ensure_writable()
+    report.check_slots(run_dir.root)
     tracker = Tracker(session.console)
     with tracker.timed("load"):
         loaded_sae, eval_sets = load_inputs(session)
@@ -429,9 +432,9 @@ def build_report(
     inputs: dict[str, Any],
     lm_eval: tuple[dict[str, Any], list[dict[str, float | None] | None]] | None = None,
 ) -> dict[str, Any]:
-    """The report's data, and its trade-off plot written next to it. ``inputs``: the sweep's
-    common inputs and the selections' folders; ``lm_eval``: lm-eval's accuracies, when run."""
-    from dsg import plot, report
+    """The report's data. ``inputs``: the sweep's common inputs and the selections' folders;
+    ``lm_eval``: lm-eval's accuracies, when run."""
+    from dsg import report
 
     baseline_counts = {
         p.name: Count(int((shared.baselines[p.name] == p.gold).sum()), len(p.tokens))
@@ -455,12 +458,12 @@ def build_report(
         warnings=shared.warnings,
         lm_eval=lm_eval,
     )
-    plot.tradeoff(data, session.run_dir.root / plot.PLOT_FILE)
     return data
 
 
 def finish_report(session: Session, tracker: Tracker, data: dict[str, Any]) -> Path:
-    """Write ``report.json`` with the stage timings, print the table and the wall times."""
+    """Write the run's ``report.json`` (with the stage timings) and its plot and make them the
+    latest, print the table and the wall times."""
     from dsg import report
 
     data["timings"] = tracker.seconds

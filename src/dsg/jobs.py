@@ -105,20 +105,29 @@ class Job:
         """This job with every path absolute, as a worker on another node (or in another
         directory) needs them; the run directory must be on storage every node shares."""
         return dataclasses.replace(
-            self, settings=absolute_paths(self.settings), shared_out=self.shared_out.resolve()
+            self, settings=absolute_paths(self.settings), shared_out=resolved(self.shared_out)
         )
 
 
+def resolved(path: Path) -> Path:
+    """``path`` absolute with its links resolved; one that cannot be resolved (a link loop, a
+    name too long) only made absolute, for the stage that uses it to report."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop
+        return path.absolute()
+
+
 def absolute_paths(settings: Settings) -> Settings:
-    def resolved(path: Path | None) -> Path | None:
-        return path.resolve() if path is not None else None
+    def optional(path: Path | None) -> Path | None:
+        return resolved(path) if path is not None else None
 
     return dataclasses.replace(
         settings,
-        out=settings.out.resolve(),
-        data_dir=resolved(settings.data_dir),
-        forget_corpus=resolved(settings.forget_corpus),
-        retain_corpus=resolved(settings.retain_corpus),
+        out=resolved(settings.out),
+        data_dir=optional(settings.data_dir),
+        forget_corpus=optional(settings.forget_corpus),
+        retain_corpus=optional(settings.retain_corpus),
     )
 
 

@@ -49,7 +49,7 @@ def config_bundles(
     """Each configuration's bundle, written under ``{run dir}/bundles/`` as muse-export names
     it; None for strategies whose plugin does not say how they travel in a bundle."""
     from dsg.interfaces import ExportableStrategy
-    from dsg.muse_export import BUNDLES_DIR, bundle_name, bundles_for
+    from dsg.muse_export import BUNDLES_DIR, bundle_name, bundles_for, save_bundle
 
     strategies = tuple(
         name
@@ -63,7 +63,7 @@ def config_bundles(
                 session.settings.case, selection, bundle.k, bundle.multiplier, bundle.strategy
             )
             key = (selection.ratio_percentile, bundle.k, bundle.multiplier, bundle.strategy)
-            by_key[key] = bundle.save(session.run_dir.root / BUNDLES_DIR / name)
+            by_key[key] = save_bundle(bundle, session.run_dir.root / BUNDLES_DIR / name)
     return {
         c: by_key.get((c.ratio_percentile, c.n_features, c.multiplier, c.strategy)) for c in configs
     }

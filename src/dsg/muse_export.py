@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dsg.artifacts import read_json
-from dsg.bundle import Bundle, exportable_strategy, from_sae
+from dsg.artifacts import check_kind, complete_or_absent, read_json, write_failed
+from dsg.bundle import CONFIG_FILE, Bundle, exportable_strategy, from_sae
 from dsg.generate import hf_reference
 
 if TYPE_CHECKING:
@@ -38,6 +38,16 @@ def bundle_name(case: str, selection: Selection, n: int, multiplier: float, stra
     """Readable and unique per selection: ``news-p90-n10-m500-dynamic-<selection key>``."""
     key = selection.path.parent.name[:8]
     return f"{case}-p{selection.ratio_percentile:g}-n{n}-m{multiplier:g}-{strategy}-{key}"
+
+
+def save_bundle(bundle: Bundle, folder: Path) -> Path:
+    """Write ``bundle`` into ``folder``: a failure (a full disk, a file in the way) is one line
+    and leaves no half-written bundle; ``bundle.json``, written last, marks it complete."""
+    with complete_or_absent(folder, CONFIG_FILE):
+        try:
+            return bundle.save(folder)
+        except OSError as exc:  # making the folder; the files' own writes report themselves
+            raise write_failed(folder, exc) from None
 
 
 def bundles_for(
@@ -80,6 +90,8 @@ def export(session: Session, strategies: tuple[str, ...] = ("dynamic",)) -> list
     for name in strategies:  # refuse before any stage runs
         exportable_strategy(name)
     root = session.run_dir.root / BUNDLES_DIR
+    session.run_dir.ensure_writable()
+    check_kind(root, folder=True)
     exported = []
     for selection in select.ensure(session):
         for bundle in bundles_for(session, selection, strategies):
@@ -87,7 +99,7 @@ def export(session: Session, strategies: tuple[str, ...] = ("dynamic",)) -> list
             name = bundle_name(
                 session.settings.case, selection, n, bundle.multiplier, bundle.strategy
             )
-            path = bundle.save(root / name)
+            path = save_bundle(bundle, root / name)
             exported.append(
                 Exported(
                     path,

@@ -1,6 +1,9 @@
 """``report.json`` and the terminal table: every number of a run and everything that made it.
 
 The schema is documented in ``docs/report-schema.md``; bump ``REPORT_VERSION`` when it changes.
+Each run writes its report and plot into its own folder, ``reports/<key>/``, keyed by its
+settings and inputs, so two runs with different settings on one run directory never overwrite
+each other's; ``report.json`` and ``tradeoff.png`` at the top are copies of the last to finish.
 """
 
 from __future__ import annotations
@@ -8,11 +11,19 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import platform
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.artifacts import write_json
+from dsg.artifacts import (
+    artifact_key,
+    atomic_write,
+    check_kind,
+    complete_or_absent,
+    write_json,
+)
+from dsg.plot import PLOT_FILE, tradeoff
 from dsg.score import Count, point, pooled, unlearning_score
 
 if TYPE_CHECKING:
@@ -22,6 +33,7 @@ if TYPE_CHECKING:
     from dsg.session import Session
 
 REPORT_FILE = "report.json"
+REPORTS_DIR = "reports"
 REPORT_VERSION = 1
 LIBRARIES = ("dsg", "torch", "transformer-lens", "sae-lens", "transformers", "numpy")
 
@@ -124,10 +136,34 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def write(report: dict[str, Any], folder: Path) -> Path:
-    path = folder / REPORT_FILE
-    write_json(path, report)
-    return path
+def run_folder(root: Path, report: dict[str, Any]) -> Path:
+    """``{root}/reports/{key}``: one run's report and plot. The key hashes the run's settings
+    (bar those that choose only where it runs) and inputs, as a job's key does."""
+    from dsg.jobs import NOT_KEYED
+
+    settings = {k: v for k, v in report["settings"].items() if k not in NOT_KEYED}
+    inputs = {"settings": settings, "inputs": report["inputs"]}
+    return root / REPORTS_DIR / artifact_key("report", REPORT_VERSION, inputs)
+
+
+def check_slots(root: Path) -> None:
+    """Before any work: nothing of the wrong kind where the report and plot will go."""
+    check_kind(root / REPORTS_DIR, folder=True)
+    for name in (REPORT_FILE, PLOT_FILE):
+        check_kind(root / name, folder=False)
+
+
+def write(report: dict[str, Any], root: Path) -> Path:
+    """Write the run's own ``reports/<key>/`` (its plot, then ``report.json``, which marks it
+    complete), then copy both to ``report.json`` and ``tradeoff.png`` at the top; return the
+    path of the run's own report."""
+    folder = run_folder(root, report)
+    with complete_or_absent(folder, REPORT_FILE):
+        tradeoff(report, folder / PLOT_FILE)
+        write_json(folder / REPORT_FILE, report)
+    write_json(root / REPORT_FILE, report)
+    atomic_write(root / PLOT_FILE, lambda target: shutil.copyfile(folder / PLOT_FILE, target))
+    return folder / REPORT_FILE
 
 
 def _pct(value: float | None) -> str:

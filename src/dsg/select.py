@@ -109,17 +109,18 @@ def ensure(session: Session) -> list[Selection]:
         )
         check_counts(s.n_features, features.numel(), p)
         thresholds = calibrate(stats, features, s.n_features, s.calibration_percentile)
-        path = session.run_dir.folder(STAGE, key) / SELECTION_FILE
-        artifacts.write_json(
-            path,
-            {
-                "ratio_percentile": p,
-                "features": features.tolist(),
-                "thresholds": {str(n): t for n, t in thresholds.items()},
-                "inputs": inputs,
-            },
-        )
-        session.run_dir.commit(STAGE, VERSION, key, inputs)
+        with session.run_dir.building(STAGE, key) as folder:
+            path = folder / SELECTION_FILE
+            artifacts.write_json(
+                path,
+                {
+                    "ratio_percentile": p,
+                    "features": features.tolist(),
+                    "thresholds": {str(n): t for n, t in thresholds.items()},
+                    "inputs": inputs,
+                },
+            )
+            session.run_dir.commit(STAGE, VERSION, key, inputs)
         selections.append(Selection(path, p, features, thresholds))
     return selections
 

@@ -204,14 +204,6 @@ class _ChunkWriter:
         self.parts, self.counts, self.buffered = [], [], 0
 
 
-def _clear_partial(folder: Path) -> None:
-    """Remove files an interrupted run left in a folder that has no ``meta.json``."""
-    if folder.is_dir():
-        for path in folder.iterdir():
-            if path.is_file():
-                path.unlink()
-
-
 def _run_corpus(
     session: Session,
     model: LoadedModel,
@@ -258,13 +250,24 @@ def compute(
     inputs: dict[str, Any],
     key: str,
 ) -> SparsityStats:
-    """Run both corpora, write the chunks and statistics, then ``meta.json`` last."""
+    """Run both corpora, write the chunks and statistics, then ``meta.json`` last; a failure
+    leaves no partial folder."""
+    with session.run_dir.building(STAGE, key) as folder:
+        return _compute_into(folder, session, model, sae, docs, inputs, key)
+
+
+def _compute_into(
+    folder: Path,
+    session: Session,
+    model: LoadedModel,
+    sae: LoadedSAE,
+    docs: Documents,
+    inputs: dict[str, Any],
+    key: str,
+) -> SparsityStats:
     import torch
 
     s = session.settings
-    run_dir = session.run_dir
-    folder = run_dir.folder(STAGE, key)
-    _clear_partial(folder)
     forget_rows, retain_rows = build_rows(
         model.tokenizer,
         docs,
@@ -284,7 +287,7 @@ def compute(
         folder / STATS_FILE, {"forget_mean": forget_mean, "retain_mean": retain_mean}
     )
     n_rows = int(retain_rows.shape[0])
-    run_dir.commit(
+    session.run_dir.commit(
         STAGE,
         VERSION,
         key,
