@@ -225,14 +225,14 @@ def _sweep_sets(
             else [None] * len(todo)
         )
         for config, outcome in zip(todo, outcomes, strict=True):
-            result = _counts(outcome, p)
+            result = set_counts(outcome, p)
             key, inputs = set_key(config, p.name, common)
             run_dir.commit(SET_STAGE, VERSION, key, inputs, extra={"result": result})
             per_set[config][p.name] = result
     return per_set
 
 
-def _counts(outcome: Outcome | None, prompts: SetPrompts) -> dict[str, Any]:
+def set_counts(outcome: Outcome | None, prompts: SetPrompts) -> dict[str, Any]:
     """Right answers, questions, firing prompts and each prompt's answer of one configuration
     on one set."""
     if outcome is None:
