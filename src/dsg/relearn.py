@@ -133,6 +133,7 @@ def curves(
     from dsg.backends.transformer_lens import TransformerLensBackend
 
     s = session.settings
+    session.run_dir.ensure_writable()
     loaded_sae, eval_sets = evaluate.load_inputs(session)
     scorer = Scorer(session.backend(), loaded_sae.hook_name, s.batch_size)
     prompts = evaluate.model_level(session, scorer, eval_sets, tracker).prompts
