@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny import TinyWorld, tiny_registry
 
-from dsg import evaluate
+from dsg import evaluate, heldout
 from dsg.guardrail import DynamicClamp, StaticClamp
 from dsg.mcq import Scorer, answer_token_ids
 from dsg.prompts import ChatTemplateFormat, render_question
@@ -72,6 +72,42 @@ def count_sweeps(monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None) ->
     return calls
 
 
+def check_heldout_by_hand(
+    report: dict[str, Any], session: Session, right: dict[int | None, dict[str, list[bool]]]
+) -> None:
+    """The held-out section against per-question answers (``right[None]``: the unguarded
+    model; ``right[i]``: configuration i): the lowest selection-part target accuracy among the
+    configurations keeping 0.99 of the unguarded side-effect accuracy there, measured on the
+    report part."""
+    seed = session.settings.heldout_seed
+    parts = {
+        e.name: [heldout.in_selection_part(q, seed) for q in e.questions]
+        for e in session.case.eval_sets(session.data)
+    }
+
+    def accuracy(who: int | None, name: str, selection: bool) -> float:
+        kept = [r for r, s in zip(right[who][name], parts[name], strict=True) if s == selection]
+        return sum(kept) / len(kept)
+
+    def passes(who: int, selection: bool) -> bool:
+        side = accuracy(who, "tiny-side", selection)
+        return side >= 0.99 * accuracy(None, "tiny-side", selection)
+
+    found = report["heldout"]
+    for name, counts in found["questions"].items():
+        assert counts == {"selection": sum(parts[name]), "report": parts[name].count(False)}
+    configs = range(len(report["configs"]))
+    passing = [(accuracy(i, "tiny-target", True), i) for i in configs if passes(i, True)]
+    assert passing, "the tiny sweep should have a configuration that passes the gate"
+    chosen = min(passing)[1]
+    assert found["chosen"] == chosen
+    held = 1 - accuracy(chosen, "tiny-target", False) if passes(chosen, False) else 0.0
+    assert report["heldout_score"] == pytest.approx(held)
+    assert found["report"]["per_set"] == {
+        name: pytest.approx(accuracy(chosen, name, False)) for name in parts
+    }
+
+
 def test_report_schema_plot_and_numbers(world: TinyWorld, registry: Any, tmp_path: Path) -> None:
     session = open_session(registry, tmp_path / "run")
     path = evaluate.run(session)
@@ -97,8 +133,10 @@ def test_report_schema_plot_and_numbers(world: TinyWorld, registry: Any, tmp_pat
         assert set(c["per_set"]) == set(c["fired"]) == {"tiny-target", "tiny-side"}
         assert (c["threshold"] is None) == (c["strategy"] == "static")
         assert len(c["features"]) == c["n_features"]
+    side_total = report["sets"]["tiny-side"]["evaluated"]
+    side_baseline = Count(round(report["baseline"]["tiny-side"] * side_total), side_total)
     points = [
-        Point(Count(**c["counts"]["tiny-target"]), Count(**c["counts"]["tiny-side"]))
+        Point(Count(**c["counts"]["tiny-target"]), Count(**c["counts"]["tiny-side"]), side_baseline)
         for c in configs
     ]
     assert report["unlearning_score"] == unlearning_score(points)
@@ -106,28 +144,41 @@ def test_report_schema_plot_and_numbers(world: TinyWorld, registry: Any, tmp_pat
     # Every count equals a batch-1, full-forward, hooked re-run of the same prompts.
     model, sae = world.model, world.sae
     answer = answer_token_ids(world.tokenizer)
-    for c in configs:
-        features = torch.tensor(c["features"])
+    right: dict[int | None, dict[str, list[bool]]] = {}
+    for index, c in [(None, None), *enumerate(configs)]:
+        right[index] = {}
         for eval_set in session.case.eval_sets(session.data):
-            clamp = (
-                DynamicClamp(sae, features, c["threshold"], c["multiplier"])
-                if c["strategy"] == "dynamic"
-                else StaticClamp(sae, features, c["multiplier"])
-            )
-            right = fired = 0
+            clamp: DynamicClamp | StaticClamp | None = None
+            if c is not None:
+                features = torch.tensor(c["features"])
+                clamp = (
+                    DynamicClamp(sae, features, c["threshold"], c["multiplier"])
+                    if c["strategy"] == "dynamic"
+                    else StaticClamp(sae, features, c["multiplier"])
+                )
+            fired = 0
+            rows = right[index][eval_set.name] = []
             for q in eval_set.questions:
                 text, gold = render_question(ChatTemplateFormat(), world.tokenizer, eval_set, q)
                 tokens = world.tokenizer(text, add_special_tokens=False, return_tensors="pt")
                 ids = tokens["input_ids"]
                 mask = torch.ones_like(ids, dtype=torch.bool)
+                hooks = (
+                    []
+                    if clamp is None
+                    else [(world.hook_name, lambda r, hook, c=clamp, m=mask: c(r, m))]
+                )
                 with torch.inference_mode():
-                    hook = (world.hook_name, lambda r, hook, c=clamp, m=mask: c(r, m))
-                    logits = model.run_with_hooks(ids, fwd_hooks=[hook])
-                right += int(logits[0, -1].softmax(-1)[answer].amax(0).argmax()) == gold
-                fired += int(clamp.fired[0])
+                    logits = model.run_with_hooks(ids, fwd_hooks=hooks)
+                rows.append(int(logits[0, -1].softmax(-1)[answer].amax(0).argmax()) == gold)
+                fired += 0 if clamp is None else int(clamp.fired[0])
             total = len(eval_set.questions)
-            assert c["counts"][eval_set.name] == {"correct": right, "total": total}
+            if c is None:
+                assert report["baseline"][eval_set.name] == sum(rows) / total
+                continue
+            assert c["counts"][eval_set.name] == {"correct": sum(rows), "total": total}
             assert c["fired"][eval_set.name] == fired / total
+    check_heldout_by_hand(report, session, right)
 
 
 def test_resume_after_interrupt_gives_the_same_report(

@@ -51,6 +51,14 @@ def sample_forget(docs: list[str], dataset_size: int, seed: int) -> list[str]:
     return random.Random(seed).sample(docs, min(dataset_size, len(docs)))
 
 
+def unsampled_forget(docs: list[str], dataset_size: int, seed: int) -> list[str]:
+    """The forget documents :func:`sample_forget` leaves out, in corpus order: text the
+    statistics (hence the feature selection) never saw. ``random.sample`` draws the same
+    positions for any population of the same length, so sampling the positions finds them."""
+    drawn = set(random.Random(seed).sample(range(len(docs)), min(dataset_size, len(docs))))
+    return [doc for i, doc in enumerate(docs) if i not in drawn]
+
+
 def chunk_text(text: str, n_chunks: int = N_CHUNKS) -> list[str]:
     """``n_chunks`` character slices of length ``ceil(len/n)``; tail ones may be short or empty."""
     size = (len(text) - 1) // n_chunks + 1

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 BASELINE_STAGE = "baseline"
 CONFIG_STAGE = "evaluate"
 SET_STAGE = "evaluate-set"
-VERSION = 1
+VERSION = 2
+"""2: each (configuration, set) result carries every prompt's answer, for the held-out score."""
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,13 @@ class SetPrompts:
 
 @dataclass(frozen=True)
 class ConfigResult:
-    """Per set: right answers, questions, and prompts on which the guardrail fired."""
+    """Per set: right answers, questions, prompts on which the guardrail fired, and the answer
+    given to each prompt (in the set's prompt order)."""
 
     config: Config
     counts: dict[str, Count]
     fired: dict[str, int]
+    predicted: dict[str, list[int]]
 
 
 def expand(selections: list[select.Selection], session: Session) -> list[Config]:
@@ -153,6 +156,7 @@ def load_result(config: Config, meta: dict[str, Any]) -> ConfigResult:
         config,
         {name: Count(v["correct"], v["total"]) for name, v in per_set.items()},
         {name: v["fired"] for name, v in per_set.items()},
+        {name: v["predicted"] for name, v in per_set.items()},
     )
 
 
@@ -197,12 +201,12 @@ def _sweep_sets(
     prompts: list[SetPrompts],
     baselines: dict[str, torch.Tensor],
     common: dict[str, Any],
-) -> dict[Config, dict[str, dict[str, int]]]:
+) -> dict[Config, dict[str, dict[str, Any]]]:
     """Per pending configuration and set, its counts: cached ones read, the others scored
     together, one pass over each set's prompts."""
     sae = session.sae().sae
     interventions = {c: build_intervention(session, sae, c) for c in pending}
-    per_set: dict[Config, dict[str, dict[str, int]]] = {c: {} for c in pending}
+    per_set: dict[Config, dict[str, dict[str, Any]]] = {c: {} for c in pending}
     for p in prompts:
         todo = []
         for config in pending:
@@ -221,21 +225,23 @@ def _sweep_sets(
             else [None] * len(todo)
         )
         for config, outcome in zip(todo, outcomes, strict=True):
-            result = _counts(outcome, p)
+            result = set_counts(outcome, p)
             key, inputs = set_key(config, p.name, common)
             run_dir.commit(SET_STAGE, VERSION, key, inputs, extra={"result": result})
             per_set[config][p.name] = result
     return per_set
 
 
-def _counts(outcome: Outcome | None, prompts: SetPrompts) -> dict[str, int]:
-    """Right answers, questions and firing prompts of one configuration on one set."""
+def set_counts(outcome: Outcome | None, prompts: SetPrompts) -> dict[str, Any]:
+    """Right answers, questions, firing prompts and each prompt's answer of one configuration
+    on one set."""
     if outcome is None:
-        return {"correct": 0, "total": 0, "fired": 0}
+        return {"correct": 0, "total": 0, "fired": 0, "predicted": []}
     return {
         "correct": int((outcome.predicted == prompts.gold).sum()),
         "total": len(prompts.tokens),
         "fired": int(outcome.fired.sum()),
+        "predicted": outcome.predicted.tolist(),
     }
 
 
@@ -434,19 +440,23 @@ def build_report(
 ) -> dict[str, Any]:
     """The report's data. ``inputs``: the sweep's common inputs and the selections' folders;
     ``lm_eval``: lm-eval's accuracies, when run."""
-    from dsg import report
+    from dsg import heldout, report
 
     baseline_counts = {
         p.name: Count(int((shared.baselines[p.name] == p.gold).sum()), len(p.tokens))
         for p in shared.prompts
     }
+    seed = session.settings.heldout_seed
+    split = heldout.split_sets(shared.prompts, shared.baselines, seed)
+    set_names = [e.name for e in eval_sets]
     data = report.build(
         session=session,
-        set_names=[e.name for e in eval_sets],
+        set_names=set_names,
         question_totals={e.name: len(e.questions) for e in eval_sets},
         subjects={e.name: e.subject for e in eval_sets},
         baseline=baseline_counts,
         results=results,
+        heldout=heldout.section(split, results, set_names, seed),
         inputs={
             "model_fingerprint": inputs["model"],
             "sae_fingerprint": inputs["sae"],

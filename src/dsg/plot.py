@@ -1,5 +1,6 @@
 """``tradeoff.png``: target accuracy against pooled side-effect accuracy, one point per
-configuration, so the configurations that pass the 0.99 gate stand out."""
+configuration, so the configurations that pass the side-effect gate (0.99 of the baseline's
+side-effect accuracy) stand out."""
 
 from __future__ import annotations
 
@@ -37,13 +38,17 @@ def tradeoff(report: dict[str, Any], path: Path) -> Path:
     side, target = report["baseline_side_effect_accuracy"], report["baseline"][report["target"]]
     if side is not None and target is not None:
         ax.scatter([side], [target], marker="*", s=160, color="black", label="baseline")
-    ax.axvline(float(SIDE_EFFECT_GATE), color="grey", linestyle="--", label="side-effect gate 0.99")
+    if side is not None:
+        gate = float(SIDE_EFFECT_GATE) * side
+        ax.axvline(gate, color="grey", linestyle="--", label="side-effect gate: 0.99 x baseline")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("side-effect accuracy (pooled over " + ", ".join(report["side_effects"]) + ")")
     ax.set_ylabel(f"target accuracy ({report['target']})")
-    ax.set_title(f"unlearning score {report['unlearning_score']:.3f}")
-    ax.legend(loc="best")
+    scores = report["unlearning_score"], report["heldout_score"]
+    ax.set_title("unlearning score {:.3f} (held-out {:.3f})".format(*scores))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best")
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
     plt.close(fig)

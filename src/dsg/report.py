@@ -23,6 +23,7 @@ from dsg.artifacts import (
     complete_or_absent,
     write_json,
 )
+from dsg.heldout import PARTS
 from dsg.plot import PLOT_FILE, tradeoff
 from dsg.score import Count, point, pooled, unlearning_score
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 REPORT_FILE = "report.json"
 REPORTS_DIR = "reports"
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 LIBRARIES = ("dsg", "torch", "transformer-lens", "sae-lens", "transformers", "numpy")
 
 
@@ -53,9 +54,11 @@ def _accuracies(counts: Mapping[str, Count]) -> dict[str, float | None]:
     return {name: c.accuracy for name, c in counts.items()}
 
 
-def config_entry(result: ConfigResult, set_names: list[str]) -> dict[str, Any]:
+def config_entry(
+    result: ConfigResult, baseline: Mapping[str, Count], set_names: list[str]
+) -> dict[str, Any]:
     """One configuration as the report shows it."""
-    p = point(result.counts, set_names)
+    p = point(result.counts, baseline, set_names)
     return {
         **result.config.describe(),
         "target_accuracy": p.target.accuracy,
@@ -80,16 +83,18 @@ def build(
     subjects: dict[str, str],
     baseline: dict[str, Count],
     results: list[ConfigResult],
+    heldout: dict[str, Any],
     inputs: dict[str, Any],
     warnings: list[str],
     lm_eval: tuple[dict[str, Any], list[dict[str, float | None] | None]] | None = None,
 ) -> dict[str, Any]:
     """The report as a JSON-ready dict (timings are added by the caller). ``lm_eval``: the
-    lm-eval section and each configuration's full-benchmark accuracies, when run."""
+    lm-eval section and each configuration's full-benchmark accuracies, when run; ``heldout``:
+    the held-out section (:func:`dsg.heldout.section`)."""
     s = session.settings
-    points = [point(r.counts, set_names) for r in results]
+    points = [point(r.counts, baseline, set_names) for r in results]
     side_baseline = pooled(baseline[name] for name in set_names[1:])
-    configs = [config_entry(r, set_names) for r in results]
+    configs = [config_entry(r, baseline, set_names) for r in results]
     extra: dict[str, Any] = {}
     if lm_eval is not None:
         extra["lm_eval"], per_config = lm_eval
@@ -98,6 +103,8 @@ def build(
     return {
         "report_version": REPORT_VERSION,
         "unlearning_score": unlearning_score(points),
+        "heldout_score": heldout["score"],
+        "heldout": {k: v for k, v in heldout.items() if k != "score"},
         "target": set_names[0],
         "side_effects": set_names[1:],
         "question_subset": s.questions,
@@ -216,8 +223,32 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     console.print("side %: pooled over the side-effect sets; fired %: target prompts guarded")
     if tasks:
         console.print("task %: lm-eval accuracy on the whole task, in the task's own prompt format")
-    console.print(f"unlearning score: {report['unlearning_score']:.4f}")
+    for line in score_lines(report):
+        console.print(line)
     from rich.markup import escape
 
     for warning in report["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
+
+
+def score_lines(report: dict[str, Any]) -> list[str]:
+    """The two scores, each saying how its configuration was chosen."""
+    h = report["heldout"]
+    total = sum(s["evaluated"] for s in report["sets"].values())
+    selection, held = (sum(q[part] for q in h["questions"].values()) for part in PARTS)
+    lines = [
+        f"unlearning score: {report['unlearning_score']:.4f} "
+        f"(paper: chosen and measured on the same {total} questions)",
+        f"held-out score:   {report['heldout_score']:.4f} "
+        f"(chosen on {selection} questions, measured on {held} others)",
+    ]
+    if h["chosen"] is None:
+        lines.append("  held-out choice: none passes the side-effect gate on its questions")
+    else:
+        c = report["configs"][h["chosen"]]
+        fails = "" if h["report"]["passes_gate"] else "; fails the gate on the others"
+        lines.append(
+            f"  held-out choice: {c['strategy']} p_ratio {c['ratio_percentile']:g} "
+            f"n {c['n_features']} m {c['multiplier']:g}{fails}"
+        )
+    return lines

@@ -184,6 +184,11 @@ class Settings:
     questions: str = setting(
         "correct", "Question subset.", EVALUATION, ("evaluate",), choices=QUESTION_SUBSETS
     )
+    heldout_seed: int = setting(
+        0, "Seeds the hash that splits each question set into the part the held-out score "
+        "chooses its configuration on and the part it reports (docs/evaluate.md).", EVALUATION,
+        ("evaluate",),
+    )  # fmt: skip
     lm_eval_tasks: tuple[str, ...] = setting(
         (), "lm-evaluation-harness tasks or groups to run on the baseline and on every "
         "configuration's bundle, e.g. wmdp_bio,mmlu (comma-separated or repeated; needs dsg's "

@@ -1,0 +1,126 @@
+"""The held-out score: the seeded split of the questions, and the configuration it chooses on a
+hand-built table of answers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from tiny import tiny_questions
+
+from dsg.evaluate import Config, ConfigResult
+from dsg.heldout import SplitSets, in_selection_part, section
+from dsg.interfaces import MCQuestion
+from dsg.score import Count, point, unlearning_score
+
+QUESTIONS = tiny_questions("q", 400)
+
+
+def test_split_is_a_function_of_the_question_and_the_seed() -> None:
+    first = [in_selection_part(q, 0) for q in QUESTIONS]
+    assert first == [in_selection_part(q, 0) for q in QUESTIONS]
+    shuffled = list(QUESTIONS)
+    random.Random(1).shuffle(shuffled)
+    by_question = {q: in_selection_part(q, 0) for q in shuffled}
+    assert [by_question[q] for q in QUESTIONS] == first  # the set's order plays no part
+    assert 0.45 < sum(first) / len(first) < 0.55  # about half
+
+
+def test_split_changes_with_the_seed() -> None:
+    first = [in_selection_part(q, 0) for q in QUESTIONS]
+    other = [in_selection_part(q, 1) for q in QUESTIONS]
+    moved = sum(a != b for a, b in zip(first, other, strict=True))
+    assert 0.4 < moved / len(QUESTIONS) < 0.6  # independent halves: about half move
+
+
+def test_split_is_pinned() -> None:
+    """Which questions are held out must not change between releases for the same seed."""
+    q = MCQuestion("Which vex number is 0?", ("vex0", "vex1", "vex2", "vex3"), 0)
+    assert [in_selection_part(q, seed) for seed in range(8)] == [1, 1, 0, 0, 1, 1, 1, 1]
+
+
+SETS = ["t", "s"]
+# Four questions per set, gold answer 0 everywhere; the first two are the selection part.
+SELECTION = [True, True, False, False]
+
+
+def results(*answers: tuple[list[int], list[int]]) -> list[ConfigResult]:
+    """One configuration per (target answers, side-effect answers); 0 is right, 1 wrong."""
+    return [
+        ConfigResult(
+            Config("dynamic", 90.0, i + 1, 500.0, 0.1, (i,)),
+            {"t": Count(t.count(0), 4), "s": Count(s.count(0), 4)},
+            {"t": 0, "s": 0},
+            {"t": t, "s": s},
+        )
+        for i, (t, s) in enumerate(answers)
+    ]
+
+
+def split(side_baseline: list[int] | None = None) -> SplitSets:
+    return SplitSets(
+        gold={"t": [0] * 4, "s": [0] * 4},
+        baseline={"t": [0] * 4, "s": side_baseline or [0] * 4},
+        selection={"t": SELECTION, "s": SELECTION},
+    )
+
+
+RIGHT = [0, 0, 0, 0]
+
+
+def test_chosen_on_selection_reported_on_the_rest() -> None:
+    # A forgets the two selection questions only: selection 0/2, report 2/2, all 2/4.
+    # B forgets the two report questions and one selection question: 1/2, 0/2, all 1/4.
+    table = results(([1, 1, 0, 0], RIGHT), ([0, 1, 1, 1], RIGHT))
+    found = section(split(), table, SETS, seed=3)
+    assert found["chosen"] == 0  # A: lowest target accuracy on the selection part
+    assert found["selection"]["target_accuracy"] == 0.0
+    assert found["report"]["target_accuracy"] == 1.0  # A forgot nothing it was not picked for
+    assert found["score"] == 0.0
+    assert found["seed"] == 3
+    assert found["questions"] == {
+        "t": {"selection": 2, "report": 2},
+        "s": {"selection": 2, "report": 2},
+    }
+    baseline = {"t": Count(4, 4), "s": Count(4, 4)}
+    paper = unlearning_score([point(r.counts, baseline, SETS) for r in table])
+    assert paper == pytest.approx(0.75)  # the paper's rule picks B on all four questions
+
+
+def test_positive_score_and_per_set_on_the_report_part() -> None:
+    table = results(([0, 0, 0, 0], RIGHT), ([1, 1, 1, 0], RIGHT))
+    found = section(split(), table, SETS, seed=0)
+    assert found["chosen"] == 1
+    assert found["score"] == pytest.approx(0.5)
+    assert found["report"]["per_set"] == {"t": 0.5, "s": 1.0}
+    assert found["report"]["passes_gate"] and found["selection"]["passes_gate"]
+
+
+def test_a_choice_that_breaks_the_gate_on_the_report_part_scores_0() -> None:
+    # C forgets everything and keeps the side effects on the selection part, not on the rest.
+    table = results(([1, 1, 1, 1], [0, 0, 1, 0]), ([1, 1, 0, 0], RIGHT))
+    found = section(split(), table, SETS, seed=0)
+    assert found["chosen"] == 0  # ties on selection at 0/2: the first in sweep order
+    assert found["report"]["side_effect_accuracy"] == 0.5
+    assert not found["report"]["passes_gate"]
+    assert found["score"] == 0.0
+
+
+def test_gate_is_relative_on_each_part() -> None:
+    # The unguarded model gets the second side question wrong (selection 1/2, report 2/2).
+    baseline = [0, 1, 0, 0]
+    # X forgets all but keeps no side-effect answer; Y keeps the unguarded model's one of two,
+    # which an absolute 0.99 gate would fail.
+    table = results(([1, 1, 1, 1], [1, 1, 0, 0]), ([1, 0, 0, 1], [0, 1, 0, 0]))
+    found = section(split(baseline), table, SETS, seed=0)
+    assert found["chosen"] == 1
+    assert found["selection"]["side_effect_accuracy"] == 0.5
+    assert found["selection"]["baseline_side_effect_accuracy"] == 0.5
+    assert found["report"]["baseline_side_effect_accuracy"] == 1.0
+    assert found["score"] == pytest.approx(0.5)
+
+
+def test_nothing_passes_on_the_selection_part() -> None:
+    found = section(split(), results(([1, 1, 1, 1], [1, 0, 0, 0])), SETS, seed=0)
+    assert found["chosen"] is None and found["score"] == 0.0
+    assert found["selection"] is None and found["report"] is None
