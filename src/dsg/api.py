@@ -29,7 +29,7 @@ from dsg.interfaces import (
     SAELoader,
     Strategy,
 )
-from dsg.loading import no_progress_bars
+from dsg.loading import no_progress_bars, refuse_custom_code
 from dsg.mirror import HubDataset
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "one_line_reason",
     "parse_hook_name",
     "read_text_corpus",
+    "refuse_custom_code",
     "registered",
     "unreadable_file_errors",
 ]
