@@ -57,7 +57,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out: Path) -> Any:
     fast.chat_template = CHAT_TEMPLATE
     out.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(out))
-    loaded = AutoTokenizer.from_pretrained(str(out))
+    loaded = AutoTokenizer.from_pretrained(str(out), trust_remote_code=False)
     check_tokenizer(loaded)
     return loaded
 

@@ -20,6 +20,7 @@ from dsg.api import (
     no_progress_bars,
     one_line_reason,
     parse_json,
+    refuse_custom_code,
     unreadable_file_errors,
 )
 
@@ -120,11 +121,13 @@ def load_local_model(
     path = Path(path)
     if not is_model_dir(str(path)):
         raise UserError(f"{path} is not a model directory (no config.json)")
+    refuse_custom_code(path)
     # TypeError: a value of a wrong type
     bad_config: tuple[type[Exception], ...] = (*unreadable_file_errors(), TypeError)
     try:
         architecture, hf = read_hf_config(path)
-        hf_config = AutoConfig.from_pretrained(path)  # transformers' own checks of every field
+        # transformers' own checks of every field
+        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=False)
         cfg_dict = CONFIG_BUILDERS[architecture](hf)
         total_layers = cfg_dict["n_layers"]
         if n_layers is not None:
@@ -153,8 +156,10 @@ def load_local_model(
             hf_config.num_hidden_layers = cfg.n_layers
             hf_config.layer_types = hf_config.layer_types[: cfg.n_layers]
         with no_progress_bars():
-            hf_model = AutoModelForCausalLM.from_pretrained(path, config=hf_config, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+            hf_model = AutoModelForCausalLM.from_pretrained(
+                path, config=hf_config, dtype=dtype, trust_remote_code=False
+            )
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except RuntimeError as exc:  # transformers: weights whose shapes differ from config.json
         raise UserError(
             f"the weights in model directory {path} do not fit its config.json (another "

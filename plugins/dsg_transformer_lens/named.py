@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dsg.api import LoadedModel, UserError, one_line_reason
+from dsg.api import LoadedModel, UserError, one_line_reason, refuse_custom_code
 
 if TYPE_CHECKING:
     import torch
@@ -38,6 +38,24 @@ def hub_fingerprint(official: str) -> str:
     return f"hub:{official}@{commit}"
 
 
+def refuse_trusted_code(official: str) -> None:
+    """A UserError for a model that TransformerLens would load with ``trust_remote_code=True``
+    (its list of models that need their repository's code, or an architecture whose config it
+    marks so), whatever dsg passes: dsg never runs a model's own code."""
+    from transformer_lens import loading_from_pretrained as loading
+
+    needs_code = official.startswith(tuple(getattr(loading, "NEED_REMOTE_CODE_MODELS", ())))
+    if not needs_code:
+        cfg = loading.get_pretrained_model_config(official, trust_remote_code=False)
+        needs_code = bool(getattr(cfg, "trust_remote_code", False))
+    if needs_code:
+        raise UserError(
+            f"TransformerLens loads {official} with the code of its hub repository; dsg never "
+            "runs a model's own code. Use a model whose architecture transformers implements"
+        )
+    refuse_custom_code(official)
+
+
 def load_named_model(
     spec: str, *, device: str, dtype: torch.dtype, n_layers: int | None = None
 ) -> LoadedModel:
@@ -53,8 +71,13 @@ def load_named_model(
         )
     try:
         with contextlib.redirect_stdout(sys.stderr):  # TL prints progress; stdout is for results
+            refuse_trusted_code(official)
             model = HookedTransformer.from_pretrained_no_processing(
-                official, device=device, dtype=dtype, first_n_layers=n_layers
+                official,
+                device=device,
+                dtype=dtype,
+                first_n_layers=n_layers,
+                trust_remote_code=False,
             )
     except (OSError, HfHubHTTPError) as exc:  # gated, not cached offline, or missing files
         raise UserError(

@@ -29,7 +29,7 @@ from dsg.interfaces import (
     SAELoader,
     Strategy,
 )
-from dsg.loading import no_progress_bars
+from dsg.loading import no_progress_bars, refuse_custom_code
 from dsg.mirror import HubDataset
 from dsg.safe_json import loads as parse_json
 
@@ -59,6 +59,7 @@ __all__ = [
     "parse_hook_name",
     "parse_json",
     "read_text_corpus",
+    "refuse_custom_code",
     "registered",
     "unreadable_file_errors",
 ]

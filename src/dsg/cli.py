@@ -206,14 +206,19 @@ def generate(
     from dsg import generate as gen
 
     if bundle is not None:
-        guard, reference, device, dtype = _bundle_guardrail(bundle, given)
+        gen.refuse_options_a_bundle_fixes(given.settings, given.config)
+        guard, device, dtype = _bundle_guardrail(bundle, given)
+        reference, origin = gen.bundle_model(given.settings.get("model"), guard)
     else:
-        guard, reference, device, dtype = _built_guardrail(given)
+        guard, device, dtype = _built_guardrail(given)
+        reference = guard.base_model.get("hf")
+        origin = f"the transformers checkpoint of {guard.base_model.get('spec')}"
     if not reference:
         raise UserError(
             "no transformers model is known for this guardrail; pass --model with a model "
             "directory or hub id"
         )
+    gen.say(f"model: {reference} ({origin})")
     hf_model, tokenizer = gen.load_model(reference, device=device, dtype=dtype)
     if compare:
         typer.echo("--- guarded ---")
@@ -225,22 +230,20 @@ def generate(
     typer.echo(gen.describe(result, guard))
 
 
-def _bundle_guardrail(path: Path, given: Given) -> tuple[Bundle, str | None, str, str]:
-    """A saved bundle, the model to run it on (``--model`` or the bundle's), device and dtype."""
+def _bundle_guardrail(path: Path, given: Given) -> tuple[Bundle, str, str]:
+    """A saved bundle, the device and dtype to run it with."""
     from dsg.bundle import Bundle
     from dsg.devices import check_device
 
     options = given.settings
     device = options.get("device") or "cpu"
     check_device(device)
-    guard = Bundle.load(path)
-    reference = options.get("model") or guard.base_model.get("hf")
-    return guard, reference, device, options.get("dtype") or "float32"
+    return Bundle.load(path), device, options.get("dtype") or "float32"
 
 
-def _built_guardrail(given: Given) -> tuple[Bundle, str | None, str, str]:
-    """The case's first configuration as a dynamic bundle (running the stages it needs), the
-    model it was built for, device and dtype."""
+def _built_guardrail(given: Given) -> tuple[Bundle, str, str]:
+    """The case's first configuration as a dynamic bundle (running the stages it needs), device
+    and dtype."""
     from dsg.muse_export import bundles_for
     from dsg.select import ensure
     from dsg.session import Session
@@ -252,7 +255,7 @@ def _built_guardrail(given: Given) -> tuple[Bundle, str | None, str, str]:
             "pass --sae or --bundle"
         )
     guard = bundles_for(session, ensure(session)[0], ("dynamic",))[0]
-    return guard, guard.base_model.get("hf"), session.device, session.settings.dtype
+    return guard, session.device, session.settings.dtype
 
 
 def _add_plugin_commands() -> None:

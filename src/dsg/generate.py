@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsg.errors import UserError, one_line_reason, unreadable_file_errors
-from dsg.loading import no_progress_bars
+from dsg.loading import no_progress_bars, refuse_custom_code
 from dsg.settings import DTYPES
 
 if TYPE_CHECKING:
@@ -40,18 +40,70 @@ def hf_reference(model: LoadedModel) -> str | None:
     return str(spec.resolve()) if (spec / "config.json").is_file() else None
 
 
+# With --bundle the guardrail is the bundle's; of the settings, only these still choose anything.
+SETTINGS_WITH_A_BUNDLE = ("model", "device", "dtype")
+
+
+def refuse_options_a_bundle_fixes(settings: dict[str, Any], config: Path | None) -> None:
+    """A UserError naming the options that would do nothing beside a bundle (its features,
+    threshold and multiplier are fixed, and no stage runs), rather than ignoring them."""
+    from dsg.settings import declared
+
+    ignored = [
+        declared()[name].option
+        for name, value in settings.items()
+        if value not in (None, [], ()) and name not in SETTINGS_WITH_A_BUNDLE
+    ]
+    ignored += ["--config"] if config is not None else []
+    if ignored:
+        raise UserError(
+            f"{', '.join(ignored)} would do nothing with --bundle: the bundle fixes the "
+            "guardrail, and only --model, --device and --dtype apply. Leave them off, or export "
+            "another bundle with `dsg muse-export` for other values"
+        )
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Whether two references name one model: the same folder, or the same hub id."""
+    if Path(a).is_dir() and Path(b).is_dir():
+        return Path(a).resolve() == Path(b).resolve()
+    return a == b
+
+
+def bundle_model(given: str | None, bundle: Bundle) -> tuple[str | None, str]:
+    """The model to run ``bundle`` on and where that choice came from: ``--model`` when given,
+    else the bundle's ``base_model.hf``. The bundle's field is a hint a bundle's author wrote,
+    so it is named to the user whenever it is used or overridden."""
+    hint = bundle.base_model.get("hf")
+    if given:
+        differs = bool(hint) and not _same_model(given, str(hint))
+        return given, f"--model; the bundle's base_model.hf is {hint}" if differs else "--model"
+    if hint:
+        return str(hint), "the bundle's base_model.hf; pass --model to run another"
+    return None, ""
+
+
+def say(line: str) -> None:
+    """An informational line on stderr, as dsg's progress lines (stdout holds the completion)."""
+    from dsg.session import stderr
+
+    stderr.print(f"[dsg] {line}", highlight=False, markup=False, soft_wrap=True)
+
+
 def load_model(reference: str, *, device: str, dtype: str) -> tuple[Any, Any]:
-    """A transformers causal LM and its tokenizer, from a directory or a hub id."""
+    """A transformers causal LM and its tokenizer, from a directory or a hub id; never one
+    that ships code of its own."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    refuse_custom_code(reference)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(reference)
+        tokenizer = AutoTokenizer.from_pretrained(reference, trust_remote_code=False)
         with no_progress_bars():
             model: Any = AutoModelForCausalLM.from_pretrained(
-                reference, dtype=getattr(torch, dtype)
+                reference, dtype=getattr(torch, dtype), trust_remote_code=False
             )
     except RuntimeError as exc:  # weights whose shapes differ from config.json
         raise UserError(
@@ -90,6 +142,7 @@ def complete(
 
     if max_new_tokens <= 0:
         raise UserError(f"max new tokens must be positive, got {max_new_tokens}")
+    check_fits(model, inputs["input_ids"].shape[1], max_new_tokens)
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -102,6 +155,31 @@ def complete(
             streamer=streamer if stream else None,
         )
     return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def context_length(model: Any) -> int | None:
+    """The most positions the model was built for (``max_position_embeddings``), if it says."""
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    n = getattr(text, "max_position_embeddings", None)
+    return int(n) if n else None
+
+
+def check_fits(model: Any, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Refuse, before generating, a completion that would run past the model's context: the
+    positions beyond it were never trained, and generating them can take minutes."""
+    n_ctx = context_length(model)
+    if n_ctx is None or prompt_tokens + max_new_tokens <= n_ctx:
+        return
+    fix = (
+        f"pass --max-new-tokens {n_ctx - prompt_tokens} or less"
+        if prompt_tokens < n_ctx
+        else "shorten the prompt"
+    )
+    raise UserError(
+        f"the prompt ({prompt_tokens} tokens) plus --max-new-tokens {max_new_tokens} is longer "
+        f"than the model's context of {n_ctx} tokens; {fix}"
+    )
 
 
 def completion(

@@ -41,6 +41,7 @@ class GuardedLM(HFLM):
 
     def __init__(self, pretrained: Any = None, bundle: Any = None, **kwargs: Any) -> None:
         from dsg.bundle import Bundle
+        from dsg.loading import refuse_custom_code, refuse_trusting_code
 
         loaded = bundle if isinstance(bundle, Bundle) or bundle is None else Bundle.load(bundle)
         if pretrained is None:
@@ -50,6 +51,11 @@ class GuardedLM(HFLM):
                 "no model to guard: pass pretrained=MODEL in --model_args (the bundle does not "
                 "record a transformers model)"
             )
+        refuse_trusting_code(kwargs)
+        for reference in (pretrained, kwargs.get("tokenizer"), kwargs.get("delta")):
+            if isinstance(reference, str):
+                refuse_custom_code(reference)
+        kwargs["trust_remote_code"] = False
         super().__init__(pretrained=pretrained, **kwargs)
         if self.backend != "causal":
             raise UserError("the dsg model type guards causal LMs only, not seq2seq models")

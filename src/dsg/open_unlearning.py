@@ -33,7 +33,8 @@ def _bundle_dir(pretrained_model_name_or_path: str | Path, given: str | Path | N
 class GuardedModel:
     """``from_pretrained`` returns the ``AutoModelForCausalLM`` itself with the guardrail hooked
     in, so every harness code path (``generate``, forward log-likelihoods, ``.config``) runs
-    unchanged; the handle is at ``model.dsg_guardrail``."""
+    unchanged; the handle is at ``model.dsg_guardrail``. The model's own code never runs
+    (``trust_remote_code=False``; a model with ``auto_map`` is refused)."""
 
     @classmethod
     def from_pretrained(
@@ -43,12 +44,15 @@ class GuardedModel:
 
         from dsg.bundle import Bundle
         from dsg.hf import attach
+        from dsg.loading import refuse_custom_code, refuse_trusting_code
 
         bundle = Bundle.load(
             _bundle_dir(pretrained_model_name_or_path, kwargs.pop(BUNDLE_KWARG, None))
         )
+        refuse_trusting_code(kwargs)
+        refuse_custom_code(pretrained_model_name_or_path)
         model: Any = AutoModelForCausalLM.from_pretrained(
-            pretrained_model_name_or_path, *args, **kwargs
+            pretrained_model_name_or_path, *args, **{**kwargs, "trust_remote_code": False}
         )
         model.dsg_guardrail = attach(model, bundle)
         return model
