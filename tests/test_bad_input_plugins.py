@@ -9,6 +9,7 @@ without Ray, an unreachable or authenticating Ray address, a hub model that is n
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -464,3 +465,116 @@ def test_the_right_token_connects(token_cluster: str, tmp_path: Path) -> None:
     ran = ray_client(tmp_path, token_cluster, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.startswith("connected") and ran.stderr == ""
+
+
+# --- hub models that are not cached ----------------------------------------------------------
+
+
+@pytest.fixture
+def empty_hub_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub's host does not resolve, as on a machine without network; offline mode off."""
+    import socket
+
+    from huggingface_hub import constants
+
+    def unresolvable(*args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", unresolvable)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_an_uncached_hub_model_offline_is_one_line_at_once(
+    empty_hub_cache: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DSG_CONFIG", raising=False)
+    args = ("sparsity", "--case", "organism", "--model", "pythia-14m", "--out", "runs")
+    line = one_error(run(*args))
+    assert line == (
+        "error: model EleutherAI/pythia-14m is not in the Hugging Face cache and offline mode is "
+        "on (HF_HUB_OFFLINE); download it where the hub can be reached (`hf download "
+        "EleutherAI/pythia-14m`, after `hf auth login` if it is gated), or pass --model with a "
+        "local model directory"
+    )
+
+
+def test_an_uncached_hub_model_without_network_is_one_line_at_once(
+    empty_hub_cache: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dsg_transformer_lens import NamedModelLoader
+
+    no_network(monkeypatch)
+    with pytest.raises(UserError) as raised:
+        NamedModelLoader().load("pythia-14m", device="cpu", dtype=None)  # type: ignore[arg-type]
+    assert str(raised.value).startswith(
+        "model EleutherAI/pythia-14m is not in the Hugging Face cache and the hub cannot be "
+        "reached: Name or service not known; download it"
+    )
+
+
+def test_a_cached_hub_model_without_network_is_read_offline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No retries against an unreachable hub: the load runs in offline mode, restored after."""
+    import dsg_transformer_lens.named as named
+    import transformer_lens
+    from huggingface_hub import constants
+
+    no_network(monkeypatch)
+    monkeypatch.setattr(named, "cached_config", lambda official: "/cache/config.json")
+    seen: list[bool] = []
+
+    def from_pretrained(*args: Any, **kwargs: Any) -> Any:
+        seen.append(constants.is_offline_mode())
+        raise OSError("a weights file is not in the cache")
+
+    monkeypatch.setattr(
+        transformer_lens.HookedTransformer, "from_pretrained_no_processing", from_pretrained
+    )
+    with pytest.raises(UserError, match="could not load the weights of EleutherAI/pythia-14m"):
+        named.load_named_model("pythia-14m", device="cpu", dtype=None)  # type: ignore[arg-type]
+    assert seen == [True]
+    assert constants.is_offline_mode() is False
+
+
+# --- third-party noise -----------------------------------------------------------------------
+
+GIT_LOOKUP = """
+import sys
+import lm_eval.evaluator
+from dsg.lm_eval_run import no_git_lookup
+
+if sys.argv[1] == "quiet":
+    with no_git_lookup():
+        print(lm_eval.evaluator.get_git_commit_hash())
+else:
+    print(lm_eval.evaluator.get_git_commit_hash())
+"""
+
+
+def test_lm_evals_git_lookup_prints_nothing_outside_a_repository(tmp_path: Path) -> None:
+    def lookup(mode: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(tmp_path.parent)}
+        return subprocess.run(
+            [sys.executable, "-c", GIT_LOOKUP, mode],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    if shutil.which("git") is not None:  # lm-eval alone: git's complaint on stderr
+        assert "not a git repository" in lookup("plain").stderr
+    quiet = lookup("quiet")
+    assert quiet.returncode == 0 and quiet.stdout == "None\n"
+    assert "git" not in quiet.stderr

@@ -29,7 +29,7 @@ from dsg.interfaces import (
     SAELoader,
     Strategy,
 )
-from dsg.loading import no_progress_bars
+from dsg.loading import hub_lookups, no_progress_bars
 from dsg.mirror import HubDataset
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "UserError",
     "hook_layer_of",
     "hookimpl",
+    "hub_lookups",
     "no_progress_bars",
     "one_line_reason",
     "parse_hook_name",

@@ -1,11 +1,13 @@
-"""Quiet model loading: transformers' weight-loading bar kept off stderr.
+"""Quiet model loading: transformers' weight-loading bar kept off stderr, and hub lookups that
+fail at once when the hub cannot be reached.
 
 Reading a local folder is quick, and the bar's lines would sit on stderr beside dsg's own
-progress and its one-line errors.
+progress and its one-line errors; so would huggingface_hub's retry lines.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,3 +24,46 @@ def no_progress_bars() -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+HUB_PROBE_SECONDS = 3.0
+"""How long the hub's host may take to accept a connection before dsg treats it as unreachable."""
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached (offline mode, or no connection to its host),
+    or None when it can. Behind a proxy dsg cannot tell, so it says the hub is reachable."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "offline mode is on (HF_HUB_OFFLINE)"
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return None
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_SECONDS).close()
+    except OSError as exc:
+        return f"the hub cannot be reached: {exc.strerror or exc or type(exc).__name__}"
+    return None
+
+
+@contextmanager
+def hub_lookups() -> Iterator[str | None]:
+    """Yields why the hub cannot be reached (None when it can). Meanwhile, when it cannot, the
+    hub is in offline mode: a cached file loads from the cache and a missing one fails at once,
+    instead of after huggingface_hub's retries (about 23 s, printed line by line)."""
+    from huggingface_hub import constants
+
+    reason = hub_unreachable()
+    was_offline = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = was_offline or reason is not None
+    try:
+        yield reason
+    finally:
+        constants.HF_HUB_OFFLINE = was_offline
