@@ -116,6 +116,15 @@ def test_the_users_ctrl_c_while_plugins_load_still_stops_dsg(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
+def test_the_users_ctrl_c_while_the_cli_loads_plugins_is_exit_130(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    code = "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(5)\n"
+    fake_distribution(site, "slow-plugin", {"slow": "slow_plugin_mod"}, code)
+    ran = run_dsg(site, tmp_path, "plugins")
+    assert ran.returncode == 130
+    assert ran.stderr == "interrupted while loading plugins\n" and ran.stdout == ""
+
+
 @pytest.fixture(scope="module")
 def exiting_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     site = tmp_path_factory.mktemp("exiting")
