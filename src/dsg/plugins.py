@@ -164,17 +164,18 @@ def _user_interrupts() -> Iterator[Callable[[], bool]]:
         else:
             raise KeyboardInterrupt
 
+    installed = False
+    if previous is not None:
+        try:
+            signal.signal(signal.SIGINT, on_sigint)
+            installed = True
+        except ValueError:  # not the main thread
+            pass
     try:
-        if previous is None:
-            raise ValueError("SIGINT handler not set from Python")
-        signal.signal(signal.SIGINT, on_sigint)
-    except ValueError:
-        yield lambda: True
-        return
-    try:
-        yield lambda: pressed
+        yield (lambda: pressed) if installed else (lambda: True)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if installed:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _failure(exc: BaseException, user_pressed_ctrl_c: Callable[[], bool]) -> str:
