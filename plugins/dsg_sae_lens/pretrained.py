@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dsg.api import LoadedSAE, UserError, one_line_reason
+from dsg.api import LoadedSAE, UserError, hub_lookups, one_line_reason
 from dsg_sae_lens.local_dir import dtype_name, ready_sae
 
 if TYPE_CHECKING:
@@ -106,7 +106,8 @@ def load_pretrained(spec: str, *, device: str, dtype: torch.dtype) -> LoadedSAE:
         )
     release, sae_id = parsed
     try:
-        sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype_name(dtype))
+        with hub_lookups():  # the hub unreachable: the cache only, no retries
+            sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype_name(dtype))
     except (OSError, HfHubHTTPError, ValueError) as exc:
         raise UserError(
             f"could not fetch SAE {sae_id} of {release}: {one_line_reason(exc)}. It must be in the "

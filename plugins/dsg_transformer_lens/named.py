@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dsg.api import LoadedModel, UserError, one_line_reason, refuse_custom_code
+from dsg.api import LoadedModel, UserError, hub_lookups, one_line_reason, refuse_custom_code
 
 if TYPE_CHECKING:
     import torch
@@ -29,12 +29,18 @@ def official_name(spec: str) -> str | None:
     return None
 
 
-def hub_fingerprint(official: str) -> str:
-    """The hub name and the commit its cached weights came from, so an updated repo is new input."""
+def cached_config(official: str) -> str | None:
+    """The path of the model's cached ``config.json``, or None when the cache has none."""
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(official, "config.json")
-    commit = Path(cached).parent.name if isinstance(cached, str) else "unknown"
+    return cached if isinstance(cached, str) else None
+
+
+def hub_fingerprint(official: str) -> str:
+    """The hub name and the commit its cached weights came from, so an updated repo is new input."""
+    cached = cached_config(official)
+    commit = Path(cached).parent.name if cached else "unknown"
     return f"hub:{official}@{commit}"
 
 
@@ -70,8 +76,15 @@ def load_named_model(
             "list or the path of a local model directory"
         )
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # TL prints progress; stdout is for results
+        with hub_lookups() as unreachable, contextlib.redirect_stdout(sys.stderr):
+            if unreachable is not None and cached_config(official) is None:
+                raise UserError(
+                    f"model {official} is not in the Hugging Face cache and {unreachable}; "
+                    f"download it where the hub can be reached (`hf download {official}`, after "
+                    "`hf auth login` if it is gated), or pass --model with a local model directory"
+                )
             refuse_trusted_code(official)
+            # TL prints progress; stdout is for results
             model = HookedTransformer.from_pretrained_no_processing(
                 official,
                 device=device,

@@ -29,7 +29,7 @@ from dsg.interfaces import (
     SAELoader,
     Strategy,
 )
-from dsg.loading import no_progress_bars, refuse_custom_code
+from dsg.loading import hub_lookups, no_progress_bars, refuse_custom_code
 from dsg.mirror import HubDataset
 from dsg.safe_json import loads as parse_json
 
@@ -54,6 +54,7 @@ __all__ = [
     "UserError",
     "hook_layer_of",
     "hookimpl",
+    "hub_lookups",
     "no_progress_bars",
     "one_line_reason",
     "parse_hook_name",

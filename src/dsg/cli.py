@@ -267,6 +267,11 @@ def _add_plugin_commands() -> None:
         reg = registry()
     except UserError:
         return
+    except KeyboardInterrupt:  # the user's Ctrl-C while plugins load (a plugin's own is contained)
+        from dsg.session import stderr
+
+        stderr.print("interrupted while loading plugins")
+        raise SystemExit(130) from None
     own = {
         info.name or getattr(info.callback, "__name__", "").replace("_", "-")
         for info in app.registered_commands
@@ -275,7 +280,53 @@ def _add_plugin_commands() -> None:
         if name in own:
             reg.reject("commands", name, f"its command {name!r} is one of dsg's own; rename it")
             continue
-        app.command(name)(user_errors(reg.entries["commands"][name]))
+        command = reg.entries["commands"][name]
+        app.command(name)(user_errors(plugin_failures(reg.owners["commands"][name], command)))
+
+
+TRACEBACK_VARIABLE = "DSG_TRACEBACK"
+"""Set to 1 to see the traceback of a plugin command that failed."""
+
+
+def plugin_failures(plugin: str, command: F) -> F:
+    """A plugin command whose unexpected exception is one line naming the plugin, exit code 1
+    (the plugin's own failure, not the user's); its UserError stays exit 2, and Typer's own
+    exits and usage errors pass through. The traceback is printed only when
+    ``DSG_TRACEBACK=1``."""
+    import click
+
+    # typer's exits and usage errors, and click's (typer 0.29 and later carry their own click)
+    usage = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    exits = (typer.Exit, typer.Abort, click.exceptions.Exit, click.Abort)
+    passing: tuple[type[BaseException], ...] = (UserError, usage, click.ClickException, *exits)
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except passing:
+            raise
+        except Exception as exc:
+            import os
+            import traceback
+
+            from rich.markup import escape
+
+            from dsg.errors import one_line
+            from dsg.session import stderr
+
+            if os.environ.get(TRACEBACK_VARIABLE) == "1":
+                traceback.print_exc()
+            stderr.print(
+                f"[red]error:[/] plugin {plugin!r} failed in its command "
+                f"{command.__name__.replace('_', '-')!r}: {escape(one_line(exc))} "
+                f"(a bug in the plugin; {TRACEBACK_VARIABLE}=1 shows the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 _add_plugin_commands()

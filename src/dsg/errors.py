@@ -20,6 +20,15 @@ def one_line_reason(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__).rstrip(".")
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: the type (unless it is a UserError) and the message's first
+    line."""
+    reason = one_line_reason(exc)
+    if isinstance(exc, UserError) or reason == type(exc).__name__:
+        return reason
+    return f"{type(exc).__name__}: {reason}"
+
+
 def unreadable_file_errors() -> tuple[type[Exception], ...]:
     """What loading a model or SAE raises when a file on disk is missing, truncated or malformed
     (a bad config.json, cut-off safetensors): the user's to fix, so reported as one line."""

@@ -21,9 +21,11 @@ from dsg.jobs import (
     run_in_worker,
 )
 from dsg.progress import JobProgress
+from dsg.ray_connect import connect, import_ray
 
 if TYPE_CHECKING:
     from dsg.sae_sweep import Plan
+    from dsg.settings import Settings
 
 RAY_RETRIES = 2
 """Times Ray reruns a job whose worker died (kill -9, node loss) before it reports it failed."""
@@ -60,27 +62,18 @@ def run_jobs(plan: Plan, *, ray_retries: int = RAY_RETRIES) -> list[JobResult]:
     return [results[i] for i in range(len(plan.jobs))]
 
 
-def import_ray() -> Any:
-    """The ``ray`` module, or a UserError saying how to install it."""
-    try:
-        import ray
-    except ImportError:
-        raise UserError(
-            "--executor ray needs Ray, which is not installed; run: pip install 'dsg[ray]'"
-        ) from None
-    return ray
-
-
-def connect(ray: Any, address: str | None) -> None:
-    """Join the cluster at ``address`` (``auto``: the running one), or start a local Ray
-    instance when None. A Ray already initialised in this process is used as it is."""
-    if ray.is_initialized():
+def check_ray_address(settings: Settings, cli: dict[str, Any]) -> None:
+    """A Ray address is read only by the ray executor: with the local one it is an error, not
+    silently ignored. ``--executor local`` on the command line overrides a config file's Ray
+    set-up, address included."""
+    if settings.ray_address is None or settings.executor == "ray":
         return
-    try:
-        ray.init(address=address, log_to_driver=False, include_dashboard=False)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
-        raise UserError(f"could not connect to {where}: {str(exc).splitlines()[0]}") from None
+    if cli.get("executor") and not cli.get("ray_address"):
+        return
+    raise UserError(
+        f"ray address {settings.ray_address!r} is used only by the ray executor; add "
+        '--executor ray (executor = "ray" in a config file), or drop the address'
+    )
 
 
 def resources(device: str) -> dict[str, float]:

@@ -27,7 +27,7 @@ from dsg.artifacts import (
     read_json,
     write_json,
 )
-from dsg.errors import UserError, one_line_reason
+from dsg.errors import UserError, one_line
 
 if TYPE_CHECKING:
     from dsg.config import Settings
@@ -219,15 +219,6 @@ def sae_facts(session: Session) -> dict[str, Any]:
         "d_sae": int(loaded.sae.cfg.d_sae),
         "l0": l0,
     }
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: the type (unless it is a UserError) and the message's first
-    line."""
-    reason = one_line_reason(exc)
-    if isinstance(exc, UserError) or reason == type(exc).__name__:
-        return reason
-    return f"{type(exc).__name__}: {reason}"
 
 
 def execute(job: Job, session: Session) -> JobResult:

@@ -11,6 +11,8 @@ an artifact keyed by the bundle, the model, the tasks, the limit and lm-eval's v
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,17 +133,33 @@ class Harness:
                 batch_size=s.batch_size,
             )
         self._lm.use_bundle(bundle)
-        results = simple_evaluate(
-            model=self._lm,
-            tasks=self.tasks,
-            task_manager=manager,
-            limit=s.lm_eval_limit,
-            verbosity="ERROR",
-        )
+        with no_git_lookup():
+            results = simple_evaluate(
+                model=self._lm,
+                tasks=self.tasks,
+                task_manager=manager,
+                limit=s.lm_eval_limit,
+                verbosity="ERROR",
+            )
         if results is None:  # only on non-zero ranks of a distributed run
             raise UserError("lm-eval returned no results; run dsg evaluate in a single process")
         found = results["results"]
         return {t: found.get(t, {}).get(METRIC) for t in self.tasks}
+
+
+@contextmanager
+def no_git_lookup() -> Iterator[None]:
+    """lm-eval without its lookup of the working directory's git commit (``git describe``, whose
+    "fatal: not a git repository" would land in dsg's output outside a repository). dsg reads
+    only the accuracies, not the ``git_hash`` lm-eval records."""
+    import lm_eval.evaluator
+
+    lookup = lm_eval.evaluator.get_git_commit_hash
+    lm_eval.evaluator.get_git_commit_hash = lambda: None
+    try:
+        yield
+    finally:
+        lm_eval.evaluator.get_git_commit_hash = lookup
 
 
 def section(

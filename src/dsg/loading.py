@@ -1,4 +1,5 @@
-"""How every model loader reads a model: transformers' own classes only, and quietly.
+"""How every model loader reads a model: transformers' own classes only, quietly, and with hub
+lookups that fail at once when the hub cannot be reached.
 
 No code of the model's own: a model folder or hub repository whose ``config.json`` or
 ``tokenizer_config.json`` has an ``auto_map`` names Python files that transformers would import
@@ -7,13 +8,15 @@ them would run a stranger's code on the user's machine, and a forward pass of fo
 route around the guardrail's hook. So every load passes ``trust_remote_code=False`` and first
 calls :func:`refuse_custom_code`, which names the problem in one line before anything loads.
 
-No progress bars: reading a local folder is quick, and transformers' weight-loading bar would sit
-on stderr beside dsg's own progress and its one-line errors.
+No progress bars and no retry lines: reading a local folder is quick, and transformers'
+weight-loading bar or huggingface_hub's retry lines would sit on stderr beside dsg's own progress
+and its one-line errors.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,3 +84,46 @@ def no_progress_bars() -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+HUB_PROBE_SECONDS = 3.0
+"""How long the hub's host may take to accept a connection before dsg treats it as unreachable."""
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached (offline mode, or no connection to its host),
+    or None when it can. Behind a proxy dsg cannot tell, so it says the hub is reachable."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "offline mode is on (HF_HUB_OFFLINE)"
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return None
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_SECONDS).close()
+    except OSError as exc:
+        return f"the hub cannot be reached: {exc.strerror or exc or type(exc).__name__}"
+    return None
+
+
+@contextmanager
+def hub_lookups() -> Iterator[str | None]:
+    """Yields why the hub cannot be reached (None when it can). Meanwhile, when it cannot, the
+    hub is in offline mode: a cached file loads from the cache and a missing one fails at once,
+    instead of after huggingface_hub's retries (about 23 s, printed line by line)."""
+    from huggingface_hub import constants
+
+    reason = hub_unreachable()
+    was_offline = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = was_offline or reason is not None
+    try:
+        yield reason
+    finally:
+        constants.HF_HUB_OFFLINE = was_offline

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dsg.errors import UserError
+from dsg.executors import check_ray_address
 from dsg.interfaces import ExpandingSAELoader
 from dsg.jobs import SHARED_DIR, Job, job_key
 from dsg.plugins import Registry
@@ -78,6 +79,7 @@ def plan(
     All specs are expanded before any job runs, so a bad pattern fails before any work."""
     base = Session.open(cli, config_file=config_file, reg=registry() if registry else None)
     s = base.settings
+    check_ray_address(s, cli)
     if s.sae_release_pattern is None and s.sae_id_pattern is None:
         job = Job(stage, s, None, s.out, strategies, registry)
         return Plan(base, [dataclasses.replace(job, key=job_key(job))], swept=False)
