@@ -541,6 +541,8 @@ def test_a_cached_hub_model_without_network_is_read_offline(
     no_network(monkeypatch)
     monkeypatch.setattr(named, "cached_config", lambda official: "/cache/config.json")
     seen: list[bool] = []
+    # the config is only pretended to be cached: skip the remote-code check that would read it
+    monkeypatch.setattr(named, "refuse_trusted_code", lambda official: None)
 
     def from_pretrained(*args: Any, **kwargs: Any) -> Any:
         seen.append(constants.is_offline_mode())
