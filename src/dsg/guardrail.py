@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "select_features",
     "sequence_rates",
+    "window_rates",
     "calibrate_threshold",
     "token_hits",
     "feature_activations",
@@ -34,9 +35,11 @@ __all__ = [
     "FeatureColumns",
     "EncodedFeatures",
     "ThresholdGate",
+    "WindowGate",
     "AnyHitGate",
     "Guardrail",
     "DynamicClamp",
+    "WindowedClamp",
     "StaticClamp",
 ]
 
@@ -129,6 +132,32 @@ def sequence_rates(hits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Te
     count = (hits.bool() & mask).sum(dim=1).to(dtype)
     attended = mask.sum(dim=1).clamp(min=1).to(dtype)
     return count / attended
+
+
+def window_rates(hits: torch.Tensor, attention_mask: torch.Tensor, window: int) -> torch.Tensor:
+    """Per row, the largest hit rate over any ``window`` consecutive attended positions (padding
+    skipped, wherever it lies); a row of at most ``window`` attended positions gets its
+    :func:`sequence_rates` rate, so the statistic is the dynamic one whenever the window covers
+    the row. Same dtypes as :func:`sequence_rates`.
+
+    Cumulative sums over the attended positions: ``H[t]`` hits and ``c[t]`` attended positions
+    up to ``t``; ``G[k]`` is the hit count after the first ``k`` attended positions (scattered
+    from every ``t``: positions with equal ``c`` carry equal ``H``), so the window ending at an
+    attended ``t`` holds ``H[t] - G[c[t] - window]`` hits. Dense and branch-free: no host sync.
+    """
+    if window < 1:
+        raise ValueError(f"window must be at least 1, got {window}")
+    whole = sequence_rates(hits, attention_mask)
+    mask = attention_mask.bool()
+    counted = (hits.bool() & mask).to(torch.long).cumsum(dim=1)
+    position = mask.to(torch.long).cumsum(dim=1)
+    after = torch.zeros(
+        (mask.shape[0], mask.shape[1] + 1), dtype=torch.long, device=mask.device
+    ).scatter(1, position, counted)
+    start = after.gather(1, (position - window).clamp(min=0))
+    full = mask & (position >= window)
+    densest = torch.where(full, counted - start, torch.zeros_like(counted)).amax(dim=1)
+    return torch.where(position[:, -1] > window, densest.to(whole.dtype) / window, whole)
 
 
 def calibrate_threshold(rates: Any, percentile: float = 95.0) -> float:
@@ -387,6 +416,30 @@ class ThresholdGate:
         return fired
 
 
+class WindowGate:
+    """The densest-window gate: a row fires when ``float32(r) > float32(threshold)`` (strict),
+    ``r`` the largest hit rate over ``window`` consecutive attended positions (see
+    :func:`window_rates`); decode steps keep the prompt's decision. Benign text added around a
+    dense passage does not lower ``r``, as it lowers the whole-sequence rate."""
+
+    def __init__(self, window: int, threshold: float) -> None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise UserError(f"the guardrail window must be a positive integer, got {window!r}")
+        self.window = window
+        self.threshold = float(threshold)
+        if math.isnan(self.threshold):
+            raise UserError("the guardrail threshold is NaN; recalibrate it")
+
+    def rates(self, hits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return window_rates(hits, attention_mask, self.window)
+
+    def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
+        return rate_gate(rates, self.threshold)
+
+    def carry(self, fired: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
+        return fired
+
+
 class AnyHitGate:
     """No gate (static clamping): every row with a hit is clamped, on the prompt and after."""
 
@@ -407,7 +460,7 @@ class Guardrail:
     lets through, with the closed form ``x + Σ_j (-m - a_j(x)) · d_j`` (``d_j`` the decoder
     direction of feature j); every other position is returned bit for bit. The per-call path
     never synchronises with the host. After a call ``fired`` (bool ``[B]``) and ``rates``
-    (``[B]``, see :func:`sequence_rates`) describe the last batch, as tensors on the residual's
+    (``[B]``, see :meth:`measure`) describe the last batch, as tensors on the residual's
     device.
     """
 
@@ -424,6 +477,12 @@ class Guardrail:
         """``[B, T, k]`` activations of the selected features, in the residual's dtype."""
         return self.selected.activations(resid)
 
+    def measure(self, hits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The per-row statistic the gate compares: the gate's own ``rates(hits, mask)`` when it
+        defines one (:class:`WindowGate`), else :func:`sequence_rates`."""
+        rates = getattr(self.gate, "rates", None)
+        return sequence_rates(hits, mask) if rates is None else rates(hits, mask)
+
     def clamp(self, resid: torch.Tensor, acts: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
         """The closed-form edit at ``where`` (bool ``[B, T]``); ``resid``'s values elsewhere."""
         return apply_clamp(resid, acts, where, self.selected.directions(resid), self.multiplier)
@@ -438,7 +497,7 @@ class Guardrail:
         mask = attention_mask.to(resid.device).bool()
         acts = self.activations(resid)
         hits = token_hits(acts, mask)
-        self.rates = sequence_rates(hits, mask)
+        self.rates = self.measure(hits, mask)
         self.fired = self.gate(self.rates, hits)
         return self.clamp(resid, acts, hits & self.fired[:, None])
 
@@ -464,7 +523,7 @@ class Guardrail:
         later = apply_mask.to(resid.device).bool() & ~decide
         acts = self.activations(resid)
         hits = token_hits(acts, decide)
-        self.rates = sequence_rates(hits, decide)
+        self.rates = self.measure(hits, decide)
         self.fired = self.gate(self.rates, hits)
         later_hits = (acts > 0).any(dim=-1) & later
         rows = self.gate.carry(self.fired, later_hits)
@@ -479,6 +538,18 @@ class DynamicClamp(Guardrail):
         gate = ThresholdGate(threshold)
         super().__init__(sae_features(sae, features), gate, multiplier)
         self.threshold = gate.threshold
+
+
+class WindowedClamp(Guardrail):
+    """The densest-window guardrail on a full SAE: clamp only in sequences where some ``window``
+    consecutive attended tokens have a hit rate above ``threshold`` (see :class:`WindowGate`)."""
+
+    def __init__(
+        self, sae: Any, features: Any, window: int, threshold: float, multiplier: float
+    ) -> None:
+        gate = WindowGate(window, threshold)
+        super().__init__(sae_features(sae, features), gate, multiplier)
+        self.window, self.threshold = gate.window, gate.threshold
 
 
 class StaticClamp(Guardrail):

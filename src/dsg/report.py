@@ -164,6 +164,8 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     )
     for c in report["configs"]:
         threshold = "-" if c["threshold"] is None else f"{c['threshold']:.4g}"
+        if "window" in c.get("params", {}):
+            threshold += f" w{c['params']['window']}"
         table.add_row(
             c["strategy"],
             f"{c['ratio_percentile']:g}",
