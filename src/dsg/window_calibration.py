@@ -79,7 +79,7 @@ def calibrate_window(
     passages = [p for p in PASSAGE_TOKENS if p < forget_hits.shape[1]]
     benign = retain_hits[:, 1:].bool().reshape(-1)
     probes = {(p, b): diluted(forget_hits, benign, p, b) for p in passages for b in BENIGN_TOKENS}
-    table = []
+    table: list[dict[str, Any]] = []
     for w in candidates:
         retain_rates = densest_rates(retain_hits.bool(), w)
         tau = calibrate_threshold(retain_rates, percentile)

@@ -1,0 +1,338 @@
+"""The windowed strategy: its densest-window gate against hand-computed rates, the dynamic gate
+when the window covers the row, padding and batch invariance, no host sync, one compiled graph,
+a bundle round trip through KV-cache generation, and its calibration against an independent
+computation."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from test_bundle import loaded
+from test_guardrail import random_sae
+from test_guardrail_hot_path import host_sync_forbidden
+from test_hf import LAYER, MIXED_PROMPTS, world  # noqa: F401  (world is a fixture)
+from test_select import SEQ_LEN, write_stats
+
+from dsg import artifacts
+from dsg.bundle import Bundle, from_sae
+from dsg.errors import UserError
+from dsg.guardrail import (
+    ThresholdGate,
+    WindowedClamp,
+    WindowGate,
+    sequence_rates,
+    token_hits,
+    window_rates,
+)
+from dsg.hf import attach
+from dsg.interfaces import CalibratedStrategy
+from dsg.plugins import build_registry
+from dsg.window_calibration import calibrate_window, diluted
+
+torch.set_num_threads(1)
+
+FEATURES = [7, 3, 30, 12, 0]
+
+
+def bools(*rows: list[int]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.bool)
+
+
+def test_densest_window_by_hand() -> None:
+    # position 0 is the BOS; the densest 4-window is positions 4-7 or 5-8: 3 hits of 4
+    hits = bools([0, 1, 0, 0, 1, 1, 1, 0, 1, 0, 0])
+    mask = torch.ones_like(hits)
+    assert window_rates(hits, mask, 4).tolist() == [0.75]
+    assert window_rates(hits, mask, 2).tolist() == [1.0]
+    assert window_rates(hits, mask, 6).tolist() == [4 / 6]  # positions 3-8 or 4-9
+    assert window_rates(hits, mask, 11).tolist() == [5 / 11]  # the whole row
+    assert window_rates(hits, mask, 50).tolist() == [5 / 11]
+
+
+def test_windows_skip_padding_wherever_it_lies() -> None:
+    # the same 7 real tokens, hits at real positions 1, 3, 4: densest 3-window holds 2 hits
+    real = [0, 1, 0, 1, 1, 0, 0]
+    left = bools([0, 0, 0, *real])
+    right = bools([*real, 0, 0, 0])
+    middle = bools([0, 1, 0, 0, 0, 1, 1, 0, 0])  # two pads after the third real token
+    masks = [
+        bools([0, 0, 0] + [1] * 7),
+        bools([1] * 7 + [0, 0, 0]),
+        bools([1, 1, 1, 0, 0, 1, 1, 1, 1]),
+    ]
+    for hits, mask in zip([left, right, middle], masks, strict=True):
+        assert window_rates(hits, mask, 3).tolist() == [2 / 3]
+        assert window_rates(hits, mask, 2).tolist() == [1.0]
+        assert window_rates(hits, mask, 7).tolist() == [3 / 7]
+    # a window never bridges the padding of the middle row as if it were tokens: hits at real
+    # positions 1 and 3 are 3 real tokens apart, not 5 positions
+    assert window_rates(bools([0, 1, 0, 0, 0, 1, 0, 0, 0]), masks[2], 3).tolist() == [2 / 3]
+
+
+def test_an_empty_row_has_rate_zero() -> None:
+    hits = bools([0, 0, 0], [0, 1, 0])
+    mask = bools([0, 0, 0], [1, 1, 1])
+    assert window_rates(hits, mask, 2).tolist() == [0.0, 0.5]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_equals_the_dynamic_gate_when_the_window_covers_the_row(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    hits = torch.rand(16, 12, generator=gen) < 0.3
+    lengths = torch.randint(0, 13, (16,), generator=gen)
+    mask = torch.arange(12)[None, :] >= (12 - lengths)[:, None]  # left padding
+    hits &= mask
+    for window in (12, 13, 40):
+        rates = window_rates(hits, mask, window)
+        assert torch.equal(rates, sequence_rates(hits, mask))
+        for threshold in (0.1, 0.25, 1 / 3, 0.5):
+            windowed, dynamic = WindowGate(window, threshold), ThresholdGate(threshold)
+            assert torch.equal(windowed(rates, hits), dynamic(sequence_rates(hits, mask), hits))
+    # each row no longer than the window: equal to dynamic row by row
+    short = window_rates(hits, mask, 6)
+    fits = lengths <= 6
+    assert torch.equal(short[fits], sequence_rates(hits, mask)[fits])
+
+
+def padded_batch(seed: int, side: str) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Eight rows of different lengths (2 to 20 positions), padded on ``side``."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = [20, 3, 17, 9, 2, 14, 11, 6]
+    resid = torch.randn(8, 20, 16, generator=gen)
+    positions = torch.arange(20)[None, :]
+    length = torch.tensor(lengths)[:, None]
+    mask = positions >= 20 - length if side == "left" else positions < length
+    return resid, mask, lengths
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_batch_of_eight_decides_as_each_row_alone(side: str) -> None:
+    sae = random_sae("jumprelu", d_sae=48, apply_b_dec_to_input=True)
+    resid, mask, lengths = padded_batch(3, side)
+    probe = WindowedClamp(sae, FEATURES, 4, 0.0, 50.0)
+    probe(resid, mask)
+    rates = sorted(set(probe.rates.tolist()))
+    threshold = (rates[len(rates) // 2 - 1] + rates[len(rates) // 2]) / 2
+    guard = WindowedClamp(sae, FEATURES, 4, threshold, 50.0)
+    out = guard(resid, mask)
+    together = (guard.fired.clone(), guard.rates.clone())
+    assert 0 < int(together[0].sum()) < 8
+    for row, n in enumerate(lengths):
+        real = mask[row].nonzero().flatten()
+        alone = guard(resid[row : row + 1, real], torch.ones(1, n, dtype=torch.bool))
+        assert guard.fired.tolist() == [bool(together[0][row])]
+        assert guard.rates.tolist() == [float(together[1][row])]
+        torch.testing.assert_close(alone[0], out[row, real])  # matmul blocking may differ
+
+
+def test_no_host_sync_and_one_compiled_graph() -> None:
+    sae = random_sae("jumprelu", d_sae=48, apply_b_dec_to_input=True)
+    resid, mask, _ = padded_batch(5, "left")
+    guard = WindowedClamp(sae, FEATURES, 4, 0.3, 50.0)
+    expected = guard(resid, mask)
+    expected_step = guard.continue_rows(resid[:, -1:], mask[:, -1:], guard.fired)
+    with host_sync_forbidden():
+        got = guard(resid, mask)
+        step = guard.continue_rows(resid[:, -1:], mask[:, -1:], guard.fired)
+    assert torch.equal(got, expected) and torch.equal(step, expected_step)
+    fired, rates = guard.fired.clone(), guard.rates.clone()
+
+    def call(x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = guard(x, m)
+        return out, guard.fired, guard.rates
+
+    torch._dynamo.reset()
+    compiled = torch.compile(call, fullgraph=True, backend="aot_eager")
+    out, got_fired, got_rates = compiled(resid, mask)
+    assert torch.equal(out, expected)
+    assert torch.equal(got_fired, fired) and torch.equal(got_rates, rates)
+
+
+def test_windowed_bundle_round_trip(tmp_path: Path) -> None:
+    sae = random_sae("jumprelu", d_sae=48, apply_b_dec_to_input=True)
+    resid, mask, _ = padded_batch(7, "left")
+    bundle = from_sae(
+        loaded(sae), FEATURES, threshold=0.3, multiplier=50.0, strategy="windowed",
+        params={"window": 4},
+    )  # fmt: skip
+    again = Bundle.load(bundle.save(tmp_path / "b"))
+    assert again.strategy_params == {"window": 4} and again.threshold == 0.3
+    guard, full = again.guardrail(), WindowedClamp(sae, FEATURES, 4, 0.3, 50.0)
+    assert torch.equal(guard(resid, mask), full(resid, mask))
+    assert torch.equal(guard.fired, full.fired) and torch.equal(guard.rates, full.rates)
+    assert 0 < int(full.fired.sum()) < 8
+
+
+def test_a_windowed_bundle_without_its_window_is_refused() -> None:
+    sae = random_sae("jumprelu", d_sae=48)
+    with pytest.raises(UserError, match="window"):
+        from_sae(loaded(sae), FEATURES, threshold=0.3, multiplier=5.0, strategy="windowed")
+    with pytest.raises(UserError, match="window"):
+        from_sae(
+            loaded(sae), FEATURES, threshold=0.3, multiplier=5.0, strategy="windowed",
+            params={"window": 0},
+        )  # fmt: skip
+
+
+def test_guarded_generation_equals_the_in_process_guardrail(
+    world: dict[str, Any],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """KV-cache generation through dsg.hf with a windowed bundle: each row decided on its
+    prompt as the full-SAE WindowedClamp decides it alone, and every step's logits equal one
+    forward over prompt + completion with the firing rows' hits clamped."""
+    model, tokenizer, sae = world["model"], world["tokenizer"], world["sae"]
+    features, window = world["features"], 6
+    enc = tokenizer(MIXED_PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        hidden = model(**enc, output_hidden_states=True).hidden_states[LAYER + 1]
+    probe = WindowedClamp(sae, features, window, 0.0, 30.0)
+    probe(hidden, enc["attention_mask"].bool())
+    rates = sorted(set(probe.rates.tolist()))
+    threshold = (rates[0] + rates[1]) / 2
+    loaded_sae = loaded(sae)
+    bundle = from_sae(
+        loaded_sae, features, threshold=threshold, multiplier=30.0, strategy="windowed",
+        params={"window": window},
+    )  # fmt: skip
+    bundle = Bundle.load(bundle.save(tmp_path / "windowed"))
+    alone = []
+    for text in MIXED_PROMPTS:
+        ids = tokenizer([text], return_tensors="pt")
+        with torch.no_grad():
+            h = model(**ids, output_hidden_states=True).hidden_states[LAYER + 1]
+        clamp = WindowedClamp(sae, features, window, threshold, 30.0)
+        clamp(h, ids["attention_mask"].bool())
+        alone.append(bool(clamp.fired[0]))
+    assert any(alone) and not all(alone)
+    settings = {
+        "max_new_tokens": 5,
+        "do_sample": False,
+        "return_dict_in_generate": True,
+        "output_logits": True,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    with torch.no_grad(), attach(model, bundle) as handle:
+        generated = model.generate(**enc, **settings)
+        fired = handle.fired.tolist()
+    assert fired == alone
+    prompt_len = enc["input_ids"].shape[1]
+    ids = generated.sequences
+    mask = torch.cat(
+        [enc["attention_mask"].bool(), torch.ones(len(ids), ids.shape[1] - prompt_len).bool()], 1
+    )
+    guard = WindowedClamp(sae, features, window, threshold, 30.0)
+
+    def hook(module: Any, args: Any, out: Any) -> Any:
+        if isinstance(out, tuple):
+            return (hook(module, args, out[0]), *out[1:])
+        acts = guard.activations(out)
+        decided = token_hits(acts[:, :prompt_len], mask[:, :prompt_len])
+        rows = guard.gate(window_rates(decided, mask[:, :prompt_len], window), decided)
+        return guard.clamp(out, acts, token_hits(acts, mask) & rows[:, None])
+
+    handle = model.model.layers[LAYER].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            full = model(input_ids=ids, attention_mask=mask.long()).logits
+    finally:
+        handle.remove()
+    for step, logits in enumerate(generated.logits):
+        torch.testing.assert_close(logits, full[:, prompt_len - 1 + step], atol=1e-4, rtol=1e-5)
+
+
+def brute_densest(row: list[bool], window: int) -> float:
+    """The densest-window rate of one unpadded row, by enumeration."""
+    if len(row) <= window:
+        return sum(row) / len(row)
+    return max(sum(row[i : i + window]) / window for i in range(len(row) - window + 1))
+
+
+def test_calibration_threshold_is_the_percentile_of_retain_densest_windows() -> None:
+    gen = torch.Generator().manual_seed(0)
+    retain = torch.rand(40, 48, generator=gen) < 0.15
+    forget = torch.rand(30, 48, generator=gen) < 0.5
+    retain[:, 0] = forget[:, 0] = False  # BOS
+    lengths = (4, 8, 16, 100)  # 100 is longer than the rows: skipped
+    threshold, params, details = calibrate_window(
+        retain, forget, percentile=90.0, window_lengths=lengths
+    )
+    assert [c["window"] for c in details["candidates"]] == [4, 8, 16]
+    for candidate in details["candidates"]:
+        w = candidate["window"]
+        rates = [brute_densest(row, w) for row in retain.tolist()]
+        assert candidate["threshold"] == float(np.percentile(np.array(rates), 90.0))
+        fired = np.mean([r > candidate["threshold"] for r in rates])
+        assert candidate["retain_fired"] == pytest.approx(fired)
+    chosen = details["candidates"][
+        [c["window"] for c in details["candidates"]].index(params["window"])
+    ]
+    assert threshold == chosen["threshold"]
+    assert chosen["score"] == max(c["score"] for c in details["candidates"])
+
+
+def test_calibration_picks_the_window_that_survives_dilution() -> None:
+    """Forget rows hold one dense burst of 6 hits in 6 tokens, then nothing; retain rows hold
+    a hit every 4 tokens and one adjacent pair. Window 2 cannot tell the burst from the retain
+    pair (both 2/2); window 32 dilutes the undiluted burst to 6/32, below the retain rows' 9/32;
+    window 6 sees the burst (6/6) above every retain window (at most 3/6)."""
+    retain = torch.zeros(20, 64, dtype=torch.bool)
+    retain[:, 4::4] = True
+    retain[:, 9] = True
+    forget = torch.zeros(10, 64, dtype=torch.bool)
+    forget[:, 10:16] = True
+    threshold, params, details = calibrate_window(
+        retain, forget, percentile=95.0, window_lengths=(2, 6, 32)
+    )
+    scores = {c["window"]: c["score"] for c in details["candidates"]}
+    assert params == {"window": 6} and scores[6] == 1.0
+    assert scores[2] == 0.0 and scores[32] < 1.0
+    assert threshold == 0.5
+
+
+def test_dilution_probe_layout() -> None:
+    forget = bools([0, 1, 1, 0], [0, 0, 1, 1])
+    benign = torch.tensor([True, False, False])
+    probe = diluted(forget, benign, passage=2, benign_tokens=2)
+    assert probe.tolist() == [
+        [False, True, False, True, True],  # BOS, benign[0:2], forget row 0 positions 1-2
+        [False, False, True, False, True],  # BOS, benign[2], benign[0] (wrapped), row 1
+    ]
+
+
+def test_no_window_fits_the_rows() -> None:
+    retain = torch.zeros(4, 8, dtype=torch.bool)
+    with pytest.raises(UserError, match="window length"):
+        calibrate_window(retain, retain, percentile=95.0, window_lengths=(16, 32))
+
+
+def test_windowed_is_a_calibrated_strategy() -> None:
+    strategy = build_registry().entries["strategies"]["windowed"]
+    assert isinstance(strategy, CalibratedStrategy)
+    assert strategy.calibration_settings == ("window_lengths",)
+    with pytest.raises(UserError, match="window"):
+        strategy.build(random_sae("jumprelu", d_sae=48), torch.tensor(FEATURES), 0.3, 5.0)
+
+
+def test_sparsity_token_hits_of_both_corpora(tmp_path: Path) -> None:
+    """Per-token hits of a feature prefix, read back from the firing pairs of each corpus."""
+    d_sae = 8
+    stats = write_stats(tmp_path, [0.0] * d_sae, [0.0] * d_sae, [[(1, 3), (2, 5)], [(4, 5)]])
+    artifacts.write_tensors(
+        tmp_path / "forget-calibration-00000.safetensors",
+        {"flat": torch.tensor([3 * d_sae + 2], dtype=torch.int32), "row_ptr": torch.tensor([0, 1])},
+    )
+    stats = dataclasses.replace(stats, forget_chunks=("forget-calibration-00000.safetensors",))
+    retain = stats.token_hits(torch.tensor([5, 3]), "retain")
+    expected = torch.zeros(2, SEQ_LEN, dtype=torch.bool)
+    expected[0, 1] = expected[0, 2] = expected[1, 4] = True
+    assert torch.equal(retain, expected)
+    only_5 = stats.token_hits(torch.tensor([5]), "retain")
+    assert only_5[0].nonzero().flatten().tolist() == [2] and only_5[1, 4]
+    forget = stats.token_hits(torch.tensor([2]), "forget")
+    assert forget.shape == (1, SEQ_LEN) and forget[0].nonzero().flatten().tolist() == [3]
