@@ -87,16 +87,36 @@ def test_equals_the_dynamic_gate_when_the_window_covers_the_row(seed: int) -> No
     lengths = torch.randint(0, 13, (16,), generator=gen)
     mask = torch.arange(12)[None, :] >= (12 - lengths)[:, None]  # left padding
     hits &= mask
+    rates = sequence_rates(hits, mask)
     for window in (12, 13, 40):
-        rates = window_rates(hits, mask, window)
-        assert torch.equal(rates, sequence_rates(hits, mask))
-        for threshold in (0.1, 0.25, 1 / 3, 0.5):
-            windowed, dynamic = WindowGate(window, threshold), ThresholdGate(threshold)
-            assert torch.equal(windowed(rates, hits), dynamic(sequence_rates(hits, mask), hits))
-    # each row no longer than the window: equal to dynamic row by row
-    short = window_rates(hits, mask, 6)
+        assert torch.equal(window_rates(hits, mask, window), rates)
+        for alpha in (0.1, 0.25, 1 / 3, 0.5):
+            dynamic = ThresholdGate(alpha)(rates, hits)
+            for tau in (0.0, alpha, 0.9):  # whatever the window's threshold
+                windowed = WindowGate(window, tau, alpha).decide(rates, hits, mask)
+                assert torch.equal(windowed, dynamic)
+    # rows no longer than a shorter window: still equal to dynamic, row by row
     fits = lengths <= 6
-    assert torch.equal(short[fits], sequence_rates(hits, mask)[fits])
+    short = WindowGate(6, 0.0, 0.25).decide(rates, hits, mask)
+    assert torch.equal(short[fits], ThresholdGate(0.25)(rates, hits)[fits])
+    assert torch.equal(window_rates(hits, mask, 6)[fits], rates[fits])
+
+
+def test_a_dense_window_fires_a_diluted_row_by_hand() -> None:
+    # 12 tokens: BOS, 3 hits in a row, 8 benign. Whole rate 3/12 = 0.25; densest 4-window 3/4
+    row = bools([0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+    mask = torch.ones_like(row)
+    rates = sequence_rates(row, mask)
+    gate = WindowGate(4, 0.5, 0.3)
+    assert ThresholdGate(0.3)(rates, row).tolist() == [False]  # dynamic is diluted
+    assert gate.decide(rates, row, mask).tolist() == [True]  # 0.75 > 0.5
+    assert WindowGate(4, 0.75, 0.3).decide(rates, row, mask).tolist() == [False]  # strict
+    # the same passage in a row of 4 tokens is the dynamic decision: 3/4 > 0.8 is false
+    short, short_mask = bools([0, 1, 1, 1]), torch.ones(1, 4, dtype=torch.bool)
+    short_rates = sequence_rates(short, short_mask)
+    assert WindowGate(4, 0.5, 0.8).decide(short_rates, short, short_mask).tolist() == [False]
+    with pytest.raises(TypeError, match="attention mask"):
+        gate(rates, row)
 
 
 def padded_batch(seed: int, side: str) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -114,11 +134,11 @@ def padded_batch(seed: int, side: str) -> tuple[torch.Tensor, torch.Tensor, list
 def test_batch_of_eight_decides_as_each_row_alone(side: str) -> None:
     sae = random_sae("jumprelu", d_sae=48, apply_b_dec_to_input=True)
     resid, mask, lengths = padded_batch(3, side)
-    probe = WindowedClamp(sae, FEATURES, 4, 0.0, 50.0)
-    probe(resid, mask)
-    rates = sorted(set(probe.rates.tolist()))
-    threshold = (rates[len(rates) // 2 - 1] + rates[len(rates) // 2]) / 2
-    guard = WindowedClamp(sae, FEATURES, 4, threshold, 50.0)
+    hits = token_hits(WindowedClamp(sae, FEATURES, 0.0, 1.0, window=4, window_threshold=0.0)
+                      .activations(resid), mask)  # fmt: skip
+    dense = sorted(set(window_rates(hits, mask, 4).tolist()))
+    tau = (dense[len(dense) // 2 - 1] + dense[len(dense) // 2]) / 2
+    guard = WindowedClamp(sae, FEATURES, 0.6, 50.0, window=4, window_threshold=tau)
     out = guard(resid, mask)
     together = (guard.fired.clone(), guard.rates.clone())
     assert 0 < int(together[0].sum()) < 8
@@ -133,7 +153,7 @@ def test_batch_of_eight_decides_as_each_row_alone(side: str) -> None:
 def test_no_host_sync_and_one_compiled_graph() -> None:
     sae = random_sae("jumprelu", d_sae=48, apply_b_dec_to_input=True)
     resid, mask, _ = padded_batch(5, "left")
-    guard = WindowedClamp(sae, FEATURES, 4, 0.3, 50.0)
+    guard = WindowedClamp(sae, FEATURES, 0.3, 50.0, window=4, window_threshold=0.5)
     expected = guard(resid, mask)
     expected_step = guard.continue_rows(resid[:, -1:], mask[:, -1:], guard.fired)
     with host_sync_forbidden():
@@ -156,13 +176,14 @@ def test_no_host_sync_and_one_compiled_graph() -> None:
 def test_windowed_bundle_round_trip(tmp_path: Path) -> None:
     sae = random_sae("jumprelu", d_sae=48, apply_b_dec_to_input=True)
     resid, mask, _ = padded_batch(7, "left")
+    params = {"window": 4, "window_threshold": 0.5}
     bundle = from_sae(
-        loaded(sae), FEATURES, threshold=0.3, multiplier=50.0, strategy="windowed",
-        params={"window": 4},
-    )  # fmt: skip
+        loaded(sae), FEATURES, threshold=0.9, multiplier=50.0, strategy="windowed", params=params
+    )
     again = Bundle.load(bundle.save(tmp_path / "b"))
-    assert again.strategy_params == {"window": 4} and again.threshold == 0.3
-    guard, full = again.guardrail(), WindowedClamp(sae, FEATURES, 4, 0.3, 50.0)
+    assert again.strategy_params == params and again.threshold == 0.9
+    guard = again.guardrail()
+    full = WindowedClamp(sae, FEATURES, 0.9, 50.0, window=4, window_threshold=0.5)
     assert torch.equal(guard(resid, mask), full(resid, mask))
     assert torch.equal(guard.fired, full.fired) and torch.equal(guard.rates, full.rates)
     assert 0 < int(full.fired.sum()) < 8
@@ -170,13 +191,12 @@ def test_windowed_bundle_round_trip(tmp_path: Path) -> None:
 
 def test_a_windowed_bundle_without_its_window_is_refused() -> None:
     sae = random_sae("jumprelu", d_sae=48)
-    with pytest.raises(UserError, match="window"):
-        from_sae(loaded(sae), FEATURES, threshold=0.3, multiplier=5.0, strategy="windowed")
-    with pytest.raises(UserError, match="window"):
-        from_sae(
-            loaded(sae), FEATURES, threshold=0.3, multiplier=5.0, strategy="windowed",
-            params={"window": 0},
-        )  # fmt: skip
+    for params in ({}, {"window": 4}, {"window": 0, "window_threshold": 0.5}):
+        with pytest.raises(UserError, match="window"):
+            from_sae(
+                loaded(sae), FEATURES, threshold=0.3, multiplier=5.0, strategy="windowed",
+                params=params,
+            )  # fmt: skip
 
 
 def test_guarded_generation_equals_the_in_process_guardrail(
@@ -191,14 +211,15 @@ def test_guarded_generation_equals_the_in_process_guardrail(
     enc = tokenizer(MIXED_PROMPTS, return_tensors="pt", padding=True)
     with torch.no_grad():
         hidden = model(**enc, output_hidden_states=True).hidden_states[LAYER + 1]
-    probe = WindowedClamp(sae, features, window, 0.0, 30.0)
-    probe(hidden, enc["attention_mask"].bool())
-    rates = sorted(set(probe.rates.tolist()))
-    threshold = (rates[0] + rates[1]) / 2
+    probe = WindowedClamp(sae, features, 0.0, 1.0, window=window, window_threshold=0.0)
+    dense = window_rates(token_hits(probe.activations(hidden), enc["attention_mask"].bool()),
+                         enc["attention_mask"].bool(), window)  # fmt: skip
+    rates = sorted(set(dense.tolist()))
+    tau, alpha = (rates[0] + rates[1]) / 2, 1.0  # only the window can fire
     loaded_sae = loaded(sae)
     bundle = from_sae(
-        loaded_sae, features, threshold=threshold, multiplier=30.0, strategy="windowed",
-        params={"window": window},
+        loaded_sae, features, threshold=alpha, multiplier=30.0, strategy="windowed",
+        params={"window": window, "window_threshold": tau},
     )  # fmt: skip
     bundle = Bundle.load(bundle.save(tmp_path / "windowed"))
     alone = []
@@ -206,7 +227,7 @@ def test_guarded_generation_equals_the_in_process_guardrail(
         ids = tokenizer([text], return_tensors="pt")
         with torch.no_grad():
             h = model(**ids, output_hidden_states=True).hidden_states[LAYER + 1]
-        clamp = WindowedClamp(sae, features, window, threshold, 30.0)
+        clamp = WindowedClamp(sae, features, alpha, 30.0, window=window, window_threshold=tau)
         clamp(h, ids["attention_mask"].bool())
         alone.append(bool(clamp.fired[0]))
     assert any(alone) and not all(alone)
@@ -226,14 +247,15 @@ def test_guarded_generation_equals_the_in_process_guardrail(
     mask = torch.cat(
         [enc["attention_mask"].bool(), torch.ones(len(ids), ids.shape[1] - prompt_len).bool()], 1
     )
-    guard = WindowedClamp(sae, features, window, threshold, 30.0)
+    guard = WindowedClamp(sae, features, alpha, 30.0, window=window, window_threshold=tau)
 
     def hook(module: Any, args: Any, out: Any) -> Any:
         if isinstance(out, tuple):
             return (hook(module, args, out[0]), *out[1:])
         acts = guard.activations(out)
         decided = token_hits(acts[:, :prompt_len], mask[:, :prompt_len])
-        rows = guard.gate(window_rates(decided, mask[:, :prompt_len], window), decided)
+        prompt = mask[:, :prompt_len]
+        rows = guard.gate.decide(sequence_rates(decided, prompt), decided, prompt)
         return guard.clamp(out, acts, token_hits(acts, mask) & rows[:, None])
 
     handle = model.model.layers[LAYER].register_forward_hook(hook)
@@ -253,27 +275,31 @@ def brute_densest(row: list[bool], window: int) -> float:
     return max(sum(row[i : i + window]) / window for i in range(len(row) - window + 1))
 
 
-def test_calibration_threshold_is_the_percentile_of_retain_densest_windows() -> None:
+def test_calibration_thresholds_are_percentiles_of_the_retain_rows() -> None:
     gen = torch.Generator().manual_seed(0)
     retain = torch.rand(40, 48, generator=gen) < 0.15
     forget = torch.rand(30, 48, generator=gen) < 0.5
     retain[:, 0] = forget[:, 0] = False  # BOS
     lengths = (4, 8, 16, 100)  # 100 is longer than the rows: skipped
-    threshold, params, details = calibrate_window(
+    alpha, params, details = calibrate_window(
         retain, forget, percentile=90.0, window_lengths=lengths
     )
+    rows = retain.tolist()
+    whole = [sum(row) / len(row) for row in rows]
+    assert alpha == float(np.percentile(np.array(whole), 90.0))
     assert [c["window"] for c in details["candidates"]] == [4, 8, 16]
     for candidate in details["candidates"]:
         w = candidate["window"]
-        rates = [brute_densest(row, w) for row in retain.tolist()]
-        assert candidate["threshold"] == float(np.percentile(np.array(rates), 90.0))
-        fired = np.mean([r > candidate["threshold"] for r in rates])
-        assert candidate["retain_fired"] == pytest.approx(fired)
-    chosen = details["candidates"][
-        [c["window"] for c in details["candidates"]].index(params["window"])
-    ]
-    assert threshold == chosen["threshold"]
-    assert chosen["score"] == max(c["score"] for c in details["candidates"])
+        dense = [brute_densest(row, w) for row in rows]
+        tau = candidate["window_threshold"]
+        assert tau == float(np.percentile(np.array(dense), 90.0))
+        fired = [
+            np.float32(r) > np.float32(alpha) or np.float32(d) > np.float32(tau)
+            for r, d in zip(whole, dense, strict=True)
+        ]
+        assert candidate["retain_fired"] == pytest.approx(np.mean(fired))
+    best = max(details["candidates"], key=lambda c: (c["score"], c["window"]))
+    assert params == {"window": best["window"], "window_threshold": best["window_threshold"]}
 
 
 def test_calibration_picks_the_window_that_survives_dilution() -> None:
@@ -286,13 +312,13 @@ def test_calibration_picks_the_window_that_survives_dilution() -> None:
     retain[:, 9] = True
     forget = torch.zeros(10, 64, dtype=torch.bool)
     forget[:, 10:16] = True
-    threshold, params, details = calibrate_window(
+    alpha, params, details = calibrate_window(
         retain, forget, percentile=95.0, window_lengths=(2, 6, 32)
     )
     scores = {c["window"]: c["score"] for c in details["candidates"]}
-    assert params == {"window": 6} and scores[6] == 1.0
+    assert params == {"window": 6, "window_threshold": 0.5} and scores[6] == 1.0
     assert scores[2] == 0.0 and scores[32] < 1.0
-    assert threshold == 0.5
+    assert alpha == 16 / 64  # every retain row: 16 hits in 64 tokens
 
 
 def test_dilution_probe_layout() -> None:
@@ -317,6 +343,11 @@ def test_windowed_is_a_calibrated_strategy() -> None:
     assert strategy.calibration_settings == ("window_lengths",)
     with pytest.raises(UserError, match="window"):
         strategy.build(random_sae("jumprelu", d_sae=48), torch.tensor(FEATURES), 0.3, 5.0)
+    built = strategy.build(
+        random_sae("jumprelu", d_sae=48), torch.tensor(FEATURES), 0.3, 5.0, window=3,
+        window_threshold=0.5,
+    )  # fmt: skip
+    assert isinstance(built, WindowedClamp) and built.gate.window == 3
 
 
 def test_sparsity_token_hits_of_both_corpora(tmp_path: Path) -> None:

@@ -70,13 +70,14 @@ class StaticStrategy:
 
 
 class WindowedStrategy:
-    """Densest-window gate: the window length w and its threshold tau_w are calibrated from the
-    corpora (:mod:`dsg.window_calibration`); ``threshold`` is tau_w."""
+    """The dynamic gate plus a densest-window gate for rows longer than the window: the window
+    length w and its threshold tau_w are calibrated from the corpora
+    (:mod:`dsg.window_calibration`); ``threshold`` is the dynamic alpha."""
 
     name = "windowed"
     description = (
-        "clamp selected features only in sequences with a window of w tokens whose hit rate "
-        "exceeds tau_w (w and tau_w calibrated on the corpora; resists dilution)"
+        "dynamic, and rows longer than w tokens also fire when some w-token window's hit rate "
+        "exceeds tau_w (w, tau_w calibrated on the corpora; resists dilution)"
     )
     uses_threshold = True
     calibration_settings = ("window_lengths",)
@@ -88,12 +89,15 @@ class WindowedStrategy:
         threshold: float,
         multiplier: float,
         window: int | None = None,
+        window_threshold: float | None = None,
     ) -> Intervention:
         from dsg.guardrail import WindowedClamp
 
-        if window is None:
+        if window is None or window_threshold is None:
             raise _no_window()
-        return WindowedClamp(sae, features, window, threshold, multiplier)
+        return WindowedClamp(
+            sae, features, threshold, multiplier, window=window, window_threshold=window_threshold
+        )
 
     def calibrate(self, data: CalibrationData) -> tuple[float, dict[str, Any], dict[str, Any]]:
         from dsg.window_calibration import calibrate_window
@@ -106,7 +110,7 @@ class WindowedStrategy:
         )
 
     def bundle_params(self, threshold: float | None) -> dict[str, Any]:
-        return {}  # the window is a calibrated parameter, added by the exporter
+        return {}  # the window and its threshold are calibrated, added by the exporter
 
     def bundle_gate(self, threshold: float | None, params: dict[str, Any]) -> Gate:
         from dsg.errors import UserError
@@ -114,9 +118,9 @@ class WindowedStrategy:
 
         if threshold is None:
             raise UserError("a windowed bundle needs a threshold; export it again")
-        if "window" not in params:
+        if "window" not in params or "window_threshold" not in params:
             raise _no_window()
-        return WindowGate(params["window"], threshold)
+        return WindowGate(params["window"], float(params["window_threshold"]), threshold)
 
 
 def _no_window() -> Exception:

@@ -47,8 +47,9 @@ RULES: dict[str, str] = {
     "rate": "hits / attended tokens of the row (padding excluded, BOS in the denominator)",
     "fire": "float32(rate) > float32(threshold), strict",
     "window": (
-        "with strategy_params.window = w, rate is the largest hit count over w consecutive "
-        "attended tokens / w (BOS among them), or the whole-row rate when the row has <= w"
+        "with strategy_params window = w and window_threshold = t, a row longer than w "
+        "attended tokens also fires when float32(hits in some w consecutive attended tokens "
+        "/ w) > float32(t)"
     ),
     "clamp": "every selected feature set to -multiplier at each hit position of a firing row",
     "generation": "decided on the prompt, carried through KV-cache decode steps",

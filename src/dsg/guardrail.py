@@ -417,24 +417,34 @@ class ThresholdGate:
 
 
 class WindowGate:
-    """The densest-window gate: a row fires when ``float32(r) > float32(threshold)`` (strict),
-    ``r`` the largest hit rate over ``window`` consecutive attended positions (see
-    :func:`window_rates`); decode steps keep the prompt's decision. Benign text added around a
-    dense passage does not lower ``r``, as it lowers the whole-sequence rate."""
+    """The windowed gate: the dynamic gate, plus one that benign text cannot dilute.
 
-    def __init__(self, window: int, threshold: float) -> None:
+    A row fires when ``float32(rate) > float32(threshold)`` (its whole-sequence hit rate, as
+    :class:`ThresholdGate`), or when it is longer than ``window`` attended positions and its
+    densest window (:func:`window_rates`) has ``float32(r) > float32(window_threshold)``. A row of
+    at most ``window`` positions is therefore decided exactly as ``dynamic`` decides it, and
+    text added around a dense passage cannot lower its densest window. Decode steps keep the
+    prompt's decision. The densest window needs the attention mask, so the guardrail calls
+    :meth:`decide`; calling the gate without a mask is refused."""
+
+    def __init__(self, window: int, window_threshold: float, threshold: float) -> None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise UserError(f"the guardrail window must be a positive integer, got {window!r}")
         self.window = window
+        self.window_threshold = float(window_threshold)
         self.threshold = float(threshold)
-        if math.isnan(self.threshold):
-            raise UserError("the guardrail threshold is NaN; recalibrate it")
+        if math.isnan(self.threshold) or math.isnan(self.window_threshold):
+            raise UserError("a guardrail threshold is NaN; recalibrate it")
 
-    def rates(self, hits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return window_rates(hits, attention_mask, self.window)
+    def decide(
+        self, rates: torch.Tensor, hits: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        longer = attention_mask.bool().sum(dim=1) > self.window
+        dense = rate_gate(window_rates(hits, attention_mask, self.window), self.window_threshold)
+        return rate_gate(rates, self.threshold) | (longer & dense)
 
     def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
-        return rate_gate(rates, self.threshold)
+        raise TypeError("the windowed gate needs the attention mask; call decide()")
 
     def carry(self, fired: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
         return fired
@@ -460,7 +470,7 @@ class Guardrail:
     lets through, with the closed form ``x + Σ_j (-m - a_j(x)) · d_j`` (``d_j`` the decoder
     direction of feature j); every other position is returned bit for bit. The per-call path
     never synchronises with the host. After a call ``fired`` (bool ``[B]``) and ``rates``
-    (``[B]``, see :meth:`measure`) describe the last batch, as tensors on the residual's
+    (``[B]``, see :func:`sequence_rates`) describe the last batch, as tensors on the residual's
     device.
     """
 
@@ -477,11 +487,14 @@ class Guardrail:
         """``[B, T, k]`` activations of the selected features, in the residual's dtype."""
         return self.selected.activations(resid)
 
-    def measure(self, hits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The per-row statistic the gate compares: the gate's own ``rates(hits, mask)`` when it
-        defines one (:class:`WindowGate`), else :func:`sequence_rates`."""
-        rates = getattr(self.gate, "rates", None)
-        return sequence_rates(hits, mask) if rates is None else rates(hits, mask)
+    def decide(self, hits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's rate and the gate's decision: ``gate.decide(rates, hits, mask)`` when the
+        gate defines it (one that needs the mask, :class:`WindowGate`), else ``gate(rates,
+        hits)``."""
+        rates = sequence_rates(hits, mask)
+        decide = getattr(self.gate, "decide", None)
+        fired = self.gate(rates, hits) if decide is None else decide(rates, hits, mask)
+        return rates, fired
 
     def clamp(self, resid: torch.Tensor, acts: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
         """The closed-form edit at ``where`` (bool ``[B, T]``); ``resid``'s values elsewhere."""
@@ -497,8 +510,7 @@ class Guardrail:
         mask = attention_mask.to(resid.device).bool()
         acts = self.activations(resid)
         hits = token_hits(acts, mask)
-        self.rates = self.measure(hits, mask)
-        self.fired = self.gate(self.rates, hits)
+        self.rates, self.fired = self.decide(hits, mask)
         return self.clamp(resid, acts, hits & self.fired[:, None])
 
     def continue_rows(
@@ -523,8 +535,7 @@ class Guardrail:
         later = apply_mask.to(resid.device).bool() & ~decide
         acts = self.activations(resid)
         hits = token_hits(acts, decide)
-        self.rates = self.measure(hits, decide)
-        self.fired = self.gate(self.rates, hits)
+        self.rates, self.fired = self.decide(hits, decide)
         later_hits = (acts > 0).any(dim=-1) & later
         rows = self.gate.carry(self.fired, later_hits)
         return self.clamp(resid, acts, (hits & self.fired[:, None]) | (later_hits & rows[:, None]))
@@ -541,15 +552,27 @@ class DynamicClamp(Guardrail):
 
 
 class WindowedClamp(Guardrail):
-    """The densest-window guardrail on a full SAE: clamp only in sequences where some ``window``
-    consecutive attended tokens have a hit rate above ``threshold`` (see :class:`WindowGate`)."""
+    """The windowed guardrail on a full SAE: the dynamic gate at ``threshold``, and rows longer
+    than ``window`` also fire when some ``window`` consecutive attended tokens have a hit rate
+    above ``window_threshold`` (see :class:`WindowGate`)."""
 
     def __init__(
-        self, sae: Any, features: Any, window: int, threshold: float, multiplier: float
+        self,
+        sae: Any,
+        features: Any,
+        threshold: float,
+        multiplier: float,
+        *,
+        window: int,
+        window_threshold: float,
     ) -> None:
-        gate = WindowGate(window, threshold)
+        gate = WindowGate(window, window_threshold, threshold)
         super().__init__(sae_features(sae, features), gate, multiplier)
-        self.window, self.threshold = gate.window, gate.threshold
+        self.threshold, self.window, self.window_threshold = (
+            gate.threshold,
+            gate.window,
+            gate.window_threshold,
+        )
 
 
 class StaticClamp(Guardrail):

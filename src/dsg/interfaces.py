@@ -204,9 +204,9 @@ class Gate(Protocol):
     ``[B, T]``; both return bool ``[B]``. ``carry`` decides the rows of a generation's decode
     step from the prompt's decision ``fired`` and the step's own ``hits``.
 
-    A gate may also define ``rates(hits, attention_mask) -> [B]``, its own per-row statistic
-    (same dtype rules, no host sync); the guardrail then passes that as ``rates`` instead of the
-    whole-sequence hit rate (the ``windowed`` gate's densest window does this).
+    A gate that needs the attention mask ``[B, T]`` (the ``windowed`` gate's densest window
+    counts attended positions) defines ``decide(rates, hits, attention_mask) -> fired``; the
+    guardrail then calls it instead of ``__call__``.
     """
 
     def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor: ...
