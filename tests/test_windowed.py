@@ -21,6 +21,7 @@ from test_select import SEQ_LEN, write_stats
 from dsg import artifacts
 from dsg.bundle import Bundle, from_sae
 from dsg.errors import UserError
+from dsg.generate import Completion, describe
 from dsg.guardrail import (
     ThresholdGate,
     WindowedClamp,
@@ -367,3 +368,14 @@ def test_sparsity_token_hits_of_both_corpora(tmp_path: Path) -> None:
     assert only_5[0].nonzero().flatten().tolist() == [2] and only_5[1, 4]
     forget = stats.token_hits(torch.tensor([2]), "forget")
     assert forget.shape == (1, SEQ_LEN) and forget[0].nonzero().flatten().tolist() == [3]
+
+
+def test_generate_describes_a_windowed_decision() -> None:
+    sae = random_sae("jumprelu", d_sae=48)
+    bundle = from_sae(
+        loaded(sae), FEATURES, threshold=0.3, multiplier=5.0, strategy="windowed",
+        params={"window": 16, "window_threshold": 0.5},
+    )  # fmt: skip
+    line = describe(Completion("text", True, 0.1), bundle)
+    assert line.startswith("guardrail fired (windowed") and "16-token window" in line
+    assert "0.5000" in line and "0.3000" in line
