@@ -6,6 +6,7 @@ computation."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,14 @@ import numpy as np
 import pytest
 import torch
 from test_bundle import loaded
+from test_cli_errors import run
 from test_guardrail import random_sae
 from test_guardrail_hot_path import host_sync_forbidden
 from test_hf import LAYER, MIXED_PROMPTS, world  # noqa: F401  (world is a fixture)
 from test_select import SEQ_LEN, write_stats
+from tiny import TinyWorld, UseWorld
 
-from dsg import artifacts
+from dsg import artifacts, sparsity
 from dsg.bundle import Bundle, from_sae
 from dsg.errors import UserError
 from dsg.generate import Completion, describe
@@ -269,6 +272,11 @@ def test_guarded_generation_equals_the_in_process_guardrail(
         torch.testing.assert_close(logits, full[:, prompt_len - 1 + step], atol=1e-4, rtol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
+    return TinyWorld(tmp_path_factory.mktemp("world"))
+
+
 def brute_densest(row: list[bool], window: int) -> float:
     """The densest-window rate of one unpadded row, by enumeration."""
     if len(row) <= window:
@@ -379,3 +387,37 @@ def test_generate_describes_a_windowed_decision() -> None:
     line = describe(Completion("text", True, 0.1), bundle)
     assert line.startswith("guardrail fired (windowed") and "16-token window" in line
     assert "0.5000" in line and "0.3000" in line
+
+
+def test_evaluate_calibrates_once_and_reports_the_window(
+    tiny_world: TinyWorld, use_world: UseWorld
+) -> None:
+    """`dsg evaluate --strategy windowed` on the tiny case: the window's alpha is the selection's
+    own threshold, its tau_w the percentile of the retain rows' densest windows, the report
+    carries both, and a second run reuses the calibration artifact."""
+    use_world(tiny_world)
+    args = ["evaluate", "--case", "tiny", "--out", "runs", "--strategy", "dynamic"]
+    args += ["--strategy", "windowed", "--window-lengths", "4", "--window-lengths", "8"]
+    done = run(*args)
+    assert done.exit_code == 0, done.output
+    report = json.loads(Path("runs/report.json").read_text())
+    stats = sparsity.load(next(Path("runs/sparsity").iterdir()), "k")
+    folders = sorted(Path("runs/calibrate").iterdir())
+    assert len(folders) == len({c["n_features"] for c in report["configs"]}) > 0
+    for folder in folders:
+        meta = json.loads((folder / "meta.json").read_text())
+        window = meta["params"]["window"]
+        assert window in (4, 8)
+        features = torch.tensor(meta["inputs"]["features"])
+        retain = stats.token_hits(features, "retain").tolist()
+        dense = [brute_densest(row, window) for row in retain]
+        assert meta["params"]["window_threshold"] == float(np.percentile(np.array(dense), 95.0))
+        configs = [c for c in report["configs"] if c["n_features"] == len(features)]
+        by_strategy = {c["strategy"]: c for c in configs}
+        assert by_strategy["windowed"]["threshold"] == by_strategy["dynamic"]["threshold"]
+        assert by_strategy["windowed"]["params"] == meta["params"]
+        assert "params" not in by_strategy["dynamic"]
+    stamps = [(f / "meta.json").stat().st_mtime_ns for f in folders]
+    assert run(*args).exit_code == 0
+    assert sorted(Path("runs/calibrate").iterdir()) == folders
+    assert [(f / "meta.json").stat().st_mtime_ns for f in folders] == stamps

@@ -10,7 +10,8 @@ row are skipped, since no row could tell them from the whole-row rate):
    (:func:`dsg.guardrail.window_rates` over whole rows; position 0, the BOS, is never a hit).
 2. Synthetic dilution: a BOS, then ``b`` benign tokens, then a passage of ``p`` forget tokens
    (each forget row's first ``p`` tokens after its BOS), for every ``p`` in
-   :data:`PASSAGE_TOKENS` and ``b`` in :data:`BENIGN_TOKENS`. The benign tokens are read from the
+   :data:`PASSAGE_TOKENS` that fits in a row (the whole row when none does) and ``b`` in
+   :data:`BENIGN_TOKENS`. The benign tokens are read from the
    retain rows laid end to end, each forget row starting ``b`` tokens further on. Hits are taken
    as the sparsity stage recorded them in each row's own context.
 3. The score of w is the fraction of these diluted passages on which the windowed gate
@@ -76,8 +77,11 @@ def calibrate_window(
     from dsg.guardrail import WindowGate, calibrate_threshold
 
     seq_len = int(retain_hits.shape[1])
-    if retain_hits.shape[0] == 0 or forget_hits.shape[0] == 0:
-        raise UserError("the windowed strategy needs forget and retain rows to calibrate on")
+    if retain_hits.shape[0] == 0 or forget_hits.shape[0] == 0 or seq_len < 2:
+        raise UserError(
+            "the windowed strategy needs forget and retain rows of at least 2 tokens to "
+            "calibrate on"
+        )
     candidates = sorted({int(w) for w in window_lengths if 0 < int(w) <= seq_len})
     if not candidates:
         raise UserError(
@@ -86,7 +90,8 @@ def calibrate_window(
         )
     retain = retain_hits.bool()
     alpha = calibrate_threshold(retain.sum(dim=1).to(torch.float64) / seq_len, percentile)
-    passages = [p for p in PASSAGE_TOKENS if p < forget_hits.shape[1]]
+    rows_after_bos = int(forget_hits.shape[1]) - 1
+    passages = [p for p in PASSAGE_TOKENS if p <= rows_after_bos] or [rows_after_bos]
     benign = retain[:, 1:].reshape(-1)
     probes = {(p, b): diluted(forget_hits, benign, p, b) for p in passages for b in BENIGN_TOKENS}
     table: list[dict[str, Any]] = []
