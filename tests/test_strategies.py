@@ -40,12 +40,12 @@ def registered() -> dict[str, Any]:
     return registry.entries["strategies"]
 
 
-def test_plugin_registers_dynamic_and_static() -> None:
+def test_plugin_registers_dynamic_static_and_windowed() -> None:
     seen: list[Any] = []
     dsg_strategies.register_strategies(seen.append)
-    assert [s.name for s in seen] == ["dynamic", "static"]
+    assert [s.name for s in seen] == ["dynamic", "static", "windowed"]
     strategies = registered()
-    for name, uses_threshold in [("dynamic", True), ("static", False)]:
+    for name, uses_threshold in [("dynamic", True), ("static", False), ("windowed", True)]:
         strategy = strategies[name]
         assert isinstance(strategy, Strategy)
         assert strategy.uses_threshold is uses_threshold

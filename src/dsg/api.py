@@ -14,6 +14,8 @@ from dsg.errors import UserError, one_line_reason, unreadable_file_errors
 from dsg.hook_names import hook_layer_of, parse_hook_name
 from dsg.hookspecs import Register, hookimpl
 from dsg.interfaces import (
+    CalibratedStrategy,
+    CalibrationData,
     Case,
     CaseDefaults,
     EvalSet,
@@ -34,6 +36,8 @@ from dsg.mirror import HubDataset
 from dsg.safe_json import loads as parse_json
 
 __all__ = [
+    "CalibratedStrategy",
+    "CalibrationData",
     "Case",
     "CaseDefaults",
     "DataSource",

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from dsg.interfaces import ExportableStrategy, LoadedSAE
 
 FORMAT = "dsg-guardrail-bundle"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 DIGEST_FIELD = "sha256"
 CONFIG_FILE = "bundle.json"
 TENSORS_FILE = "guardrail.safetensors"
@@ -46,6 +46,11 @@ RULES: dict[str, str] = {
     "hit": "any selected feature's activation > 0",
     "rate": "hits / attended tokens of the row (padding excluded, BOS in the denominator)",
     "fire": "float32(rate) > float32(threshold), strict",
+    "window": (
+        "with strategy_params window = w and window_threshold = t, a row longer than w "
+        "attended tokens also fires when float32(hits in some w consecutive attended tokens "
+        "/ w) > float32(t)"
+    ),
     "clamp": "every selected feature set to -multiplier at each hit position of a firing row",
     "generation": "decided on the prompt, carried through KV-cache decode steps",
 }
@@ -265,10 +270,13 @@ def from_sae(
     threshold: float | None,
     multiplier: float,
     strategy: str = "dynamic",
+    params: dict[str, Any] | None = None,
     base_model: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
 ) -> Bundle:
-    """Cut the bundle of ``features`` (in clamp order) out of a full sae_lens SAE."""
+    """Cut the bundle of ``features`` (in clamp order) out of a full sae_lens SAE. ``params``:
+    the gate's calibrated parameters beyond the threshold (``windowed``: ``{"window": w}``),
+    stored in ``strategy_params`` beside what the strategy's ``bundle_params`` adds."""
     from dsg.guardrail import FeatureColumns, column_activation, feature_index
 
     sae = loaded.sae
@@ -299,7 +307,7 @@ def from_sae(
         threshold=threshold,
         multiplier=float(multiplier),
         strategy=strategy,
-        strategy_params=gate_strategy.bundle_params(threshold),
+        strategy_params={**gate_strategy.bundle_params(threshold), **(params or {})},
         activation=columns.activation,
         apply_b_dec_to_input=bool(sae.cfg.apply_b_dec_to_input),
         d_sae=int(sae.cfg.d_sae),

@@ -38,7 +38,8 @@ VERSION = 2
 
 @dataclass(frozen=True)
 class Config:
-    """One point of the sweep; ``threshold`` is None for strategies that ignore it."""
+    """One point of the sweep; ``threshold`` is None for strategies that ignore it, ``params``
+    the other calibrated parameters of the gate (``windowed``: its window), as sorted pairs."""
 
     strategy: str
     ratio_percentile: float
@@ -46,9 +47,10 @@ class Config:
     multiplier: float
     threshold: float | None
     features: tuple[int, ...]
+    params: tuple[tuple[str, Any], ...] = ()
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described = {
             "strategy": self.strategy,
             "ratio_percentile": self.ratio_percentile,
             "n_features": self.n_features,
@@ -56,6 +58,9 @@ class Config:
             "threshold": self.threshold,
             "features": list(self.features),
         }
+        if self.params:  # absent for dynamic and static, whose keys stay as they were
+            described["params"] = dict(self.params)
+        return described
 
 
 @dataclass(frozen=True)
@@ -85,17 +90,22 @@ class ConfigResult:
 
 def expand(selections: list[select.Selection], session: Session) -> list[Config]:
     """Every configuration, in sweep order: ratio percentile, n, multiplier, strategy."""
+    from dsg.gate_parameters import gate_parameters
+
     s = session.settings
     configs = []
     for selection in selections:
         for n in s.n_features:
             features = tuple(int(j) for j in selection.top(n).tolist())
+            gates = {name: gate_parameters(session, selection, n, name) for name in s.strategies}
             for m in s.multipliers:
                 for name in s.strategies:
-                    strategy = session.registry.get("strategies", name)
-                    threshold = selection.thresholds[n] if strategy.uses_threshold else None
+                    gate = gates[name]
+                    params = tuple(sorted(gate.params.items()))
                     configs.append(
-                        Config(name, selection.ratio_percentile, n, m, threshold, features)
+                        Config(
+                            name, selection.ratio_percentile, n, m, gate.threshold, features, params
+                        )
                     )
     return configs
 
@@ -251,7 +261,7 @@ def build_intervention(session: Session, sae: Any, config: Config) -> Interventi
     strategy = session.registry.get("strategies", config.strategy)
     features = torch.tensor(config.features, dtype=torch.long)
     threshold = config.threshold if config.threshold is not None else 0.0
-    return strategy.build(sae, features, threshold, config.multiplier)
+    return strategy.build(sae, features, threshold, config.multiplier, **dict(config.params))
 
 
 def choose_questions(

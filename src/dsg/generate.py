@@ -216,6 +216,14 @@ def describe(completion: Completion, bundle: Bundle) -> str:
         verdict = "fired" if completion.fired else "did not fire"
         return f"guardrail {verdict} (static; prompt hit rate {rate:.4f})"
     threshold = bundle.threshold or 0.0
+    window = bundle.strategy_params.get("window")
+    if window is not None:
+        verdict = "fired" if completion.fired else "did not fire"
+        tau = float(bundle.strategy_params["window_threshold"])
+        return (
+            f"guardrail {verdict} (windowed: prompt hit rate {rate:.4f} against threshold "
+            f"{threshold:.4f}, or a {window}-token window's rate against {tau:.4f})"
+        )
     if completion.fired:
         return f"guardrail fired: prompt hit rate {rate:.4f} > threshold {threshold:.4f}"
     return f"guardrail did not fire: prompt hit rate {rate:.4f} <= threshold {threshold:.4f}"

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "select_features",
     "sequence_rates",
+    "window_rates",
     "calibrate_threshold",
     "token_hits",
     "feature_activations",
@@ -34,9 +35,11 @@ __all__ = [
     "FeatureColumns",
     "EncodedFeatures",
     "ThresholdGate",
+    "WindowGate",
     "AnyHitGate",
     "Guardrail",
     "DynamicClamp",
+    "WindowedClamp",
     "StaticClamp",
 ]
 
@@ -129,6 +132,32 @@ def sequence_rates(hits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Te
     count = (hits.bool() & mask).sum(dim=1).to(dtype)
     attended = mask.sum(dim=1).clamp(min=1).to(dtype)
     return count / attended
+
+
+def window_rates(hits: torch.Tensor, attention_mask: torch.Tensor, window: int) -> torch.Tensor:
+    """Per row, the largest hit rate over any ``window`` consecutive attended positions (padding
+    skipped, wherever it lies); a row of at most ``window`` attended positions gets its
+    :func:`sequence_rates` rate, so the statistic is the dynamic one whenever the window covers
+    the row. Same dtypes as :func:`sequence_rates`.
+
+    Cumulative sums over the attended positions: ``H[t]`` hits and ``c[t]`` attended positions
+    up to ``t``; ``G[k]`` is the hit count after the first ``k`` attended positions (scattered
+    from every ``t``: positions with equal ``c`` carry equal ``H``), so the window ending at an
+    attended ``t`` holds ``H[t] - G[c[t] - window]`` hits. Dense and branch-free: no host sync.
+    """
+    if window < 1:
+        raise ValueError(f"window must be at least 1, got {window}")
+    whole = sequence_rates(hits, attention_mask)
+    mask = attention_mask.bool()
+    counted = (hits.bool() & mask).to(torch.long).cumsum(dim=1)
+    position = mask.to(torch.long).cumsum(dim=1)
+    after = torch.zeros(
+        (mask.shape[0], mask.shape[1] + 1), dtype=torch.long, device=mask.device
+    ).scatter(1, position, counted)
+    start = after.gather(1, (position - window).clamp(min=0))
+    full = mask & (position >= window)
+    densest = torch.where(full, counted - start, torch.zeros_like(counted)).amax(dim=1)
+    return torch.where(position[:, -1] > window, densest.to(whole.dtype) / window, whole)
 
 
 def calibrate_threshold(rates: Any, percentile: float = 95.0) -> float:
@@ -387,6 +416,40 @@ class ThresholdGate:
         return fired
 
 
+class WindowGate:
+    """The windowed gate: the dynamic gate, plus one that benign text cannot dilute.
+
+    A row fires when ``float32(rate) > float32(threshold)`` (its whole-sequence hit rate, as
+    :class:`ThresholdGate`), or when it is longer than ``window`` attended positions and its
+    densest window (:func:`window_rates`) has ``float32(r) > float32(window_threshold)``. A row of
+    at most ``window`` positions is therefore decided exactly as ``dynamic`` decides it, and
+    text added around a dense passage cannot lower its densest window. Decode steps keep the
+    prompt's decision. The densest window needs the attention mask, so the guardrail calls
+    :meth:`decide`; calling the gate without a mask is refused."""
+
+    def __init__(self, window: int, window_threshold: float, threshold: float) -> None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise UserError(f"the guardrail window must be a positive integer, got {window!r}")
+        self.window = window
+        self.window_threshold = float(window_threshold)
+        self.threshold = float(threshold)
+        if math.isnan(self.threshold) or math.isnan(self.window_threshold):
+            raise UserError("a guardrail threshold is NaN; recalibrate it")
+
+    def decide(
+        self, rates: torch.Tensor, hits: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        longer = attention_mask.bool().sum(dim=1) > self.window
+        dense = rate_gate(window_rates(hits, attention_mask, self.window), self.window_threshold)
+        return rate_gate(rates, self.threshold) | (longer & dense)
+
+    def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
+        raise TypeError("the windowed gate needs the attention mask; call decide()")
+
+    def carry(self, fired: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
+        return fired
+
+
 class AnyHitGate:
     """No gate (static clamping): every row with a hit is clamped, on the prompt and after."""
 
@@ -424,6 +487,15 @@ class Guardrail:
         """``[B, T, k]`` activations of the selected features, in the residual's dtype."""
         return self.selected.activations(resid)
 
+    def decide(self, hits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's rate and the gate's decision: ``gate.decide(rates, hits, mask)`` when the
+        gate defines it (one that needs the mask, :class:`WindowGate`), else ``gate(rates,
+        hits)``."""
+        rates = sequence_rates(hits, mask)
+        decide = getattr(self.gate, "decide", None)
+        fired = self.gate(rates, hits) if decide is None else decide(rates, hits, mask)
+        return rates, fired
+
     def clamp(self, resid: torch.Tensor, acts: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
         """The closed-form edit at ``where`` (bool ``[B, T]``); ``resid``'s values elsewhere."""
         return apply_clamp(resid, acts, where, self.selected.directions(resid), self.multiplier)
@@ -438,8 +510,7 @@ class Guardrail:
         mask = attention_mask.to(resid.device).bool()
         acts = self.activations(resid)
         hits = token_hits(acts, mask)
-        self.rates = sequence_rates(hits, mask)
-        self.fired = self.gate(self.rates, hits)
+        self.rates, self.fired = self.decide(hits, mask)
         return self.clamp(resid, acts, hits & self.fired[:, None])
 
     def continue_rows(
@@ -464,8 +535,7 @@ class Guardrail:
         later = apply_mask.to(resid.device).bool() & ~decide
         acts = self.activations(resid)
         hits = token_hits(acts, decide)
-        self.rates = sequence_rates(hits, decide)
-        self.fired = self.gate(self.rates, hits)
+        self.rates, self.fired = self.decide(hits, decide)
         later_hits = (acts > 0).any(dim=-1) & later
         rows = self.gate.carry(self.fired, later_hits)
         return self.clamp(resid, acts, (hits & self.fired[:, None]) | (later_hits & rows[:, None]))
@@ -479,6 +549,30 @@ class DynamicClamp(Guardrail):
         gate = ThresholdGate(threshold)
         super().__init__(sae_features(sae, features), gate, multiplier)
         self.threshold = gate.threshold
+
+
+class WindowedClamp(Guardrail):
+    """The windowed guardrail on a full SAE: the dynamic gate at ``threshold``, and rows longer
+    than ``window`` also fire when some ``window`` consecutive attended tokens have a hit rate
+    above ``window_threshold`` (see :class:`WindowGate`)."""
+
+    def __init__(
+        self,
+        sae: Any,
+        features: Any,
+        threshold: float,
+        multiplier: float,
+        *,
+        window: int,
+        window_threshold: float,
+    ) -> None:
+        gate = WindowGate(window, window_threshold, threshold)
+        super().__init__(sae_features(sae, features), gate, multiplier)
+        self.threshold, self.window, self.window_threshold = (
+            gate.threshold,
+            gate.window,
+            gate.window_threshold,
+        )
 
 
 class StaticClamp(Guardrail):

@@ -203,6 +203,10 @@ class Gate(Protocol):
     ``rates`` is ``[B]`` (hits over attended tokens, float64; float32 on MPS), ``hits`` bool
     ``[B, T]``; both return bool ``[B]``. ``carry`` decides the rows of a generation's decode
     step from the prompt's decision ``fired`` and the step's own ``hits``.
+
+    A gate that needs the attention mask ``[B, T]`` (the ``windowed`` gate's densest window
+    counts attended positions) defines ``decide(rates, hits, attention_mask) -> fired``; the
+    guardrail then calls it instead of ``__call__``.
     """
 
     def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor: ...
@@ -221,6 +225,40 @@ class Strategy(Protocol):
     def build(
         self, sae: Any, features: torch.Tensor, threshold: float, multiplier: float
     ) -> Intervention: ...
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    """What a :class:`CalibratedStrategy` calibrates on, from the training corpora only.
+
+    ``retain_hits`` and ``forget_hits`` are bool ``[rows, seq_len]``: per row of each corpus
+    (as the sparsity stage built them), the positions where one of the guardrail's features
+    fires; position 0 (the row's BOS) is never a hit. ``percentile`` is the calibration
+    percentile; ``options`` holds the values of the settings the strategy names in
+    ``calibration_settings``.
+    """
+
+    retain_hits: torch.Tensor
+    forget_hits: torch.Tensor
+    percentile: float
+    options: dict[str, Any]
+
+
+@runtime_checkable
+class CalibratedStrategy(Strategy, Protocol):
+    """A :class:`Strategy` whose gate has parameters beyond the dynamic threshold, calibrated
+    from the corpora (optional). dsg calls ``calibrate`` once per feature selection and size n
+    (cached as an artifact keyed by everything it reads), then ``build(..., **params)``; a
+    bundle stores ``params`` among its ``strategy_params``.
+    """
+
+    calibration_settings: tuple[str, ...]
+    """Names of the settings ``calibrate`` reads (they key its artifact)."""
+
+    def calibrate(self, data: CalibrationData) -> tuple[float, dict[str, Any], dict[str, Any]]:
+        """``(threshold, params, details)``: the gate's threshold, the JSON-serialisable
+        keyword arguments ``build`` takes, and a JSON record of how they were chosen."""
+        ...
 
 
 @runtime_checkable

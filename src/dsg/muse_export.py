@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from dsg.artifacts import check_kind, complete_or_absent, read_json, write_failed
 from dsg.bundle import CONFIG_FILE, Bundle, exportable_strategy, from_sae
+from dsg.gate_parameters import gate_parameters
 from dsg.generate import hf_reference
 
 if TYPE_CHECKING:
@@ -61,13 +62,15 @@ def bundles_for(
     selection_inputs = read_json(selection.path).get("inputs", {})
     bundles = []
     for n in sorted(selection.thresholds):
+        gates = {name: gate_parameters(session, selection, n, name) for name in strategies}
         for multiplier in s.multipliers:
             for strategy in strategies:
                 bundles.append(
                     from_sae(
                         sae,
                         selection.top(n),
-                        threshold=selection.thresholds[n],
+                        threshold=gates[strategy].threshold,
+                        params=gates[strategy].params,
                         multiplier=multiplier,
                         strategy=strategy,
                         base_model=base_model,

@@ -207,6 +207,9 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     )
     for c in report["configs"]:
         threshold = "-" if c["threshold"] is None else f"{c['threshold']:.4g}"
+        window = c.get("params", {})
+        if "window" in window:  # windowed: its window and the window's threshold as well
+            threshold += f" w{window['window']}>{window['window_threshold']:.3g}"
         table.add_row(
             c["strategy"],
             f"{c['ratio_percentile']:g}",

@@ -167,6 +167,12 @@ class Settings:
         95.0, "The threshold for n is this percentile of the retain rows' hit rates.",
         SELECTION, SELECTING, bounds=PERCENTILE, case_may_set=True,
     )  # fmt: skip
+    window_lengths: tuple[int, ...] = setting(
+        (8, 16, 24, 32, 48, 64, 96, 128), "Candidate window lengths (tokens) of the windowed "
+        "strategy; the one whose gate keeps firing on forget text diluted with retain text is "
+        "chosen (docs/evaluate.md#the-windowed-strategy).", SELECTION, CLAMPING, bounds=POSITIVE,
+        case_may_set=True,
+    )  # fmt: skip
     stat_decimals: int = setting(
         6, "Round the per-feature means to this many decimals before selecting, as the "
         "reference's text files do; a negative value selects on the exact means.", SELECTION,

@@ -6,10 +6,12 @@ docs/reference-algorithm.md, "The statistic") is accumulated in float64, row by 
 batch size cannot change it.
 
 Instead of the reference's dense activation dumps (64 MiB per 1024-token row at d_sae 16384),
-the retain rows' calibration data is the sparse set of firing (position, feature) pairs at
+the calibration data of each corpus is the sparse set of firing (position, feature) pairs at
 positions >= 1, stored as flat ``position * d_sae + feature`` indices in safetensors chunks.
-That is all the dynamic threshold needs to compute a row's hit rate for any ordered feature
-prefix exactly, at 4 bytes per firing pair (about 0.6 MB per row at L0 ~ 142).
+That is all a threshold needs to find a row's hit positions for any ordered feature prefix
+exactly, at 4 bytes per firing pair (about 0.6 MB per row at L0 ~ 142). The dynamic threshold
+reads the retain rows; the ``windowed`` strategy also reads the forget rows, to choose its window
+(see :mod:`dsg.window_calibration`).
 """
 
 from __future__ import annotations
@@ -31,16 +33,17 @@ if TYPE_CHECKING:
     from dsg.session import Session
 
 STAGE = "sparsity"
-VERSION = 1
+VERSION = 2
 STATS_FILE = "stats.safetensors"
 CHUNK_PATTERN = "calibration-{:05d}.safetensors"
+FORGET_CHUNK_PATTERN = "forget-calibration-{:05d}.safetensors"
 CHUNK_ENTRIES = 1 << 22
 """Firing pairs buffered before a calibration chunk is written (16 MiB of int32)."""
 
 
 @dataclass(frozen=True)
 class SparsityStats:
-    """Per-feature means on both corpora and the retain calibration data of one artifact."""
+    """Per-feature means on both corpora and the calibration data of one artifact."""
 
     folder: Path
     key: str
@@ -49,6 +52,7 @@ class SparsityStats:
     n_rows: int
     seq_len: int
     chunks: tuple[str, ...]
+    forget_chunks: tuple[str, ...] = ()
 
     @property
     def d_sae(self) -> int:
@@ -69,11 +73,40 @@ class SparsityStats:
         features = features_ordered.to(torch.long).flatten()
         if any(n > features.numel() or n <= 0 for n in ns):
             raise ValueError(f"every n must be within 1..{features.numel()}, got {ns}")
+        hits: dict[int, list[torch.Tensor]] = {n: [] for n in ns}
+        for first in self._first_ranks(self.chunks, features):
+            for n in ns:
+                hits[n].append((first < n).sum(dim=1))
+        return {
+            n: torch.cat(parts).to(torch.float64) / self.seq_len if parts else torch.empty(0)
+            for n, parts in hits.items()
+        }
+
+    def token_hits(self, features: torch.Tensor, corpus: str) -> torch.Tensor:
+        """Bool ``[rows, seq_len]``: where one of ``features`` fires in each row of the
+        ``corpus`` (``"retain"`` or ``"forget"``); position 0 is never a hit."""
+        import torch
+
+        if corpus not in ("retain", "forget"):
+            raise ValueError(f"corpus must be retain or forget, got {corpus!r}")
+        chunks = self.chunks if corpus == "retain" else self.forget_chunks
+        features = features.to(torch.long).flatten()
+        parts = [first < features.numel() for first in self._first_ranks(chunks, features)]
+        if not parts:
+            return torch.zeros((0, self.seq_len), dtype=torch.bool)
+        return torch.cat(parts)
+
+    def _first_ranks(
+        self, chunks: tuple[str, ...], features: torch.Tensor
+    ) -> Iterator[torch.Tensor]:
+        """Per chunk, ``[rows, seq_len]``: the rank in ``features`` of the first of them that
+        fires at each position (``len(features)`` where none does)."""
+        import torch
+
         never = features.numel()
         rank = torch.full((self.d_sae,), never, dtype=torch.long)
         rank[features] = torch.arange(features.numel())
-        hits: dict[int, list[torch.Tensor]] = {n: [] for n in ns}
-        for chunk in self.chunks:
+        for chunk in chunks:
             tensors = artifacts.read_tensors(self.folder / chunk)
             flat, row_ptr = _chunk_tensors(tensors, self.folder / chunk)
             n_rows = row_ptr.numel() - 1
@@ -82,13 +115,7 @@ class SparsityStats:
             slot = row * self.seq_len + flat // self.d_sae
             first = torch.full((n_rows * self.seq_len,), never, dtype=torch.long)
             first.scatter_reduce_(0, slot, rank[flat % self.d_sae], reduce="amin")
-            first = first.view(n_rows, self.seq_len)
-            for n in ns:
-                hits[n].append((first < n).sum(dim=1))
-        return {
-            n: torch.cat(parts).to(torch.float64) / self.seq_len if parts else torch.empty(0)
-            for n, parts in hits.items()
-        }
+            yield first.view(n_rows, self.seq_len)
 
 
 def _chunk_tensors(tensors: dict[str, Any], path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,9 +171,17 @@ def load(folder: Path, key: str) -> SparsityStats:
     tensors = artifacts.read_tensors(folder / STATS_FILE)
     try:
         chunks = tuple(str(c) for c in meta["chunks"])
+        forget_chunks = tuple(str(c) for c in meta["forget_chunks"])
         forget, retain = tensors["forget_mean"], tensors["retain_mean"]
         stats = SparsityStats(
-            folder, key, forget, retain, int(meta["n_rows"]), int(meta["seq_len"]), chunks
+            folder,
+            key,
+            forget,
+            retain,
+            int(meta["n_rows"]),
+            int(meta["seq_len"]),
+            chunks,
+            forget_chunks,
         )
     except (KeyError, TypeError, ValueError):
         raise UserError(
@@ -173,10 +208,13 @@ def _encode(backend: ModelBackend, sae: LoadedSAE, tokens: torch.Tensor) -> torc
 
 
 class _ChunkWriter:
-    """Streams the retain rows' firing pairs into safetensors chunks of whole rows."""
+    """Streams one corpus's firing pairs into safetensors chunks of whole rows."""
 
-    def __init__(self, folder: Path, index_dtype: torch.dtype) -> None:
+    def __init__(
+        self, folder: Path, index_dtype: torch.dtype, pattern: str = CHUNK_PATTERN
+    ) -> None:
         self.folder = folder
+        self.pattern = pattern
         self.index_dtype = index_dtype
         self.parts: list[torch.Tensor] = []
         self.counts: list[int] = []
@@ -195,7 +233,7 @@ class _ChunkWriter:
 
         if not self.counts:
             return
-        name = CHUNK_PATTERN.format(len(self.names))
+        name = self.pattern.format(len(self.names))
         row_ptr = torch.zeros(len(self.counts) + 1, dtype=torch.long)
         row_ptr[1:] = torch.tensor(self.counts, dtype=torch.long).cumsum(0)
         flat = torch.cat(self.parts) if self.parts else torch.empty(0, dtype=self.index_dtype)
@@ -210,7 +248,7 @@ def _run_corpus(
     sae: LoadedSAE,
     rows: torch.Tensor,
     label: str,
-    writer: _ChunkWriter | None,
+    writer: _ChunkWriter,
 ) -> tuple[torch.Tensor, int]:
     """Mean activation per feature over valid tokens; feeds ``writer`` the firing pairs."""
     import torch
@@ -233,9 +271,8 @@ def _run_corpus(
                 row_acts = acts[b]
                 row_sum = row_acts[valid[b]].sum(dim=0, dtype=torch.float64)
                 total = row_sum if total is None else total + row_sum
-                if writer is not None:
-                    fired = torch.nonzero(row_acts[1:] > 0)
-                    writer.add_row((fired[:, 0] + 1) * row_acts.shape[1] + fired[:, 1])
+                fired = torch.nonzero(row_acts[1:] > 0)
+                writer.add_row((fired[:, 0] + 1) * row_acts.shape[1] + fired[:, 1])
             advance(acts.shape[0])
     if total is None or n_valid == 0:
         raise UserError(f"the {label} rows contain no token other than pad/EOS/BOS; pass more text")
@@ -280,8 +317,12 @@ def _compute_into(
     d_sae = int(sae.sae.cfg.d_sae)
     index_dtype = torch.int32 if s.seq_len * d_sae < 2**31 else torch.int64
     writer = _ChunkWriter(folder, index_dtype)
-    forget_mean, forget_valid = _run_corpus(session, model, sae, forget_rows, "forget", None)
+    forget_writer = _ChunkWriter(folder, index_dtype, FORGET_CHUNK_PATTERN)
+    forget_mean, forget_valid = _run_corpus(
+        session, model, sae, forget_rows, "forget", forget_writer
+    )
     retain_mean, retain_valid = _run_corpus(session, model, sae, retain_rows, "retain", writer)
+    forget_writer.flush()
     writer.flush()
     artifacts.write_tensors(
         folder / STATS_FILE, {"forget_mean": forget_mean, "retain_mean": retain_mean}
@@ -298,8 +339,16 @@ def _compute_into(
             "d_sae": d_sae,
             "valid_tokens": {"forget": forget_valid, "retain": retain_valid},
             "chunks": writer.names,
+            "forget_chunks": forget_writer.names,
         },
     )
     return SparsityStats(
-        folder, key, forget_mean, retain_mean, n_rows, s.seq_len, tuple(writer.names)
+        folder,
+        key,
+        forget_mean,
+        retain_mean,
+        n_rows,
+        s.seq_len,
+        tuple(writer.names),
+        tuple(forget_writer.names),
     )
