@@ -542,7 +542,7 @@ def test_a_cached_hub_model_without_network_is_read_offline(
     monkeypatch.setattr(named, "cached_config", lambda official: "/cache/config.json")
     seen: list[bool] = []
     # the config is only pretended to be cached: skip the remote-code check that would read it
-    monkeypatch.setattr(named, "refuse_trusted_code", lambda official: None)
+    monkeypatch.setattr(named, "refuse_trusted_code", lambda official, **kwargs: None)
 
     def from_pretrained(*args: Any, **kwargs: Any) -> Any:
         seen.append(constants.is_offline_mode())

@@ -147,9 +147,10 @@ def run_evaluate(case: str, out: Path, extra: list[str], paths: dict[str, Path])
     args += ["--model", str(paths["model"]), "--sae", str(paths["sae"])]
     args += ["--out", str(out), "--config", str(paths["config"]), *extra]
     result = invoke(args)
-    report_path = out / "report.json"
-    assert result.stdout.strip().splitlines()[-1] == str(report_path)
-    return json.loads(report_path.read_text())
+    printed = Path(result.stdout.strip().splitlines()[-1])  # the run's own report
+    assert printed.name == "report.json" and printed.parent.parent == out / "reports"
+    assert printed.read_text() == (out / "report.json").read_text()  # the copy at the top
+    return json.loads(printed.read_text())
 
 
 def check_report(report: dict, case: str, target: str, subjects: tuple[str, ...]) -> None:

@@ -44,14 +44,15 @@ def hub_fingerprint(official: str) -> str:
     return f"hub:{official}@{commit}"
 
 
-def refuse_trusted_code(official: str) -> None:
+def refuse_trusted_code(official: str, *, read_config: bool = True) -> None:
     """A UserError for a model that TransformerLens would load with ``trust_remote_code=True``
-    (its list of models that need their repository's code, or an architecture whose config it
-    marks so), whatever dsg passes: dsg never runs a model's own code."""
+    (its list of models that need their repository's code or, with ``read_config``, an
+    architecture whose config it marks so), whatever dsg passes: dsg never runs a model's own
+    code. The list needs no file, so it is checked before the hub is asked anything."""
     from transformer_lens import loading_from_pretrained as loading
 
     needs_code = official.startswith(tuple(getattr(loading, "NEED_REMOTE_CODE_MODELS", ())))
-    if not needs_code:
+    if not needs_code and read_config:
         cfg = loading.get_pretrained_model_config(official, trust_remote_code=False)
         needs_code = bool(getattr(cfg, "trust_remote_code", False))
     if needs_code:
@@ -59,7 +60,8 @@ def refuse_trusted_code(official: str) -> None:
             f"TransformerLens loads {official} with the code of its hub repository; dsg never "
             "runs a model's own code. Use a model whose architecture transformers implements"
         )
-    refuse_custom_code(official)
+    if read_config:
+        refuse_custom_code(official)
 
 
 def load_named_model(
@@ -75,6 +77,7 @@ def load_named_model(
             f"TransformerLens does not know a model named {spec!r}; pass a name from its model "
             "list or the path of a local model directory"
         )
+    refuse_trusted_code(official, read_config=False)
     try:
         with hub_lookups() as unreachable, contextlib.redirect_stdout(sys.stderr):
             if unreachable is not None and cached_config(official) is None:
