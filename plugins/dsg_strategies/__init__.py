@@ -39,6 +39,7 @@ class DynamicStrategy:
         from dsg.errors import UserError
         from dsg.guardrail import ThresholdGate
 
+        _no_params(self.name, params)
         if threshold is None:
             raise UserError("a dynamic bundle needs a threshold; export it again")
         return ThresholdGate(threshold)
@@ -64,7 +65,17 @@ class StaticStrategy:
     def bundle_gate(self, threshold: float | None, params: dict[str, Any]) -> Gate:
         from dsg.guardrail import AnyHitGate
 
+        _no_params(self.name, params)
         return AnyHitGate()
+
+
+def _no_params(strategy: str, params: dict[str, Any]) -> None:
+    """dsg's strategies need no parameters beyond the threshold; a bundle that gives some was
+    made for another gate."""
+    from dsg.errors import UserError
+
+    if params:
+        raise UserError(f"strategy {strategy!r} takes no strategy_params, got {sorted(params)}")
 
 
 @hookimpl

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from dsg.checks import check_percentile
+from dsg.checks import check_bounds, check_percentile
 from dsg.errors import UserError
 
 if TYPE_CHECKING:
@@ -145,11 +145,15 @@ def feature_index(features: Any, d_sae: int) -> torch.Tensor:
     """Selected feature indices as a CPU int64 vector; out of range or repeated: UserError."""
     if isinstance(features, torch.Tensor):
         features = features.detach().cpu()
-    index = torch.as_tensor(np.asarray(features, dtype=np.int64).reshape(-1))
+    outside = UserError(
+        f"feature indices must lie in [0, {d_sae}); the selection is for another SAE"
+    )
+    try:
+        index = torch.as_tensor(np.asarray(features, dtype=np.int64).reshape(-1))
+    except OverflowError:
+        raise outside from None
     if index.numel() and (int(index.min()) < 0 or int(index.max()) >= d_sae):
-        raise UserError(
-            f"feature indices must lie in [0, {d_sae}); the selection is for another SAE"
-        )
+        raise outside
     if index.unique().numel() != index.numel():
         raise UserError("feature indices contain duplicates")
     return index
@@ -379,6 +383,8 @@ class ThresholdGate:
         self.threshold = float(threshold)
         if math.isnan(self.threshold):
             raise UserError("the guardrail threshold is NaN; recalibrate it")
+        # a rate lies in [0, 1]: a threshold above 1 never fires, one below 0 always does
+        check_bounds("threshold", self.threshold, 0.0, 1.0)
 
     def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
         return rate_gate(rates, self.threshold)
@@ -414,9 +420,11 @@ class Guardrail:
     def __init__(
         self, features: FeatureColumns | EncodedFeatures, gate: Gate, multiplier: float
     ) -> None:
+        from dsg.config import check_setting
+
         self.selected = features
         self.gate = gate
-        self.multiplier = float(multiplier)
+        self.multiplier = check_setting("multipliers", float(multiplier))  # as --multiplier
         self.fired: torch.Tensor | None = None
         self.rates: torch.Tensor | None = None
 
