@@ -65,7 +65,7 @@ DESCRIPTIVE_FIELDS = {
     "sae": ("spec", "fingerprint", "architecture", "model_name"),
     "base_model": ("spec", "fingerprint", "hf"),
 }
-"""The keys the descriptive objects may hold, each a non-empty string or null."""
+"""The keys the descriptive objects may hold, each a string or null."""
 
 
 def parse_hook(hook_name: str) -> tuple[int, str]:
@@ -170,8 +170,8 @@ class Bundle:
             for key, value in getattr(self, field_name).items():
                 if key not in keys:
                     raise UserError(f"{field_name} has unknown field {key!r}; it may hold {keys}")
-                if value is not None and (not isinstance(value, str) or not value):
-                    raise UserError(f"{field_name}.{key} must be a non-empty string or null")
+                if value is not None and not isinstance(value, str):
+                    raise UserError(f"{field_name}.{key} must be a string or null, not {value!r}")
         names = {"W_enc", "b_enc", "W_dec", "b_dec"} | (
             {JUMP_THRESHOLD} if self.activation == "jumprelu" else set()
         )

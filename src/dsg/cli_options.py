@@ -73,7 +73,7 @@ def _entered(settings: list[Declared], kwargs: dict[str, Any]) -> Given:
     (:func:`dsg.config.convert`); an option left off (None, or a flag left False) is absent."""
     from dsg.config import convert
 
-    given = {}
+    given: dict[str, Any] = {}
     for setting in settings:
         value = kwargs.get(setting.name)
         if value is None or value is False or (isinstance(value, list | tuple) and not value):

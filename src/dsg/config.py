@@ -110,7 +110,7 @@ def _convert_one(kind: type, value: Any, where: str) -> Any:
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise UserError(f"{where} must be a {expected.__name__}, not {value!r}")
     if kind is Path:  # checked before the conversion: Path("") is the current directory
-        return Path(check_not_empty(where, value))
+        return Path(check_not_empty(where, str(value)))
     return value
 
 

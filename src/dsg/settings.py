@@ -50,9 +50,10 @@ PERCENTAGE = Bounds(0, 100, above_minimum=True)
 
 MAX_MULTIPLIER = 1e6
 """The largest clamp strength m. The clamp adds about m times each selected decoder direction to
-the residual, and the model's next normalisation squares and sums the result in float32: past
-m ~ 1e17 that overflows and the logits turn NaN, and long before that the edit swamps any
-residual (whose norms reach ~1e4 at most), so a larger m changes nothing but the risk."""
+the residual; the next normalisation squares it in float32, which overflows past m ~ 1e19 (the
+layer then zeroes the residual or turns it NaN), and m = 1e39 is no float32 at all. Residual
+norms stay below ~1e4, so a clamp of 1e6 already swamps them and a larger m changes nothing but
+that risk."""
 MAX_STAT_DECIMALS = 1074
 """Decimals that write every float64 exactly (the smallest subnormal is 2**-1074); more change
 nothing and cost memory."""
