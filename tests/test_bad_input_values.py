@@ -21,9 +21,10 @@ from tiny_gemma import write_tiny_gemma
 
 from dsg.artifacts import file_sha256, read_tensors, write_tensors
 from dsg.bundle import CONFIG_FILE, TENSORS_FILE, Bundle, from_sae
+from dsg.config import resolve, validate_config
 from dsg.errors import UserError
 from dsg.hf import attach
-from dsg.interfaces import LoadedSAE
+from dsg.interfaces import CaseDefaults, LoadedSAE
 from dsg.settings import MAX_MULTIPLIER, MAX_STAT_DECIMALS
 
 HUGE = "99999999999999999999999"  # beyond int64
@@ -55,6 +56,7 @@ def nothing_written(before: set[Path]) -> None:
         ("evaluate", ["--multiplier", "1000001"], "multiplier must be within [0, 1e+06]"),
         ("evaluate", ["--multiplier", "-500"], "multiplier must be within [0, 1e+06]"),
         ("evaluate", ["--multiplier", "nan"], "multiplier must be a finite number"),
+        ("evaluate", ["--dtype", "float16", "--multiplier", "1e5"], "100000 overflows float16"),
         ("evaluate", ["--multiplier", "inf"], "multiplier must be a finite number"),
         ("select", ["--ratio-percentile", "nan"], "ratio percentile must be a finite number"),
         ("select", ["--sae-id-pattern", ""], "sae id pattern must not be empty"),
@@ -280,6 +282,21 @@ def test_bundle_edges_still_load(bundle_dir: Path) -> None:
         assert (back.multiplier, back.threshold) == (MAX_MULTIPLIER, float(threshold))
     resign(bundle_dir, lambda c: c.update(multiplier=0))
     assert Bundle.load(bundle_dir).multiplier == 0.0
+
+
+def test_the_clamp_must_be_finite_in_the_run_dtype(bundle_dir: Path, use_world: UseWorld) -> None:
+    """float16 ends at 65504: that multiplier runs in float16, a larger one only in a wider
+    dtype, and a bundle's multiplier meets the same rule under generate's --dtype."""
+    defaults = CaseDefaults(model="m", sae="s")
+    largest = {"multipliers": [65504.0], "dtype": "float16"}
+    assert resolve(defaults, "c", validate_config(largest, Path("c")), {}).multipliers == (65504.0,)
+    wider = {"multipliers": [1e5], "dtype": "bfloat16"}
+    assert resolve(defaults, "c", validate_config(wider, Path("c")), {}).multipliers == (1e5,)
+    resign(bundle_dir, set_field("multiplier", 1e5))
+    one_error(
+        run("generate", "--bundle", str(bundle_dir), "--dtype", "float16", "hello"),
+        "multiplier 100000 overflows float16",
+    )
 
 
 def test_generate_refuses_a_resigned_bundle(bundle_dir: Path, use_world: UseWorld) -> None:

@@ -11,6 +11,8 @@ from dsg.errors import UserError
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+_LARGEST = {"float16": float(np.finfo(np.float16).max)}
+"""The largest finite value of the model dtypes narrower than float32 in range."""
 
 
 def check_bounds(
@@ -65,3 +67,15 @@ def check_not_empty(name: str, value: str) -> str:
     if value == "":
         raise UserError(f"{name} must not be empty")
     return value
+
+
+def check_clamp_dtype(multiplier: float, dtype: str) -> float:
+    """``multiplier`` if the clamp value -m is finite in ``dtype``, the dtype the residual and
+    hence the clamp are computed in (float16 ends at 65504; bfloat16 has float32's range)."""
+    largest = _LARGEST.get(dtype)
+    if largest is not None and multiplier > largest:
+        raise UserError(
+            f"multiplier {multiplier:g} overflows {dtype}, whose largest value is {largest:g}; "
+            f"pass a smaller --multiplier or another --dtype"
+        )
+    return multiplier

@@ -228,14 +228,17 @@ def generate(
 def _bundle_guardrail(path: Path, given: Given) -> tuple[Bundle, str | None, str, str]:
     """A saved bundle, the model to run it on (``--model`` or the bundle's), device and dtype."""
     from dsg.bundle import Bundle
+    from dsg.checks import check_clamp_dtype
     from dsg.devices import check_device
 
     options = given.settings
     device = options.get("device") or "cpu"
     check_device(device)
     guard = Bundle.load(path)
+    dtype = options.get("dtype") or "float32"
+    check_clamp_dtype(guard.multiplier, dtype)
     reference = options.get("model") or guard.base_model.get("hf")
-    return guard, reference, device, options.get("dtype") or "float32"
+    return guard, reference, device, dtype
 
 
 def _built_guardrail(given: Given) -> tuple[Bundle, str | None, str, str]:

@@ -14,7 +14,13 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.checks import check_bounds, check_float32, check_int64, check_not_empty
+from dsg.checks import (
+    check_bounds,
+    check_clamp_dtype,
+    check_float32,
+    check_int64,
+    check_not_empty,
+)
 from dsg.errors import UserError
 from dsg.settings import Declared, Settings, declared
 
@@ -162,6 +168,8 @@ def check(s: Settings) -> None:
         for item in value if setting.repeated else (value,):
             if item is not None:
                 check_value(setting, item)
+    for multiplier in s.multipliers:
+        check_clamp_dtype(multiplier, s.dtype)
 
 
 def check_setting(name: str, value: Any) -> Any:
