@@ -91,6 +91,12 @@ def test_bad_option_value(
     nothing_written(before)
 
 
+@pytest.mark.parametrize("args", [["--sae-id-pattern", ""], ["--sae-release-pattern", ""], [""]])
+def test_saes_refuses_empty_patterns(args: list[str]) -> None:
+    """An empty pattern would list every SAE of every release."""
+    one_error(run("saes", *args), "must not be empty")
+
+
 # --- the config file -------------------------------------------------------------------------
 
 
