@@ -147,6 +147,8 @@ class Bundle:
         The values pass the checks of the settings that make them (the multiplier those of
         ``--multiplier``, the number of features those of ``--n-features``) and the guardrail's
         own (the threshold a rate in [0, 1], the features distinct indices of the SAE)."""
+        import torch
+
         from dsg.config import check_setting
         from dsg.guardrail import feature_index
 
@@ -185,8 +187,6 @@ class Bundle:
             "b_dec": (d,),
             JUMP_THRESHOLD: (k,),
         }
-        import torch
-
         for name, tensor in self.tensors.items():
             if tuple(tensor.shape) != expected[name]:
                 raise UserError(
@@ -297,8 +297,7 @@ def _described(config: dict[str, Any]) -> dict[str, Any]:
         what = f"unknown field {unknown[0]!r}" if unknown else f"no field {missing[0]!r}"
         raise UserError(f"{what} (a bundle has exactly: {', '.join(FIELDS)})")
     hook = _typed(config, "hook", dict)
-    extra = sorted(set(hook) ^ {"name", "layer", "point"})
-    if extra:
+    if set(hook) != {"name", "layer", "point"}:
         raise UserError(f"hook must have exactly name, layer and point, not {sorted(hook)}")
     features = _typed(config, "features", list)
     if not all(isinstance(j, int) and not isinstance(j, bool) for j in features):
