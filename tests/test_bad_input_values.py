@@ -312,3 +312,16 @@ def test_generate_refuses_a_resigned_bundle(bundle_dir: Path, use_world: UseWorl
         "multiplier must be within [0, 1e+06], got -500",
         "export the bundle again",
     )
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"multipliers": (1e7,)}, r"case default: multiplier must be within \[0, 1e\+06\]"),
+        ({"batch_size": 2**70}, "case default: batch size 1180591620717411303424 does not fit"),
+        ({"model": ""}, "case default: model must not be empty"),
+    ],
+)
+def test_case_defaults_meet_the_same_rules(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        CaseDefaults(**{"model": "m", "sae": "s", **values})
