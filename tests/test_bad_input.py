@@ -493,7 +493,7 @@ def test_damaged_packaged_organism_files(
     [
         ("nan", "must be a finite number, got nan"),
         ("inf", "must be a finite number, got inf"),
-        ("-5", "must be at least 0, got -5"),
+        ("-5", "must be within [0, 1e+06], got -5"),
     ],
 )
 def test_multiplier_that_is_not_a_clamp_strength(

@@ -32,17 +32,31 @@ def test_a_window_length_must_be_positive(world: TinyWorld, use_world: UseWorld)
     assert not Path("runs").exists()
 
 
-def test_generate_refuses_a_windowed_bundle_without_its_window_threshold(
-    world: TinyWorld, use_world: UseWorld, tmp_path: Path
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({"window": 4}, "calibrated window"),
+        ({"window": 4, "window_threshold": 0.5, "stride": 2}, "takes strategy_params window"),
+        ({"window": 4, "window_threshold": 1.5}, "window_threshold"),
+        ({"window": 4, "window_threshold": float("nan")}, "window_threshold is NaN"),
+        ({"window": 0, "window_threshold": 0.5}, "positive integer"),
+        ({"window": 4.0, "window_threshold": 0.5}, "positive integer"),
+        ({"window": True, "window_threshold": 0.5}, "positive integer"),
+    ],
+)
+def test_generate_refuses_a_windowed_bundle_with_bad_window_parameters(
+    world: TinyWorld, use_world: UseWorld, tmp_path: Path, params: dict, fragment: str
 ) -> None:
-    """Even with its digest recomputed, a windowed bundle missing a parameter is refused."""
+    """Even with its digest recomputed, a windowed bundle whose window parameters are missing,
+    unknown or out of range is refused."""
     loaded = LoadedSAE(world.sae, "tiny-sae", world.hook_name, world.hook_layer)
-    params = {"window": 4, "window_threshold": 0.5}
+    good = {"window": 4, "window_threshold": 0.5}
     path = from_sae(
-        loaded, [3, 1, 2], threshold=0.2, multiplier=5.0, strategy="windowed", params=params
+        loaded, [3, 1, 2], threshold=0.2, multiplier=5.0, strategy="windowed", params=good
     ).save(tmp_path / "bundle")
     config = json.loads((path / CONFIG_FILE).read_text())
-    del config["strategy_params"]["window_threshold"], config[DIGEST_FIELD]
+    del config[DIGEST_FIELD]
+    config["strategy_params"] = params
     config[DIGEST_FIELD] = json_sha256(config)
     (path / CONFIG_FILE).write_text(json.dumps(config))
-    one_error(run("generate", "--bundle", str(path), "hello"), "calibrated window")
+    one_error(run("generate", "--bundle", str(path), "hello"), fragment)

@@ -89,7 +89,7 @@ def test_round_trip(tmp_path: Path) -> None:
         [4, 1, 8],
         threshold=0.25,
         multiplier=500.0,
-        base_model={"id": "some/model"},
+        base_model={"hf": "some/model"},
         provenance={"n": 3},
     )
     bundle.save(tmp_path / "b")
@@ -97,7 +97,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert back.features == (4, 1, 8)
     assert back.threshold == 0.25 and back.multiplier == 500.0 and back.strategy == "dynamic"
     assert back.hook_layer == 1 and back.hook_point == "hook_resid_post"
-    assert back.base_model == {"id": "some/model"} and back.provenance == {"n": 3}
+    assert back.base_model == {"hf": "some/model"} and back.provenance == {"n": 3}
     assert back.sae["fingerprint"] == "fp"
     for name, tensor in bundle.tensors.items():
         assert torch.equal(back.tensors[name], tensor)

@@ -109,7 +109,7 @@ def write_bundle(
         features,
         threshold=alpha,
         multiplier=multiplier,
-        base_model={"id": str(directory.parent / "model")},
+        base_model={"hf": str(directory.parent / "model")},
     )
     return bundle.save(directory)
 

@@ -24,6 +24,10 @@ def saes(
     """List sae_lens pretrained SAE releases, or the SAEs of one release (usable as --sae)."""
     from dsg_sae_lens import pretrained
 
+    given = {"RELEASE": release, "--sae-release-pattern": sae_release_pattern}
+    for name, value in {**given, "--sae-id-pattern": sae_id_pattern}.items():
+        if value == "":  # an empty pattern would list every SAE
+            raise UserError(f"{name} must not be empty")
     if release is None and sae_release_pattern is None and sae_id_pattern is None:
         for name, count, model in pretrained.releases():
             typer.echo(f"{name}\t{model}\t{count} SAEs")

@@ -41,6 +41,7 @@ class DynamicStrategy:
         from dsg.errors import UserError
         from dsg.guardrail import ThresholdGate
 
+        _no_params(self.name, params)
         if threshold is None:
             raise UserError("a dynamic bundle needs a threshold; export it again")
         return ThresholdGate(threshold)
@@ -66,6 +67,7 @@ class StaticStrategy:
     def bundle_gate(self, threshold: float | None, params: dict[str, Any]) -> Gate:
         from dsg.guardrail import AnyHitGate
 
+        _no_params(self.name, params)
         return AnyHitGate()
 
 
@@ -120,7 +122,11 @@ class WindowedStrategy:
             raise UserError("a windowed bundle needs a threshold; export it again")
         if "window" not in params or "window_threshold" not in params:
             raise _no_window()
+        _no_params(self.name, params, WINDOW_PARAMS)
         return WindowGate(params["window"], float(params["window_threshold"]), threshold)
+
+
+WINDOW_PARAMS = ("window", "window_threshold")
 
 
 def _no_window() -> Exception:
@@ -130,6 +136,17 @@ def _no_window() -> Exception:
         "the windowed strategy needs a calibrated window length; run it through dsg "
         "(evaluate, muse-export), which calibrates one"
     )
+
+
+def _no_params(strategy: str, params: dict[str, Any], known: tuple[str, ...] = ()) -> None:
+    """A bundle whose strategy_params hold more than the strategy's gate reads was made for
+    another gate."""
+    from dsg.errors import UserError
+
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        takes = f"strategy_params {', '.join(known)}" if known else "no strategy_params"
+        raise UserError(f"strategy {strategy!r} takes {takes}, got {sorted(params)}")
 
 
 @hookimpl

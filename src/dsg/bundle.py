@@ -8,7 +8,10 @@ from. Applying a bundle is :class:`dsg.guardrail.Guardrail`, the same code the e
 ``bundle.json`` carries a sha256 of its own content, which includes the tensor file's sha256, so
 the description (hook, features, threshold, ...) is covered as well as the weights. Loading
 checks the format version, both hashes and every shape, so a foreign, edited or half-written
-bundle is refused rather than silently misapplied.
+bundle is refused rather than silently misapplied. The digest is integrity, not validation: every
+field is then checked by the same rules as the options that make it (a multiplier as
+``--multiplier``), its JSON type strictly, and fields that are unknown or contradict each other
+are refused.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dsg.artifacts import (
     write_json,
     write_tensors,
 )
+from dsg.checks import check_int64
 from dsg.errors import UserError
 from dsg.hook_names import resid_hook
 
@@ -55,6 +59,18 @@ RULES: dict[str, str] = {
     "generation": "decided on the prompt, carried through KV-cache decode steps",
 }
 """The semantics a bundle's consumer must implement; a bundle with other rules is refused."""
+
+FIELDS = (
+    "format", "format_version", "hook", "features", "threshold", "multiplier", "strategy",
+    "strategy_params", "rules", "activation", "apply_b_dec_to_input", "d_model", "d_sae", "dtype",
+    "sae", "base_model", "provenance", "tensors", DIGEST_FIELD,
+)  # fmt: skip
+"""Every field of ``bundle.json``; one more or one less is refused."""
+DESCRIPTIVE_FIELDS = {
+    "sae": ("spec", "fingerprint", "architecture", "model_name"),
+    "base_model": ("spec", "fingerprint", "hf"),
+}
+"""The keys the descriptive objects may hold, each a string or null."""
 
 
 def parse_hook(hook_name: str) -> tuple[int, str]:
@@ -132,16 +148,37 @@ class Bundle:
         return len(self.features)
 
     def validate(self) -> None:
-        """Every field and shape consistent with the others, or a UserError naming the fault."""
+        """Every field and shape consistent with the others, or a UserError naming the fault.
+        The values pass the checks of the settings that make them (the multiplier those of
+        ``--multiplier``, the number of features those of ``--n-features``) and the guardrail's
+        own (the threshold a rate in [0, 1], the features distinct indices of the SAE)."""
+        import torch
+
+        from dsg.config import check_setting
+        from dsg.guardrail import feature_index
+
         parse_hook(self.hook_name)
         strategy = exportable_strategy(self.strategy)
         if strategy.uses_threshold and self.threshold is None:
             raise UserError(f"a {self.strategy} bundle needs a threshold")
+        if not strategy.uses_threshold and self.threshold is not None:
+            raise UserError(
+                f"threshold {self.threshold} contradicts strategy {self.strategy!r}, which uses "
+                "none; a static bundle's threshold is null"
+            )
         strategy.bundle_gate(self.threshold, self.strategy_params)  # refuses bad parameters
+        check_setting("multipliers", self.multiplier)
         if self.activation not in ("relu", "jumprelu"):
             raise UserError(f"bundle activation {self.activation!r} is neither relu nor jumprelu")
-        if len(set(self.features)) != self.k or any(not 0 <= j < self.d_sae for j in self.features):
-            raise UserError(f"bundle features must be distinct indices in [0, {self.d_sae})")
+        check_setting("n_features", self.k)
+        check_int64("d_sae", self.d_sae)
+        feature_index(self.features, self.d_sae)  # in [0, d_sae) and distinct
+        for field_name, keys in DESCRIPTIVE_FIELDS.items():
+            for key, value in getattr(self, field_name).items():
+                if key not in keys:
+                    raise UserError(f"{field_name} has unknown field {key!r}; it may hold {keys}")
+                if value is not None and not isinstance(value, str):
+                    raise UserError(f"{field_name}.{key} must be a string or null, not {value!r}")
         names = {"W_enc", "b_enc", "W_dec", "b_dec"} | (
             {JUMP_THRESHOLD} if self.activation == "jumprelu" else set()
         )
@@ -161,6 +198,13 @@ class Bundle:
                     f"bundle tensor {name} has shape {tuple(tensor.shape)}, expected "
                     f"{expected[name]} for {k} features of width {d}"
                 )
+            if tensor.dtype != torch.float32:
+                raise UserError(
+                    f"bundle tensor {name} is {str(tensor.dtype).removeprefix('torch.')}; a "
+                    "bundle's tensors are float32"
+                )
+            if not bool(torch.isfinite(tensor).all()):
+                raise UserError(f"bundle tensor {name} holds NaN or infinite values")
 
     def config(self, tensors_sha256: str) -> dict[str, Any]:
         """The JSON half of the bundle."""
@@ -216,36 +260,22 @@ class Bundle:
             )
         if config.get("rules") != RULES:
             raise UserError(f"{directory} asks for guardrail rules this dsg does not implement")
+        if not isinstance(config.get("tensors"), dict):
+            raise UserError(f"{config_path}: tensors must be an object; export the bundle again")
         tensors_path = directory / TENSORS_FILE
         if not tensors_path.is_file():
             raise UserError(f"{directory} has no {TENSORS_FILE}; export the bundle again")
-        if file_sha256(tensors_path) != (config.get("tensors") or {}).get("sha256"):
+        if file_sha256(tensors_path) != config["tensors"].get("sha256"):
             raise UserError(
                 f"{tensors_path} does not match {CONFIG_FILE} (edited or half-written); "
                 "export the bundle again"
             )
-        tensors = {name: t.float() for name, t in read_tensors(tensors_path).items()}
         try:
-            threshold = config["threshold"]
-            return cls(
-                hook_name=str(config["hook"]["name"]),
-                features=tuple(int(j) for j in config["features"]),
-                threshold=None if threshold is None else float(threshold),
-                multiplier=float(config["multiplier"]),
-                strategy=str(config["strategy"]),
-                strategy_params=dict(config["strategy_params"]),
-                activation=str(config["activation"]),
-                apply_b_dec_to_input=bool(config["apply_b_dec_to_input"]),
-                d_sae=int(config["d_sae"]),
-                tensors=tensors,
-                sae=dict(config.get("sae") or {}),
-                base_model=dict(config.get("base_model") or {}),
-                provenance=dict(config.get("provenance") or {}),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(
-                f"{config_path} is corrupted ({exc!r}); export the bundle again"
-            ) from None
+            bundle = cls(tensors=read_tensors(tensors_path), **_described(config))
+            _check_agreement(bundle, config)
+        except UserError as exc:
+            raise UserError(f"{config_path}: {exc}; export the bundle again") from None
+        return bundle
 
     def guardrail(self) -> Guardrail:
         """The bundle's guardrail: the strategy's gate on :class:`dsg.guardrail.Guardrail`."""
@@ -261,6 +291,69 @@ class Bundle:
         )
         gate = exportable_strategy(self.strategy).bundle_gate(self.threshold, self.strategy_params)
         return Guardrail(columns, gate, self.multiplier)
+
+
+def _described(config: dict[str, Any]) -> dict[str, Any]:
+    """The constructor arguments ``bundle.json`` describes, each of its JSON type (a number is
+    not a string or a bool, an index not a float); any field missing or unknown is refused."""
+    unknown = sorted(set(config) - set(FIELDS))
+    missing = [name for name in FIELDS if name not in config]
+    if unknown or missing:
+        what = f"unknown field {unknown[0]!r}" if unknown else f"no field {missing[0]!r}"
+        raise UserError(f"{what} (a bundle has exactly: {', '.join(FIELDS)})")
+    hook = _typed(config, "hook", dict)
+    if set(hook) != {"name", "layer", "point"}:
+        raise UserError(f"hook must have exactly name, layer and point, not {sorted(hook)}")
+    features = _typed(config, "features", list)
+    if not all(isinstance(j, int) and not isinstance(j, bool) for j in features):
+        wrong = next(j for j in features if not isinstance(j, int) or isinstance(j, bool))
+        raise UserError(f"features must be integer indices, got {wrong!r}")
+    threshold = config["threshold"]
+    return {
+        "hook_name": _typed(hook, "name", str, "hook.name"),
+        "features": tuple(features),
+        "threshold": None if threshold is None else _typed(config, "threshold", float),
+        "multiplier": _typed(config, "multiplier", float),
+        "strategy": _typed(config, "strategy", str),
+        "strategy_params": _typed(config, "strategy_params", dict),
+        "activation": _typed(config, "activation", str),
+        "apply_b_dec_to_input": _typed(config, "apply_b_dec_to_input", bool),
+        "d_sae": _typed(config, "d_sae", int),
+        "sae": _typed(config, "sae", dict),
+        "base_model": _typed(config, "base_model", dict),
+        "provenance": _typed(config, "provenance", dict),
+    }
+
+
+def _typed(table: dict[str, Any], key: str, kind: type, name: str | None = None) -> Any:
+    """``table[key]`` if it has JSON type ``kind``: an int counts as a float, a bool as neither."""
+    value = table[key]
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        label = {dict: "an object", list: "a list", str: "a string", bool: "true or false"}
+        expected = label.get(kind, "a number" if kind is float else "an integer")
+        raise UserError(f"{name or key} must be {expected}, not {value!r}")
+    return value
+
+
+def _check_agreement(bundle: Bundle, config: dict[str, Any]) -> None:
+    """The fields ``bundle.json`` repeats for its readers agree with the ones they follow from."""
+    layer, point = parse_hook(bundle.hook_name)
+    hook = f"hook.name {bundle.hook_name!r}"
+    stated = {
+        "hook.layer": (config["hook"]["layer"], layer, hook),
+        "hook.point": (config["hook"]["point"], point, hook),
+        "d_model": (config["d_model"], bundle.d_model, "the tensors' width"),
+        "dtype": (config["dtype"], "float32", "the format, whose tensors are float32"),
+        "tensors.file": (config["tensors"].get("file"), TENSORS_FILE, "the format"),
+    }
+    for name, (said, actual, source) in stated.items():
+        if said != actual or isinstance(said, bool):
+            raise UserError(f"{name} {said!r} contradicts {source} ({actual!r})")
+    if sorted(config["tensors"]) != ["file", "sha256"]:
+        raise UserError("tensors must have exactly file and sha256")
 
 
 def from_sae(

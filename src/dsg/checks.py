@@ -1,8 +1,18 @@
-"""Range checks shared by the settings and the guardrail math, so each range reads one way."""
+"""Range checks shared by the settings, the bundles and the guardrail math, so each range reads
+one way and a value is judged the same wherever it enters."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from dsg.errors import UserError
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+_LARGEST = {"float16": float(np.finfo(np.float16).max)}
+"""The largest finite value of the model dtypes narrower than float32 in range."""
 
 
 def check_bounds(
@@ -32,3 +42,40 @@ def check_bounds(
 def check_percentile(name: str, value: float) -> float:
     """``value`` as a float if it is a percentile, within [0, 100]."""
     return check_bounds(name, float(value), 0.0, 100.0)
+
+
+def check_int64(name: str, value: int) -> int:
+    """``value`` if it fits in a signed 64-bit integer, which torch and numpy hold it in."""
+    if INT64_MIN <= value <= INT64_MAX:
+        return value
+    raise UserError(f"{name} {value} does not fit in a 64-bit integer (at most {INT64_MAX:,})")
+
+
+def check_float32(name: str, value: float) -> float:
+    """``value`` if it is a finite number that stays finite cast to float32, the dtype the
+    guardrail computes in (1e39 is a finite float64 but an infinite float32)."""
+    if not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number, got {value}")
+    if abs(value) > FLOAT32_MAX:
+        raise UserError(f"{name} {value:g} does not fit in float32 (at most {FLOAT32_MAX:.4g})")
+    return value
+
+
+def check_not_empty(name: str, value: str) -> str:
+    """``value`` unless it is empty: an empty pattern matches everything, an empty name picks a
+    default and an empty path is the current directory, none of which the user meant."""
+    if value == "":
+        raise UserError(f"{name} must not be empty")
+    return value
+
+
+def check_clamp_dtype(multiplier: float, dtype: str) -> float:
+    """``multiplier`` if the clamp value -m is finite in ``dtype``, the dtype the residual and
+    hence the clamp are computed in (float16 ends at 65504; bfloat16 has float32's range)."""
+    largest = _LARGEST.get(dtype)
+    if largest is not None and multiplier > largest:
+        raise UserError(
+            f"multiplier {multiplier:g} overflows {dtype}, whose largest value is {largest:g}; "
+            f"pass a smaller --multiplier or another --dtype"
+        )
+    return multiplier

@@ -233,12 +233,16 @@ def generate(
 def _bundle_guardrail(path: Path, given: Given) -> tuple[Bundle, str, str]:
     """A saved bundle, the device and dtype to run it with."""
     from dsg.bundle import Bundle
+    from dsg.checks import check_clamp_dtype
     from dsg.devices import check_device
 
     options = given.settings
     device = options.get("device") or "cpu"
     check_device(device)
-    return Bundle.load(path), device, options.get("dtype") or "float32"
+    guard = Bundle.load(path)
+    dtype = options.get("dtype") or "float32"
+    check_clamp_dtype(guard.multiplier, dtype)
+    return guard, device, dtype
 
 
 def _built_guardrail(given: Given) -> tuple[Bundle, str, str]:

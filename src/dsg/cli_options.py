@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from dsg.checks import check_not_empty
 from dsg.settings import Declared, for_command
 
 CONFIG_OPTION = "config"
@@ -37,7 +38,9 @@ def _optional(kind: Any) -> Any:
 
 
 def _parameter(setting: Declared) -> inspect.Parameter:
-    kind: Any = list[setting.kind] if setting.repeated else setting.kind  # type: ignore[name-defined]
+    # A path arrives as text: Typer would turn "" into Path("."), the current directory.
+    entered = str if setting.kind is Path else setting.kind
+    kind: Any = list[entered] if setting.repeated else entered  # type: ignore[valid-type]
     help_text = setting.described + (" Repeatable." if setting.repeated else "")
     if setting.kind is bool:
         option = typer.Option(setting.option, help=help_text)
@@ -61,8 +64,24 @@ def _config_parameter() -> inspect.Parameter:
         CONFIG_OPTION,
         inspect.Parameter.KEYWORD_ONLY,
         default=None,
-        annotation=Annotated[_optional(Path), option],
+        annotation=Annotated[_optional(str), option],
     )
+
+
+def _entered(settings: list[Declared], kwargs: dict[str, Any]) -> Given:
+    """The options given, each checked as it enters by the rules the config file's keys follow
+    (:func:`dsg.config.convert`); an option left off (None, or a flag left False) is absent."""
+    from dsg.config import convert
+
+    given: dict[str, Any] = {}
+    for setting in settings:
+        value = kwargs.get(setting.name)
+        if value is None or value is False or (isinstance(value, list | tuple) and not value):
+            given[setting.name] = None
+        else:
+            given[setting.name] = convert(setting, value, setting.option)
+    config = kwargs.get(CONFIG_OPTION)
+    return Given(None if config is None else Path(check_not_empty("--config", config)), given)
 
 
 def setting_options(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -82,14 +101,8 @@ def setting_options(command: str) -> Callable[[Callable[..., Any]], Callable[...
 
         @functools.wraps(fn)
         def command_fn(**kwargs: Any) -> Any:
-            given = {
-                name: None if value is False else value
-                for name, value in kwargs.items()
-                if name in names
-            }
-            config = kwargs.get(CONFIG_OPTION)
             rest = {k: v for k, v in kwargs.items() if k not in names and k != CONFIG_OPTION}
-            return fn(given=Given(config, given), **rest)
+            return fn(given=_entered(settings, kwargs), **rest)
 
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
         command_fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

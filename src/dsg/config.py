@@ -14,7 +14,13 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.checks import check_bounds
+from dsg.checks import (
+    check_bounds,
+    check_clamp_dtype,
+    check_float32,
+    check_int64,
+    check_not_empty,
+)
 from dsg.errors import UserError
 from dsg.settings import Declared, Settings, declared
 
@@ -53,6 +59,8 @@ def find_config(explicit: Path | None) -> tuple[Path | None, dict[str, Any]]:
             raise UserError(f"{path} is not UTF-8 text, so not a TOML config file") from None
         except OSError as exc:
             raise UserError(f"config file {path} cannot be read ({exc.strerror})") from None
+        except RecursionError:
+            raise UserError(f"{path} nests arrays or tables too deeply for a config file") from None
         settings: Any = table
         if is_pyproject:
             tool = table.get("tool", {})
@@ -66,26 +74,39 @@ def find_config(explicit: Path | None) -> tuple[Path | None, dict[str, Any]]:
 
 
 def validate_config(table: dict[str, Any], source: Path) -> dict[str, Any]:
-    """Check keys and types; return values converted to what :class:`Settings` holds."""
+    """Check keys, types and values; return values converted to what :class:`Settings` holds.
+    Two spellings of one key (``n-features`` and ``n_features``) are refused, not merged."""
     known = declared()
     clean: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
     for key, value in table.items():
         name = key.replace("-", "_")
         if name not in known:
             raise UserError(
                 f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(known))}"
             )
-        clean[name] = convert(known[name], value, f"{source}: {key}")
+        if name in spelled:
+            raise UserError(
+                f"{source}: {spelled[name]!r} and {key!r} are the same setting; keep one of them"
+            )
+        spelled[name] = key
+        clean[name] = convert(known[name], value, f"{source}: {key}", prefix=f"{source}: ")
     return clean
 
 
-def convert(setting: Declared, value: Any, where: str) -> Any:
-    """A TOML value as :class:`Settings` holds it: an int where a float is expected is widened,
-    a string becomes a path, and a single value where a list is expected is a list of one."""
-    if setting.repeated:
-        items = value if isinstance(value, list) else [value]
-        return tuple(_convert_one(setting.kind, v, where) for v in items)
-    return _convert_one(setting.kind, value, where)
+def convert(setting: Declared, value: Any, where: str, *, prefix: str = "") -> Any:
+    """A value as it enters (TOML, an option, a case default), checked and as :class:`Settings`
+    holds it: an int where a float is expected is widened, a string becomes a path, and a single
+    value where a list is expected is a list of one. Each item then passes :func:`check_value`,
+    whose messages start with ``prefix``."""
+    items = value if setting.repeated and isinstance(value, list) else [value]
+    converted = [_convert_one(setting.kind, v, where) for v in items]
+    try:
+        for item in converted:
+            check_value(setting, item)
+    except UserError as exc:
+        raise UserError(f"{prefix}{exc}") from None
+    return tuple(converted) if setting.repeated else converted[0]
 
 
 def _convert_one(kind: type, value: Any, where: str) -> Any:
@@ -94,7 +115,9 @@ def _convert_one(kind: type, value: Any, where: str) -> Any:
         return float(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise UserError(f"{where} must be a {expected.__name__}, not {value!r}")
-    return Path(str(value)) if kind is Path else value
+    if kind is Path:  # checked before the conversion: Path("") is the current directory
+        return Path(check_not_empty(where, str(value)))
+    return value
 
 
 def resolve(
@@ -144,16 +167,34 @@ def check(s: Settings) -> None:
         value = getattr(s, setting.name)
         for item in value if setting.repeated else (value,):
             if item is not None:
-                _check_value(setting, item)
+                check_value(setting, item)
+    for multiplier in s.multipliers:
+        check_clamp_dtype(multiplier, s.dtype)
 
 
-def _check_value(setting: Declared, value: Any) -> None:
+def check_setting(name: str, value: Any) -> Any:
+    """``value`` if setting ``name`` may hold it (one item of a list setting): the rules a value
+    from elsewhere, such as a bundle's multiplier, shares with the options and config keys."""
+    check_value(declared()[name], value)
+    return value
+
+
+def check_value(setting: Declared, value: Any) -> None:
+    """The declared rules of one value (one item of a list setting), in the terms it is used in:
+    integers fit in int64, numbers are finite and within their bounds and float32, strings and
+    paths are not empty, choices and patterns are valid."""
     spec, label = setting.spec, setting.label
+    if isinstance(value, int) and not isinstance(value, bool):
+        check_int64(label, value)
     if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"{label} must be a finite number, got {value}")
     if spec.bounds is not None:
         low, high, above = spec.bounds.minimum, spec.bounds.maximum, spec.bounds.above_minimum
         check_bounds(label, value, low, high, above_minimum=above)
+    if isinstance(value, float):
+        check_float32(label, value)
+    if isinstance(value, str):
+        check_not_empty(label, value)
     if spec.choices and value not in spec.choices:
         raise UserError(f"unknown {label} {value!r}; choose one of: {', '.join(spec.choices)}")
     if spec.regex:

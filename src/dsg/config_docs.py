@@ -37,8 +37,10 @@ def _type(setting: Declared) -> str:
     bounds, name = setting.spec.bounds, _TYPE_NAMES[setting.kind]
     if setting.repeated:
         name = f"list of {name}s"
-    if bounds is None or bounds.minimum is None:
+    if bounds is None:
         return name
+    if bounds.minimum is None:
+        return name if bounds.maximum is None else f"{name} ≤ {bounds.maximum:g}"
     if bounds.maximum is not None:
         low = f"{'(' if bounds.above_minimum else '['}{bounds.minimum:g}"
         return f"{name} in {low}, {bounds.maximum:g}]"

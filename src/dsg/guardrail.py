@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from dsg.checks import check_percentile
+from dsg.checks import check_bounds, check_percentile
 from dsg.errors import UserError
 
 if TYPE_CHECKING:
@@ -174,11 +174,15 @@ def feature_index(features: Any, d_sae: int) -> torch.Tensor:
     """Selected feature indices as a CPU int64 vector; out of range or repeated: UserError."""
     if isinstance(features, torch.Tensor):
         features = features.detach().cpu()
-    index = torch.as_tensor(np.asarray(features, dtype=np.int64).reshape(-1))
+    outside = UserError(
+        f"feature indices must lie in [0, {d_sae}); the selection is for another SAE"
+    )
+    try:
+        index = torch.as_tensor(np.asarray(features, dtype=np.int64).reshape(-1))
+    except OverflowError:
+        raise outside from None
     if index.numel() and (int(index.min()) < 0 or int(index.max()) >= d_sae):
-        raise UserError(
-            f"feature indices must lie in [0, {d_sae}); the selection is for another SAE"
-        )
+        raise outside
     if index.unique().numel() != index.numel():
         raise UserError("feature indices contain duplicates")
     return index
@@ -400,14 +404,22 @@ def feature_activations(sae: Any, resid: torch.Tensor, features: Any) -> torch.T
 # --------------------------------------------------------------------------- gates
 
 
+def rate_threshold(name: str, value: float) -> float:
+    """A threshold on hit rates, checked: a rate lies in [0, 1], so a threshold above 1 never
+    fires and one below 0 always does, and NaN decides nothing."""
+    value = float(value)
+    if math.isnan(value):
+        raise UserError(f"the guardrail {name} is NaN; recalibrate it")
+    check_bounds(name, value, 0.0, 1.0)
+    return value
+
+
 class ThresholdGate:
     """The DSG gate: a row fires when ``float32(rate) > float32(threshold)`` (strict); decode
     steps keep the prompt's decision."""
 
     def __init__(self, threshold: float) -> None:
-        self.threshold = float(threshold)
-        if math.isnan(self.threshold):
-            raise UserError("the guardrail threshold is NaN; recalibrate it")
+        self.threshold = rate_threshold("threshold", threshold)
 
     def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
         return rate_gate(rates, self.threshold)
@@ -431,10 +443,8 @@ class WindowGate:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise UserError(f"the guardrail window must be a positive integer, got {window!r}")
         self.window = window
-        self.window_threshold = float(window_threshold)
-        self.threshold = float(threshold)
-        if math.isnan(self.threshold) or math.isnan(self.window_threshold):
-            raise UserError("a guardrail threshold is NaN; recalibrate it")
+        self.window_threshold = rate_threshold("window_threshold", window_threshold)
+        self.threshold = rate_threshold("threshold", threshold)
 
     def decide(
         self, rates: torch.Tensor, hits: torch.Tensor, attention_mask: torch.Tensor
@@ -477,9 +487,11 @@ class Guardrail:
     def __init__(
         self, features: FeatureColumns | EncodedFeatures, gate: Gate, multiplier: float
     ) -> None:
+        from dsg.config import check_setting
+
         self.selected = features
         self.gate = gate
-        self.multiplier = float(multiplier)
+        self.multiplier = check_setting("multipliers", float(multiplier))  # as --multiplier
         self.fired: torch.Tensor | None = None
         self.rates: torch.Tensor | None = None
 

@@ -57,7 +57,9 @@ class CaseDefaults:
             if name not in allowed:
                 raise TypeError(f"a case may not set {name!r}; it may set: {', '.join(allowed)}")
             listed = list(value) if isinstance(value, tuple) else value
-            values[name] = convert(known[name], listed, f"case default {name}")
+            values[name] = convert(
+                known[name], listed, f"case default {name}", prefix="case default: "
+            )
         self.values: dict[str, Any] = values
 
     def __getattr__(self, name: str) -> Any:

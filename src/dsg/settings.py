@@ -48,6 +48,16 @@ PERCENTILE = Bounds(0, 100)
 NON_NEGATIVE = Bounds(0, None)
 PERCENTAGE = Bounds(0, 100, above_minimum=True)
 
+MAX_MULTIPLIER = 1e6
+"""The largest clamp strength m. The clamp adds about m times each selected decoder direction to
+the residual; the next normalisation squares it in float32, which overflows past m ~ 1e19 (the
+layer then zeroes the residual or turns it NaN), and m = 1e39 is no float32 at all. Residual
+norms stay below ~1e4, so a clamp of 1e6 already swamps them and a larger m changes nothing but
+that risk."""
+MAX_STAT_DECIMALS = 1074
+"""Decimals that write every float64 exactly (the smallest subnormal is 2**-1074); more change
+nothing and cost memory."""
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -118,8 +128,9 @@ class Settings:
         EVERY_COMMAND, bounds=POSITIVE, case_may_set=True,
     )  # fmt: skip
     seed: int = setting(
-        0, "Seeds the forget-document sample and the row shuffles.", RUN, EVERY_COMMAND
-    )
+        0, "Seeds the forget-document sample and the row shuffles.", RUN, EVERY_COMMAND,
+        bounds=NON_NEGATIVE,
+    )  # fmt: skip
     out: Path = setting(Path("dsg-runs"), "The run directory.", RUN, EVERY_COMMAND)
     force: bool = setting(
         False, "Recompute artifacts even when they exist for the same inputs.", RUN, STAGES
@@ -137,7 +148,7 @@ class Settings:
     )
     min_chars: int = setting(
         50, "Documents are kept only if longer than this many characters.", DATA, EVERY_COMMAND,
-        case_may_set=True,
+        bounds=NON_NEGATIVE, case_may_set=True,
     )  # fmt: skip
     seq_len: int = setting(
         1024, "Tokens per row.", DATA, EVERY_COMMAND, bounds=POSITIVE, case_may_set=True
@@ -176,11 +187,12 @@ class Settings:
     stat_decimals: int = setting(
         6, "Round the per-feature means to this many decimals before selecting, as the "
         "reference's text files do; a negative value selects on the exact means.", SELECTION,
-        SELECTING,
+        SELECTING, bounds=Bounds(None, MAX_STAT_DECIMALS),
     )  # fmt: skip
     multipliers: tuple[float, ...] = setting(
         (500.0,), "Clamp strength m: selected features are set to -m at hit positions.",
-        EVALUATION, CLAMPING, option="--multiplier", bounds=NON_NEGATIVE, case_may_set=True,
+        EVALUATION, CLAMPING, option="--multiplier", bounds=Bounds(0, MAX_MULTIPLIER),
+        case_may_set=True,
     )  # fmt: skip
     strategies: tuple[str, ...] = setting(
         ("dynamic", "static"), "Intervention strategies to sweep (`dsg plugins` lists them); "
