@@ -18,7 +18,7 @@ import pluggy
 
 from dsg import hookspecs
 from dsg.errors import PluginConflict, UserError
-from dsg.interfaces import Case, CaseDefaults, ModelLoader, SAELoader, Strategy
+from dsg.interfaces import Attack, Case, CaseDefaults, ModelLoader, SAELoader, Strategy
 
 ENTRY_POINT_GROUP = "dsg"
 
@@ -28,6 +28,7 @@ REGISTRIES = {
     "model_loaders": "register_model_loaders",
     "cases": "register_cases",
     "strategies": "register_strategies",
+    "attacks": "register_attacks",
     "commands": "register_commands",
 }
 
@@ -36,6 +37,7 @@ KIND_LABEL = {
     "model_loaders": "model loader",
     "cases": "case",
     "strategies": "strategy",
+    "attacks": "attack",
     "commands": "command",
 }
 
@@ -44,6 +46,7 @@ PROTOCOLS: dict[str, type] = {
     "model_loaders": ModelLoader,
     "cases": Case,
     "strategies": Strategy,
+    "attacks": Attack,
 }
 
 
