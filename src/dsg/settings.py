@@ -202,8 +202,8 @@ class Settings:
     )  # fmt: skip
     budgets: tuple[int, ...] = setting(
         (0, 25, 50, 100, 200, 400), "dilution: benign tokens inserted into each prompt. A budget "
-        "that does not fit the model's context beside the longest prompt is an error; the default "
-        "list is cut there, with a warning.", ATTACKS, (ATTACK,), option="--budget",
+        "that does not fit the model's context beside the longest prompt is refused, naming the "
+        "largest that fits.", ATTACKS, (ATTACK,), option="--budget",
         bounds=NON_NEGATIVE,
     )  # fmt: skip
     placements: tuple[str, ...] = setting(
@@ -216,8 +216,8 @@ class Settings:
         "retain corpus).", ATTACKS, (ATTACK,),
     )  # fmt: skip
     formats: tuple[str, ...] = setting(
-        (), "format: the prompt formats to try (`dsg attack format --help` and "
-        "docs/robustness.md list them).", ATTACKS, (ATTACK,), option="--format",
+        (), "format: the prompt formats to try (docs/robustness.md lists them; an unknown "
+        "name is refused with the list).", ATTACKS, (ATTACK,), option="--format",
         docs_default="all",
     )  # fmt: skip
     executor: str = setting(
