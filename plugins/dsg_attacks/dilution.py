@@ -30,7 +30,7 @@ def split_prompt(target: AttackTarget, eval_set: EvalSet, q: MCQuestion) -> tupl
     from dsg.prompts import body, render_question
 
     text, _ = render_question(target.prompt_format, target.tokenizer, eval_set, q)
-    user = body(eval_set, q.question, q.choices)
+    user = body(eval_set, q.question, q.choices).strip()  # chat templates trim the user's text
     start = text.find(user)
     if start < 0 or text.count(user) != 1:
         raise UserError(
