@@ -269,3 +269,57 @@ def test_a_plugin_attack_without_run_is_refused() -> None:
     assert "broken" not in reg.names("attacks")
     (failed,) = [p for p in reg.failures if p.name == "broken"]
     assert "without run" in (failed.error or "")
+
+
+class TwinAttack:
+    """Scores the evaluated prompts on the run's model and on a model handed in (as a relearning
+    attack hands in its fine-tuned copy): here the same weights, so the same answers."""
+
+    name = "twin"
+    description = "the run's model, then the same model handed in"
+    axis = "model"
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+    def check(self, target: Any) -> None:
+        pass
+
+    def run(self, target: Any) -> Iterator[AttackRow]:
+        rows = {
+            e.name: [
+                AttackPrompt(tuple(ids), q.answer)
+                for ids, q in zip(
+                    target.encode(
+                        [
+                            target.prompt_format.render(target.tokenizer, e, q.question, q.choices)
+                            for q in e.questions
+                        ]
+                    ),
+                    e.questions,
+                    strict=True,
+                )
+            ]
+            for e in target.eval_sets
+        }
+        yield AttackRow({"model": "run"}, target.score(rows))
+        with pytest.raises(ValueError, match="model_key"):
+            target.score(rows, model=self.backend)
+        copy = target.score(rows, model=self.backend, model_key={"copy": 1})
+        yield AttackRow({"model": "handed in"}, copy)
+
+
+def test_an_attack_scores_a_model_it_hands_in(world: TinyWorld, tmp_path: Path) -> None:
+    base = build_registry(extra_plugins=[("tiny", TinyPlugin(world))])
+    session = open_session(base, tmp_path / "run")
+
+    class Plugin:
+        @hookimpl
+        def register_attacks(self, register: Any) -> None:
+            register(TwinAttack(session.backend()))
+
+    reg = build_registry(extra_plugins=[("tiny", TinyPlugin(world)), ("twin", Plugin())])
+    data = json.loads(attack.run(open_session(reg, tmp_path / "run"), "twin").read_text())
+    first, second = data["rows"]
+    assert first["unguarded"] == second["unguarded"] and first["configs"] == second["configs"]
+    assert len(all_scores(tmp_path / "run")) == 2 * 2  # two sets, each under two model keys
