@@ -14,6 +14,10 @@ from dsg.errors import UserError, one_line_reason, unreadable_file_errors
 from dsg.hook_names import hook_layer_of, parse_hook_name
 from dsg.hookspecs import Register, hookimpl
 from dsg.interfaces import (
+    Attack,
+    AttackPrompt,
+    AttackRow,
+    AttackTarget,
     CalibratedStrategy,
     CalibrationData,
     Case,
@@ -29,6 +33,7 @@ from dsg.interfaces import (
     ModelLoader,
     PromptFormat,
     SAELoader,
+    SetScores,
     Strategy,
 )
 from dsg.loading import hub_lookups, no_progress_bars, refuse_custom_code
@@ -36,6 +41,10 @@ from dsg.mirror import HubDataset
 from dsg.safe_json import loads as parse_json
 
 __all__ = [
+    "Attack",
+    "AttackPrompt",
+    "AttackRow",
+    "AttackTarget",
     "CalibratedStrategy",
     "CalibrationData",
     "Case",
@@ -54,6 +63,7 @@ __all__ = [
     "PromptFormat",
     "Register",
     "SAELoader",
+    "SetScores",
     "Strategy",
     "UserError",
     "hook_layer_of",
@@ -73,8 +83,9 @@ __all__ = [
 def registered(kind: str, name: str) -> Any:
     """The object another plugin registered (``registered("sae_loaders", "local-sae")``), so a
     plugin builds on another's loader instead of importing that plugin's modules. ``kind`` is
-    one of ``sae_loaders``, ``model_loaders``, ``cases``, ``strategies``; an unknown name is a
-    :class:`UserError` listing the choices. Call it when loading, not while registering."""
+    one of ``sae_loaders``, ``model_loaders``, ``cases``, ``strategies``, ``attacks``; an unknown
+    name is a :class:`UserError` listing the choices. Call it when loading, not while
+    registering."""
     from dsg.plugins import registry
 
     return registry().get(kind, name)

@@ -148,6 +148,27 @@ def evaluate(given: Given) -> None:
     _each_sae(given, "evaluate")
 
 
+@app.command()
+@user_errors
+@setting_options("attack")
+def attack(
+    name: Annotated[str, typer.Argument(metavar="ATTACK", help="The attack (`dsg plugins`).")],
+    given: Given,
+) -> None:
+    """Run an attack on every configuration and the unguarded model; write attack.json and
+    attack.png (runs `select` if needed)."""
+    from dsg import attack as attacks
+    from dsg.session import Session
+
+    session = Session.open(given.settings, config_file=given.config)
+    session.registry.get("attacks", name)
+    if session.settings.sae_release_pattern or session.settings.sae_id_pattern:
+        raise UserError(
+            "attack runs on one SAE, but the config selects SAEs by pattern; pass --sae"
+        )
+    typer.echo(str(attacks.run(session, name)))
+
+
 data_app = typer.Typer(help="Offline copies of the hub datasets cases read.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

@@ -47,6 +47,12 @@ def register_strategies(register: Register) -> None:
 
 
 @hookspec
+def register_attacks(register: Register) -> None:
+    """Register :class:`dsg.interfaces.Attack` objects: ways to get around a guardrail that
+    ``dsg attack NAME`` measures on every configuration and on the unguarded model."""
+
+
+@hookspec
 def register_commands(register: Register) -> None:
     """Register functions that become ``dsg`` subcommands, as Typer reads them: the function's
     name (``_`` as ``-``) is the command, its docstring the help, its annotated parameters the

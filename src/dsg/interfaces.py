@@ -5,7 +5,7 @@ The core names no model, SAE or dataset: all of them arrive through these interf
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -280,4 +280,120 @@ class ExportableStrategy(Strategy, Protocol):
 
     def bundle_gate(self, threshold: float | None, params: dict[str, Any]) -> Gate:
         """The gate for a bundle's threshold and parameters."""
+        ...
+
+
+@dataclass(frozen=True)
+class AttackPrompt:
+    """One prompt an attack hands to dsg: its token ids (special tokens included, as the model
+    sees them) and the index of the right answer among its four labels."""
+
+    ids: tuple[int, ...]
+    gold: int
+
+
+@dataclass(frozen=True)
+class SetScores:
+    """One set's prompts under one attack condition: the answers of the unguarded model, and
+    under each configuration (in :attr:`AttackTarget.configs` order) its answers and whether its
+    guardrail fired on each prompt."""
+
+    gold: tuple[int, ...]
+    unguarded: tuple[int, ...]
+    guarded: tuple[tuple[int, ...], ...]
+    fired: tuple[tuple[bool, ...], ...]
+
+    @property
+    def total(self) -> int:
+        return len(self.gold)
+
+    @property
+    def unguarded_correct(self) -> int:
+        return sum(p == g for p, g in zip(self.unguarded, self.gold, strict=True))
+
+    def correct(self, config: int) -> int:
+        return sum(p == g for p, g in zip(self.guarded[config], self.gold, strict=True))
+
+    def fired_count(self, config: int) -> int:
+        return sum(self.fired[config])
+
+
+@dataclass(frozen=True)
+class AttackRow:
+    """What an attack measured under one condition. ``condition`` names it with JSON values
+    (``{"placement": "before", "budget": 50}``, ``{"format": "lm-eval"}``,
+    ``{"learning_rate": 1e-5, "epoch": 2}``); ``scores`` holds each set's answers;
+    ``details`` anything else worth reporting about the condition (JSON values)."""
+
+    condition: dict[str, Any]
+    scores: dict[str, SetScores]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class AttackTarget(Protocol):
+    """What dsg hands an attack: the model's tokenizer and context, the case's prompt format and
+    questions, the configurations under test, and :meth:`score`, which runs prompts through the
+    evaluate engine unguarded and under every configuration at once."""
+
+    settings: Any
+    """The run's resolved :class:`dsg.settings.Settings` (``budgets``, ``formats``, ...)."""
+    tokenizer: Any
+    n_ctx: int
+    prompt_format: PromptFormat
+    eval_sets: list[EvalSet]
+    """Target first, then the side-effect sets. In :meth:`Attack.check` every question of each
+    set; in :meth:`Attack.run` only the questions of the run's subset (``--questions``)."""
+    configs: list[dict[str, Any]]
+    """Each configuration's description (strategy, ratio percentile, n, multiplier, ...); empty
+    in :meth:`Attack.check`."""
+
+    def benign_texts(self) -> list[str]:
+        """The benign corpus: ``--benign-corpus`` or the case's retain corpus, non-empty
+        documents only; an empty one is a UserError."""
+        ...
+
+    def warn(self, message: str) -> None:
+        """Print a warning now and keep it in the attack's report."""
+        ...
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of rendered prompts (no special tokens added), as ``dsg evaluate`` encodes
+        them; a prompt beyond the model's context is a UserError."""
+        ...
+
+    def score(
+        self,
+        prompts: Mapping[str, Sequence[AttackPrompt]],
+        *,
+        letters: Sequence[str] = ("A", "B", "C", "D"),
+        model: Any = None,
+        model_key: dict[str, Any] | None = None,
+    ) -> dict[str, SetScores]:
+        """Each set's prompts answered unguarded and under every configuration, reading the
+        probabilities of ``letters`` at the last token. Results are cached in the run directory,
+        keyed by the prompts and all that made the answers. ``model``: a model backend to score
+        instead of the run's (a fine-tuned copy, same tokenizer and hook); ``model_key`` then
+        identifies its weights and is required."""
+        ...
+
+
+@runtime_checkable
+class Attack(Protocol):
+    """A way to get around a guardrail, measured: ``dsg attack NAME`` runs it on every
+    configuration and on the unguarded model, side by side."""
+
+    name: str
+    description: str
+    axis: str
+    """The condition key plotted on the x axis (``budget``, ``format``, ``epoch``); the other
+    keys of a condition split the plot into panels."""
+
+    def check(self, target: AttackTarget) -> None:
+        """Reject settings this attack cannot run with (a UserError), before anything is
+        computed or written."""
+        ...
+
+    def run(self, target: AttackTarget) -> Iterator[AttackRow]:
+        """Every condition, in report order."""
         ...

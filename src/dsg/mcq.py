@@ -34,11 +34,12 @@ def split_layer(hook_name: str) -> int:
     return layer if point == "hook_resid_pre" else layer + 1
 
 
-def answer_token_ids(tokenizer: Any) -> torch.Tensor:
-    """``[2, 4]`` ids of ``A``-``D`` and `` A``-`` D``. A spaced letter that is not a single
-    token is replaced by the bare letter, so the max over the two rows is unaffected."""
+def answer_token_ids(tokenizer: Any, letters: Sequence[str] = LETTERS) -> torch.Tensor:
+    """``[2, 4]`` ids of ``A``-``D`` and `` A``-`` D`` (or of other ``letters``, for prompts
+    that label their choices otherwise). A spaced letter that is not a single token is replaced
+    by the bare letter, so the max over the two rows is unaffected."""
     rows: list[list[int]] = [[], []]
-    for letter in LETTERS:
+    for letter in letters:
         bare = tokenizer.encode(letter, add_special_tokens=False)
         if len(bare) != 1:
             raise UserError(

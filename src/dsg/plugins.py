@@ -25,7 +25,7 @@ import pluggy
 
 from dsg import hookspecs
 from dsg.errors import PluginConflict, UserError, one_line
-from dsg.interfaces import Case, CaseDefaults, ModelLoader, SAELoader, Strategy
+from dsg.interfaces import Attack, Case, CaseDefaults, ModelLoader, SAELoader, Strategy
 
 ENTRY_POINT_GROUP = "dsg"
 FIRST_PARTY = "dsg"
@@ -40,6 +40,7 @@ REGISTRIES = {
     "model_loaders": "register_model_loaders",
     "cases": "register_cases",
     "strategies": "register_strategies",
+    "attacks": "register_attacks",
     "commands": "register_commands",
 }
 
@@ -48,6 +49,7 @@ KIND_LABEL = {
     "model_loaders": "model loader",
     "cases": "case",
     "strategies": "strategy",
+    "attacks": "attack",
     "commands": "command",
 }
 
@@ -56,6 +58,7 @@ PROTOCOLS: dict[str, type] = {
     "model_loaders": ModelLoader,
     "cases": Case,
     "strategies": Strategy,
+    "attacks": Attack,
 }
 
 

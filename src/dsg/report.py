@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from dsg.evaluate import ConfigResult
     from dsg.session import Session
+    from dsg.settings import Settings
 
 REPORT_FILE = "report.json"
 REPORTS_DIR = "reports"
@@ -141,6 +142,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
     return value
+
+
+def plain_settings(settings: Settings) -> dict[str, Any]:
+    """Every setting of a run as JSON values (paths as strings, tuples as lists)."""
+    return {f.name: _plain(getattr(settings, f.name)) for f in dataclasses.fields(settings)}
 
 
 def run_folder(root: Path, report: dict[str, Any]) -> Path:

@@ -22,16 +22,18 @@ EXECUTORS = ("local", "ray")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 BACKENDS = ("auto", "transformer_lens", "transformers")
 
-# Which commands take a setting, in pipeline order; `generate` builds one guardrail.
+# Which commands take a setting, in pipeline order; `generate` builds one guardrail, `attack`
+# runs the evaluate engine on one SAE under an attack.
 STAGES = ("sparsity", "select", "evaluate", "muse-export")
-EVERY_COMMAND = (*STAGES, "generate")
-SELECTING = ("select", "evaluate", "muse-export", "generate")
-CLAMPING = ("evaluate", "muse-export", "generate")
+ATTACK = "attack"
+EVERY_COMMAND = (*STAGES, "generate", ATTACK)
+SELECTING = ("select", "evaluate", "muse-export", "generate", ATTACK)
+CLAMPING = ("evaluate", "muse-export", "generate", ATTACK)
 
 # Sections of docs/config.md, in order.
 RUN, DATA, SELECTION = "What to run", "Data", "Selection and threshold"
-EVALUATION, SCALE_OUT = "Evaluation", "Scale-out"
-GROUPS = (RUN, DATA, SELECTION, EVALUATION, SCALE_OUT)
+EVALUATION, ATTACKS, SCALE_OUT = "Evaluation", "Attacks", "Scale-out"
+GROUPS = (RUN, DATA, SELECTION, EVALUATION, ATTACKS, SCALE_OUT)
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ class Settings:
     backend: str = setting(
         "auto", "What runs the forward passes of sparsity and the MCQ engine; auto is "
         "transformer_lens on cpu, transformers on any other device (docs/evaluate.md#backends).",
-        RUN, STAGES, choices=BACKENDS,
+        RUN, (*STAGES, ATTACK), choices=BACKENDS,
     )  # fmt: skip
     batch_size: int = setting(
         8, "Rows or prompts per forward pass; changes speed and memory, never results.", RUN,
@@ -133,8 +135,9 @@ class Settings:
     )  # fmt: skip
     out: Path = setting(Path("dsg-runs"), "The run directory.", RUN, EVERY_COMMAND)
     force: bool = setting(
-        False, "Recompute artifacts even when they exist for the same inputs.", RUN, STAGES
-    )
+        False, "Recompute artifacts even when they exist for the same inputs.", RUN,
+        (*STAGES, ATTACK),
+    )  # fmt: skip
     data_dir: Path | None = setting(
         None, "An offline mirror of the hub datasets, made by `dsg data mirror`.", DATA,
         EVERY_COMMAND,
@@ -196,11 +199,11 @@ class Settings:
     )  # fmt: skip
     strategies: tuple[str, ...] = setting(
         ("dynamic", "static"), "Intervention strategies to sweep (`dsg plugins` lists them); "
-        "muse-export's default is dynamic alone.", EVALUATION, ("evaluate", "muse-export"),
+        "muse-export's default is dynamic alone.", EVALUATION, ("evaluate", "muse-export", ATTACK),
         option="--strategy", case_may_set=True,
     )  # fmt: skip
     questions: str = setting(
-        "correct", "Question subset.", EVALUATION, ("evaluate",), choices=QUESTION_SUBSETS
+        "correct", "Question subset.", EVALUATION, ("evaluate", ATTACK), choices=QUESTION_SUBSETS
     )
     heldout_seed: int = setting(
         0, "Seeds the hash that splits each question set into the part the held-out score "
@@ -219,6 +222,26 @@ class Settings:
     lm_eval_include_path: Path | None = setting(
         None, "A folder of extra lm-eval task YAMLs (lm-eval's --include_path).", EVALUATION,
         ("evaluate",),
+    )  # fmt: skip
+    budgets: tuple[int, ...] = setting(
+        (0, 25, 50, 100, 200, 400), "dilution: benign tokens inserted into each prompt. A budget "
+        "that does not fit the model's context beside the longest prompt is refused, naming the "
+        "largest that fits.", ATTACKS, (ATTACK,), option="--budget",
+        bounds=NON_NEGATIVE,
+    )  # fmt: skip
+    placements: tuple[str, ...] = setting(
+        ("before", "after", "around"), "dilution: where the benign text goes: before the "
+        "question, after its choices, or half on each side.", ATTACKS, (ATTACK,),
+        option="--placement",
+    )  # fmt: skip
+    benign_corpus: Path | None = setting(
+        None, "dilution: the benign text, same formats as --retain-corpus (default: the case's "
+        "retain corpus).", ATTACKS, (ATTACK,),
+    )  # fmt: skip
+    formats: tuple[str, ...] = setting(
+        (), "format: the prompt formats to try (docs/robustness.md lists them; an unknown "
+        "name is refused with the list).", ATTACKS, (ATTACK,), option="--format",
+        docs_default="all",
     )  # fmt: skip
     executor: str = setting(
         "local", "Where the SAE jobs run: local (one after another in this process) or ray (one "

@@ -1,0 +1,152 @@
+"""The ``dilution`` attack: benign text in the user's turn, so that a gate deciding on the whole
+prompt sees the hazard among many harmless tokens.
+
+The benign text is inserted at the token level, so a budget of N adds exactly N benign tokens
+(plus one separator between the benign text and the question, the same tokens every time); a
+budget of 0 leaves the prompt exactly as ``dsg evaluate`` renders it. Each prompt takes its
+benign text from a different place in the corpus (prompt j starts at document j), so one odd
+passage cannot decide a whole curve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from dsg.api import AttackPrompt, AttackRow, AttackTarget, EvalSet, MCQuestion, UserError
+
+PLACEMENTS = ("before", "after", "around")
+SEPARATOR = "\n\n"
+"""Between the benign text and the question (or the choices), as a user would paste it."""
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a piece of a prompt, adding no special tokens."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def split_prompt(target: AttackTarget, eval_set: EvalSet, q: MCQuestion) -> tuple[str, str, str]:
+    """The rendered prompt as (what precedes the user's text, the user's text, what follows)."""
+    from dsg.prompts import body, render_question
+
+    text, _ = render_question(target.prompt_format, target.tokenizer, eval_set, q)
+    user = body(eval_set, q.question, q.choices).strip()  # chat templates trim the user's text
+    start = text.find(user)
+    if start < 0 or text.count(user) != 1:
+        raise UserError(
+            f"the prompt format {target.prompt_format.name!r} does not show the question as "
+            "dsg's default body, so dilution cannot tell where the user's text is"
+        )
+    return text[:start], user, text[start + len(user) :]
+
+
+class BenignStream:
+    """Benign token ids for prompt j: the documents from document j on (cyclically), joined by
+    the separator, as many tokens as asked."""
+
+    def __init__(self, tokenizer: Any, texts: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.texts = list(texts)
+        self.separator = encode(tokenizer, SEPARATOR)
+        self._ids: dict[int, list[int]] = {}
+
+    def _doc(self, k: int) -> list[int]:
+        if k not in self._ids:
+            self._ids[k] = encode(self.tokenizer, self.texts[k])
+        return self._ids[k]
+
+    def take(self, j: int, n: int) -> list[int]:
+        out: list[int] = []
+        k = j % len(self.texts)
+        for _ in range(n + len(self.texts)):  # every document may tokenise to nothing
+            if len(out) >= n:
+                break
+            out += (self.separator if out else []) + self._doc(k)
+            k = (k + 1) % len(self.texts)
+        if len(out) < n:
+            raise UserError("the benign corpus tokenises to no text; pass another --benign-corpus")
+        return out[:n]
+
+
+def diluted(
+    target: AttackTarget,
+    stream: BenignStream,
+    eval_set: EvalSet,
+    q: MCQuestion,
+    j: int,
+    placement: str,
+    budget: int,
+) -> list[int]:
+    """Prompt j's ids with ``budget`` benign tokens at ``placement``; unchanged at budget 0."""
+    if budget == 0:
+        from dsg.prompts import render_question
+
+        text, _ = render_question(target.prompt_format, target.tokenizer, eval_set, q)
+        return target.encode([text])[0]
+    head, user, tail = split_prompt(target, eval_set, q)
+    tok, sep = target.tokenizer, stream.separator
+    benign = stream.take(j, budget)
+    if placement == "before":
+        return encode(tok, head) + benign + sep + encode(tok, user + tail)
+    if placement == "after":
+        return encode(tok, head + user) + sep + benign + encode(tok, tail)
+    first = budget - budget // 2
+    return (
+        encode(tok, head) + benign[:first] + sep + encode(tok, user)
+        + sep + benign[first:] + encode(tok, tail)
+    )  # fmt: skip
+
+
+def separators(placement: str) -> int:
+    return 2 if placement == "around" else 1
+
+
+class DilutionAttack:
+    """Benign text before, after or around each question, at growing token budgets."""
+
+    name = "dilution"
+    description = (
+        "benign text inserted before, after or around each question, at growing token budgets"
+    )
+    axis = "budget"
+
+    def check(self, target: AttackTarget) -> None:
+        s = target.settings
+        unknown = [p for p in s.placements if p not in PLACEMENTS]
+        if unknown:
+            raise UserError(
+                f"unknown placement {unknown[0]!r}; choose one of: {', '.join(PLACEMENTS)}"
+            )
+        stream = BenignStream(target.tokenizer, target.benign_texts())
+        texts = ["".join(split_prompt(target, e, q)) for e in target.eval_sets for q in e.questions]
+        longest = max((len(ids) for ids in target.encode(texts)), default=0)
+        for placement in s.placements:
+            room = target.n_ctx - longest - separators(placement) * len(stream.separator)
+            over = [b for b in s.budgets if b > room]
+            if over:
+                raise UserError(
+                    f"budget {max(over)} does not fit: the longest prompt is {longest} tokens "
+                    f"and the model's context {target.n_ctx}, so {placement!r} takes at most "
+                    f"{max(room, 0)} benign tokens; pass --budget values up to {max(room, 0)}"
+                )
+
+    def run(self, target: AttackTarget) -> Iterator[AttackRow]:
+        s = target.settings
+        stream = BenignStream(target.tokenizer, target.benign_texts())
+        for placement in dict.fromkeys(s.placements):
+            for budget in sorted(set(s.budgets)):
+                prompts = {
+                    e.name: [
+                        AttackPrompt(
+                            tuple(diluted(target, stream, e, q, j, placement, budget)), q.answer
+                        )
+                        for j, q in enumerate(e.questions)
+                    ]
+                    for e in target.eval_sets
+                }
+                added = budget + (separators(placement) * len(stream.separator) if budget else 0)
+                yield AttackRow(
+                    {"placement": placement, "budget": budget},
+                    target.score(prompts),
+                    {"benign_tokens": budget, "tokens_added": added},
+                )

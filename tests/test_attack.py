@@ -1,0 +1,325 @@
+"""`dsg attack`: dilution and format on the tiny case, the prompts they build, and attacks as a
+plugin kind."""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from dsg_attacks.dilution import BenignStream, diluted, split_prompt
+from dsg_attacks.formats import FORMATS, prompts
+from dsg_organism.tokenizer import CHAT_TEMPLATE, SPECIALS
+from test_cli_errors import run
+from tiny import TinyPlugin, TinyWorld
+
+from dsg import attack, evaluate
+from dsg.hookspecs import hookimpl
+from dsg.interfaces import AttackPrompt, AttackRow, EvalSet, MCQuestion
+from dsg.plugins import build_registry
+from dsg.prompts import ChatTemplateFormat
+from dsg.session import Session
+
+TURN = "<bos><start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
+    return TinyWorld(tmp_path_factory.mktemp("attack"), threshold=0.3)
+
+
+@pytest.fixture(scope="module")
+def registry(world: TinyWorld) -> Any:
+    return build_registry(extra_plugins=[("tiny", TinyPlugin(world))])
+
+
+@pytest.fixture(autouse=True)
+def _no_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DSG_CONFIG", raising=False)
+
+
+def open_session(registry: Any, out: Path, **cli: Any) -> Session:
+    options = {"case": "tiny", "out": out, "questions": "all", "multipliers": (20.0,), **cli}
+    return Session.open(options, reg=registry)
+
+
+def counts(entry: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    return {name: (c["correct"], c["total"]) for name, c in entry["counts"].items()}
+
+
+def test_budget_zero_gives_evaluate_accuracies(registry: Any, tmp_path: Path) -> None:
+    report = json.loads(evaluate.run(open_session(registry, tmp_path / "run")).read_text())
+    session = open_session(registry, tmp_path / "run", budgets=(0, 6), placements=("before",))
+    data = json.loads(attack.run(session, "dilution").read_text())
+    zero, padded = data["rows"]
+    assert zero["condition"] == {"placement": "before", "budget": 0}
+    assert counts(zero["unguarded"]) == {
+        name: (round(acc * c["evaluated"]), c["evaluated"])
+        for name, acc, c in ((n, report["baseline"][n], report["sets"][n]) for n in report["sets"])
+    }
+    assert [c["strategy"] for c in data["configs"]] == [c["strategy"] for c in report["configs"]]
+    for mine, theirs in zip(zero["configs"], report["configs"], strict=True):
+        assert counts(mine) == counts(theirs)
+        assert mine["fired"] == theirs["fired"]
+        assert mine["target_accuracy"] == theirs["target_accuracy"]
+    assert padded["details"]["benign_tokens"] == 6
+    assert (tmp_path / "run" / "attacks" / "dilution" / "attack.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def all_scores(out: Path) -> dict[str, Any]:
+    """Every cached attack answer of a run directory, by its key."""
+    found = {}
+    for meta in (out / attack.STAGE).glob("*/meta.json"):
+        data = json.loads(meta.read_text())
+        found[data["key"]] = data["scores"]
+    return found
+
+
+def test_batch_size_one_and_eight_decide_alike(registry: Any, tmp_path: Path) -> None:
+    reports = []
+    for size in (1, 8):
+        out = tmp_path / f"b{size}"
+        options = {"batch_size": size, "budgets": (0, 5, 17), "placements": ("around",)}
+        path = attack.run(open_session(registry, out, **options), "dilution")
+        reports.append(json.loads(path.read_text())["rows"])
+    assert reports[0] == reports[1]
+    one, eight = all_scores(tmp_path / "b1"), all_scores(tmp_path / "b8")
+    assert one == eight and len(one) == 3 * 2  # three budgets, two sets
+    fired = [f for s in one.values() for row in s["fired"] for f in row]
+    assert any(fired)  # the comparison covers prompts a guardrail fired on
+
+
+def char_tokenizer() -> Any:
+    """One token per character (and per special token), so counts are checked by eye."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [c for c in string.printable if c not in "\r\x0b\x0c"]
+    vocab = {tok: i for i, tok in enumerate([*SPECIALS, *chars])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def joined(tokenizer: Any, ids: Any) -> str:
+    """The prompt a character tokenizer's ids spell."""
+    return "".join(tokenizer.convert_ids_to_tokens(list(ids)))
+
+
+QUESTION = MCQuestion("Q?", ("w", "x", "y", "z"), 2)
+SET = EvalSet("s", "stuff", (QUESTION,))
+USER = "The following are multiple choice questions (with answers) about stuff.\nQ?" + (
+    "\nA. w\nB. x\nC. y\nD. z"
+)
+
+
+def stand_in(tokenizer: Any, eval_sets: list[EvalSet], formats: tuple[str, ...] = ()) -> Any:
+    """The parts of an attack target that prompt building reads."""
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+    return SimpleNamespace(
+        tokenizer=tokenizer,
+        prompt_format=ChatTemplateFormat(),
+        eval_sets=eval_sets,
+        encode=encode,
+        settings=SimpleNamespace(formats=formats),
+    )
+
+
+@pytest.mark.parametrize(
+    ("placement", "j", "budget", "text"),
+    [
+        ("before", 0, 7, TURN.format("abc\n\nwx\n\n" + USER)),
+        ("before", 1, 7, TURN.format("wxyz\n\na\n\n" + USER)),
+        ("after", 0, 3, TURN.format(USER + "\n\nabc")),
+        ("around", 0, 7, TURN.format("abc\n\n\n" + USER + "\n\n\nwx")),
+        ("around", 2, 1, TURN.format("a\n\n" + USER + "\n\n")),
+        ("before", 0, 0, TURN.format(USER)),
+    ],
+)
+def test_dilution_prompt_by_hand(placement: str, j: int, budget: int, text: str) -> None:
+    tokenizer = char_tokenizer()
+    target = stand_in(tokenizer, [SET])
+    stream = BenignStream(tokenizer, ["abc", "wxyz"])
+    ids = diluted(target, stream, SET, QUESTION, j, placement, budget)
+    base = target.encode([TURN.format(USER) + "Answer: ("])[0]
+    separators = {"before": 1, "after": 1, "around": 2}[placement] if budget else 0
+    assert len(ids) == len(base) + budget + 2 * separators  # "\n\n" is two tokens here
+    assert joined(tokenizer, ids) == text + "Answer: ("
+    assert "".join(split_prompt(target, SET, QUESTION)) == TURN.format(USER) + "Answer: ("
+
+
+def test_format_transformations_by_hand() -> None:
+    tokenizer = char_tokenizer()
+    side = EvalSet(
+        "side", "plants", tuple(MCQuestion(f"P{i}?", ("a", "b", "c", "d"), i) for i in range(4))
+    )
+    target = stand_in(tokenizer, [SET, side], formats=tuple(FORMATS))
+    subject = "The following are multiple choice questions (with answers) about stuff.\n"
+    choices = "A. w\nB. x\nC. y\nD. z"
+    shot = "P{}?\nA. a\nB. b\nC. c\nD. d\nAnswer: ({})\n\n"
+    expected = {
+        "as-evaluated": TURN.format(USER) + "Answer: (",
+        "no-template": "<bos>" + USER + "\nAnswer: (",
+        "lm-eval": "<bos>" + subject + "\nQuestion: Q?\n" + choices + "\nAnswer:",
+        "few-shot": TURN.format(
+            subject + "".join(shot.format(i, "ABCD"[i]) for i in range(3)) + "Q?\n" + choices
+        )
+        + "Answer: (",
+        "lowercase": TURN.format(subject + "Q?\na. w\nb. x\nc. y\nd. z") + "Answer: (",
+        "numbered": TURN.format(subject + "Q?\n1. w\n2. x\n3. y\n4. z") + "Answer: (",
+        "choices-first": TURN.format(subject + choices + "\nQ?") + "Answer: (",
+    }
+    assert set(expected) == set(FORMATS)
+    for name, text in expected.items():
+        (rendered,) = prompts(target, FORMATS[name])["s"]
+        assert joined(tokenizer, rendered.ids) == text, name
+        assert rendered.gold == 2
+    # a side-effect question is never its own exemplar
+    (first, *_) = prompts(target, FORMATS["few-shot"])["side"]
+    assert joined(tokenizer, first.ids).count("P0?") == 1
+
+
+class EchoAttack:
+    """A third-party attack: the evaluated prompts, once per repetition."""
+
+    name = "echo"
+    description = "the evaluated prompts again"
+    axis = "repeat"
+
+    def check(self, target: Any) -> None:
+        assert target.configs == []  # nothing is selected yet
+
+    def run(self, target: Any) -> Iterator[AttackRow]:
+        for repeat in (1, 2):
+            texts = {
+                e.name: [
+                    target.prompt_format.render(target.tokenizer, e, q.question, q.choices)
+                    for q in e.questions
+                ]
+                for e in target.eval_sets
+            }
+            rows = {
+                name: [
+                    AttackPrompt(tuple(ids), q.answer)
+                    for ids, q in zip(target.encode(t), e.questions, strict=True)
+                ]
+                for (name, t), e in zip(texts.items(), target.eval_sets, strict=True)
+            }
+            yield AttackRow({"repeat": repeat}, target.score(rows), {"note": "same prompts"})
+
+
+class EchoPlugin:
+    @hookimpl
+    def register_attacks(self, register: Any) -> None:
+        register(EchoAttack())
+
+
+def test_a_plugin_attack_is_listed_and_runs(
+    world: TinyWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dsg.cli
+    import dsg.session
+
+    reg = build_registry(extra_plugins=[("tiny", TinyPlugin(world)), ("echo", EchoPlugin())])
+    monkeypatch.setattr(dsg.session, "registry", lambda: reg)
+    monkeypatch.setattr(dsg.plugins, "registry", lambda: reg)
+    listed = run("plugins")
+    assert listed.exit_code == 0 and "echo" in listed.stdout and "dilution" in listed.stdout
+    result = run("attack", "echo", "--case", "tiny", "--out", "runs", "--questions", "all")
+    assert result.exit_code == 0, result.output
+    data = json.loads(Path(result.stdout.strip()).read_text())
+    assert Path(result.stdout.strip()) == Path("runs/attacks/echo/attack.json")
+    assert [r["condition"] for r in data["rows"]] == [{"repeat": 1}, {"repeat": 2}]
+    assert data["rows"][0]["unguarded"] == data["rows"][1]["unguarded"]
+    assert data["rows"][0]["details"] == {"note": "same prompts"}
+    # the repeat is answered from the run directory: one cached result per set
+    assert len(list(Path("runs", attack.STAGE).iterdir())) == 2
+    assert "dsg attack echo" in result.stderr
+
+
+def test_a_plugin_attack_without_run_is_refused() -> None:
+    class Broken:
+        name, description, axis = "broken", "no run", "x"
+
+        def check(self, target: Any) -> None: ...
+
+    class Plugin:
+        @hookimpl
+        def register_attacks(self, register: Any) -> None:
+            register(Broken())
+
+    reg = build_registry(extra_plugins=[("broken", Plugin())])
+    assert "broken" not in reg.names("attacks")
+    (failed,) = [p for p in reg.failures if p.name == "broken"]
+    assert "without run" in (failed.error or "")
+
+
+class TwinAttack:
+    """Scores the evaluated prompts on the run's model and on a model handed in (as a relearning
+    attack hands in its fine-tuned copy): here the same weights, so the same answers."""
+
+    name = "twin"
+    description = "the run's model, then the same model handed in"
+    axis = "model"
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+    def check(self, target: Any) -> None:
+        pass
+
+    def run(self, target: Any) -> Iterator[AttackRow]:
+        rows = {
+            e.name: [
+                AttackPrompt(tuple(ids), q.answer)
+                for ids, q in zip(
+                    target.encode(
+                        [
+                            target.prompt_format.render(target.tokenizer, e, q.question, q.choices)
+                            for q in e.questions
+                        ]
+                    ),
+                    e.questions,
+                    strict=True,
+                )
+            ]
+            for e in target.eval_sets
+        }
+        yield AttackRow({"model": "run"}, target.score(rows))
+        with pytest.raises(ValueError, match="model_key"):
+            target.score(rows, model=self.backend)
+        copy = target.score(rows, model=self.backend, model_key={"copy": 1})
+        yield AttackRow({"model": "handed in"}, copy)
+
+
+def test_an_attack_scores_a_model_it_hands_in(world: TinyWorld, tmp_path: Path) -> None:
+    base = build_registry(extra_plugins=[("tiny", TinyPlugin(world))])
+    session = open_session(base, tmp_path / "run")
+
+    class Plugin:
+        @hookimpl
+        def register_attacks(self, register: Any) -> None:
+            register(TwinAttack(session.backend()))
+
+    reg = build_registry(extra_plugins=[("tiny", TinyPlugin(world)), ("twin", Plugin())])
+    data = json.loads(attack.run(open_session(reg, tmp_path / "run"), "twin").read_text())
+    first, second = data["rows"]
+    assert first["unguarded"] == second["unguarded"] and first["configs"] == second["configs"]
+    assert len(all_scores(tmp_path / "run")) == 2 * 2  # two sets, each under two model keys
