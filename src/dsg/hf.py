@@ -152,13 +152,12 @@ class _Decision:
             return self
         if batch % n:
             raise GuardrailStateError(
-                f"the guardrail decided {n} prompts but a forward pass of generate has "
-                f"{batch} rows"
+                f"the guardrail decided {n} prompts but a forward pass of generate has {batch} rows"
             )
-        return _Decision(
-            *(t.repeat_interleave(batch // n, dim=0) for t in (self.fired, self.rates))
-            + (self.countable.repeat_interleave(batch // n, dim=0),)
+        fired, rates, countable = (
+            t.repeat_interleave(batch // n, dim=0) for t in (self.fired, self.rates, self.countable)
         )
+        return _Decision(fired, rates, countable)
 
 
 @dataclass
@@ -180,6 +179,12 @@ class _Record:
     cache: Callable[[], Any] | None = None
     """Returns the KV cache that holds these rows' positions (None: it holds none, so nothing
     can continue them); None itself when the decoder reports no cache object."""
+
+
+def _removed_wrapper(generate: Any) -> bool:
+    """A ``generate`` wrapper of a guardrail that was removed while another sat on top."""
+    handle = getattr(generate, _GENERATE_MARK, None)
+    return handle is not None and not handle._hooks
 
 
 def _no_cache() -> None:
@@ -231,15 +236,15 @@ class GuardrailHandle:
             hook.remove()
         self._hooks = []
         wrapper = self._model.__dict__.get("generate")
-        if getattr(wrapper, _GENERATE_MARK, None) is self:
-            previous = wrapper.__wrapped__
-            if getattr(previous, "__self__", None) is self._model and not hasattr(
-                previous, _GENERATE_MARK
-            ):
-                del self._model.generate  # the class's own method again
-            else:
-                self._model.generate = previous
-        # a wrapper another guardrail put on top of this one stays, and passes calls through
+        if getattr(wrapper, _GENERATE_MARK, None) is not self:
+            return  # another guardrail's wrapper on top keeps this one, passing calls through
+        previous = wrapper.__wrapped__
+        while _removed_wrapper(previous):
+            previous = previous.__wrapped__
+        if hasattr(previous, _GENERATE_MARK):
+            self._model.generate = previous
+        else:
+            del self._model.generate  # the class's own method again
 
     def __enter__(self) -> GuardrailHandle:
         return self
