@@ -22,6 +22,7 @@ TRANSFORMERS_CELLS = ["4.57.6", "5.0.0"]
 HF_ONLY_TESTS = [
     "tests/test_hf.py",
     "tests/test_hf_state.py",
+    "tests/test_hf_modes.py",
     "tests/test_bundle.py",
     "tests/test_backend_transformers.py",
 ]

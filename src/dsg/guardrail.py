@@ -25,6 +25,7 @@ __all__ = [
     "window_rates",
     "calibrate_threshold",
     "token_hits",
+    "countable_positions",
     "feature_activations",
     "encode_columns",
     "rate_gate",
@@ -106,13 +107,18 @@ def _first_attended(attention_mask: torch.Tensor) -> torch.Tensor:
     return attention_mask & (attention_mask.cumsum(dim=1) == 1)
 
 
+def countable_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The positions whose hits count: attended ones other than each row's BOS (bool ``[B, T]``)."""
+    mask = attention_mask.bool()
+    return mask & ~_first_attended(mask)
+
+
 def token_hits(acts: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions where any selected feature is active, ignoring padding and each row's BOS.
 
     ``acts`` is ``[B, T, k]`` (see :func:`feature_activations`); the result is bool ``[B, T]``.
     """
-    mask = attention_mask.bool()
-    return (acts > 0).any(dim=-1) & mask & ~_first_attended(mask)
+    return (acts > 0).any(dim=-1) & countable_positions(attention_mask)
 
 
 def sequence_rates(hits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -536,6 +542,30 @@ class Guardrail:
         rows = self.gate.carry(fired.to(resid.device), hits)
         return self.clamp(resid, acts, hits & rows[:, None])
 
+    def decide(self, resid: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Decide each row on a whole prompt without editing it: sets ``fired`` and ``rates``
+        (a prompt processed in pieces is decided on all of it first)."""
+        mask = attention_mask.to(resid.device).bool()
+        hits = token_hits(self.activations(resid), mask)
+        self.rates = sequence_rates(hits, mask)
+        self.fired = self.gate(self.rates, hits)
+
+    def apply_decision(
+        self,
+        resid: torch.Tensor,
+        decided: torch.Tensor,
+        later: torch.Tensor,
+        fired: torch.Tensor,
+    ) -> torch.Tensor:
+        """Positions of rows decided elsewhere: at ``decided`` (prompt positions whose hits
+        counted for ``fired``) clamp the hits of the rows that fired, as the prompt's own pass
+        does; at ``later`` (generated positions) clamp as :meth:`continue_rows`."""
+        acts = self.activations(resid)
+        active = (acts > 0).any(dim=-1)
+        return self._clamp_decided(
+            resid, acts, active & decided.to(resid.device), active & later.to(resid.device), fired
+        )
+
     def decide_on_prefix(
         self, resid: torch.Tensor, decide_mask: torch.Tensor, apply_mask: torch.Tensor
     ) -> torch.Tensor:
@@ -549,8 +579,19 @@ class Guardrail:
         hits = token_hits(acts, decide)
         self.rates, self.fired = self.decide(hits, decide)
         later_hits = (acts > 0).any(dim=-1) & later
-        rows = self.gate.carry(self.fired, later_hits)
-        return self.clamp(resid, acts, (hits & self.fired[:, None]) | (later_hits & rows[:, None]))
+        return self._clamp_decided(resid, acts, hits, later_hits, self.fired)
+
+    def _clamp_decided(
+        self,
+        resid: torch.Tensor,
+        acts: torch.Tensor,
+        hits: torch.Tensor,
+        later_hits: torch.Tensor,
+        fired: torch.Tensor,
+    ) -> torch.Tensor:
+        fired = fired.to(resid.device)
+        rows = self.gate.carry(fired, later_hits)
+        return self.clamp(resid, acts, (hits & fired[:, None]) | (later_hits & rows[:, None]))
 
 
 class DynamicClamp(Guardrail):

@@ -1,0 +1,128 @@
+"""What a ``generate`` call means for the guardrail: the prompt it starts from, whether it will
+run that prompt in pieces, and the generation modes the guardrail cannot follow (refused).
+
+The guardrail decides on the whole prompt. Its layer hook sees forward passes, not prompts:
+a pass that holds part of the prompt (chunked prefill) or the prompt plus draft tokens
+(assisted decoding) looks like any other. ``generate``'s own arguments say where the prompt
+ends, so :mod:`dsg.hf` reads them here before generation starts.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from dsg.hf import GuardrailStateError
+
+SUPPORTED_MODES = frozenset(
+    {"greedy_search", "sample", "beam_search", "beam_sample", "assisted_generation"}
+)
+"""``GenerationMode`` values whose forward passes the guardrail follows: one prefill (whole,
+in chunks, or with draft tokens after the prompt), then steps that extend one KV cache."""
+
+REFUSED_MODES = {
+    "contrastive_search": "it reruns the model on candidate tokens outside the KV cache",
+    "dola_generation": "it reads and mixes early layers outside the guarded path",
+    "constrained_beam_search": "it runs as downloaded hub code",
+    "group_beam_search": "it runs as downloaded hub code",
+}
+"""Modes refused with the reason (transformers 5 runs all four as hub code)."""
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """A ``generate`` call as the guardrail sees it before it runs."""
+
+    prompt_length: int
+    chunked: bool
+    """Generation may run the prompt in pieces (``prefill_chunk_size`` is set somewhere)."""
+    forward_inputs: dict[str, Any] = field(default_factory=dict)
+    """The prompt as one forward pass's arguments (for deciding it before it is chunked)."""
+
+
+def generation_plan(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> GenerationPlan:
+    """Read ``model.generate(*args, **kwargs)``; raise :class:`GuardrailStateError` for what
+    the guardrail cannot follow."""
+    signature = inspect.signature(type(model).generate)
+    bound = signature.bind(model, *args, **kwargs).arguments
+    var_keyword = [p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
+    extra = dict(bound.pop(var_keyword[0], {})) if var_keyword else {}
+    if bound.get("custom_generate") is not None:
+        refuse("custom_generate runs code the guardrail cannot follow")
+    for name in ("negative_prompt_ids", "negative_prompt_attention_mask"):
+        if bound.get(name) is not None:
+            refuse(f"{name} (classifier-free guidance) runs the model on a second prompt")
+    config = _generation_config(model, bound, extra)
+    mode = str(config.get_generation_mode(bound.get("assistant_model")).value)
+    if mode in REFUSED_MODES:
+        refuse(f"{mode.replace('_', ' ')}: {REFUSED_MODES[mode]}")
+    if mode not in SUPPORTED_MODES:
+        refuse(f"the generation mode {mode!r}, which it has not been checked against")
+    if getattr(config, "dola_layers", None) is not None:
+        refuse("DoLa (dola_layers): it reads and mixes early layers outside the guarded path")
+    if getattr(config, "guidance_scale", None) not in (None, 1, 1.0):
+        refuse("classifier-free guidance (guidance_scale) runs the model on a second prompt")
+    if getattr(config, "assistant_early_exit", None) is not None:
+        refuse("assistant_early_exit drafts with the guarded model's own early layers")
+    if getattr(config, "use_mtp", None):
+        refuse("use_mtp drafts with the model's multi-token-prediction layers")
+    if getattr(config, "cache_implementation", None) == "paged":
+        refuse('cache_implementation="paged" (continuous batching) schedules passes itself')
+    _refuse_filled_caches(bound, extra)
+    prompt_name, prompt = _prompt(bound, extra)
+    chunked = getattr(config, "prefill_chunk_size", None) is not None
+    inputs: dict[str, Any] = {}
+    if chunked:
+        mask = extra.get("attention_mask")
+        if prompt_name != "input_ids" or mask is None or mask.dim() != 2:
+            refuse(
+                "chunked prefill (prefill_chunk_size) needs input_ids and their 2-D "
+                "attention_mask, to decide on the whole prompt first"
+            )
+        positions = extra.get("position_ids")
+        if positions is None:  # as generate numbers a left-padded prompt
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        inputs = {"input_ids": prompt, "attention_mask": mask, "position_ids": positions}
+    return GenerationPlan(int(prompt.shape[1]), chunked, inputs)
+
+
+def refuse(what: str) -> NoReturn:
+    raise GuardrailStateError(f"the guardrail cannot guard generate with {what}")
+
+
+def _generation_config(model: Any, bound: dict[str, Any], extra: dict[str, Any]) -> Any:
+    """The generation config generate will use, built by transformers' own method."""
+    prepare = model._prepare_generation_config
+    options = {
+        name: bound[name]
+        for name in inspect.signature(prepare).parameters
+        if name in bound and name not in ("self", "generation_config")
+    }
+    config, _ = prepare(bound.get("generation_config"), **options, **extra)
+    return config
+
+
+def _refuse_filled_caches(bound: dict[str, Any], extra: dict[str, Any]) -> None:
+    from dsg.hf import cache_length
+
+    for name, value in {**bound, **extra}.items():
+        if name == "self":
+            continue
+        n = cache_length(value)
+        if n:
+            refuse(
+                f"a KV cache ({name}) that already holds {n} positions: the prompt is decided "
+                "as a whole and positions the guardrail did not process cannot be vouched for; "
+                "pass the whole prompt and no cache"
+            )
+
+
+def _prompt(bound: dict[str, Any], extra: dict[str, Any]) -> tuple[str, Any]:
+    """The tensor generate starts from and its name (``input_ids`` or ``inputs_embeds``)."""
+    if extra.get("inputs_embeds") is not None:
+        return "inputs_embeds", extra["inputs_embeds"]
+    for value in (bound.get("inputs"), extra.get("input_ids")):
+        if value is not None and getattr(value, "dim", lambda: 0)() == 2:
+            return "input_ids", value
+    refuse("no prompt: pass input_ids (a [batch, length] tensor)")
