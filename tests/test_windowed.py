@@ -20,6 +20,7 @@ from test_guardrail_hot_path import host_sync_forbidden
 from test_hf import LAYER, MIXED_PROMPTS, world  # noqa: F401  (world is a fixture)
 from test_select import SEQ_LEN, write_stats
 from tiny import TinyWorld, UseWorld
+from transformers import GenerationConfig
 
 from dsg import artifacts, sparsity
 from dsg.bundle import Bundle, from_sae
@@ -270,6 +271,12 @@ def test_guarded_generation_equals_the_in_process_guardrail(
         handle.remove()
     for step, logits in enumerate(generated.logits):
         torch.testing.assert_close(logits, full[:, prompt_len - 1 + step], atol=1e-4, rtol=1e-5)
+    if hasattr(GenerationConfig(), "prefill_chunk_size"):  # the prompt in chunks: same result
+        with torch.no_grad(), attach(model, bundle) as handle:
+            chunked = model.generate(**enc, **settings, prefill_chunk_size=window - 1)
+            assert handle.fired.tolist() == alone
+        for ours, theirs in zip(chunked.logits, generated.logits, strict=True):
+            torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -542,13 +542,12 @@ class Guardrail:
         rows = self.gate.carry(fired.to(resid.device), hits)
         return self.clamp(resid, acts, hits & rows[:, None])
 
-    def decide(self, resid: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def decide_prompt(self, resid: torch.Tensor, attention_mask: torch.Tensor) -> None:
         """Decide each row on a whole prompt without editing it: sets ``fired`` and ``rates``
         (a prompt processed in pieces is decided on all of it first)."""
         mask = attention_mask.to(resid.device).bool()
         hits = token_hits(self.activations(resid), mask)
-        self.rates = sequence_rates(hits, mask)
-        self.fired = self.gate(self.rates, hits)
+        self.rates, self.fired = self.decide(hits, mask)
 
     def apply_decision(
         self,

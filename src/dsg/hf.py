@@ -396,7 +396,7 @@ class GuardrailHandle:
 
         batch, length = x.shape[:2]
         mask = _prompt_mask(call.mask, batch, length, x.device)
-        self.guardrail.decide(x, mask)
+        self.guardrail.decide_prompt(x, mask)
         fired, rates = self.guardrail.fired, self.guardrail.rates
         if fired is None or rates is None:
             raise GuardrailStateError("the guardrail decided no rows for this prompt")
