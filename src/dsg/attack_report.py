@@ -6,13 +6,12 @@ The schema is documented in ``docs/report-schema.md``; bump ``ATTACK_VERSION`` w
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsg.artifacts import write_json
-from dsg.report import plain_settings, versions
+from dsg.report import environment, plain_settings
 from dsg.score import Count, pooled
 
 if TYPE_CHECKING:
@@ -100,14 +99,7 @@ def build(
         "rows": [row_entry(r, set_names, len(target.configs)) for r in rows],
         "settings": plain_settings(s),
         "inputs": inputs,
-        "environment": {
-            "versions": versions(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "device": s.device,
-            "dtype": s.dtype,
-            "seed": s.seed,
-        },
+        "environment": environment(s),
         "warnings": warnings,
     }
 

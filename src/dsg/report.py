@@ -121,16 +121,9 @@ def build(
         "baseline": _accuracies(baseline),
         "baseline_side_effect_accuracy": side_baseline.accuracy,
         "configs": configs,
-        "settings": {f.name: _plain(getattr(s, f.name)) for f in dataclasses.fields(s)},
+        "settings": plain_settings(s),
         "inputs": inputs,
-        "environment": {
-            "versions": versions(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "device": s.device,
-            "dtype": s.dtype,
-            "seed": s.seed,
-        },
+        "environment": environment(s),
         "warnings": warnings,
         **extra,
     }
@@ -147,6 +140,18 @@ def _plain(value: Any) -> Any:
 def plain_settings(settings: Settings) -> dict[str, Any]:
     """Every setting of a run as JSON values (paths as strings, tuples as lists)."""
     return {f.name: _plain(getattr(settings, f.name)) for f in dataclasses.fields(settings)}
+
+
+def environment(settings: Settings) -> dict[str, Any]:
+    """Where a run ran: library versions, Python, platform, device, dtype and seed."""
+    return {
+        "versions": versions(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": settings.device,
+        "dtype": settings.dtype,
+        "seed": settings.seed,
+    }
 
 
 def run_folder(root: Path, report: dict[str, Any]) -> Path:
