@@ -6,19 +6,25 @@ hook (or pre-hook) on that layer. A pre-hook on the decoder (the module that own
 captures each call's attention mask and KV-cache state, so rates count real tokens only and each
 row's BOS is its first attended token, which is what left-padded batched generation needs.
 
-Generation with a KV cache: the decision is made once, on the prompt (the prefill pass), and
-carried through the decode steps; in a firing row every new position where a selected feature is
-active is clamped too. A prompt-level decision is what the calibration measured (whole retain
-sequences) and what the reference computes, it cannot flip halfway through an answer whose earlier
-positions already sit unclamped (or clamped) in the cache, and it keeps greedy decoding
-deterministic. A one-token step has no meaningful rate of its own. A forward pass without a
-cache (``use_cache=False``, or a scoring pass) decides afresh on everything it sees.
+The rule, in every generation mode: each row is decided on its whole prompt, exactly as one
+unchunked prefill of that prompt alone decides it, and every later position (generated, drafted,
+rerun without a cache) carries that decision. It is what the calibration measured (whole retain
+sequences) and what the reference computes; it cannot flip halfway through an answer whose
+earlier positions already sit clamped (or not) in the cache, and neither the model's own output
+nor draft tokens can switch it. The layer hook sees forward passes, not prompts, so a wrapper on
+the model's ``generate`` (:mod:`dsg.hf_generation`) reads from generate's own arguments where
+the prompt ends; when the prompt will be prefilled in chunks, it is decided first by a forward
+pass that stops at the guarded layer. Generation modes, options and caches whose passes the
+guardrail cannot follow (contrastive search, DoLa, guidance, paged caches, a cache that already
+holds positions, ...) are refused before any pass runs.
 
-Whether a call continues a sequence is read from what cannot be renamed away: the cache object
-itself (found by type, whatever keyword carries it), the length of a 2-D attention mask, and the
-guardrail's own record of the rows it decided and how many positions of each it has seen. When
-these disagree, or a continuation arrives for rows it never decided, the guardrail raises
-:class:`GuardrailStateError` instead of letting a step through unguarded.
+Outside ``generate``, a pass with no cached positions is a prompt, decided on everything it sees;
+after it, only one-token steps on the cache it filled. Whether a call continues a sequence is read
+from what cannot be renamed away: the cache object itself (found by type, whatever keyword
+carries it), the length of a 2-D attention mask, and the guardrail's own record of the rows it
+decided, the cache they were written to and how many positions it has seen. When these disagree,
+or a continuation arrives for rows or a cache it did not see filled, the guardrail raises
+:class:`GuardrailStateError` instead of letting a pass through unguarded.
 """
 
 from __future__ import annotations
