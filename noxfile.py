@@ -53,7 +53,8 @@ def newest(session: nox.Session) -> None:
     """The suite on the newest release of every dependency: what a user without the
     constraints file gets today."""
     session.install(TORCH)
-    session.install("--upgrade", "--upgrade-strategy", "eager", "-e", EXTRAS)
+    # naming TORCH again keeps the CPU build: an eager upgrade would take the newest CUDA one
+    session.install("--upgrade", "--upgrade-strategy", "eager", "-e", EXTRAS, TORCH)
     session.run("python", "-m", "pip", "freeze", "--exclude-editable")
     session.run("python", "-m", "pytest", *session.posargs)
 
