@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import typer
 from test_cli_errors import one_error, run
 from test_plugins import use_entry_points
@@ -553,6 +554,36 @@ def test_a_cached_hub_model_without_network_is_read_offline(
     )
     with pytest.raises(UserError, match="could not load the weights of EleutherAI/pythia-14m"):
         named.load_named_model("pythia-14m", device="cpu", dtype=None)  # type: ignore[arg-type]
+    assert seen == [True]
+    assert constants.is_offline_mode() is False
+
+
+@pytest.mark.parametrize("loader", ["generate", "transformers backend"])
+def test_transformers_loads_of_a_hub_id_run_offline_without_network(
+    empty_hub_cache: None, monkeypatch: pytest.MonkeyPatch, loader: str
+) -> None:
+    """dsg generate's loader and the transformers backend's: no retries against an unreachable
+    hub; the load runs in offline mode (restored after) and fails in one line."""
+    import transformers
+    from huggingface_hub import constants
+
+    from dsg.backends.transformers import load_causal_lm
+    from dsg.generate import load_model
+
+    no_network(monkeypatch)
+    seen: list[bool] = []
+
+    def from_pretrained(*args: Any, **kwargs: Any) -> Any:
+        seen.append(constants.is_offline_mode())
+        raise OSError("not in the cache")
+
+    for name in ("AutoTokenizer", "AutoConfig"):
+        monkeypatch.setattr(getattr(transformers, name), "from_pretrained", from_pretrained)
+    with pytest.raises(UserError, match="someone/uncached"):
+        if loader == "generate":
+            load_model("someone/uncached", device="cpu", dtype="float32")
+        else:
+            load_causal_lm("someone/uncached", device="cpu", dtype=torch.float32)
     assert seen == [True]
     assert constants.is_offline_mode() is False
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsg.errors import UserError, one_line_reason, unreadable_file_errors
-from dsg.loading import no_progress_bars, refuse_custom_code
+from dsg.loading import hub_lookups_for, no_progress_bars, refuse_custom_code
 from dsg.settings import DTYPES
 
 if TYPE_CHECKING:
@@ -98,13 +98,14 @@ def load_model(reference: str, *, device: str, dtype: str) -> tuple[Any, Any]:
 
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
-    refuse_custom_code(reference)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(reference, trust_remote_code=False)
-        with no_progress_bars():
-            model: Any = AutoModelForCausalLM.from_pretrained(
-                reference, dtype=getattr(torch, dtype), trust_remote_code=False
-            )
+        with hub_lookups_for(reference):
+            refuse_custom_code(reference)
+            tokenizer = AutoTokenizer.from_pretrained(reference, trust_remote_code=False)
+            with no_progress_bars():
+                model: Any = AutoModelForCausalLM.from_pretrained(
+                    reference, dtype=getattr(torch, dtype), trust_remote_code=False
+                )
     except RuntimeError as exc:  # weights whose shapes differ from config.json
         raise UserError(
             f"the weights of the transformers model {reference!r} do not fit its config.json "

@@ -114,6 +114,16 @@ def hub_unreachable() -> str | None:
 
 
 @contextmanager
+def hub_lookups_for(reference: str | Path) -> Iterator[str | None]:
+    """:func:`hub_lookups` around loading ``reference``; a local folder needs no hub."""
+    if Path(reference).is_dir():
+        yield None
+        return
+    with hub_lookups() as reason:
+        yield reason
+
+
+@contextmanager
 def hub_lookups() -> Iterator[str | None]:
     """Yields why the hub cannot be reached (None when it can). Meanwhile, when it cannot, the
     hub is in offline mode: a cached file loads from the cache and a missing one fails at once,

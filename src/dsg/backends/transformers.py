@@ -48,18 +48,19 @@ def load_causal_lm(reference: str, *, device: str, dtype: torch.dtype) -> Any:
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from dsg.loading import refuse_custom_code
+    from dsg.loading import hub_lookups_for, refuse_custom_code
 
-    refuse_custom_code(reference)
     try:
-        config = AutoConfig.from_pretrained(reference, trust_remote_code=False)
-        model_class = getattr(transformers, (config.architectures or [""])[0], None)
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            reference,
-            dtype=dtype,
-            attn_implementation=attention_implementation(model_class, config),
-            trust_remote_code=False,
-        )
+        with hub_lookups_for(reference):
+            refuse_custom_code(reference)
+            config = AutoConfig.from_pretrained(reference, trust_remote_code=False)
+            model_class = getattr(transformers, (config.architectures or [""])[0], None)
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                reference,
+                dtype=dtype,
+                attn_implementation=attention_implementation(model_class, config),
+                trust_remote_code=False,
+            )
     except (OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
