@@ -15,6 +15,7 @@ from dsg_attacks.dilution import BenignStream, diluted, split_prompt
 from dsg_attacks.formats import FORMATS, prompts
 from dsg_organism.tokenizer import CHAT_TEMPLATE, SPECIALS
 from test_cli_errors import run
+from test_evaluate import _no_config_file, open_session  # noqa: F401  (autouse fixture)
 from tiny import TinyPlugin, TinyWorld
 
 from dsg import attack, evaluate
@@ -22,7 +23,6 @@ from dsg.hookspecs import hookimpl
 from dsg.interfaces import AttackPrompt, AttackRow, EvalSet, MCQuestion
 from dsg.plugins import build_registry
 from dsg.prompts import ChatTemplateFormat
-from dsg.session import Session
 
 TURN = "<bos><start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"
 
@@ -35,17 +35,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
 @pytest.fixture(scope="module")
 def registry(world: TinyWorld) -> Any:
     return build_registry(extra_plugins=[("tiny", TinyPlugin(world))])
-
-
-@pytest.fixture(autouse=True)
-def _no_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DSG_CONFIG", raising=False)
-
-
-def open_session(registry: Any, out: Path, **cli: Any) -> Session:
-    options = {"case": "tiny", "out": out, "questions": "all", "multipliers": (20.0,), **cli}
-    return Session.open(options, reg=registry)
 
 
 def counts(entry: dict[str, Any]) -> dict[str, tuple[int, int]]:

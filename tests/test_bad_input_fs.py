@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_bad_input import gemma_dir, sae_dir  # noqa: F401  (module-scoped fixtures)
 from test_cli_errors import one_error, run
-from tiny import TinyWorld, UseWorld, build_sae
-from tiny_gemma import write_tiny_gemma
+from tiny import TinyWorld, UseWorld
 
 from dsg.bundle import CONFIG_FILE, from_sae
 from dsg.interfaces import LoadedSAE
@@ -359,18 +359,6 @@ def test_two_evaluate_runs_with_different_settings_keep_both_reports(
 # --- malformed JSON --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def gemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_gemma(tmp_path_factory.mktemp("gemma") / "tiny-gemma-2", n_layers=1)
-
-
-@pytest.fixture(scope="module")
-def sae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("sae") / "sae"
-    build_sae(32, 16, hook_name="blocks.0.hook_resid_post").save_model(str(path))
-    return path
-
-
 def corpus_line(line: str) -> Callable[..., list[str]]:
     def make(tmp: Path, **_: object) -> list[str]:
         (tmp / "corpus.jsonl").write_text('{"text": "a fine first document"}\n' + line + "\n")
@@ -403,7 +391,7 @@ def deep_sparsity_meta(tmp: Path, **_: object) -> list[str]:
     return ["select", *RUN]
 
 
-def deep_model_config(tmp: Path, gemma_dir: Path, sae_dir: Path, **_: object) -> list[str]:
+def deep_model_config(tmp: Path, gemma_dir: Path, sae_dir: Path, **_: object) -> list[str]:  # noqa: F811
     model = shutil.copytree(gemma_dir, tmp / "model")
     (model / "config.json").write_text(DEEP)
     return ["sparsity", "--case", "organism", "--out", "runs", "--model", str(model)] + [
@@ -412,7 +400,7 @@ def deep_model_config(tmp: Path, gemma_dir: Path, sae_dir: Path, **_: object) ->
     ]
 
 
-def deep_sae_config(tmp: Path, sae_dir: Path, **_: object) -> list[str]:
+def deep_sae_config(tmp: Path, sae_dir: Path, **_: object) -> list[str]:  # noqa: F811
     sae = shutil.copytree(sae_dir, tmp / "sae")
     (sae / "cfg.json").write_text('{"d_in": ' + DEEP + "}")
     return ["sparsity", "--case", "organism", "--out", "runs", "--sae", str(sae)]
@@ -434,8 +422,8 @@ def deep_sae_config(tmp: Path, sae_dir: Path, **_: object) -> list[str]:
 def test_malformed_json_is_one_line_naming_the_file(
     world: TinyWorld,
     use_world: UseWorld,
-    gemma_dir: Path,
-    sae_dir: Path,
+    gemma_dir: Path,  # noqa: F811
+    sae_dir: Path,  # noqa: F811
     tmp_path: Path,
     make: Callable[..., list[str]],
     fragments: list[str],
