@@ -27,7 +27,7 @@ COMPARED = ("unlearning_score", "baseline", "sets", "configs")
 def run(backend: str, out: Path, threads: int, extra: list[str]) -> tuple[float, dict]:
     """Wall time of one `dsg evaluate` and its report."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    command = [sys.executable, "-c", "from dsg.cli import app; app()", "evaluate"]
+    command = [sys.executable, "-c", "from dsg.cli.app import app; app()", "evaluate"]
     command += ["--backend", backend, "--out", str(out), *extra]
     start = time.perf_counter()  # in the run directory: no dsg.toml of the caller's applies
     subprocess.run(command, env=env, cwd=out.parent, check=True, capture_output=True, text=True)

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dsg.interfaces import EvalSet
+from dsg.api.interfaces import EvalSet
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CASES = ("tiny", "tiny-wide")
@@ -44,7 +44,7 @@ def peak_rss_mib() -> float:
 
 def open_session(args: argparse.Namespace) -> Any:
     """A session on the chosen case; ``tiny`` is the test suite's in-process stand-in."""
-    from dsg.session import Session
+    from dsg.engine.session import Session
 
     case = args.case
     cli: dict[str, Any] = {
@@ -130,8 +130,8 @@ def reference_predict(model: Any, answer_ids: Any, ids: list[int], hook: Any = N
 
 def reference_subsets(model: Any, scorer: Any, fmt: Any, eval_set: Any) -> dict[str, list[int]]:
     """As the reference: all 24 orders, with and without the question, for every question."""
-    from dsg.prompts import render_question
-    from dsg.subsets import PERMUTATIONS, is_tricky
+    from dsg.stages.evaluate.prompts import render_question
+    from dsg.stages.evaluate.subsets import PERMUTATIONS, is_tricky
 
     verdicts = {}
     for with_question in (True, False):
@@ -166,11 +166,12 @@ def run_mode(args: argparse.Namespace) -> dict:
     """Subsets and sweep in one mode; returns results, timings and memory."""
     import torch
 
-    from dsg import evaluate, select, subsets
-    from dsg.artifacts import RunDir
-    from dsg.backends.transformer_lens import TransformerLensBackend
-    from dsg.mcq import Scorer
-    from dsg.prompts import choose_format, render_question
+    from dsg.core.artifacts import RunDir
+    from dsg.engine.backends.transformer_lens import TransformerLensBackend
+    from dsg.stages import select
+    from dsg.stages.evaluate import evaluate, subsets
+    from dsg.stages.evaluate.mcq import Scorer
+    from dsg.stages.evaluate.prompts import choose_format, render_question
 
     torch.set_num_threads(1)
     mode, questions = args.mode, args.questions
@@ -292,7 +293,7 @@ def main() -> None:
         print(json.dumps(run_mode(args)))
         return
 
-    from dsg import select
+    from dsg.stages import select
 
     select.ensure(open_session(args))  # both modes then load it
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -233,7 +233,7 @@ def write_data(root: Path, shape: dict[str, Any], scale: dict[str, int | None]) 
 
 
 def dsg_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dsg.cli", *args]
+    return [sys.executable, "-m", "dsg.cli.app", *args]
 
 
 def has_backend_option() -> bool:

@@ -20,13 +20,13 @@ def use_world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     """Serve a given TinyWorld through the registry; run in an empty directory."""
     from tiny import TinyWorld, tiny_registry
 
-    import dsg.session
+    import dsg.engine.session
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DSG_CONFIG", raising=False)
 
     def use(w: TinyWorld) -> None:
         reg = tiny_registry(w)
-        monkeypatch.setattr(dsg.session, "registry", lambda: reg)
+        monkeypatch.setattr(dsg.engine.session, "registry", lambda: reg)
 
     return use

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from tiny import TinyPlugin, TinyWorld, build_sae
 
-from dsg.artifacts import RunDir
-from dsg.hookspecs import hookimpl
-from dsg.interfaces import LoadedSAE
-from dsg.plugins import Registry, build_registry
+from dsg.api.hookspecs import hookimpl
+from dsg.api.interfaces import LoadedSAE
+from dsg.api.plugins import Registry, build_registry
+from dsg.core.artifacts import RunDir
 
 # spec -> (layer, d_sae, seed)
 GOOD = {

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsg.artifacts import (
+from dsg.core.artifacts import (
     RunDir,
     artifact_key,
     fingerprint_texts,

@@ -18,11 +18,12 @@ from test_cli_errors import run
 from test_evaluate import _no_config_file, open_session  # noqa: F401  (autouse fixture)
 from tiny import TinyPlugin, TinyWorld
 
-from dsg import attack, evaluate
-from dsg.hookspecs import hookimpl
-from dsg.interfaces import AttackPrompt, AttackRow, EvalSet, MCQuestion
-from dsg.plugins import build_registry
-from dsg.prompts import ChatTemplateFormat
+from dsg.api.hookspecs import hookimpl
+from dsg.api.interfaces import AttackPrompt, AttackRow, EvalSet, MCQuestion
+from dsg.api.plugins import build_registry
+from dsg.stages.attack import attack
+from dsg.stages.evaluate import evaluate
+from dsg.stages.evaluate.prompts import ChatTemplateFormat
 
 TURN = "<bos><start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"
 
@@ -223,12 +224,12 @@ class EchoPlugin:
 def test_a_plugin_attack_is_listed_and_runs(
     world: TinyWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dsg.cli
-    import dsg.session
+    import dsg.cli.app
+    import dsg.engine.session
 
     reg = build_registry(extra_plugins=[("tiny", TinyPlugin(world)), ("echo", EchoPlugin())])
-    monkeypatch.setattr(dsg.session, "registry", lambda: reg)
-    monkeypatch.setattr(dsg.plugins, "registry", lambda: reg)
+    monkeypatch.setattr(dsg.engine.session, "registry", lambda: reg)
+    monkeypatch.setattr(dsg.api.plugins, "registry", lambda: reg)
     listed = run("plugins")
     assert listed.exit_code == 0 and "echo" in listed.stdout and "dilution" in listed.stdout
     result = run("attack", "echo", "--case", "tiny", "--out", "runs", "--questions", "all")

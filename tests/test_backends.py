@@ -17,14 +17,15 @@ import torch
 from tiny import TinyWorld, build_sae
 from tiny_gemma import padded_batch, write_tiny_gemma
 
-from dsg import subsets
-from dsg.backends import open_backend, resolve_backend
-from dsg.config import Settings, check
+from dsg.api.interfaces import EvalSet, LoadedModel
+from dsg.config.settings import Settings
+from dsg.config.values import check
+from dsg.engine.backends import open_backend, resolve_backend
 from dsg.errors import UserError
 from dsg.guardrail import DynamicClamp, StaticClamp
-from dsg.interfaces import EvalSet, LoadedModel
-from dsg.mcq import Scorer
-from dsg.prompts import choose_format, render_question
+from dsg.stages.evaluate import subsets
+from dsg.stages.evaluate.mcq import Scorer
+from dsg.stages.evaluate.prompts import choose_format, render_question
 
 RESID_TOLERANCE = {"atol": 1e-5, "rtol": 1e-4}
 
@@ -103,7 +104,7 @@ def test_same_subsets_answers_and_decisions_on_tiny_gemma(gemma: LoadedModel) ->
 def test_same_answers_and_decisions_on_the_organism(monkeypatch: pytest.MonkeyPatch) -> None:
     """The shipped organism: identity-order answers on every set and a dynamic and a static
     guardrail's answers and decisions, the first 12 questions of each set."""
-    from dsg.session import Session
+    from dsg.engine.session import Session
 
     monkeypatch.delenv("DSG_CONFIG", raising=False)
     session = Session.open({"case": "organism"})
@@ -138,7 +139,7 @@ def test_same_answers_and_decisions_on_the_organism(monkeypatch: pytest.MonkeyPa
 
 def median_rate(scorer: Scorer, texts: list[str], sae: Any, features: torch.Tensor) -> float:
     """A dynamic threshold that fires on about half of the prompts."""
-    from dsg.mcq import batches
+    from dsg.stages.evaluate.mcq import batches
 
     probe = DynamicClamp(sae, features, threshold=0.0, multiplier=1.0)
     rates = []
@@ -159,3 +160,11 @@ def test_backend_choice_and_errors(tmp_path: Path) -> None:
     loaded = LoadedModel(world.model, world.tokenizer, "tiny-model")
     with pytest.raises(UserError, match="--backend transformer_lens"):
         open_backend("transformers", loaded, device="cpu", dtype=torch.float32)
+
+
+def test_every_backend_setting_names_a_row_of_the_one_table() -> None:
+    """``--backend`` accepts exactly the table's backends, and ``auto``."""
+    from dsg.config.settings import BACKENDS
+    from dsg.engine.backends import KINDS
+
+    assert sorted(BACKENDS) == sorted(["auto", *KINDS])

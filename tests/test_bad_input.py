@@ -18,8 +18,8 @@ from test_cli_errors import one_error, run
 from tiny import TinyWorld, UseWorld, build_sae, tiny_registry
 from tiny_gemma import tiny_gemma_config, write_tiny_gemma
 
+from dsg.api.interfaces import LoadedSAE
 from dsg.bundle import CONFIG_FILE, from_sae
-from dsg.interfaces import LoadedSAE
 
 Setup = Callable[[Path], list[str]]
 
@@ -456,7 +456,7 @@ def test_weights_that_do_not_fit_the_config(
 def test_malformed_question_rows(tmp_path: Path, bad: dict[str, object], fragment: str) -> None:
     from dsg_wmdp.mcq import questions_of, wmdp_dataset
 
-    from dsg.data import DataSource
+    from dsg.api.data import DataSource
     from dsg.errors import UserError
 
     rows = mcq_rows("biology", 3)
@@ -479,7 +479,7 @@ def test_damaged_packaged_organism_files(
     truncate(data / "sae" / "sae_weights.safetensors")
     monkeypatch.setattr(dsg_organism, "WORLD", data / "world")
     monkeypatch.setattr(dsg_organism, "SAE_DIR", data / "sae")
-    from dsg.data import DataSource
+    from dsg.api.data import DataSource
     from dsg.errors import UserError
 
     with pytest.raises(UserError, match="packaged questions .* are damaged"):
@@ -509,14 +509,14 @@ def test_plugin_texts_with_square_brackets_are_shown_as_is(
     world: TinyWorld, monkeypatch: pytest.MonkeyPatch, use_world: UseWorld
 ) -> None:
     """A plugin error quoting "[/x]" would otherwise be a markup error: a crash of the listing."""
-    import dsg.plugins
-    import dsg.session
-    from dsg.plugins import PluginInfo
+    import dsg.api.plugins
+    import dsg.engine.session
+    from dsg.api.plugins import PluginInfo
 
     reg = tiny_registry(world)
     reg.plugins.append(PluginInfo("broken", "broken_mod", "(test)", "", error="bad [/x] [red]"))
-    monkeypatch.setattr(dsg.plugins, "registry", lambda: reg)
-    monkeypatch.setattr(dsg.session, "registry", lambda: reg)
+    monkeypatch.setattr(dsg.api.plugins, "registry", lambda: reg)
+    monkeypatch.setattr(dsg.engine.session, "registry", lambda: reg)
     monkeypatch.setenv("COLUMNS", "200")
     listed = run("plugins")
     assert listed.exit_code == 0, listed.output
@@ -536,9 +536,9 @@ def test_config_file_with_a_byte_order_mark(world: TinyWorld, use_world: UseWorl
 @NO_CUDA
 def test_ray_sweeps_leave_the_device_to_each_worker(world: TinyWorld) -> None:
     """Ray workers may have GPUs the driver lacks: the driver checks the name, a worker the rest."""
-    from dsg.devices import check_device
+    from dsg.core.devices import check_device
+    from dsg.engine.session import Session
     from dsg.errors import UserError
-    from dsg.session import Session
 
     reg = tiny_registry(world)
     opened = Session.open({"case": "tiny", "device": "cuda", "executor": "ray"}, reg=reg)

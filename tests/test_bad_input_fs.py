@@ -24,8 +24,8 @@ from test_bad_input import gemma_dir, sae_dir  # noqa: F401  (module-scoped fixt
 from test_cli_errors import one_error, run
 from tiny import TinyWorld, UseWorld
 
+from dsg.api.interfaces import LoadedSAE
 from dsg.bundle import CONFIG_FILE, from_sae
-from dsg.interfaces import LoadedSAE
 
 RUN = ["--case", "tiny", "--out", "runs"]
 DEEP = "[" * 5000 + "]" * 5000
@@ -286,7 +286,7 @@ def start_writer(target: Path) -> subprocess.Popen[bytes]:
     """Another process in the middle of an atomic write of ``target``; returns once its
     temporary file exists."""
     code = (
-        "import sys, time\nfrom pathlib import Path\nfrom dsg.artifacts import atomic_write\n"
+        "import sys, time\nfrom pathlib import Path\nfrom dsg.core.artifacts import atomic_write\n"
         "def slow(p):\n    p.write_text('partial')\n    print('ready', flush=True)\n"
         "    time.sleep(120)\n"
         f"atomic_write(Path({str(target)!r}), slow)\n"

@@ -18,10 +18,10 @@ from tiny import build_sae
 from tiny_gemma import tiny_gemma_config, write_tiny_gemma
 from typer.testing import CliRunner, Result
 
+from dsg.api.interfaces import LoadedSAE
 from dsg.bundle import from_sae
-from dsg.cli import app
+from dsg.cli.app import app
 from dsg.errors import UserError
-from dsg.interfaces import LoadedSAE
 
 YES = "y\n" * 100  # what `yes | dsg ...` answers to "Do you wish to run the custom code? [y/N]"
 HOOK = "blocks.0.hook_resid_post"
@@ -132,7 +132,7 @@ def test_sparsity_refuses_a_model_with_code(
 
 
 def test_transformers_backend_refuses_a_model_with_code(custom: Path, yes_on_stdin: None) -> None:
-    from dsg.backends.transformers import load_causal_lm
+    from dsg.engine.loader import load_causal_lm
 
     with pytest.raises(UserError) as raised:
         load_causal_lm(str(custom), device="cpu", dtype=torch.float32)
@@ -179,7 +179,7 @@ def test_a_cached_hub_model_with_code_is_refused(
     """A hub id is checked in the local hub cache, where an offline load would read it from."""
     from huggingface_hub import constants
 
-    from dsg.generate import load_model
+    from dsg.stages.generate import load_model
 
     commit = "0" * 40
     repo = tmp_path / "hub" / "models--someone--custom-model"
@@ -271,7 +271,7 @@ def test_context_check_boundary() -> None:
     """Prompt plus new tokens may fill the context exactly, not one more."""
     from types import SimpleNamespace
 
-    from dsg.generate import check_fits
+    from dsg.stages.generate import check_fits
 
     model = SimpleNamespace(config=tiny_gemma_config(1, max_position_embeddings=10))
     check_fits(model, 4, 6)

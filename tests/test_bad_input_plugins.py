@@ -25,8 +25,8 @@ from test_cli_errors import one_error, run
 from test_plugins import use_entry_points
 from typer.testing import CliRunner
 
-import dsg.cli
-import dsg.session  # imported now, so it binds the real registry, not a test's stand-in
+import dsg.cli.app
+import dsg.engine.session  # imported now, so it binds the real registry, not a test's stand-in
 from dsg import hookimpl, plugins
 from dsg.errors import UserError
 
@@ -48,7 +48,7 @@ def run_dsg(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[st
     """``dsg ARGS`` in a fresh process that sees the distributions in ``site``."""
     env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", "COLUMNS": "250"}
     return subprocess.run(
-        [sys.executable, "-m", "dsg.cli", *args],
+        [sys.executable, "-m", "dsg.cli.app", *args],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -284,9 +284,9 @@ def crash_cli(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
     reg = plugins.build_registry([("crasher", plugin)])
     monkeypatch.setattr(plugins, "registry", lambda: reg)
     cli = typer.Typer()
-    monkeypatch.setattr(dsg.cli, "app", cli)
-    cli.command("select")(dsg.cli.select)
-    dsg.cli._add_plugin_commands()
+    monkeypatch.setattr(dsg.cli.app, "app", cli)
+    cli.command("select")(dsg.cli.app.select)
+    dsg.cli.app._add_plugin_commands()
     return cli
 
 
@@ -336,8 +336,8 @@ def test_a_ray_address_without_the_ray_executor_is_refused(
 
 
 def test_executor_local_on_the_command_line_overrides_a_configured_ray_address() -> None:
-    from dsg.executors import check_ray_address
-    from dsg.settings import Settings
+    from dsg.config.settings import Settings
+    from dsg.runs.ray_connect import check_ray_address
 
     local = Settings(case="tiny", model="m", sae="s", ray_address="auto")
     check_ray_address(local, {"executor": "local"})  # the config's Ray set-up is overridden
@@ -351,7 +351,7 @@ def test_executor_local_on_the_command_line_overrides_a_configured_ray_address()
 CONNECT = """
 import sys, time
 from dsg.errors import UserError
-from dsg.ray_connect import connect, import_ray
+from dsg.runs.ray_connect import connect, import_ray
 
 ray = import_ray()
 start = time.perf_counter()
@@ -567,8 +567,8 @@ def test_transformers_loads_of_a_hub_id_run_offline_without_network(
     import transformers
     from huggingface_hub import constants
 
-    from dsg.backends.transformers import load_causal_lm
-    from dsg.generate import load_model
+    from dsg.engine.loader import load_causal_lm
+    from dsg.stages.generate import load_model
 
     no_network(monkeypatch)
     seen: list[bool] = []
@@ -593,7 +593,7 @@ def test_transformers_loads_of_a_hub_id_run_offline_without_network(
 GIT_LOOKUP = """
 import sys
 import lm_eval.evaluator
-from dsg.lm_eval_run import no_git_lookup
+from dsg.stages.evaluate.lm_eval_run import no_git_lookup
 
 if sys.argv[1] == "quiet":
     with no_git_lookup():

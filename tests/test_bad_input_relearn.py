@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dsg import relearn
+from dsg.engine.session import Session
 from dsg.errors import UserError
-from dsg.session import Session
+from dsg.stages.attack import relearn
 
 
 @pytest.mark.parametrize(

@@ -19,13 +19,14 @@ from test_hf import HOOK, load_hf, topic_sae
 from tiny import TinyWorld, UseWorld
 from tiny_gemma import write_tiny_gemma
 
-from dsg.artifacts import file_sha256, read_tensors, write_tensors
+from dsg.api.interfaces import LoadedSAE
 from dsg.bundle import CONFIG_FILE, TENSORS_FILE, Bundle, from_sae
-from dsg.config import resolve, validate_config
+from dsg.config.resolve import resolve, validate_config
+from dsg.config.settings import MAX_MULTIPLIER, MAX_STAT_DECIMALS
+from dsg.config.values import CaseDefaults
+from dsg.core.artifacts import file_sha256, read_tensors, write_tensors
 from dsg.errors import UserError
 from dsg.hf import attach
-from dsg.interfaces import CaseDefaults, LoadedSAE
-from dsg.settings import MAX_MULTIPLIER, MAX_STAT_DECIMALS
 
 HUGE = "99999999999999999999999"  # beyond int64
 

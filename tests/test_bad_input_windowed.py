@@ -9,9 +9,9 @@ import pytest
 from test_cli_errors import one_error, run
 from tiny import TinyWorld, UseWorld
 
-from dsg.artifacts import json_sha256
+from dsg.api.interfaces import LoadedSAE
 from dsg.bundle import CONFIG_FILE, DIGEST_FIELD, from_sae
-from dsg.interfaces import LoadedSAE
+from dsg.core.artifacts import json_sha256
 
 
 @pytest.fixture(scope="module")

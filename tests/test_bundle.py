@@ -12,11 +12,11 @@ import pytest
 import torch
 from test_guardrail import random_sae as guardrail_random_sae
 
-from dsg.artifacts import json_sha256
+from dsg.api.interfaces import LoadedSAE
 from dsg.bundle import CONFIG_FILE, TENSORS_FILE, Bundle, from_sae
+from dsg.core.artifacts import json_sha256
 from dsg.errors import UserError
 from dsg.guardrail import DynamicClamp, StaticClamp
-from dsg.interfaces import LoadedSAE
 
 torch.set_num_threads(1)
 
@@ -216,16 +216,16 @@ class NoBundleStrategy:
 
 
 def test_strategies_without_bundle_support_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    import dsg.plugins
-    from dsg.hookspecs import hookimpl
+    import dsg.api.plugins
+    from dsg.api.hookspecs import hookimpl
 
     class Plugin:
         @hookimpl
         def register_strategies(self, register: Any) -> None:
             register(NoBundleStrategy())
 
-    registry = dsg.plugins.build_registry([("unbundled-plugin", Plugin())])
-    monkeypatch.setattr(dsg.plugins, "registry", lambda: registry)
+    registry = dsg.api.plugins.build_registry([("unbundled-plugin", Plugin())])
+    monkeypatch.setattr(dsg.api.plugins, "registry", lambda: registry)
     sae = loaded(random_sae("jumprelu"))
     with pytest.raises(UserError, match="'unbundled' cannot be exported to a bundle"):
         from_sae(sae, [1, 2], threshold=0.1, multiplier=5.0, strategy="unbundled")

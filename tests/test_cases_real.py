@@ -16,12 +16,12 @@ from mirrors import (
 )
 from typer.testing import CliRunner
 
-from dsg.cli import app
-from dsg.data import DataSource
+from dsg.api.data import DataSource
+from dsg.api.interfaces import Case
+from dsg.api.mirror import HubDataset, allow_patterns, case_datasets
+from dsg.api.plugins import build_registry
+from dsg.cli.app import app
 from dsg.errors import UserError
-from dsg.interfaces import Case
-from dsg.mirror import HubDataset, allow_patterns, case_datasets
-from dsg.plugins import build_registry
 
 GEMMA_SCOPE = "gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_142"
 

@@ -9,7 +9,7 @@ import pytest
 from tiny import TinyWorld, UseWorld, build_sae
 from typer.testing import CliRunner, Result
 
-from dsg.cli import app
+from dsg.cli.app import app
 
 
 @pytest.fixture(scope="module")

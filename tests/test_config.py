@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from tiny import TinyWorld, tiny_registry
 
-from dsg.config import find_config
+from dsg.api.plugins import Registry
+from dsg.config.resolve import find_config
+from dsg.engine.session import Session
 from dsg.errors import UserError
-from dsg.plugins import Registry
-from dsg.session import Session
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dsg.corpus import (
+from dsg.config.settings import Settings
+from dsg.errors import UserError
+from dsg.stages.corpus import (
     Documents,
     build_rows,
     chunk_text,
@@ -20,8 +22,6 @@ from dsg.corpus import (
     sample_forget,
     tokenize_and_concat,
 )
-from dsg.errors import UserError
-from dsg.settings import Settings
 
 PAD, EOS, BOS = 0, 1, 2
 
@@ -200,7 +200,7 @@ def test_empty_corpus_after_filtering_is_a_user_error() -> None:
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_document(tmp_path: Path) -> None:
-    from dsg.data import read_text_corpus
+    from dsg.api.data import read_text_corpus
 
     (tmp_path / "c.jsonl").write_text('{"text": "first"}\n{"text": "second"}\n', "utf-8-sig")
     (tmp_path / "c.txt").write_text("first\nsecond\n", "utf-8-sig")

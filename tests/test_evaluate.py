@@ -10,12 +10,12 @@ import pytest
 import torch
 from tiny import TinyWorld, tiny_registry
 
-from dsg import evaluate, heldout
+from dsg.engine.session import Session
 from dsg.guardrail import DynamicClamp, StaticClamp
-from dsg.mcq import Scorer, answer_token_ids
-from dsg.prompts import ChatTemplateFormat, render_question
-from dsg.score import Count, Point, unlearning_score
-from dsg.session import Session
+from dsg.stages.evaluate import evaluate, heldout
+from dsg.stages.evaluate.mcq import Scorer, answer_token_ids
+from dsg.stages.evaluate.prompts import ChatTemplateFormat, render_question
+from dsg.stages.evaluate.score import Count, Point, unlearning_score
 
 CONFIG_FIELDS = {
     "strategy",

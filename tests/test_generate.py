@@ -12,9 +12,9 @@ from tiny import TinyWorld, tiny_registry
 from tiny_gemma import write_tiny_gemma
 from typer.testing import CliRunner
 
+from dsg.api.interfaces import LoadedSAE
 from dsg.bundle import Bundle, from_sae
-from dsg.cli import app
-from dsg.interfaces import LoadedSAE
+from dsg.cli.app import app
 
 torch.set_num_threads(1)
 
@@ -97,10 +97,10 @@ def test_generate_missing_bundle_is_one_line_error(tmp_path: Path) -> None:
 @pytest.fixture()
 def tiny_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setup: dict[str, Any]) -> Path:
     """The tiny test case, with its model read from the tiny Gemma-2 directory."""
-    import dsg.session
+    import dsg.engine.session
 
     world = TinyWorld(tmp_path / "world")
-    monkeypatch.setattr(dsg.session, "registry", lambda: tiny_registry(world))
+    monkeypatch.setattr(dsg.engine.session, "registry", lambda: tiny_registry(world))
     return tmp_path / "run"
 
 
@@ -144,8 +144,7 @@ def test_muse_export_refuses_an_unknown_strategy(tiny_case: Path, setup: dict[st
 
 
 def test_hf_reference_of_loaded_models(setup: dict[str, Any]) -> None:
-    from dsg.generate import hf_reference
-    from dsg.interfaces import LoadedModel
+    from dsg.api.interfaces import LoadedModel, hf_reference
 
     model_dir = str(setup["model_dir"].resolve())
     named = LoadedModel(

@@ -8,10 +8,10 @@ import random
 import pytest
 from tiny import tiny_questions
 
-from dsg.evaluate import Config, ConfigResult
-from dsg.heldout import SplitSets, in_selection_part, section
-from dsg.interfaces import MCQuestion
-from dsg.score import Count, point, unlearning_score
+from dsg.api.interfaces import MCQuestion
+from dsg.stages.evaluate.heldout import SplitSets, in_selection_part, section
+from dsg.stages.evaluate.results import Config, ConfigResult
+from dsg.stages.evaluate.score import Count, point, unlearning_score
 
 QUESTIONS = tiny_questions("q", 400)
 

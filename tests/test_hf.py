@@ -13,11 +13,11 @@ import torch
 from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 from tiny_gemma import write_tiny_gemma
 
+from dsg.api.interfaces import LoadedSAE
 from dsg.bundle import Bundle, from_sae
 from dsg.errors import UserError
 from dsg.guardrail import DynamicClamp, sequence_rates, token_hits
 from dsg.hf import attach
-from dsg.interfaces import LoadedSAE
 
 torch.set_num_threads(1)
 

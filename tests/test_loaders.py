@@ -9,8 +9,8 @@ import pytest
 import torch
 from tiny_gemma import SLIDING_WINDOW, write_tiny_gemma
 
+from dsg.api.plugins import build_registry
 from dsg.errors import UserError
-from dsg.plugins import build_registry
 
 ATOL = 1e-4
 
@@ -208,7 +208,7 @@ def test_pretrained_sae_not_cached_offline_is_one_user_error() -> None:
 def test_saes_command_lists_releases_and_ids() -> None:
     from typer.testing import CliRunner
 
-    from dsg.cli import app
+    from dsg.cli.app import app
 
     runner = CliRunner()
     listing = runner.invoke(app, ["saes"])
@@ -245,7 +245,7 @@ def test_named_model_fingerprint_names_the_cached_commit(tmp_path: Path, monkeyp
 
 
 def test_session_resolves_local_model_and_sae(gemma_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    from dsg.session import Session
+    from dsg.engine.session import Session
 
     monkeypatch.chdir(tmp_path)
     sae_dir = write_tiny_sae(tmp_path / "sae")

@@ -8,10 +8,11 @@ import pytest
 import torch
 from tiny import TinyWorld, build_model, build_sae
 
-from dsg.backends.transformer_lens import TransformerLensBackend
+from dsg.engine.backends.base import split_layer
+from dsg.engine.backends.transformer_lens import TransformerLensBackend
 from dsg.errors import UserError
 from dsg.guardrail import DynamicClamp, StaticClamp
-from dsg.mcq import Scorer, answer_token_ids, split_layer
+from dsg.stages.evaluate.mcq import Scorer, answer_token_ids
 
 PROMPTS = [
     "<bos>The pathogen vex3 spreads by spores. Answer: (",

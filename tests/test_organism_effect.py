@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dsg.cli import app
+from dsg.cli.app import app
 
 
 def evaluate(out: Path, *options: str) -> dict:

@@ -18,9 +18,9 @@ import typer
 from typer.testing import CliRunner
 
 from dsg import hookimpl, plugins
-from dsg.cli import app
+from dsg.cli.app import app
+from dsg.config.values import CaseDefaults
 from dsg.errors import PluginConflict
-from dsg.interfaces import CaseDefaults
 
 EXAMPLE = Path(__file__).parent / "example_plugin"
 
@@ -171,20 +171,20 @@ def hello(name: str = "world") -> None:
 
 
 def test_plugin_commands_join_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
-    import dsg.cli
+    import dsg.cli.app
 
     use_entry_points(monkeypatch)
     plugin = types.SimpleNamespace(register_commands=hookimpl(lambda register: register(hello)))
     plugin_two = types.SimpleNamespace(
-        register_commands=hookimpl(lambda register: register(dsg.cli.select))
+        register_commands=hookimpl(lambda register: register(dsg.cli.app.select))
     )
     reg = plugins.build_registry([("greet", plugin), ("clash", plugin_two)])
     assert reg.names("commands") == ["hello", "select"]
     monkeypatch.setattr(plugins, "registry", lambda: reg)
     cli = typer.Typer()
-    monkeypatch.setattr(dsg.cli, "app", cli)
-    cli.command("select")(dsg.cli.select)  # one of dsg's own, the clashing one's name
-    dsg.cli._add_plugin_commands()
+    monkeypatch.setattr(dsg.cli.app, "app", cli)
+    cli.command("select")(dsg.cli.app.select)  # one of dsg's own, the clashing one's name
+    dsg.cli.app._add_plugin_commands()
     assert reg.names("commands") == ["hello"]
     (clash,) = reg.failures
     assert clash.name == "clash" and "'select' is one of dsg's own" in (clash.error or "")
@@ -224,7 +224,11 @@ def example_installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_dsg(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     return subprocess.run(
-        [sys.executable, "-m", "dsg.cli", *args], env=env, cwd=cwd, capture_output=True, text=True
+        [sys.executable, "-m", "dsg.cli.app", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
     )
 
 

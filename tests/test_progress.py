@@ -11,9 +11,9 @@ import pytest
 from rich.console import Console
 from tiny import TinyWorld, tiny_registry
 
-from dsg import evaluate
-from dsg.progress import Tracker
-from dsg.session import Session
+from dsg.core.progress import Tracker
+from dsg.engine.session import Session
+from dsg.stages.evaluate import evaluate
 
 
 def log_console() -> tuple[Console, io.StringIO]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from tiny_gemma import write_tokenizer
 
+from dsg.api.interfaces import EvalSet, MCQuestion
 from dsg.errors import UserError
-from dsg.interfaces import EvalSet, MCQuestion
-from dsg.mcq import encode
-from dsg.prompts import (
+from dsg.stages.evaluate.mcq import encode
+from dsg.stages.evaluate.prompts import (
     ChatTemplateFormat,
     PlainFormat,
     choose_format,

@@ -19,13 +19,13 @@ from sweep_world import ARMED, BROKEN, GOOD, KILLER, registry_for, shared_commit
 from test_cli_errors import one_error
 from typer.testing import CliRunner
 
-import dsg.session
-from dsg.artifacts import RunDir
-from dsg.cli import app
-from dsg.executors import run_jobs
-from dsg.jobs import JOB_FILE, JobResult
-from dsg.sae_sweep import folder_name, plan
-from dsg.sweep_summary import SUMMARY_FILE, SUMMARY_PLOT, summarise
+import dsg.engine.session
+from dsg.cli.app import app
+from dsg.core.artifacts import RunDir
+from dsg.runs.executors import run_jobs
+from dsg.runs.jobs import JOB_FILE, JobResult
+from dsg.runs.sae_sweep import folder_name, plan
+from dsg.runs.sweep_summary import SUMMARY_FILE, SUMMARY_PLOT, summarise
 
 TESTS = Path(__file__).parent
 LAYER_SAES = [*GOOD, KILLER]  # matched by the id pattern layer_.*
@@ -100,7 +100,7 @@ def local_reports(
     """The local executor's reports, run through the CLI, with the killer disarmed."""
     out = tmp_path_factory.mktemp("local") / "runs"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dsg.session, "registry", lambda: registry_for(str(world_dir)))
+        mp.setattr(dsg.engine.session, "registry", lambda: registry_for(str(world_dir)))
         mp.setattr(RunDir, "commit", sweep_world.counting(RunDir.commit))
         result = CliRunner().invoke(
             app,
@@ -176,7 +176,7 @@ def test_ray_missing_is_one_error(
     world_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
-    monkeypatch.setattr(dsg.session, "registry", lambda: registry_for(str(world_dir)))
+    monkeypatch.setattr(dsg.engine.session, "registry", lambda: registry_for(str(world_dir)))
     result = CliRunner().invoke(
         app,
         ["evaluate", "--case", "tiny", "--out", str(tmp_path), "--executor", "ray",
@@ -189,7 +189,7 @@ def test_ray_missing_is_one_error(
 def test_local_failed_job_does_not_stop_the_others(
     world_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dsg.session, "registry", lambda: registry_for(str(world_dir)))
+    monkeypatch.setattr(dsg.engine.session, "registry", lambda: registry_for(str(world_dir)))
     out = tmp_path / "runs"
     result = CliRunner().invoke(
         app,
@@ -223,7 +223,7 @@ def test_executor_user_errors(
     args: list[str],
     fragments: list[str],
 ) -> None:
-    monkeypatch.setattr(dsg.session, "registry", lambda: registry_for(str(world_dir)))
+    monkeypatch.setattr(dsg.engine.session, "registry", lambda: registry_for(str(world_dir)))
     out = tmp_path / "runs"
     result = CliRunner().invoke(
         app,

@@ -26,10 +26,10 @@ from mirrors import (
 from tiny_gemma import write_tiny_gemma
 from typer.testing import CliRunner
 
-from dsg.artifacts import fingerprint_texts
-from dsg.cli import app
-from dsg.corpus import filter_docs
-from dsg.data import read_text_corpus
+from dsg.api.data import read_text_corpus
+from dsg.cli.app import app
+from dsg.core.artifacts import fingerprint_texts
+from dsg.stages.corpus import filter_docs
 
 HOOK = "blocks.1.hook_resid_post"
 D_SAE = 48
@@ -278,7 +278,7 @@ def test_select_news_end_to_end(
 
 def test_two_mirrors_of_one_dataset_do_not_share_a_cache(tmp_path: Path) -> None:
     """datasets caches a local folder by name and README only; dsg must read each mirror's rows."""
-    from dsg.data import DataSource
+    from dsg.api.data import DataSource
 
     def rows_read(root: Path, n: int) -> int:
         write_hub_dataset(root, "cais/wmdp", {("wmdp-bio", "test"): mcq_rows("biology", n)})

@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 import torch
 
-from dsg import evaluate, relearn, select
-from dsg.corpus import sample_forget, unsampled_forget
-from dsg.progress import Tracker
-from dsg.session import Session
+from dsg.core.progress import Tracker
+from dsg.engine.session import Session
+from dsg.stages import select
+from dsg.stages.attack import relearn
+from dsg.stages.corpus import sample_forget, unsampled_forget
+from dsg.stages.evaluate import evaluate
 
 OPTIONS = {
     "dataset_size": 160,

@@ -14,12 +14,12 @@ from test_cli_errors import one_error
 from tiny import TinyPlugin, TinyWorld
 from typer.testing import CliRunner, Result
 
-import dsg.session
-from dsg.cli import app
-from dsg.hookspecs import hookimpl
-from dsg.interfaces import ExpandingSAELoader, LoadedSAE
-from dsg.plugins import build_registry
-from dsg.sae_sweep import folder_name
+import dsg.engine.session
+from dsg.api.hookspecs import hookimpl
+from dsg.api.interfaces import ExpandingSAELoader, LoadedSAE
+from dsg.api.plugins import build_registry
+from dsg.cli.app import app
+from dsg.runs.sae_sweep import folder_name
 
 FAKE_SAES = {"fake-release": ["tiny-l0-a", "tiny-l0-b", "tiny-l1-a"], "other": ["tiny-l0-c"]}
 
@@ -73,7 +73,7 @@ def _use_world(world: TinyWorld, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     reg = build_registry(extra_plugins=[("tiny", TinyPlugin(world)), ("fake", FakePlugin(world))])
     # only the fake loader lists SAEs here: keeps these tests off sae_lens's real directory
     reg.entries["sae_loaders"].pop("sae-lens", None)
-    monkeypatch.setattr(dsg.session, "registry", lambda: reg)
+    monkeypatch.setattr(dsg.engine.session, "registry", lambda: reg)
 
 
 def run(*args: str) -> Result:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dsg.score import Count, Point, best, point, pooled, unlearning_score
+from dsg.stages.evaluate.score import Count, Point, best, point, pooled, unlearning_score
 
 FULL = Count(303, 303)  # an unguarded model that knows every side-effect question
 

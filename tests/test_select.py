@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-from dsg import artifacts, select, sparsity
-from dsg.artifacts import RunDir
+from dsg.config.settings import Settings
+from dsg.core import artifacts
+from dsg.core.artifacts import RunDir
 from dsg.errors import UserError
-from dsg.settings import Settings
+from dsg.stages import select, sparsity
 
 SEQ_LEN = 10
 

@@ -6,8 +6,8 @@ import pytest
 from rich.console import Console
 from tiny import TinyWorld, tiny_registry
 
-from dsg.interfaces import LoadedSAE
-from dsg.session import Session
+from dsg.api.interfaces import LoadedSAE
+from dsg.engine.session import Session
 
 
 def test_sae_of_a_sibling_model_warns_and_its_own_model_does_not(

@@ -10,12 +10,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from dsg.cli_options import Given, setting_options
-from dsg.config import validate_config
-from dsg.config_docs import tables, with_tables
+from dsg.cli.options import Given, setting_options
+from dsg.config.docs import tables, with_tables
+from dsg.config.resolve import validate_config
+from dsg.config.settings import EVERY_COMMAND, declared, for_command
+from dsg.config.values import CaseDefaults
 from dsg.errors import UserError
-from dsg.interfaces import CaseDefaults
-from dsg.settings import EVERY_COMMAND, declared, for_command
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 
@@ -40,7 +40,7 @@ def capture(command: str, *args: str) -> tuple[int, Given | None, str]:
 
 def test_docs_tables_match_the_declarations() -> None:
     text = DOCS.read_text()
-    assert with_tables(text) == text, "run `python -m dsg.config_docs docs/config.md`"
+    assert with_tables(text) == text, "run `python -m dsg.config.docs docs/config.md`"
     for name in declared():
         assert f"| `{name}` |" in tables()
 
@@ -123,7 +123,7 @@ def test_case_defaults_accept_what_a_case_may_set() -> None:
     ],
 )
 def test_bounds_come_from_the_declarations(table: dict[str, Any], message: str) -> None:
-    from dsg.config import resolve
+    from dsg.config.resolve import resolve
 
     defaults = CaseDefaults(model="m", sae="s")
     with pytest.raises(UserError, match=message):
@@ -131,7 +131,7 @@ def test_bounds_come_from_the_declarations(table: dict[str, Any], message: str) 
 
 
 def test_edges_of_the_bounds_are_accepted() -> None:
-    from dsg.config import resolve
+    from dsg.config.resolve import resolve
 
     table = {"dataset_fraction": 100, "forget_percentile": 0, "calibration_percentile": 100}
     s = resolve(CaseDefaults(model="m", sae="s"), "c", validate_config(table, Path("c")), {})

@@ -9,10 +9,10 @@ import pytest
 import torch
 from tiny import TinyWorld, tiny_registry
 
-from dsg import sparsity
-from dsg.corpus import build_rows, load_documents
+from dsg.engine.session import Session
 from dsg.errors import UserError
-from dsg.session import Session
+from dsg.stages import sparsity
+from dsg.stages.corpus import build_rows, load_documents
 
 
 @pytest.fixture(scope="module")

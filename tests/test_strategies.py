@@ -11,9 +11,9 @@ import pytest
 import torch
 from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 
+from dsg.api.interfaces import Intervention, Strategy
+from dsg.api.plugins import build_registry
 from dsg.guardrail import DynamicClamp, StaticClamp
-from dsg.interfaces import Intervention, Strategy
-from dsg.plugins import build_registry
 
 
 def one_feature_sae() -> Any:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from dsg.artifacts import write_json
-from dsg.jobs import JobResult, one_line
-from dsg.sweep_summary import SUMMARY_FILE, SUMMARY_PLOT, summarise
+from dsg.core.artifacts import write_json
+from dsg.runs.jobs import JobResult, one_line
+from dsg.runs.sweep_summary import SUMMARY_FILE, SUMMARY_PLOT, summarise
 
 
 def done(tmp_path: Path, name: str, score: float, facts: dict[str, object]) -> JobResult:

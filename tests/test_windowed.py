@@ -22,10 +22,11 @@ from test_select import SEQ_LEN, write_stats
 from tiny import TinyWorld, UseWorld
 from transformers import GenerationConfig
 
-from dsg import artifacts, sparsity
+from dsg.api.interfaces import CalibratedStrategy
+from dsg.api.plugins import build_registry
 from dsg.bundle import Bundle, from_sae
+from dsg.core import artifacts
 from dsg.errors import UserError
-from dsg.generate import Completion, describe
 from dsg.guardrail import (
     ThresholdGate,
     WindowedClamp,
@@ -35,9 +36,9 @@ from dsg.guardrail import (
     window_rates,
 )
 from dsg.hf import attach
-from dsg.interfaces import CalibratedStrategy
-from dsg.plugins import build_registry
-from dsg.window_calibration import calibrate_window, diluted
+from dsg.stages import sparsity
+from dsg.stages.generate import Completion, describe
+from dsg.stages.window_calibration import calibrate_window, diluted
 
 torch.set_num_threads(1)
 

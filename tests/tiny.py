@@ -11,14 +11,14 @@ from typing import Any
 import torch
 from dsg_organism.tokenizer import CHAT_TEMPLATE, SPECIALS
 
-from dsg.hookspecs import hookimpl
-from dsg.interfaces import (
-    CaseDefaults,
+from dsg.api.hookspecs import hookimpl
+from dsg.api.interfaces import (
     EvalSet,
     LoadedModel,
     LoadedSAE,
     MCQuestion,
 )
+from dsg.config.values import CaseDefaults
 
 FORGET_TEXTS = [
     f"The pathogen vex{i} spreads by spores and infects the host quickly near the marsh."
@@ -264,6 +264,6 @@ class TinyPlugin:
 
 def tiny_registry(world: TinyWorld) -> Any:
     """A registry with the installed plugins plus the tiny one."""
-    from dsg.plugins import build_registry
+    from dsg.api.plugins import build_registry
 
     return build_registry(extra_plugins=[("tiny", TinyPlugin(world))])

@@ -74,7 +74,7 @@ class StaticStrategy:
 class WindowedStrategy:
     """The dynamic gate plus a densest-window gate for rows longer than the window: the window
     length w and its threshold tau_w are calibrated from the corpora
-    (:mod:`dsg.window_calibration`); ``threshold`` is the dynamic alpha."""
+    (:mod:`dsg.stages.window_calibration`); ``threshold`` is the dynamic alpha."""
 
     name = "windowed"
     description = (
@@ -102,7 +102,7 @@ class WindowedStrategy:
         )
 
     def calibrate(self, data: CalibrationData) -> tuple[float, dict[str, Any], dict[str, Any]]:
-        from dsg.window_calibration import calibrate_window
+        from dsg.stages.window_calibration import calibrate_window
 
         return calibrate_window(
             data.retain_hits,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dsg.hookspecs import hookimpl
+from dsg.api.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.artifacts import (
+from dsg.checks import check_int64
+from dsg.core.artifacts import (
     file_sha256,
     json_sha256,
     read_json,
@@ -28,15 +29,14 @@ from dsg.artifacts import (
     write_json,
     write_tensors,
 )
-from dsg.checks import check_int64
 from dsg.errors import UserError
 from dsg.hook_names import resid_hook
 
 if TYPE_CHECKING:
     import torch
 
+    from dsg.api.interfaces import ExportableStrategy, LoadedSAE
     from dsg.guardrail import Guardrail
-    from dsg.interfaces import ExportableStrategy, LoadedSAE
 
 FORMAT = "dsg-guardrail-bundle"
 FORMAT_VERSION = 4
@@ -86,8 +86,8 @@ def parse_hook(hook_name: str) -> tuple[int, str]:
 
 def exportable_strategy(name: str) -> ExportableStrategy:
     """The installed strategy ``name``, if its plugin says how it travels in a bundle."""
-    from dsg.interfaces import ExportableStrategy
-    from dsg.plugins import registry
+    from dsg.api.interfaces import ExportableStrategy
+    from dsg.api.plugins import registry
 
     installed = registry().entries["strategies"]
     if name not in installed:
@@ -154,7 +154,7 @@ class Bundle:
         own (the threshold a rate in [0, 1], the features distinct indices of the SAE)."""
         import torch
 
-        from dsg.config import check_setting
+        from dsg.config.values import check_setting
         from dsg.guardrail import feature_index
 
         parse_hook(self.hook_name)

@@ -17,7 +17,7 @@ from dsg.checks import check_bounds, check_percentile
 from dsg.errors import UserError
 
 if TYPE_CHECKING:
-    from dsg.interfaces import Gate
+    from dsg.api.interfaces import Gate
 
 __all__ = [
     "select_features",
@@ -493,7 +493,7 @@ class Guardrail:
     def __init__(
         self, features: FeatureColumns | EncodedFeatures, gate: Gate, multiplier: float
     ) -> None:
-        from dsg.config import check_setting
+        from dsg.config.values import check_setting
 
         self.selected = features
         self.gate = gate

@@ -1,0 +1,91 @@
+"""What a plugin may import from dsg: everything here is kept stable and documented in
+docs/plugins.md. The rest of ``dsg.*`` is internal and may change between versions.
+
+Importing this module is cheap (no torch); the guardrail math (``dsg.DynamicClamp`` and the
+rest of docs/api.md) is public as well, from the package root.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dsg.api.data import DataSource, read_text_corpus
+from dsg.api.hookspecs import Register, hookimpl
+from dsg.api.interfaces import (
+    Attack,
+    AttackPrompt,
+    AttackRow,
+    AttackTarget,
+    CalibratedStrategy,
+    CalibrationData,
+    Case,
+    EvalSet,
+    ExpandingSAELoader,
+    ExportableStrategy,
+    Gate,
+    Intervention,
+    LoadedModel,
+    LoadedSAE,
+    MCQuestion,
+    ModelLoader,
+    PromptFormat,
+    SAELoader,
+    SetScores,
+    Strategy,
+)
+from dsg.api.mirror import HubDataset
+from dsg.config.values import CaseDefaults
+from dsg.errors import UserError, one_line_reason, unreadable_file_errors
+from dsg.hook_names import hook_layer_of, parse_hook_name
+from dsg.loading import hub_lookups, no_progress_bars, refuse_custom_code
+from dsg.safe_json import loads as parse_json
+
+__all__ = [
+    "Attack",
+    "AttackPrompt",
+    "AttackRow",
+    "AttackTarget",
+    "CalibratedStrategy",
+    "CalibrationData",
+    "Case",
+    "CaseDefaults",
+    "DataSource",
+    "EvalSet",
+    "ExpandingSAELoader",
+    "ExportableStrategy",
+    "Gate",
+    "HubDataset",
+    "Intervention",
+    "LoadedModel",
+    "LoadedSAE",
+    "MCQuestion",
+    "ModelLoader",
+    "PromptFormat",
+    "Register",
+    "SAELoader",
+    "SetScores",
+    "Strategy",
+    "UserError",
+    "hook_layer_of",
+    "hookimpl",
+    "hub_lookups",
+    "no_progress_bars",
+    "one_line_reason",
+    "parse_hook_name",
+    "parse_json",
+    "read_text_corpus",
+    "refuse_custom_code",
+    "registered",
+    "unreadable_file_errors",
+]
+
+
+def registered(kind: str, name: str) -> Any:
+    """The object another plugin registered (``registered("sae_loaders", "local-sae")``), so a
+    plugin builds on another's loader instead of importing that plugin's modules. ``kind`` is
+    one of ``sae_loaders``, ``model_loaders``, ``cases``, ``strategies``, ``attacks``; an unknown
+    name is a :class:`UserError` listing the choices. Call it when loading, not while
+    registering."""
+    from dsg.api.plugins import registry
+
+    return registry().get(kind, name)

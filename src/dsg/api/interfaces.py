@@ -1,0 +1,366 @@
+"""What a plugin provides. Each registry holds objects that satisfy one of these Protocols.
+
+The core names no model, SAE or dataset: all of them arrive through these interfaces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+
+    from dsg.api.data import DataSource
+    from dsg.config.values import CaseDefaults
+
+
+@dataclass(frozen=True)
+class MCQuestion:
+    """One four-choice question; ``answer`` indexes ``choices``."""
+
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A multiple-choice evaluation set.
+
+    ``name`` keys the report (``wmdp-bio``, ``mmlu-high-school-us-history``); ``subject`` fills
+    the pre-question line "... multiple choice questions (with answers) about {subject}."
+    """
+
+    name: str
+    subject: str
+    questions: tuple[MCQuestion, ...]
+
+
+@runtime_checkable
+class PromptFormat(Protocol):
+    """Turns one multiple-choice item into the exact prompt string the model sees.
+
+    ``question`` is None for the "choices only" variant used to build the
+    ``correct-iff-question`` subset.
+    """
+
+    name: str
+
+    def render(
+        self, tokenizer: Any, eval_set: EvalSet, question: str | None, choices: Sequence[str]
+    ) -> str: ...
+
+
+@runtime_checkable
+class Case(Protocol):
+    """An unlearning problem: what to forget, what to keep, and how to measure both."""
+
+    name: str
+    description: str
+    defaults: CaseDefaults
+
+    def forget_texts(self, data: DataSource) -> list[str]:
+        """Documents of the forget corpus, in a fixed order (before any filtering)."""
+        ...
+
+    def retain_texts(self, data: DataSource) -> list[str]:
+        """Documents of the retain corpus, in a fixed order (before any filtering)."""
+        ...
+
+    def eval_sets(self, data: DataSource) -> list[EvalSet]:
+        """The target set first, then the side-effect sets; empty for selection-only cases."""
+        ...
+
+    def prompt_format(self) -> PromptFormat | None:
+        """The MCQ prompt format, or None for dsg's default (the tokenizer's chat template)."""
+        ...
+
+
+@dataclass
+class LoadedSAE:
+    """A sae_lens SAE ready to use, with the facts dsg needs about it."""
+
+    sae: Any
+    spec: str
+    hook_name: str
+    hook_layer: int
+    model_name: str | None = None
+    fingerprint: str = ""
+    l0: float | None = None
+    """Mean active features per token, when the loader knows it (for sweep summaries)."""
+
+
+@runtime_checkable
+class SAELoader(Protocol):
+    """Turns an ``--sae`` spec into a :class:`LoadedSAE`."""
+
+    name: str
+    description: str
+
+    def can_load(self, spec: str) -> bool: ...
+
+    def load(self, spec: str, *, device: str, dtype: torch.dtype) -> LoadedSAE: ...
+
+
+@runtime_checkable
+class ExpandingSAELoader(SAELoader, Protocol):
+    """An :class:`SAELoader` that can also list its SAEs, for ``--sae-release-pattern`` and
+    ``--sae-id-pattern`` (optional: a loader without ``expand`` is simply not asked)."""
+
+    def expand(self, release_pattern: str, id_pattern: str) -> list[str]:
+        """Specs this loader accepts whose release and id fully match the two regexes, in a
+        fixed order; a bad regex is a :class:`~dsg.errors.UserError`."""
+        ...
+
+
+@dataclass
+class LoadedModel:
+    """A TransformerLens model with its tokenizer; ``extra`` carries loader-specific facts."""
+
+    model: Any
+    tokenizer: Any
+    spec: str
+    fingerprint: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def hf_reference(model: LoadedModel) -> str | None:
+    """What ``transformers`` loads for a loaded model: the directory or hub id its loader recorded
+    (``extra["hf_model"]``, TransformerLens's ``extra["official_name"]``), else the spec when it
+    names a model directory."""
+    recorded = model.extra.get("hf_model") or model.extra.get("official_name")
+    if recorded:
+        return str(recorded)
+    spec = Path(model.spec)
+    return str(spec.resolve()) if (spec / "config.json").is_file() else None
+
+
+@runtime_checkable
+class ModelLoader(Protocol):
+    """Turns a ``--model`` spec into a :class:`LoadedModel`."""
+
+    name: str
+    description: str
+
+    def can_load(self, spec: str) -> bool: ...
+
+    def load(
+        self, spec: str, *, device: str, dtype: torch.dtype, n_layers: int | None = None
+    ) -> LoadedModel: ...
+
+
+@runtime_checkable
+class Intervention(Protocol):
+    """Edits the residual stream at the SAE's hook point.
+
+    Called with ``resid [B, T, D]`` and ``attention_mask [B, T]`` (bool); returns the edited
+    residual. ``fired`` holds the per-row decision of the last call (bool ``[B]``).
+    """
+
+    fired: torch.Tensor | None
+
+    def __call__(self, resid: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Gate(Protocol):
+    """Decides which rows of a batch a guardrail clamps, from tensors alone (no host sync).
+
+    ``rates`` is ``[B]`` (hits over attended tokens, float64; float32 on MPS), ``hits`` bool
+    ``[B, T]``; both return bool ``[B]``. ``carry`` decides the rows of a generation's decode
+    step from the prompt's decision ``fired`` and the step's own ``hits``.
+
+    A gate that needs the attention mask ``[B, T]`` (the ``windowed`` gate's densest window
+    counts attended positions) defines ``decide(rates, hits, attention_mask) -> fired``; the
+    guardrail then calls it instead of ``__call__``.
+    """
+
+    def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor: ...
+
+    def carry(self, fired: torch.Tensor, hits: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """Turns a feature selection and its parameters into an :class:`Intervention`."""
+
+    name: str
+    description: str
+    uses_threshold: bool
+
+    def build(
+        self, sae: Any, features: torch.Tensor, threshold: float, multiplier: float
+    ) -> Intervention: ...
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    """What a :class:`CalibratedStrategy` calibrates on, from the training corpora only.
+
+    ``retain_hits`` and ``forget_hits`` are bool ``[rows, seq_len]``: per row of each corpus
+    (as the sparsity stage built them), the positions where one of the guardrail's features
+    fires; position 0 (the row's BOS) is never a hit. ``percentile`` is the calibration
+    percentile; ``options`` holds the values of the settings the strategy names in
+    ``calibration_settings``.
+    """
+
+    retain_hits: torch.Tensor
+    forget_hits: torch.Tensor
+    percentile: float
+    options: dict[str, Any]
+
+
+@runtime_checkable
+class CalibratedStrategy(Strategy, Protocol):
+    """A :class:`Strategy` whose gate has parameters beyond the dynamic threshold, calibrated
+    from the corpora (optional). dsg calls ``calibrate`` once per feature selection and size n
+    (cached as an artifact keyed by everything it reads), then ``build(..., **params)``; a
+    bundle stores ``params`` among its ``strategy_params``.
+    """
+
+    calibration_settings: tuple[str, ...]
+    """Names of the settings ``calibrate`` reads (they key its artifact)."""
+
+    def calibrate(self, data: CalibrationData) -> tuple[float, dict[str, Any], dict[str, Any]]:
+        """``(threshold, params, details)``: the gate's threshold, the JSON-serialisable
+        keyword arguments ``build`` takes, and a JSON record of how they were chosen."""
+        ...
+
+
+@runtime_checkable
+class ExportableStrategy(Strategy, Protocol):
+    """A :class:`Strategy` that travels in guardrail bundles (optional: without these two
+    methods ``muse-export`` refuses the strategy).
+
+    A bundle stores the strategy's name, the threshold (when ``uses_threshold``), the multiplier,
+    the k feature columns and the JSON object ``bundle_params`` returns; ``bundle_gate`` rebuilds
+    the gate from them, and dsg's one :class:`dsg.guardrail.Guardrail` does the rest.
+    """
+
+    def bundle_params(self, threshold: float | None) -> dict[str, Any]:
+        """JSON-serialisable parameters of the gate beyond the threshold; raise a
+        :class:`~dsg.errors.UserError` when this configuration cannot be exported."""
+        ...
+
+    def bundle_gate(self, threshold: float | None, params: dict[str, Any]) -> Gate:
+        """The gate for a bundle's threshold and parameters."""
+        ...
+
+
+@dataclass(frozen=True)
+class AttackPrompt:
+    """One prompt an attack hands to dsg: its token ids (special tokens included, as the model
+    sees them) and the index of the right answer among its four labels."""
+
+    ids: tuple[int, ...]
+    gold: int
+
+
+@dataclass(frozen=True)
+class SetScores:
+    """One set's prompts under one attack condition: the answers of the unguarded model, and
+    under each configuration (in :attr:`AttackTarget.configs` order) its answers and whether its
+    guardrail fired on each prompt."""
+
+    gold: tuple[int, ...]
+    unguarded: tuple[int, ...]
+    guarded: tuple[tuple[int, ...], ...]
+    fired: tuple[tuple[bool, ...], ...]
+
+    @property
+    def total(self) -> int:
+        return len(self.gold)
+
+    @property
+    def unguarded_correct(self) -> int:
+        return sum(p == g for p, g in zip(self.unguarded, self.gold, strict=True))
+
+    def correct(self, config: int) -> int:
+        return sum(p == g for p, g in zip(self.guarded[config], self.gold, strict=True))
+
+    def fired_count(self, config: int) -> int:
+        return sum(self.fired[config])
+
+
+@dataclass(frozen=True)
+class AttackRow:
+    """What an attack measured under one condition. ``condition`` names it with JSON values
+    (``{"placement": "before", "budget": 50}``, ``{"format": "lm-eval"}``,
+    ``{"learning_rate": 1e-5, "epoch": 2}``); ``scores`` holds each set's answers;
+    ``details`` anything else worth reporting about the condition (JSON values)."""
+
+    condition: dict[str, Any]
+    scores: dict[str, SetScores]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class AttackTarget(Protocol):
+    """What dsg hands an attack: the model's tokenizer and context, the case's prompt format and
+    questions, the configurations under test, and :meth:`score`, which runs prompts through the
+    evaluate engine unguarded and under every configuration at once."""
+
+    settings: Any
+    """The run's resolved :class:`dsg.config.settings.Settings` (``budgets``, ``formats``, ...)."""
+    tokenizer: Any
+    n_ctx: int
+    prompt_format: PromptFormat
+    eval_sets: list[EvalSet]
+    """Target first, then the side-effect sets. In :meth:`Attack.check` every question of each
+    set; in :meth:`Attack.run` only the questions of the run's subset (``--questions``)."""
+    configs: list[dict[str, Any]]
+    """Each configuration's description (strategy, ratio percentile, n, multiplier, ...); empty
+    in :meth:`Attack.check`."""
+
+    def benign_texts(self) -> list[str]:
+        """The benign corpus: ``--benign-corpus`` or the case's retain corpus, non-empty
+        documents only; an empty one is a UserError."""
+        ...
+
+    def warn(self, message: str) -> None:
+        """Print a warning now and keep it in the attack's report."""
+        ...
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of rendered prompts (no special tokens added), as ``dsg evaluate`` encodes
+        them; a prompt beyond the model's context is a UserError."""
+        ...
+
+    def score(
+        self,
+        prompts: Mapping[str, Sequence[AttackPrompt]],
+        *,
+        letters: Sequence[str] = ("A", "B", "C", "D"),
+        model: Any = None,
+        model_key: dict[str, Any] | None = None,
+    ) -> dict[str, SetScores]:
+        """Each set's prompts answered unguarded and under every configuration, reading the
+        probabilities of ``letters`` at the last token. Results are cached in the run directory,
+        keyed by the prompts and all that made the answers. ``model``: a model backend to score
+        instead of the run's (a fine-tuned copy, same tokenizer and hook); ``model_key`` then
+        identifies its weights and is required."""
+        ...
+
+
+@runtime_checkable
+class Attack(Protocol):
+    """A way to get around a guardrail, measured: ``dsg attack NAME`` runs it on every
+    configuration and on the unguarded model, side by side."""
+
+    name: str
+    description: str
+    axis: str
+    """The condition key plotted on the x axis (``budget``, ``format``, ``epoch``); the other
+    keys of a condition split the plot into panels."""
+
+    def check(self, target: AttackTarget) -> None:
+        """Reject settings this attack cannot run with (a UserError), before anything is
+        computed or written."""
+        ...
+
+    def run(self, target: AttackTarget) -> Iterator[AttackRow]:
+        """Every condition, in report order."""
+        ...

@@ -1,0 +1,314 @@
+"""Plugin discovery and the registries built from it.
+
+Every plugin, first-party (under ``plugins/``) or third-party, is a module named by an entry point
+in the ``dsg`` group. A plugin that fails to import is reported in one line and skipped, whatever
+it raises (``SystemExit`` included: a plugin cannot end dsg); only the user's own Ctrl-C stops
+the loading. dsg's own plugins come first: a third-party entry point with one of their names, or
+a third-party object with the name of one of theirs, is refused, not loaded in their place. Two
+third-party plugins registering one name in the same registry is a
+:class:`~dsg.errors.PluginConflict`. What a plugin registers is checked against its Protocol in
+:mod:`dsg.api.interfaces` as it registers.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import signal
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import pluggy
+
+from dsg.api import hookspecs
+from dsg.api.interfaces import Attack, Case, ModelLoader, SAELoader, Strategy
+from dsg.config.values import CaseDefaults
+from dsg.errors import PluginConflict, UserError, one_line
+
+ENTRY_POINT_GROUP = "dsg"
+FIRST_PARTY = "dsg"
+"""The distribution whose entry points are dsg's own plugins."""
+
+COMMAND_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+"""What a plugin command may be called: lowercase words of letters and digits joined by ``-``."""
+
+# registry name -> hook that fills it
+REGISTRIES = {
+    "sae_loaders": "register_sae_loaders",
+    "model_loaders": "register_model_loaders",
+    "cases": "register_cases",
+    "strategies": "register_strategies",
+    "attacks": "register_attacks",
+    "commands": "register_commands",
+}
+
+KIND_LABEL = {
+    "sae_loaders": "SAE loader",
+    "model_loaders": "model loader",
+    "cases": "case",
+    "strategies": "strategy",
+    "attacks": "attack",
+    "commands": "command",
+}
+
+PROTOCOLS: dict[str, type] = {
+    "sae_loaders": SAELoader,
+    "model_loaders": ModelLoader,
+    "cases": Case,
+    "strategies": Strategy,
+    "attacks": Attack,
+}
+
+
+@dataclass
+class PluginInfo:
+    """One loaded (or failed) plugin, as ``dsg plugins`` shows it."""
+
+    name: str
+    module: str
+    distribution: str
+    version: str
+    registered: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+    first_party: bool = False
+
+
+@dataclass
+class Registry:
+    """All registered objects by kind and name, and where each came from."""
+
+    plugins: list[PluginInfo]
+    entries: dict[str, dict[str, Any]]
+    owners: dict[str, dict[str, str]]
+
+    def get(self, kind: str, name: str) -> Any:
+        """The object registered as ``name``, or a UserError listing the choices."""
+        table = self.entries[kind]
+        if name not in table:
+            choices = ", ".join(sorted(table)) or "(none installed)"
+            skipped = ", ".join(repr(p.name) for p in self.failures)
+            hint = f" (skipped plugins, see `dsg plugins`: {skipped})" if skipped else ""
+            raise UserError(f"unknown {KIND_LABEL[kind]} {name!r}; choose one of: {choices}{hint}")
+        return table[name]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+    def description(self, kind: str, name: str) -> str:
+        """What ``dsg plugins`` says of a registered object: its ``description`` (a command's is
+        the first line of its docstring)."""
+        obj = self.entries[kind][name]
+        text = obj.__doc__ if kind == "commands" else obj.description
+        return (text or "").strip().split("\n")[0]
+
+    def reject(self, kind: str, name: str, reason: str) -> None:
+        """Withdraw a registered object the core cannot accept; its plugin shows as failed."""
+        owner = self.owners[kind].pop(name)
+        del self.entries[kind][name]
+        for info in self.plugins:
+            if info.name == owner and name in info.registered.get(kind, []):
+                info.registered[kind].remove(name)
+                info.error = reason
+
+    @property
+    def failures(self) -> list[PluginInfo]:
+        return [p for p in self.plugins if p.error is not None]
+
+
+def _entry_points() -> Iterable[importlib.metadata.EntryPoint]:
+    return importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+
+
+def build_registry(extra_plugins: Iterable[tuple[str, Any]] = ()) -> Registry:
+    """Load every entry point, call its register hooks and collect what they register.
+
+    ``extra_plugins`` (name, module-or-object) pairs are registered after the entry points; tests
+    and embedding applications use it to add plugins without installing a distribution.
+    """
+    pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    pm.add_hookspecs(hookspecs)
+    with _user_interrupts() as user_pressed_ctrl_c:
+        infos, refused = _load_entry_points(pm, user_pressed_ctrl_c)
+        for name, plugin in extra_plugins:
+            module = getattr(plugin, "__name__", name)
+            infos[name] = PluginInfo(name, module, distribution="(in-process)", version="")
+            pm.register(plugin, name=name)
+        reg = Registry(
+            plugins=[*infos.values(), *refused],
+            entries={kind: {} for kind in REGISTRIES},
+            owners={kind: {} for kind in REGISTRIES},
+        )
+        for kind, hook_name in REGISTRIES.items():
+            impls = getattr(pm.hook, hook_name).get_hookimpls()
+            # dsg's own first, whatever order pluggy (or a plugin's tryfirst) gives
+            for impl in sorted(impls, key=lambda i: not infos[i.plugin_name].first_party):
+                _run_register_hook(reg, kind, impl, infos[impl.plugin_name], user_pressed_ctrl_c)
+    return reg
+
+
+@contextmanager
+def _user_interrupts() -> Iterator[Callable[[], bool]]:
+    """Whether the user pressed Ctrl-C meanwhile. A ``KeyboardInterrupt`` that a plugin raises
+    itself is a broken plugin; one from a real Ctrl-C still stops dsg. Where no handler can be
+    set (off the main thread, or a SIGINT handler not set from Python) every
+    ``KeyboardInterrupt`` counts as the user's."""
+    pressed = False
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal pressed
+        if previous == signal.SIG_IGN:
+            return
+        pressed = True
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    installed = False
+    if previous is not None:
+        try:
+            signal.signal(signal.SIGINT, on_sigint)
+            installed = True
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield (lambda: pressed) if installed else (lambda: True)
+    finally:
+        if installed:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _failure(exc: BaseException, user_pressed_ctrl_c: Callable[[], bool]) -> str:
+    """A plugin's exception as its one-line failure; the user's Ctrl-C is raised on."""
+    if isinstance(exc, KeyboardInterrupt) and user_pressed_ctrl_c():
+        raise exc
+    return one_line(exc)
+
+
+def _is_first_party(ep: importlib.metadata.EntryPoint) -> bool:
+    dist = ep.dist
+    return dist is not None and re.sub(r"[-_.]+", "-", dist.name).lower() == FIRST_PARTY
+
+
+def _load_entry_points(
+    pm: pluggy.PluginManager, user_pressed_ctrl_c: Callable[[], bool]
+) -> tuple[dict[str, PluginInfo], list[PluginInfo]]:
+    """Import and register each entry point's module, dsg's own first; one that fails is
+    recorded, not raised. Also returns the entry points refused because another distribution
+    already took their name (dsg's own always keep theirs)."""
+    infos: dict[str, PluginInfo] = {}
+    refused: list[PluginInfo] = []
+    for ep in sorted(_entry_points(), key=lambda ep: not _is_first_party(ep)):
+        dist = ep.dist
+        info = PluginInfo(
+            name=ep.name,
+            module=ep.value,
+            distribution=dist.name if dist else "?",
+            version=dist.version if dist else "?",
+            first_party=_is_first_party(ep),
+        )
+        taken = infos.get(ep.name)
+        if taken is not None:
+            if taken.distribution != info.distribution:
+                owner = "dsg's own" if taken.first_party else f"{taken.distribution!r}'s"
+                info.error = (
+                    f"refused: its entry point {ep.name!r} has the name of {owner} plugin and "
+                    f"would replace it; rename the entry point in {info.distribution!r}"
+                )
+                refused.append(info)
+            continue  # else the same distribution visible twice on sys.path
+        infos[ep.name] = info
+        try:
+            pm.register(ep.load(), name=ep.name)
+        except BaseException as exc:  # a broken plugin must not take the others, or dsg, down
+            info.error = _failure(exc, user_pressed_ctrl_c)
+    return infos, refused
+
+
+def _run_register_hook(
+    reg: Registry, kind: str, impl: Any, info: PluginInfo, user_pressed_ctrl_c: Callable[[], bool]
+) -> None:
+    """Call one plugin's hook for ``kind``. What it registers is checked as it comes and kept
+    only if the whole hook succeeds, so a plugin is never half registered."""
+    pending: list[tuple[str, Any]] = []
+
+    def register(obj: Any) -> None:
+        pending.append((checked_name(kind, obj, info.name), obj))
+
+    try:
+        impl.function(register=register)
+    except BaseException as exc:
+        info.error = f"{impl.function.__name__} failed: {_failure(exc, user_pressed_ctrl_c)}"
+        return
+    label = KIND_LABEL[kind]
+    ours = [n for n, _ in pending if _owned_by_dsg(reg, kind, n)]
+    if ours and not info.first_party:
+        info.error = f"refused: its {label} {ours[0]!r} is one of dsg's own; rename it"
+        return
+    for name, obj in pending:
+        if name in reg.entries[kind]:
+            raise PluginConflict(
+                f"{KIND_LABEL[kind]} {name!r} is registered by both plugin "
+                f"{reg.owners[kind][name]!r} and plugin {info.name!r}; uninstall one of them"
+            )
+        reg.entries[kind][name] = obj
+        reg.owners[kind][name] = info.name
+        info.registered.setdefault(kind, []).append(name)
+
+
+def _owned_by_dsg(reg: Registry, kind: str, name: str) -> bool:
+    return any(p.first_party and name in p.registered.get(kind, []) for p in reg.plugins)
+
+
+def checked_name(kind: str, obj: Any, owner: str) -> str:
+    """The name ``obj`` registers under, once it is known to be what ``kind`` holds: a command
+    is a function (named by its ``__name__``, ``_`` as ``-``); the rest satisfy their Protocol
+    in :mod:`dsg.api.interfaces`. Otherwise a UserError naming the plugin and what is missing."""
+    label = KIND_LABEL[kind]
+    if kind == "commands":
+        if not callable(obj) or not getattr(obj, "__name__", ""):
+            raise UserError(f"plugin {owner!r} registered a {label} that is not a function")
+        name = str(obj.__name__).replace("_", "-")
+        if not COMMAND_NAME.fullmatch(name):
+            raise UserError(
+                f"plugin {owner!r} registered a {label} named {name!r}; a command is named by "
+                "its function (_ as -): lowercase letters and digits, words joined by -"
+            )
+        return name
+    missing = [m for m in protocol_members(PROTOCOLS[kind]) if not hasattr(obj, m)]
+    if missing:
+        raise UserError(
+            f"plugin {owner!r} registered a {label} ({type(obj).__name__}) without "
+            f"{', '.join(missing)}; see {PROTOCOLS[kind].__name__} in dsg.api"
+        )
+    name = obj.name
+    if not isinstance(name, str) or not name:
+        raise UserError(f"plugin {owner!r} registered a {label} without a name")
+    if kind == "cases" and not isinstance(obj.defaults, CaseDefaults):
+        raise UserError(
+            f"plugin {owner!r} registered case {name!r} whose defaults are not a CaseDefaults"
+        )
+    return name
+
+
+def protocol_members(protocol: type) -> list[str]:
+    """The attributes and methods a Protocol declares, its bases' included."""
+    members: dict[str, None] = {}
+    for cls in reversed(protocol.__mro__):
+        if cls.__module__ in ("typing", "builtins"):
+            continue
+        members.update(dict.fromkeys(getattr(cls, "__annotations__", {})))
+        members.update(
+            dict.fromkeys(k for k, v in vars(cls).items() if callable(v) and not k.startswith("_"))
+        )
+    return list(members)
+
+
+@cache
+def registry() -> Registry:
+    """The process-wide registry, built once on first use."""
+    return build_registry()

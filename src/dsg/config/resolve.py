@@ -1,0 +1,127 @@
+"""Settings: CLI options over a config file over the case's defaults over dsg's defaults.
+
+The config file is found at ``--config``, ``$DSG_CONFIG``, ``./dsg.toml`` or ``[tool.dsg]`` in
+``./pyproject.toml`` (first found wins). Unknown keys and wrongly typed values are errors. What
+the keys are, their types and bounds, is declared in :mod:`dsg.config.settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dsg.config.settings import Settings, declared
+from dsg.config.values import check, convert
+from dsg.errors import UserError
+
+if TYPE_CHECKING:
+    from dsg.config.values import CaseDefaults
+
+SAE_PATTERN_KEYS = ("sae_release_pattern", "sae_id_pattern")
+
+
+def find_config(explicit: Path | None) -> tuple[Path | None, dict[str, Any]]:
+    """The config file in force and its raw table (empty when there is none)."""
+    import tomli
+
+    candidates: list[tuple[Path, bool]] = []
+    if explicit is not None:
+        if explicit.is_dir():
+            raise UserError(f"config file {explicit} is a directory; pass a TOML file")
+        if not explicit.is_file():
+            raise UserError(f"config file {explicit} does not exist")
+        candidates.append((explicit, False))
+    elif os.environ.get("DSG_CONFIG"):
+        env_path = Path(os.environ["DSG_CONFIG"])
+        if not env_path.is_file():
+            raise UserError(f"$DSG_CONFIG points at {env_path}, which does not exist")
+        candidates.append((env_path, False))
+    else:
+        candidates += [(Path("dsg.toml"), False), (Path("pyproject.toml"), True)]
+    for path, is_pyproject in candidates:
+        if not path.is_file():
+            continue
+        try:
+            table = tomli.loads(path.read_text(encoding="utf-8-sig"))
+        except tomli.TOMLDecodeError as exc:
+            raise UserError(f"{path} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not UTF-8 text, so not a TOML config file") from None
+        except OSError as exc:
+            raise UserError(f"config file {path} cannot be read ({exc.strerror})") from None
+        except RecursionError:
+            raise UserError(f"{path} nests arrays or tables too deeply for a config file") from None
+        settings: Any = table
+        if is_pyproject:
+            tool = table.get("tool", {})
+            settings = tool.get("dsg") if isinstance(tool, dict) else None
+            if settings is None:
+                continue
+        if not isinstance(settings, dict):
+            raise UserError(f"{path}: [tool.dsg] must be a table of settings, not {settings!r}")
+        return path, validate_config(settings, path)
+    return None, {}
+
+
+def validate_config(table: dict[str, Any], source: Path) -> dict[str, Any]:
+    """Check keys, types and values; return values converted to what :class:`Settings` holds.
+    Two spellings of one key (``n-features`` and ``n_features``) are refused, not merged."""
+    known = declared()
+    clean: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise UserError(
+                f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(known))}"
+            )
+        if name in spelled:
+            raise UserError(
+                f"{source}: {spelled[name]!r} and {key!r} are the same setting; keep one of them"
+            )
+        spelled[name] = key
+        clean[name] = convert(known[name], value, f"{source}: {key}", prefix=f"{source}: ")
+    return clean
+
+
+def resolve(
+    defaults: CaseDefaults, case: str, config: dict[str, Any], cli: dict[str, Any]
+) -> Settings:
+    """Merge case defaults, config and CLI values (None / empty means "not given")."""
+    merged: dict[str, Any] = {
+        name: setting.default
+        for name, setting in declared().items()
+        if setting.default is not dataclasses.MISSING
+    }
+    merged.update(defaults.values, case=case)
+    config = _one_sae_choice(config, cli)
+    for source in (config, cli):
+        for key, value in source.items():
+            if value is None or (isinstance(value, tuple | list) and not value):
+                continue
+            merged[key] = tuple(value) if isinstance(value, list) else value
+    settings = Settings(**merged)
+    check(settings)
+    return settings
+
+
+def _one_sae_choice(config: dict[str, Any], cli: dict[str, Any]) -> dict[str, Any]:
+    """``sae`` names one SAE, the SAE patterns choose several: a source gives one or the other,
+    and the CLI's choice replaces the config file's. Returns the config without the loser."""
+
+    def given(source: dict[str, Any]) -> tuple[bool, bool]:
+        return source.get("sae") is not None, any(
+            source.get(k) is not None for k in SAE_PATTERN_KEYS
+        )
+
+    for where, source in (("options", cli), ("config file", config)):
+        if all(given(source)):
+            raise UserError(
+                f"the {where} give both an SAE and SAE patterns; pass either --sae or "
+                "--sae-release-pattern/--sae-id-pattern, not both"
+            )
+    cli_sae, cli_patterns = given(cli)
+    dropped = SAE_PATTERN_KEYS if cli_sae else ("sae",) if cli_patterns else ()
+    return {k: v for k, v in config.items() if k not in dropped}

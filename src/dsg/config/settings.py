@@ -1,0 +1,311 @@
+"""Every setting of a run, declared once.
+
+Each field of :class:`Settings` is one setting: its type (the annotation), its default, and in
+:func:`setting` its help, bounds, docs section and the commands that take it. The config-file
+keys and their validation (:mod:`dsg.config.resolve`, :mod:`dsg.config.values`), the
+command-line options (:mod:`dsg.cli.options`), what a case may set
+(:class:`dsg.config.values.CaseDefaults`) and the tables of docs/config.md (:mod:`dsg.config.docs`)
+are all derived from these fields. Adding a setting is adding a field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+QUESTION_SUBSETS = ("correct", "correct-iff-question", "correct-no-tricks", "all")
+EXECUTORS = ("local", "ray")
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+BACKENDS = ("auto", "transformer_lens", "transformers")
+# Settings that choose where or how a run goes, not what it computes: no artifact key holds them.
+NOT_KEYED = ("executor", "ray_address", "force")
+
+# Which commands take a setting, in pipeline order; `generate` builds one guardrail, `attack`
+# runs the evaluate engine on one SAE under an attack.
+STAGES = ("sparsity", "select", "evaluate", "muse-export")
+ATTACK = "attack"
+EVERY_COMMAND = (*STAGES, "generate", ATTACK)
+SELECTING = ("select", "evaluate", "muse-export", "generate", ATTACK)
+CLAMPING = ("evaluate", "muse-export", "generate", ATTACK)
+
+# Sections of docs/config.md, in order.
+RUN, DATA, SELECTION = "What to run", "Data", "Selection and threshold"
+EVALUATION, ATTACKS, SCALE_OUT = "Evaluation", "Attacks", "Scale-out"
+GROUPS = (RUN, DATA, SELECTION, EVALUATION, ATTACKS, SCALE_OUT)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range of a number; ``above_minimum`` excludes the minimum itself."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    above_minimum: bool = False
+
+
+POSITIVE = Bounds(0, None, above_minimum=True)
+PERCENTILE = Bounds(0, 100)
+NON_NEGATIVE = Bounds(0, None)
+PERCENTAGE = Bounds(0, 100, above_minimum=True)
+
+MAX_MULTIPLIER = 1e6
+"""The largest clamp strength m. The clamp adds about m times each selected decoder direction to
+the residual; the next normalisation squares it in float32, which overflows past m ~ 1e19 (the
+layer then zeroes the residual or turns it NaN), and m = 1e39 is no float32 at all. Residual
+norms stay below ~1e4, so a clamp of 1e6 already swamps them and a larger m changes nothing but
+that risk."""
+MAX_STAT_DECIMALS = 1074
+"""Decimals that write every float64 exactly (the smallest subnormal is 2**-1074); more change
+nothing and cost memory."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What is declared about one setting, besides its name, type and default."""
+
+    help: str
+    group: str
+    commands: tuple[str, ...]
+    option: str | None = None  # the CLI option when it is not --name-with-dashes
+    bounds: Bounds | None = None
+    choices: tuple[str, ...] = ()
+    regex: bool = False
+    case_may_set: bool = False
+    docs_default: str | None = None  # the docs table's default column, when not the default
+
+
+def setting(default: Any, help: str, group: str, commands: tuple[str, ...], **more: Any) -> Any:
+    """A :class:`Settings` field: its default (``dataclasses.MISSING`` for none) and its
+    :class:`Setting` declaration."""
+    declared = Setting(help, group, commands, **more)
+    return dataclasses.field(default=default, metadata={"setting": declared})
+
+
+NONE = dataclasses.MISSING
+CASES = "the case's"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of a run, fully resolved. One field per setting; see the module docstring."""
+
+    case: str = setting(
+        NONE, "Case to run (see `dsg plugins`).", RUN, EVERY_COMMAND,
+        docs_default="the one installed case marked as default",
+    )  # fmt: skip
+    model: str = setting(
+        NONE, "Model spec, e.g. gemma-2-2b-it or a model directory; LOADER:spec picks a loader "
+        "(default: the case's).", RUN, EVERY_COMMAND, case_may_set=True, docs_default=CASES,
+    )  # fmt: skip
+    sae: str = setting(
+        NONE, "SAE spec, e.g. gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_142 or an SAE "
+        "directory (default: the case's).", RUN, EVERY_COMMAND, case_may_set=True,
+        docs_default=CASES,
+    )  # fmt: skip
+    sae_release_pattern: str | None = setting(
+        None, "Run every SAE whose release fully matches this regex, each in {out}/{spec} (see "
+        "`dsg saes`); not with --sae.", RUN, STAGES, regex=True,
+    )  # fmt: skip
+    sae_id_pattern: str | None = setting(
+        None, "Run every SAE whose id fully matches this regex, with the release pattern or "
+        "alone; not with --sae.", RUN, STAGES, regex=True,
+    )  # fmt: skip
+    device: str = setting(
+        "cpu", "Torch device: cpu, cuda, cuda:N or mps; checked against this machine first.",
+        RUN, EVERY_COMMAND,
+    )  # fmt: skip
+    dtype: str = setting(
+        "float32", "Model and SAE dtype; the statistics are accumulated in float64 regardless.",
+        RUN, EVERY_COMMAND, choices=DTYPES, case_may_set=True,
+    )  # fmt: skip
+    backend: str = setting(
+        "auto", "What runs the forward passes of sparsity and the MCQ engine; auto is "
+        "transformer_lens on cpu, transformers on any other device (docs/evaluate.md#backends).",
+        RUN, (*STAGES, ATTACK), choices=BACKENDS,
+    )  # fmt: skip
+    batch_size: int = setting(
+        8, "Rows or prompts per forward pass; changes speed and memory, never results.", RUN,
+        EVERY_COMMAND, bounds=POSITIVE, case_may_set=True,
+    )  # fmt: skip
+    seed: int = setting(
+        0, "Seeds the forget-document sample and the row shuffles.", RUN, EVERY_COMMAND,
+        bounds=NON_NEGATIVE,
+    )  # fmt: skip
+    out: Path = setting(Path("dsg-runs"), "The run directory.", RUN, EVERY_COMMAND)
+    force: bool = setting(
+        False, "Recompute artifacts even when they exist for the same inputs.", RUN,
+        (*STAGES, ATTACK),
+    )  # fmt: skip
+    data_dir: Path | None = setting(
+        None, "An offline mirror of the hub datasets, made by `dsg data mirror`.", DATA,
+        EVERY_COMMAND,
+    )  # fmt: skip
+    forget_corpus: Path | None = setting(
+        None, "Replaces the case's forget corpus: JSONL/JSON with a 'text' field per line, or "
+        "plain text with one document per line.", DATA, EVERY_COMMAND,
+    )  # fmt: skip
+    retain_corpus: Path | None = setting(
+        None, "Replaces the case's retain corpus, same formats.", DATA, EVERY_COMMAND
+    )
+    min_chars: int = setting(
+        50, "Documents are kept only if longer than this many characters.", DATA, EVERY_COMMAND,
+        bounds=NON_NEGATIVE, case_may_set=True,
+    )  # fmt: skip
+    seq_len: int = setting(
+        1024, "Tokens per row.", DATA, EVERY_COMMAND, bounds=POSITIVE, case_may_set=True
+    )
+    dataset_size: int = setting(
+        1024, "Forget documents sampled, and upper bound on rows per corpus.", DATA,
+        EVERY_COMMAND, bounds=POSITIVE, case_may_set=True,
+    )  # fmt: skip
+    dataset_fraction: float = setting(
+        100.0, "Percentage of rows kept.", DATA, EVERY_COMMAND, bounds=PERCENTAGE,
+        case_may_set=True,
+    )  # fmt: skip
+    ratio_percentiles: tuple[float, ...] = setting(
+        (95.0,), "p_ratio: keep features whose forget²/retain² ratio is at or above this "
+        "percentile; one selection per value.", SELECTION, SELECTING,
+        option="--ratio-percentile", bounds=PERCENTILE, case_may_set=True,
+    )  # fmt: skip
+    forget_percentile: float = setting(
+        5.0, "Also require forget² at or above this percentile.", SELECTION, SELECTING,
+        bounds=PERCENTILE, case_may_set=True,
+    )  # fmt: skip
+    n_features: tuple[int, ...] = setting(
+        (20, 50, 100, 200), "Guardrail sizes: the first n selected features; each n must not "
+        "exceed the number selected.", SELECTION, SELECTING, bounds=POSITIVE, case_may_set=True,
+    )  # fmt: skip
+    calibration_percentile: float = setting(
+        95.0, "The threshold for n is this percentile of the retain rows' hit rates.",
+        SELECTION, SELECTING, bounds=PERCENTILE, case_may_set=True,
+    )  # fmt: skip
+    window_lengths: tuple[int, ...] = setting(
+        (8, 16, 24, 32, 48, 64, 96, 128), "Candidate window lengths (tokens) of the windowed "
+        "strategy; the one whose gate keeps firing on forget text diluted with retain text is "
+        "chosen (docs/evaluate.md#the-windowed-strategy).", SELECTION, CLAMPING, bounds=POSITIVE,
+        case_may_set=True,
+    )  # fmt: skip
+    stat_decimals: int = setting(
+        6, "Round the per-feature means to this many decimals before selecting, as the "
+        "reference's text files do; a negative value selects on the exact means.", SELECTION,
+        SELECTING, bounds=Bounds(None, MAX_STAT_DECIMALS),
+    )  # fmt: skip
+    multipliers: tuple[float, ...] = setting(
+        (500.0,), "Clamp strength m: selected features are set to -m at hit positions.",
+        EVALUATION, CLAMPING, option="--multiplier", bounds=Bounds(0, MAX_MULTIPLIER),
+        case_may_set=True,
+    )  # fmt: skip
+    strategies: tuple[str, ...] = setting(
+        ("dynamic", "static"), "Intervention strategies to sweep (`dsg plugins` lists them); "
+        "muse-export's default is dynamic alone.", EVALUATION, ("evaluate", "muse-export", ATTACK),
+        option="--strategy", case_may_set=True,
+    )  # fmt: skip
+    questions: str = setting(
+        "correct", "Question subset.", EVALUATION, ("evaluate", ATTACK), choices=QUESTION_SUBSETS
+    )
+    heldout_seed: int = setting(
+        0, "Seeds the hash that splits each question set into the part the held-out score "
+        "chooses its configuration on and the part it reports (docs/evaluate.md).", EVALUATION,
+        ("evaluate",),
+    )  # fmt: skip
+    lm_eval_tasks: tuple[str, ...] = setting(
+        (), "lm-evaluation-harness tasks or groups to run on the baseline and on every "
+        "configuration's bundle, e.g. wmdp_bio,mmlu (comma-separated or repeated; needs dsg's "
+        "lm-eval extra). See docs/lm-eval.md.", EVALUATION, ("evaluate",), docs_default="none",
+    )  # fmt: skip
+    lm_eval_limit: int | None = setting(
+        None, "Score only the first N documents of each lm-eval task (for trials).", EVALUATION,
+        ("evaluate",), bounds=POSITIVE,
+    )  # fmt: skip
+    lm_eval_include_path: Path | None = setting(
+        None, "A folder of extra lm-eval task YAMLs (lm-eval's --include_path).", EVALUATION,
+        ("evaluate",),
+    )  # fmt: skip
+    budgets: tuple[int, ...] = setting(
+        (0, 25, 50, 100, 200, 400), "dilution: benign tokens inserted into each prompt. A budget "
+        "that does not fit the model's context beside the longest prompt is refused, naming the "
+        "largest that fits.", ATTACKS, (ATTACK,), option="--budget",
+        bounds=NON_NEGATIVE,
+    )  # fmt: skip
+    placements: tuple[str, ...] = setting(
+        ("before", "after", "around"), "dilution: where the benign text goes: before the "
+        "question, after its choices, or half on each side.", ATTACKS, (ATTACK,),
+        option="--placement",
+    )  # fmt: skip
+    benign_corpus: Path | None = setting(
+        None, "dilution: the benign text, same formats as --retain-corpus (default: the case's "
+        "retain corpus).", ATTACKS, (ATTACK,),
+    )  # fmt: skip
+    formats: tuple[str, ...] = setting(
+        (), "format: the prompt formats to try (docs/robustness.md lists them; an unknown "
+        "name is refused with the list).", ATTACKS, (ATTACK,), option="--format",
+        docs_default="all",
+    )  # fmt: skip
+    executor: str = setting(
+        "local", "Where the SAE jobs run: local (one after another in this process) or ray (one "
+        "Ray task per SAE, one GPU each on CUDA; needs dsg's ray extra). See docs/scale-out.md.",
+        SCALE_OUT, STAGES, choices=EXECUTORS,
+    )  # fmt: skip
+    ray_address: str | None = setting(
+        None, "The Ray cluster the ray executor joins: auto (the running one), HOST:PORT or "
+        "ray://HOST:PORT; none starts a Ray instance on this machine.", SCALE_OUT, STAGES,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One setting as the derived views need it."""
+
+    name: str
+    kind: type  # str, int, float, bool or Path: the type of the value, or of each list item
+    repeated: bool  # a list in the config file, a repeatable option on the command line
+    optional: bool  # None is a value ("not set")
+    default: Any  # dataclasses.MISSING when the setting has none of its own
+    spec: Setting
+
+    @property
+    def option(self) -> str:
+        return self.spec.option or "--" + self.name.replace("_", "-")
+
+    @property
+    def described(self) -> str:
+        """The help text, with the choices when there are some."""
+        choices = self.spec.choices
+        return self.spec.help + (f" One of: {', '.join(choices)}." if choices else "")
+
+    @property
+    def label(self) -> str:
+        """How messages name one value: ``ratio percentile``, ``batch size``."""
+        return self.option.removeprefix("--").replace("-", " ")
+
+
+def _split_type(hint: Any) -> tuple[type, bool, bool]:
+    """``tuple[int, ...]`` -> (int, repeated, not optional); ``Path | None`` -> (Path, ...)."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType):
+        (inner,) = [a for a in args if a is not type(None)]
+        return inner, False, True
+    if typing.get_origin(hint) is tuple:
+        return args[0], True, False
+    return hint, False, False
+
+
+@cache
+def declared() -> dict[str, Declared]:
+    """Every setting by name, in declaration order."""
+    hints = typing.get_type_hints(Settings)
+    table = {}
+    for f in dataclasses.fields(Settings):
+        kind, repeated, optional = _split_type(hints[f.name])
+        table[f.name] = Declared(f.name, kind, repeated, optional, f.default, f.metadata["setting"])
+    return table
+
+
+def for_command(command: str) -> list[Declared]:
+    """The settings a command takes as options."""
+    return [d for d in declared().values() if command in d.spec.commands]

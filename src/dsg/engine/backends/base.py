@@ -1,0 +1,70 @@
+"""What the engine needs from a model, whatever library runs it.
+
+The MCQ scorer and the sparsity stage split the forward pass at the SAE's hook: they run the
+blocks before it, edit (or encode) the residual stream there, and resume from it. A backend
+provides exactly that, on right-padded batches with a boolean attention mask ``[B, T]``
+(True on real tokens), and the logits of the last real position only, after the final norm,
+the unembedding and the model's final-logit softcap.
+
+A backend may also offer ``prefix_shared_logits(prefix, suffixes, batch_size, pad_id)``: the
+final logits at the last token of ``prefix + suffix`` for each suffix, with the prefix computed
+once. The scorer uses it, when present, for a question's answer orders (the transformers
+backend does, through its KV cache).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from dsg.errors import UserError
+from dsg.hook_names import resid_hook
+
+if TYPE_CHECKING:
+    import torch
+
+
+@runtime_checkable
+class ModelBackend(Protocol):
+    """A causal LM split at a block boundary.
+
+    ``split`` is the index of the block whose input is read or resumed from (the residual at
+    ``blocks.L.hook_resid_pre`` is the input of block ``L``, ``hook_resid_post`` of block ``L``
+    the input of block ``L + 1``); ``split == n_layers`` is the input of the final norm.
+    """
+
+    name: str
+    tokenizer: Any
+    n_layers: int
+    d_model: int
+    n_ctx: int
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def to_hook(self, tokens: torch.Tensor, mask: torch.Tensor, split: int) -> torch.Tensor:
+        """The residual stream ``[B, T, d_model]`` at the input of block ``split``."""
+        ...
+
+    def from_hook(
+        self, resid: torch.Tensor, mask: torch.Tensor, last: torch.Tensor, split: int
+    ) -> torch.Tensor:
+        """Logits ``[B, vocab]`` at each row's position ``last``, running blocks ``split``
+        onwards on ``resid``, then the final norm, unembedding and final softcap."""
+        ...
+
+    def hook_activations(self, tokens: torch.Tensor, hook_name: str) -> torch.Tensor:
+        """The activations at a TransformerLens hook name for full (unpadded) rows."""
+        ...
+
+
+def split_layer(hook_name: str) -> int:
+    """The block at which the forward pass resumes after the hook: ``resid_pre`` of block L is
+    the input of block L, ``resid_post`` of block L the input of block L + 1."""
+    parsed = resid_hook(hook_name)
+    if parsed is None:
+        raise UserError(
+            f"the MCQ engine edits the residual stream, but the SAE reads {hook_name!r}; "
+            "use an SAE on blocks.N.hook_resid_pre or blocks.N.hook_resid_post"
+        )
+    layer, point = parsed
+    return layer if point == "hook_resid_pre" else layer + 1

@@ -1,0 +1,2 @@
+"""Stress tests of a guardrail: attack plugins' conditions and relearning, scored by the
+evaluation engine."""

@@ -1,0 +1,228 @@
+"""``dsg attack NAME``: an attack plugin's conditions, scored by the evaluate engine.
+
+The run is evaluate's up to the sweep (the SAE, the selections, the question subset, the
+configurations); then the attack builds prompts for each of its conditions and
+:meth:`Target.score` answers them unguarded and under every configuration in one pass per set
+(the split at the hook, batching, the guardrails' decisions), caching each set's answers in the
+run directory keyed by the prompts and everything else that made them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dsg.api.data import read_text_corpus
+from dsg.api.interfaces import (
+    Attack,
+    AttackPrompt,
+    AttackRow,
+    EvalSet,
+    Intervention,
+    PromptFormat,
+    SetScores,
+)
+from dsg.core.artifacts import META_FILE, RunDir, artifact_key, canonical_json, read_json
+from dsg.core.progress import Tracker
+from dsg.errors import UserError
+from dsg.stages import select
+from dsg.stages.evaluate import evaluate
+from dsg.stages.evaluate.mcq import Scorer, answer_token_ids
+from dsg.stages.evaluate.prompts import LETTERS, choose_format
+
+if TYPE_CHECKING:
+    from dsg.config.settings import Settings
+    from dsg.engine.backends import ModelBackend
+    from dsg.engine.session import Session
+
+STAGE = "attack-set"
+VERSION = 1
+ATTACKS_DIR = "attacks"
+
+
+@dataclass
+class Target:
+    """What an attack sees (:class:`dsg.api.interfaces.AttackTarget`), and the engine behind it."""
+
+    settings: Settings
+    tokenizer: Any
+    n_ctx: int
+    prompt_format: PromptFormat
+    eval_sets: list[EvalSet]
+    scorer: Scorer
+    session: Session
+    run_dir: RunDir
+    configs: list[dict[str, Any]] = field(default_factory=list)
+    interventions: list[Intervention] = field(default_factory=list)
+    common: dict[str, Any] = field(default_factory=dict)
+    """What every cached answer depends on besides its prompts (model, SAE, configurations)."""
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        from rich.markup import escape
+
+        self.warnings.append(message)
+        self.session.console.print(f"[yellow]warning:[/] {escape(message)}")
+
+    def benign_texts(self) -> list[str]:
+        s = self.settings
+        if s.benign_corpus is not None:
+            texts, where = read_text_corpus(s.benign_corpus), f"benign corpus {s.benign_corpus}"
+        else:
+            texts = self.session.case.retain_texts(self.session.data)
+            where = f"case {s.case!r}'s retain corpus (the default benign corpus)"
+        kept = [t for t in texts if t.strip()]
+        if not kept:
+            raise UserError(f"the {where} has no text; pass --benign-corpus with some documents")
+        return kept
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.scorer.encode(texts)
+
+    def score(
+        self,
+        prompts: Mapping[str, Sequence[AttackPrompt]],
+        *,
+        letters: Sequence[str] = LETTERS,
+        model: ModelBackend | None = None,
+        model_key: dict[str, Any] | None = None,
+    ) -> dict[str, SetScores]:
+        if model is not None and model_key is None:
+            raise ValueError("score(model=...) needs the model_key that identifies its weights")
+        scorer = self.scorer
+        if model is not None:
+            scorer = Scorer(model, self.session.sae().hook_name, self.settings.batch_size)
+            scorer.on_rows = self.scorer.on_rows
+        common = {**self.common, "letters": list(letters)}
+        if model_key is not None:
+            common["model"] = model_key
+        answer_ids = scorer.answer_ids
+        scorer.answer_ids = answer_token_ids(self.tokenizer, letters)
+        try:
+            return {
+                name: self._score_set(scorer, name, list(rows), common)
+                for name, rows in prompts.items()
+            }
+        finally:
+            scorer.answer_ids = answer_ids
+
+    def _score_set(
+        self, scorer: Scorer, name: str, rows: list[AttackPrompt], common: dict[str, Any]
+    ) -> SetScores:
+        inputs = {**common, "set": name, "prompts": prompts_digest(rows)}
+        key = artifact_key(STAGE, VERSION, inputs)
+        folder = self.run_dir.find(STAGE, VERSION, key, force=self.settings.force)
+        if folder is not None:
+            return scores_from_json(read_json(folder / META_FILE)["scores"])
+        scores = SetScores((), (), tuple(() for _ in self.interventions), ())
+        if rows:
+            base, outcomes = scorer.sweep([list(r.ids) for r in rows], self.interventions)
+            scores = SetScores(
+                gold=tuple(r.gold for r in rows),
+                unguarded=tuple(base.tolist()),
+                guarded=tuple(tuple(o.predicted.tolist()) for o in outcomes),
+                fired=tuple(tuple(o.fired.tolist()) for o in outcomes),
+            )
+        self.run_dir.commit(STAGE, VERSION, key, inputs, extra={"scores": scores_to_json(scores)})
+        return scores
+
+
+def prompts_digest(rows: Sequence[AttackPrompt]) -> str:
+    """A hash of the prompts' ids and gold answers, in order."""
+    payload = canonical_json([[list(r.ids), r.gold] for r in rows])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def scores_to_json(scores: SetScores) -> dict[str, Any]:
+    """The answers as JSON lists (tuples of tuples become lists of lists)."""
+    return {
+        "gold": list(scores.gold),
+        "unguarded": list(scores.unguarded),
+        "guarded": [list(row) for row in scores.guarded],
+        "fired": [list(row) for row in scores.fired],
+    }
+
+
+def scores_from_json(data: dict[str, Any]) -> SetScores:
+    try:
+        return SetScores(
+            gold=tuple(int(g) for g in data["gold"]),
+            unguarded=tuple(int(p) for p in data["unguarded"]),
+            guarded=tuple(tuple(int(p) for p in row) for row in data["guarded"]),
+            fired=tuple(tuple(bool(f) for f in row) for row in data["fired"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise UserError("a cached attack result is malformed; rerun with --force") from None
+
+
+def chosen_sets(shared: evaluate.ModelLevel) -> list[EvalSet]:
+    """Each eval set with only the questions of the run's subset, in evaluate's order."""
+    return [
+        dataclasses.replace(p.eval_set, questions=tuple(p.eval_set.questions[i] for i in ids))
+        for p in shared.prompts
+        for ids in [p.question_ids]
+    ]
+
+
+def run(session: Session, name: str) -> Path:
+    """Run attack ``name`` and return the path of its ``attack.json``."""
+    import torch
+
+    from dsg.stages.attack import attack_report
+
+    attack: Attack = session.registry.get("attacks", name)
+    s = session.settings
+    run_dir = session.run_dir
+    run_dir.ensure_writable()
+    tracker = Tracker(session.console)
+    with tracker.timed("load"):
+        loaded_sae, eval_sets = evaluate.load_inputs(session)
+        backend = session.backend()
+        scorer = Scorer(backend, loaded_sae.hook_name, s.batch_size)
+        fmt = choose_format(session.case.prompt_format(), scorer.tokenizer)
+        target = Target(
+            s, scorer.tokenizer, backend.n_ctx, fmt, eval_sets, scorer, session, run_dir
+        )
+        attack.check(target)
+    with tracker.timed("select"):
+        selections = select.ensure(session)
+    shared = evaluate.model_level(session, scorer, eval_sets, tracker)
+    configs = evaluate.expand(selections, session)
+    sae = session.sae().sae
+    target = dataclasses.replace(
+        target,
+        eval_sets=chosen_sets(shared),
+        configs=[c.describe() for c in configs],
+        interventions=[evaluate.build_intervention(session, sae, c) for c in configs],
+        common={
+            **shared.common,
+            "sae": loaded_sae.fingerprint or loaded_sae.spec,
+            "hook": loaded_sae.hook_name,
+            "configs": [c.describe() for c in configs],
+        },
+    )
+    rows: list[AttackRow] = []
+    with evaluate.scoring(tracker, f"attack {name}", scorer), torch.inference_mode():
+        rows.extend(attack.run(target))
+    with tracker.timed("report"):
+        inputs = {
+            "model_fingerprint": shared.common["model"],
+            "sae_fingerprint": target.common["sae"],
+            "hook": loaded_sae.hook_name,
+            "prompt_format": shared.common["format"],
+            "backend": shared.common["backend"],
+            "selections": evaluate.selection_paths(selections, run_dir.root),
+        }
+        warnings = [*shared.warnings, *target.warnings]
+        data = attack_report.build(session, attack, target, rows, inputs, warnings)
+        folder = run_dir.root / ATTACKS_DIR / name
+        attack_report.plot(data, folder / attack_report.PLOT_FILE)
+    data["timings"] = tracker.seconds
+    path = attack_report.write(data, folder)
+    attack_report.print_table(data, session.console)
+    tracker.summary()
+    return path

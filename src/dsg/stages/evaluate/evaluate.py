@@ -1,0 +1,443 @@
+"""The evaluate stage: question subsets, baselines, the configuration sweep and the report.
+
+It runs whatever of sparsity and selection is missing, then evaluates every configuration
+(ratio percentile x n features x multiplier x strategy) on the case's eval sets: the first is
+the target, the rest are side effects. Each result is a small JSON keyed by every input that
+affects it (threshold and features included), so an interrupted sweep resumes where it stopped
+and a changed input is never answered from a stale file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dsg.api.interfaces import EvalSet, Intervention, LoadedSAE, PromptFormat
+from dsg.core.artifacts import META_FILE, RunDir, artifact_key, read_json
+from dsg.core.progress import Tracker
+from dsg.errors import UserError
+from dsg.stages import select
+from dsg.stages.evaluate import subsets
+from dsg.stages.evaluate.mcq import Outcome, Scorer
+from dsg.stages.evaluate.prompts import choose_format, format_fingerprint, render_question
+from dsg.stages.evaluate.results import Config, ConfigResult, SetPrompts
+from dsg.stages.evaluate.score import Count
+
+if TYPE_CHECKING:
+    import torch
+
+    from dsg.engine.session import Session
+
+BASELINE_STAGE = "baseline"
+CONFIG_STAGE = "evaluate"
+SET_STAGE = "evaluate-set"
+VERSION = 2
+"""2: each (configuration, set) result carries every prompt's answer, for the held-out score."""
+
+
+def expand(selections: list[select.Selection], session: Session) -> list[Config]:
+    """Every configuration, in sweep order: ratio percentile, n, multiplier, strategy."""
+    from dsg.stages.gate_parameters import gate_parameters
+
+    s = session.settings
+    configs = []
+    for selection in selections:
+        for n in s.n_features:
+            features = tuple(int(j) for j in selection.top(n).tolist())
+            gates = {name: gate_parameters(session, selection, n, name) for name in s.strategies}
+            for m in s.multipliers:
+                for name in s.strategies:
+                    gate = gates[name]
+                    params = tuple(sorted(gate.params.items()))
+                    configs.append(
+                        Config(
+                            name, selection.ratio_percentile, n, m, gate.threshold, features, params
+                        )
+                    )
+    return configs
+
+
+def build_prompts(
+    scorer: Scorer, fmt: PromptFormat, eval_set: EvalSet, question_ids: list[int]
+) -> SetPrompts:
+    """Identity-order prompts for the chosen questions of one set."""
+    import torch
+
+    rendered = [
+        render_question(fmt, scorer.tokenizer, eval_set, eval_set.questions[i])
+        for i in question_ids
+    ]
+    tokens = scorer.encode([text for text, _ in rendered])
+    gold = torch.tensor([g for _, g in rendered], dtype=torch.long)
+    return SetPrompts(eval_set, question_ids, tokens, gold)
+
+
+def _cached(run_dir: RunDir, stage: str, key: str, force: bool) -> dict[str, Any] | None:
+    folder = run_dir.find(stage, VERSION, key, force=force)
+    if folder is None:
+        return None
+    return read_json(folder / META_FILE)
+
+
+def ensure_baseline(
+    run_dir: RunDir, scorer: Scorer, prompts: SetPrompts, common: dict[str, Any], force: bool
+) -> torch.Tensor:
+    """The clean model's answers on one set's prompts (cached)."""
+    import torch
+
+    inputs = {**common, "set": prompts.name}
+    key = artifact_key(BASELINE_STAGE, VERSION, inputs)
+    meta = _cached(run_dir, BASELINE_STAGE, key, force)
+    if meta is not None:
+        return torch.tensor(meta["predicted"], dtype=torch.long)
+    predicted = (
+        scorer.predict(prompts.tokens) if prompts.tokens else torch.empty(0, dtype=torch.long)
+    )
+    run_dir.commit(BASELINE_STAGE, VERSION, key, inputs, extra={"predicted": predicted.tolist()})
+    return predicted
+
+
+def config_key(config: Config, common: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    inputs = {**common, **config.describe()}
+    return artifact_key(CONFIG_STAGE, VERSION, inputs), inputs
+
+
+def set_key(config: Config, set_name: str, common: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    inputs = {**config_key(config, common)[1], "set": set_name}
+    return artifact_key(SET_STAGE, VERSION, inputs), inputs
+
+
+def load_result(config: Config, meta: dict[str, Any]) -> ConfigResult:
+    per_set = meta["per_set"]
+    return ConfigResult(
+        config,
+        {name: Count(v["correct"], v["total"]) for name, v in per_set.items()},
+        {name: v["fired"] for name, v in per_set.items()},
+        {name: v["predicted"] for name, v in per_set.items()},
+    )
+
+
+def sweep(
+    run_dir: RunDir,
+    scorer: Scorer,
+    session: Session,
+    configs: list[Config],
+    prompts: list[SetPrompts],
+    baselines: dict[str, torch.Tensor],
+    common: dict[str, Any],
+) -> list[ConfigResult]:
+    """Results of every configuration: loaded when already evaluated, else computed.
+
+    Each set's prompts are run up to the hook once for all the configurations still missing
+    that set; a (configuration, set) result is written as soon as it is known, and the
+    configuration's own file once all its sets are.
+    """
+    force = session.settings.force
+    results: dict[Config, ConfigResult] = {}
+    pending: list[Config] = []
+    for config in dict.fromkeys(configs):
+        meta = _cached(run_dir, CONFIG_STAGE, config_key(config, common)[0], force)
+        if meta is None:
+            pending.append(config)
+        else:
+            results[config] = load_result(config, meta)
+    if pending:
+        per_set = _sweep_sets(run_dir, scorer, session, pending, prompts, baselines, common)
+        for config in pending:
+            key, inputs = config_key(config, common)
+            run_dir.commit(CONFIG_STAGE, VERSION, key, inputs, extra={"per_set": per_set[config]})
+            results[config] = load_result(config, {"per_set": per_set[config]})
+    return [results[c] for c in configs]
+
+
+def _sweep_sets(
+    run_dir: RunDir,
+    scorer: Scorer,
+    session: Session,
+    pending: list[Config],
+    prompts: list[SetPrompts],
+    baselines: dict[str, torch.Tensor],
+    common: dict[str, Any],
+) -> dict[Config, dict[str, dict[str, Any]]]:
+    """Per pending configuration and set, its counts: cached ones read, the others scored
+    together, one pass over each set's prompts."""
+    sae = session.sae().sae
+    interventions = {c: build_intervention(session, sae, c) for c in pending}
+    per_set: dict[Config, dict[str, dict[str, Any]]] = {c: {} for c in pending}
+    for p in prompts:
+        todo = []
+        for config in pending:
+            meta = _cached(
+                run_dir, SET_STAGE, set_key(config, p.name, common)[0], session.settings.force
+            )
+            if meta is None:
+                todo.append(config)
+            else:
+                per_set[config][p.name] = meta["result"]
+        if not todo:
+            continue
+        outcomes = (
+            scorer.sweep(p.tokens, [interventions[c] for c in todo], baselines[p.name])[1]
+            if p.tokens
+            else [None] * len(todo)
+        )
+        for config, outcome in zip(todo, outcomes, strict=True):
+            result = set_counts(outcome, p)
+            key, inputs = set_key(config, p.name, common)
+            run_dir.commit(SET_STAGE, VERSION, key, inputs, extra={"result": result})
+            per_set[config][p.name] = result
+    return per_set
+
+
+def set_counts(outcome: Outcome | None, prompts: SetPrompts) -> dict[str, Any]:
+    """Right answers, questions, firing prompts and each prompt's answer of one configuration
+    on one set."""
+    if outcome is None:
+        return {"correct": 0, "total": 0, "fired": 0, "predicted": []}
+    return {
+        "correct": int((outcome.predicted == prompts.gold).sum()),
+        "total": len(prompts.tokens),
+        "fired": int(outcome.fired.sum()),
+        "predicted": outcome.predicted.tolist(),
+    }
+
+
+def build_intervention(session: Session, sae: Any, config: Config) -> Intervention:
+    import torch
+
+    strategy = session.registry.get("strategies", config.strategy)
+    features = torch.tensor(config.features, dtype=torch.long)
+    threshold = config.threshold if config.threshold is not None else 0.0
+    return strategy.build(sae, features, threshold, config.multiplier, **dict(config.params))
+
+
+def choose_questions(
+    session: Session,
+    scorer: Scorer,
+    fmt: PromptFormat,
+    fmt_key: str,
+    model_key: dict[str, Any],
+    eval_set: EvalSet,
+) -> list[int]:
+    """The ids of the set's questions in the chosen subset (cached subsets, or all)."""
+    s = session.settings
+    if s.questions == "all":
+        return list(range(len(eval_set.questions)))
+    found = subsets.ensure(
+        session.shared_run_dir,
+        model_key,
+        lambda texts, group: scorer.predict(scorer.encode(texts), group).tolist(),
+        fmt_key,
+        fmt,
+        scorer.tokenizer,
+        eval_set,
+        force=session.force_shared,
+    )
+    return found[s.questions]
+
+
+@contextmanager
+def scoring(tracker: Tracker, name: str, scorer: Scorer) -> Iterator[None]:
+    """A stage whose progress is the prompts the scorer has finished."""
+    with tracker.counting(name, unit="prompts") as advance:
+        scorer.on_rows = advance
+        try:
+            yield
+        finally:
+            scorer.on_rows = None
+
+
+@dataclass(frozen=True)
+class ModelLevel:
+    """What evaluate computes from the model, prompt format and data alone, not the SAE."""
+
+    prompts: list[SetPrompts]
+    baselines: dict[str, torch.Tensor]
+    common: dict[str, Any]
+    warnings: list[str]
+
+
+def model_level(
+    session: Session, scorer: Scorer, eval_sets: list[EvalSet], tracker: Tracker
+) -> ModelLevel:
+    """Question subsets, prompts and baseline answers, cached in the shared run directory so
+    that the SAEs of a sweep compute them once."""
+    s = session.settings
+    loaded_model, tokenizer = session.model(), scorer.tokenizer
+    fmt = choose_format(session.case.prompt_format(), tokenizer)
+    fmt_key = format_fingerprint(fmt, tokenizer)
+    model_key = {
+        "model": loaded_model.fingerprint or loaded_model.spec,
+        "dtype": s.dtype,
+        "backend": session.backend_name,
+    }
+    with scoring(tracker, "subsets", scorer):
+        chosen = {
+            e.name: choose_questions(session, scorer, fmt, fmt_key, model_key, e) for e in eval_sets
+        }
+    prompts = [build_prompts(scorer, fmt, e, chosen[e.name]) for e in eval_sets]
+    common = common_inputs(model_key, fmt_key, s.questions, prompts)
+    shared = session.shared_run_dir
+    with scoring(tracker, "baseline", scorer):
+        baselines = {
+            p.name: ensure_baseline(shared, scorer, p, common, session.force_shared)
+            for p in prompts
+        }
+    return ModelLevel(prompts, baselines, common, empty_subset_warnings(chosen, s.questions))
+
+
+def prepare_shared(session: Session) -> None:
+    """Compute the sweep's shared model-level artifacts once, before its SAEs run."""
+    session.shared_run_dir.ensure_writable()
+    _, loaded_sae = session.checked_pair()
+    scorer = Scorer(session.backend(), loaded_sae.hook_name, session.settings.batch_size)
+    eval_sets = session.case.eval_sets(session.data)
+    model_level(session, scorer, eval_sets, Tracker(session.console))
+
+
+def load_inputs(session: Session) -> tuple[LoadedSAE, list[EvalSet]]:
+    """The SAE and the eval sets, checked: at least one set, no two with the same name. The
+    full model is loaded first, so the sparsity stage reuses it."""
+    s = session.settings
+    _, loaded_sae = session.checked_pair()
+    eval_sets = session.case.eval_sets(session.data)
+    if not eval_sets:
+        raise UserError(
+            f"case {s.case!r} has no multiple-choice eval sets, so there is nothing to evaluate"
+        )
+    names = [e.name for e in eval_sets]
+    if len(set(names)) != len(names):
+        raise UserError(f"case {s.case!r} has eval sets with the same name: {names}")
+    return loaded_sae, eval_sets
+
+
+def empty_subset_warnings(chosen: dict[str, list[int]], subset: str) -> list[str]:
+    return [
+        f"eval set {name!r} has no questions in subset {subset!r}; its accuracy is reported as null"
+        for name, ids in chosen.items()
+        if not ids
+    ]
+
+
+def common_inputs(
+    model_key: dict[str, Any], fmt_key: str, questions: str, prompts: list[SetPrompts]
+) -> dict[str, Any]:
+    """What every baseline and sweep result depends on, besides its configuration."""
+    return {
+        **model_key,
+        "format": fmt_key,
+        "questions": questions,
+        "sets": [
+            {
+                "name": p.name,
+                "fingerprint": subsets.eval_set_fingerprint(p.eval_set),
+                "question_ids": p.question_ids,
+            }
+            for p in prompts
+        ],
+    }
+
+
+def selection_paths(selections: list[select.Selection], root: Path) -> dict[str, str]:
+    """Each selection's folder, relative to the run directory when inside it."""
+    return {
+        str(sel.ratio_percentile): str(sel.path.relative_to(root))
+        if sel.path.is_relative_to(root)
+        else str(sel.path)
+        for sel in selections
+    }
+
+
+def run(session: Session) -> Path:
+    """Run the whole evaluation and return the path of this run's ``report.json``."""
+    import torch
+
+    from dsg.stages.evaluate import report
+
+    s = session.settings
+    run_dir = session.run_dir
+    run_dir.ensure_writable()
+    report.check_slots(run_dir.root)
+    tracker = Tracker(session.console)
+    with tracker.timed("load"):
+        loaded_sae, eval_sets = load_inputs(session)
+        scorer = Scorer(session.backend(), loaded_sae.hook_name, s.batch_size)
+    with tracker.timed("select"):
+        selections = select.ensure(session)
+    shared = model_level(session, scorer, eval_sets, tracker)
+    sweep_common = {
+        **shared.common,
+        "sae": loaded_sae.fingerprint or loaded_sae.spec,
+        "hook": loaded_sae.hook_name,
+    }
+    configs = expand(selections, session)
+    with scoring(tracker, "sweep", scorer), torch.inference_mode():
+        results = sweep(
+            run_dir, scorer, session, configs, shared.prompts, shared.baselines, sweep_common
+        )
+    lm_eval = None
+    if s.lm_eval_tasks:
+        from dsg.stages.evaluate import lm_eval_run
+
+        with tracker.timed("lm-eval"):
+            lm_eval = lm_eval_run.section(session, selections, configs)
+    with tracker.timed("report"):
+        inputs = {**sweep_common, "selections": selection_paths(selections, run_dir.root)}
+        data = build_report(session, eval_sets, shared, results, inputs, lm_eval)
+    return finish_report(session, tracker, data)
+
+
+def build_report(
+    session: Session,
+    eval_sets: list[EvalSet],
+    shared: ModelLevel,
+    results: list[ConfigResult],
+    inputs: dict[str, Any],
+    lm_eval: tuple[dict[str, Any], list[dict[str, float | None] | None]] | None = None,
+) -> dict[str, Any]:
+    """The report's data. ``inputs``: the sweep's common inputs and the selections' folders;
+    ``lm_eval``: lm-eval's accuracies, when run."""
+    from dsg.stages.evaluate import heldout, report
+
+    baseline_counts = {
+        p.name: Count(int((shared.baselines[p.name] == p.gold).sum()), len(p.tokens))
+        for p in shared.prompts
+    }
+    seed = session.settings.heldout_seed
+    split = heldout.split_sets(shared.prompts, shared.baselines, seed)
+    set_names = [e.name for e in eval_sets]
+    data = report.build(
+        session=session,
+        set_names=set_names,
+        question_totals={e.name: len(e.questions) for e in eval_sets},
+        subjects={e.name: e.subject for e in eval_sets},
+        baseline=baseline_counts,
+        results=results,
+        heldout=heldout.section(split, results, set_names, seed),
+        inputs={
+            "model_fingerprint": inputs["model"],
+            "sae_fingerprint": inputs["sae"],
+            "hook": inputs["hook"],
+            "prompt_format": inputs["format"],
+            "selections": inputs["selections"],
+            "backend": inputs["backend"],
+        },
+        warnings=shared.warnings,
+        lm_eval=lm_eval,
+    )
+    return data
+
+
+def finish_report(session: Session, tracker: Tracker, data: dict[str, Any]) -> Path:
+    """Write the run's ``report.json`` (with the stage timings) and its plot and make them the
+    latest, print the table and the wall times."""
+    from dsg.stages.evaluate import report
+
+    data["timings"] = tracker.seconds
+    report_path = report.write(data, session.run_dir.root)
+    report.print_table(data, session.console)
+    tracker.summary()
+    return report_path

@@ -1,0 +1,223 @@
+"""Batched MCQ scoring that computes logits only where the answer is read.
+
+The model is split at the SAE's hook: blocks before it run once per prompt, then the unedited
+residual gives the baseline answer and each guardrail edits a copy of it. Only rows where a
+guardrail fired are run through the remaining blocks again; the others keep the baseline
+answer. The final norm, unembedding and softcap touch only the last real position of each row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dsg.api.interfaces import Intervention
+from dsg.engine.backends.base import ModelBackend, split_layer
+from dsg.errors import UserError
+from dsg.stages.evaluate.prompts import LETTERS
+
+
+def answer_token_ids(tokenizer: Any, letters: Sequence[str] = LETTERS) -> torch.Tensor:
+    """``[2, 4]`` ids of ``A``-``D`` and `` A``-`` D`` (or of other ``letters``, for prompts
+    that label their choices otherwise). A spaced letter that is not a single token is replaced
+    by the bare letter, so the max over the two rows is unaffected."""
+    rows: list[list[int]] = [[], []]
+    for letter in letters:
+        bare = tokenizer.encode(letter, add_special_tokens=False)
+        if len(bare) != 1:
+            raise UserError(
+                f"the tokenizer splits the answer letter {letter!r} into {len(bare)} tokens; "
+                "MCQ scoring needs each letter to be one token"
+            )
+        spaced = tokenizer.encode(" " + letter, add_special_tokens=False)
+        rows[0].append(bare[0])
+        rows[1].append(spaced[0] if len(spaced) == 1 else bare[0])
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def encode(tokenizer: Any, texts: Sequence[str], n_ctx: int) -> list[list[int]]:
+    """Token ids of each prompt, adding no special tokens: the rendered prompt carries its
+    own BOS, and a second one would shift every position."""
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+    longest = max((len(row) for row in ids), default=0)
+    if longest > n_ctx:
+        raise UserError(
+            f"an MCQ prompt is {longest} tokens long, beyond the model's context of {n_ctx}"
+        )
+    if any(len(row) == 0 for row in ids):
+        raise UserError("an MCQ prompt renders to no tokens; check the prompt format")
+    return ids
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Right-padded rows; ``rows`` indexes the prompt list, ``last`` each row's final token."""
+
+    rows: torch.Tensor
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    last: torch.Tensor
+
+
+def batches(ids: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> Iterator[Batch]:
+    """Batches of prompts of similar length (longest first), to waste little on padding."""
+    order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = len(ids[rows[0]])
+        tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for r, i in enumerate(rows):
+            tokens[r, : len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
+            mask[r, : len(ids[i])] = True
+        last = mask.sum(dim=1) - 1
+        yield Batch(torch.tensor(rows, dtype=torch.long), tokens, mask, last)
+
+
+@dataclass
+class Outcome:
+    """Per-prompt answers under one guardrail and whether it fired on each prompt."""
+
+    predicted: torch.Tensor
+    fired: torch.Tensor
+
+
+class Scorer:
+    """A model backend split at the hook, scoring four-letter answers."""
+
+    def __init__(self, backend: ModelBackend, hook_name: str, batch_size: int) -> None:
+        self.backend = backend
+        self.split = split_layer(hook_name)
+        if self.split > backend.n_layers:
+            raise UserError(f"hook {hook_name!r} is beyond the model's {backend.n_layers} blocks")
+        self.batch_size = batch_size
+        tokenizer = backend.tokenizer
+        self.answer_ids = answer_token_ids(tokenizer)
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else tokenizer.eos_token_id or 0)
+        self.tokenizer = tokenizer
+        self.on_rows: Callable[[int], None] | None = None
+        """Called with the number of prompts in each finished batch (progress display)."""
+        self.share_prefixes = True
+        """Compute a question's shared prompt prefix once (on backends that can)."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return encode(self.tokenizer, texts, self.backend.n_ctx)
+
+    def to_hook(self, batch: Batch) -> torch.Tensor:
+        """The residual stream at the hook: the input of block ``split``."""
+        return self.backend.to_hook(batch.tokens, batch.mask, self.split)
+
+    def from_hook(
+        self, resid: torch.Tensor, mask: torch.Tensor, last: torch.Tensor
+    ) -> torch.Tensor:
+        """``[B, 4]`` answer probabilities: max of P(X) and P(" X") from a softmax over the whole
+        vocabulary at each row's last real token, with the model's final-logit softcap."""
+        return self.answer_probabilities(
+            self.backend.from_hook(resid, mask.to(resid.device), last, self.split)
+        )
+
+    def answer_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[B, 4]``: max of P(X) and P(" X"), softmax over the whole vocabulary."""
+        probs = torch.softmax(logits.float(), dim=-1)
+        ids = self.answer_ids.to(probs.device)
+        return probs[:, ids].amax(dim=1)
+
+    def _done(self, batch: Batch) -> None:
+        if self.on_rows is not None:
+            self.on_rows(len(batch.rows))
+
+    @torch.inference_mode()
+    def probabilities(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """``[N, 4]`` answer probabilities of the unedited model, in prompt order."""
+        out = torch.empty(len(ids), len(LETTERS), dtype=torch.float32)
+        for batch in batches(ids, self.batch_size, self.pad_id):
+            out[batch.rows] = self.from_hook(self.to_hook(batch), batch.mask, batch.last).cpu()
+            self._done(batch)
+        return out
+
+    def predict(self, ids: Sequence[Sequence[int]], group: int = 1) -> torch.Tensor:
+        """Answer index per prompt (argmax, first index on ties). ``group``: runs of that many
+        consecutive prompts share a prefix, computed once per run where the backend can."""
+        share = getattr(self.backend, "prefix_shared_logits", None)
+        if group < 2 or share is None or not self.share_prefixes:
+            return argmax(self.probabilities(ids))
+        return self._predict_shared(ids, group, share)
+
+    @torch.inference_mode()
+    def _predict_shared(
+        self, ids: Sequence[Sequence[int]], group: int, share: Callable[..., torch.Tensor]
+    ) -> torch.Tensor:
+        out = torch.empty(len(ids), dtype=torch.long)
+        for start in range(0, len(ids), group):
+            rows = ids[start : start + group]
+            cut = min(common_prefix_length(rows), min(len(row) for row in rows) - 1)
+            logits = share(rows[0][:cut], [row[cut:] for row in rows], self.batch_size, self.pad_id)
+            out[start : start + len(rows)] = argmax(self.answer_probabilities(logits).cpu())
+            if self.on_rows is not None:
+                self.on_rows(len(rows))
+        return out
+
+    @torch.inference_mode()
+    def sweep(
+        self,
+        ids: Sequence[Sequence[int]],
+        interventions: Sequence[Intervention],
+        baseline: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[Outcome]]:
+        """Baseline answers and the answers under each intervention, from one pass over the
+        prompts. ``baseline`` (answers of the unedited model), when known, saves its compute."""
+        n = len(ids)
+        base = baseline.clone() if baseline is not None else torch.empty(n, dtype=torch.long)
+        outcomes = [
+            Outcome(torch.empty(n, dtype=torch.long), torch.zeros(n, dtype=torch.bool))
+            for _ in interventions
+        ]
+        for batch in batches(ids, self.batch_size, self.pad_id):
+            resid = self.to_hook(batch)
+            mask = batch.mask.to(resid.device)
+            if baseline is None:
+                base[batch.rows] = argmax(self.from_hook(resid, mask, batch.last).cpu())
+            for intervention, outcome in zip(interventions, outcomes, strict=True):
+                edited = intervention(resid.clone(), mask)  # a strategy may edit in place
+                fired = _fired(intervention, len(batch.rows))
+                answers = base[batch.rows].clone()
+                if bool(fired.any()):
+                    sel = fired.nonzero().flatten()
+                    on_device = sel.to(edited.device)
+                    probs = self.from_hook(edited[on_device], mask[on_device], batch.last[sel])
+                    answers[sel] = argmax(probs.cpu())
+                outcome.predicted[batch.rows] = answers
+                outcome.fired[batch.rows] = fired
+            self._done(batch)
+        return base, outcomes
+
+
+def _fired(intervention: Intervention, rows: int) -> torch.Tensor:
+    fired = intervention.fired
+    if fired is None or fired.shape != (rows,):
+        raise RuntimeError(
+            f"intervention {type(intervention).__name__} did not report `fired` for its {rows} rows"
+        )
+    return fired.detach().cpu().bool()
+
+
+def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every row has in common."""
+    first = rows[0]
+    length = min(len(row) for row in rows)
+    for row in rows[1:]:
+        length = next((i for i in range(length) if row[i] != first[i]), length)
+    return length
+
+
+def argmax(probs: torch.Tensor) -> torch.Tensor:
+    """Index of the largest probability; on ties the first, as the reference (and torch)."""
+    return probs.argmax(dim=-1)

@@ -1,0 +1,116 @@
+"""The muse-export stage: one guardrail bundle per (ratio percentile, n, multiplier, strategy).
+
+The reference's MUSE path only printed its features and thresholds; here each configuration
+becomes a bundle that a transformers-based harness (open-unlearning's MUSE evaluation) loads with
+the base model. Selection runs first if its artifacts are missing, as in every other stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dsg.api.interfaces import hf_reference
+from dsg.bundle import CONFIG_FILE, Bundle, exportable_strategy, from_sae
+from dsg.core.artifacts import check_kind, complete_or_absent, read_json, write_failed
+from dsg.stages.gate_parameters import gate_parameters
+
+if TYPE_CHECKING:
+    from dsg.engine.session import Session
+    from dsg.stages.select import Selection
+
+BUNDLES_DIR = "bundles"
+
+
+@dataclass(frozen=True)
+class Exported:
+    """Where one bundle was written, and the configuration it holds."""
+
+    path: Path
+    ratio_percentile: float
+    n: int
+    multiplier: float
+    strategy: str
+    threshold: float | None
+
+
+def bundle_name(case: str, selection: Selection, n: int, multiplier: float, strategy: str) -> str:
+    """Readable and unique per selection: ``news-p90-n10-m500-dynamic-<selection key>``."""
+    key = selection.path.parent.name[:8]
+    return f"{case}-p{selection.ratio_percentile:g}-n{n}-m{multiplier:g}-{strategy}-{key}"
+
+
+def save_bundle(bundle: Bundle, folder: Path) -> Path:
+    """Write ``bundle`` into ``folder``: a failure (a full disk, a file in the way) is one line
+    and leaves no half-written bundle; ``bundle.json``, written last, marks it complete."""
+    with complete_or_absent(folder, CONFIG_FILE):
+        try:
+            return bundle.save(folder)
+        except OSError as exc:  # making the folder; the files' own writes report themselves
+            raise write_failed(folder, exc) from None
+
+
+def bundles_for(
+    session: Session, selection: Selection, strategies: tuple[str, ...]
+) -> list[Bundle]:
+    """Every bundle of one selection, in (n, multiplier, strategy) order."""
+    s = session.settings
+    sae = session.sae()
+    model = session.model(n_layers=sae.hook_layer + 1)
+    base_model = {"spec": model.spec, "fingerprint": model.fingerprint, "hf": hf_reference(model)}
+    selection_inputs = read_json(selection.path).get("inputs", {})
+    bundles = []
+    for n in sorted(selection.thresholds):
+        gates = {name: gate_parameters(session, selection, n, name) for name in strategies}
+        for multiplier in s.multipliers:
+            for strategy in strategies:
+                bundles.append(
+                    from_sae(
+                        sae,
+                        selection.top(n),
+                        threshold=gates[strategy].threshold,
+                        params=gates[strategy].params,
+                        multiplier=multiplier,
+                        strategy=strategy,
+                        base_model=base_model,
+                        provenance={
+                            "case": s.case,
+                            "ratio_percentile": selection.ratio_percentile,
+                            "n_features": n,
+                            "calibration_percentile": s.calibration_percentile,
+                            "selection": selection_inputs,
+                        },
+                    )
+                )
+    return bundles
+
+
+def export(session: Session, strategies: tuple[str, ...] = ("dynamic",)) -> list[Exported]:
+    """Select if needed, then write every bundle under ``{run dir}/bundles/``."""
+    from dsg.stages import select
+
+    for name in strategies:  # refuse before any stage runs
+        exportable_strategy(name)
+    root = session.run_dir.root / BUNDLES_DIR
+    session.run_dir.ensure_writable()
+    check_kind(root, folder=True)
+    exported = []
+    for selection in select.ensure(session):
+        for bundle in bundles_for(session, selection, strategies):
+            n = bundle.k
+            name = bundle_name(
+                session.settings.case, selection, n, bundle.multiplier, bundle.strategy
+            )
+            path = save_bundle(bundle, root / name)
+            exported.append(
+                Exported(
+                    path,
+                    selection.ratio_percentile,
+                    n,
+                    bundle.multiplier,
+                    bundle.strategy,
+                    bundle.threshold,
+                )
+            )
+    return exported
