@@ -4,7 +4,6 @@ plugin kind."""
 from __future__ import annotations
 
 import json
-import string
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 from dsg_attacks.dilution import BenignStream, diluted, split_prompt
 from dsg_attacks.formats import FORMATS, prompts
-from dsg_organism.tokenizer import CHAT_TEMPLATE, SPECIALS
+from dsg_organism.tokenizer import characters, gemma_like
 from test_cli_errors import run
 from test_evaluate import _no_config_file, open_session  # noqa: F401  (autouse fixture)
 from tiny import TinyPlugin, TinyWorld
@@ -86,23 +85,7 @@ def test_batch_size_one_and_eight_decide_alike(registry: Any, tmp_path: Path) ->
 
 def char_tokenizer() -> Any:
     """One token per character (and per special token), so counts are checked by eye."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = [c for c in string.printable if c not in "\r\x0b\x0c"]
-    vocab = {tok: i for i, tok in enumerate([*SPECIALS, *chars])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+    return gemma_like(characters())
 
 
 def joined(tokenizer: Any, ids: Any) -> str:

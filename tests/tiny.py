@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from dsg_organism.tokenizer import CHAT_TEMPLATE, SPECIALS
+from dsg_organism.tokenizer import gemma_like, saved_and_reloaded, trained_bpe
 
 from dsg.api.hookspecs import hookimpl
 from dsg.api.interfaces import (
@@ -31,41 +31,15 @@ RETAIN_TEXTS = [
 
 
 def build_tokenizer(directory: Path, extra_texts: list[str] | None = None) -> Any:
-    """A byte-level BPE tokenizer with Gemma's special ids (pad 0, eos 1, bos 2), saved and
-    reloaded from disk (TransformerLens needs a tokenizer loaded that way)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=list(SPECIALS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
+    """The organism's kind of tokenizer (Gemma's special ids: pad 0, eos 1, bos 2), trained on
+    the tiny corpora, saved and reloaded from disk (TransformerLens needs one loaded that way)."""
     corpus = (
         FORGET_TEXTS
         + RETAIN_TEXTS
         + (extra_texts or [])
         + ["A B C D A. B. C. D. Answer: ( The following are multiple choice questions"]
     )
-    tok.train_from_iterator(corpus, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", 2)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    directory.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(directory)
-    return AutoTokenizer.from_pretrained(directory)
+    return saved_and_reloaded(gemma_like(trained_bpe(corpus, 400)), directory)
 
 
 def build_model(tokenizer: Any, *, n_layers: int = 2, d_model: int = 32, seed: int = 0) -> Any:

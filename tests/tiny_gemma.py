@@ -13,8 +13,8 @@ import string
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dsg_organism.tokenizer import CHAT_TEMPLATE as GEMMA_CHAT_TEMPLATE
 from dsg_organism.tokenizer import SPECIALS as SPECIAL_TOKENS
+from dsg_organism.tokenizer import gemma_like
 
 if TYPE_CHECKING:
     import torch
@@ -33,27 +33,17 @@ def tiny_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 def write_tokenizer(path: Path) -> None:
     """Save a Gemma-like fast tokenizer (BOS prepended on encode) to ``path``."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import AddedToken, Tokenizer, decoders, models
 
     vocab, merges = tiny_vocab()
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     tok.decoder = decoders.Fuse()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", vocab["<bos>"])]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
+    fast = gemma_like(
+        tok,
         padding_side="left",
         model_input_names=["input_ids", "attention_mask"],  # as Gemma's: no token_type_ids
     )
-    fast.chat_template = GEMMA_CHAT_TEMPLATE
     fast.save_pretrained(path)
 
 

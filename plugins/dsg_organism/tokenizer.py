@@ -6,6 +6,7 @@ leading space, is a single token, so the letter scoring of the reference applies
 
 from __future__ import annotations
 
+import string
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,34 @@ CHAT_TEMPLATE = (
 LETTER_LINES = ["Answer: (A B C D", " A. B. C. D.", "(A (B (C (D"] * 500
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, out: Path) -> Any:
-    """Train, save to ``out`` and reload with AutoTokenizer (what every consumer will use)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+def gemma_like(tok: Any, *, chat: bool = True, **options: Any) -> Any:
+    """``tok`` (a ``tokenizers.Tokenizer`` whose first ids are :data:`SPECIALS`) as a fast
+    tokenizer with Gemma's special tokens, ``<bos>`` before each text and, with ``chat``, Gemma's
+    chat template; ``options`` go to ``PreTrainedTokenizerFast`` (padding side, input names)."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    bos = tok.token_to_id("<bos>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", bos)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
+        **options,
+    )
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def trained_bpe(texts: Iterable[str], vocab_size: int) -> Any:
+    """A byte-level BPE tokenizer trained on ``texts``, :data:`SPECIALS` first."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -41,23 +66,35 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out: Path) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator([*texts, *LETTER_LINES], trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", 2)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        additional_special_tokens=["<start_of_turn>", "<end_of_turn>"],
-        padding_side="right",
-    )
-    fast.chat_template = CHAT_TEMPLATE
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def characters() -> Any:
+    """One token per printable character, :data:`SPECIALS` first: counts can be checked by eye."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    chars = [c for c in string.printable if c not in "\r\x0b\x0c"]
+    vocab = {tok: i for i, tok in enumerate([*SPECIALS, *chars])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    return tok
+
+
+def saved_and_reloaded(fast: Any, out: Path) -> Any:
+    """``fast`` saved to ``out`` and reloaded with AutoTokenizer, as every consumer (and
+    TransformerLens, which reloads a model's tokenizer from its folder) will load it."""
+    from transformers import AutoTokenizer
+
     out.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(out))
-    loaded = AutoTokenizer.from_pretrained(str(out), trust_remote_code=False)
+    return AutoTokenizer.from_pretrained(str(out), trust_remote_code=False)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out: Path) -> Any:
+    """The world's tokenizer: trained, saved to ``out``, reloaded and checked."""
+    fast = gemma_like(trained_bpe([*texts, *LETTER_LINES], vocab_size), padding_side="right")
+    loaded = saved_and_reloaded(fast, out)
     check_tokenizer(loaded)
     return loaded
 
