@@ -27,7 +27,8 @@ from typer.testing import CliRunner
 
 import dsg.cli.app
 import dsg.engine.session  # imported now, so it binds the real registry, not a test's stand-in
-from dsg import hookimpl, plugins
+from dsg import hookimpl
+from dsg.api import plugins
 from dsg.errors import UserError
 
 # --- plugins ---------------------------------------------------------------------------------

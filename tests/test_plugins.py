@@ -17,7 +17,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from dsg import hookimpl, plugins
+from dsg import hookimpl
+from dsg.api import plugins
 from dsg.cli.app import app
 from dsg.config.values import CaseDefaults
 from dsg.errors import PluginConflict

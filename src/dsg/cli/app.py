@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from dsg.cli.options import Given, setting_options
+from dsg.cli.options import FLAG, MODEL_AND_SAE, Given, setting_options
 from dsg.errors import UserError
 
 if TYPE_CHECKING:
@@ -202,13 +202,33 @@ def muse_export(given: Given) -> None:
     _each_sae(given, "muse-export", tuple(given.settings.get("strategies") or ("dynamic",)))
 
 
+GENERATION = "Generation"
 GenBundle = Annotated[
-    Path | None, typer.Option("--bundle", help="Guardrail bundle directory (from muse-export).")
+    Path | None,
+    typer.Option(
+        "--bundle",
+        help="Guardrail bundle directory (from muse-export).",
+        rich_help_panel=MODEL_AND_SAE,
+    ),
 ]
-MaxNewTokens = Annotated[int, typer.Option(help="Tokens to generate.")]
-Compare = Annotated[bool, typer.Option("--compare", help="Also show the unguarded completion.")]
+MaxNewTokens = Annotated[int, typer.Option(help="Tokens to generate.", rich_help_panel=GENERATION)]
+Compare = Annotated[
+    bool,
+    typer.Option(
+        "--compare",
+        help="Also show the unguarded completion.",
+        rich_help_panel=GENERATION,
+        metavar=FLAG,
+    ),
+]
 Chat = Annotated[
-    bool, typer.Option("--chat/--raw", help="Wrap the prompt in the tokenizer's chat template.")
+    bool,
+    typer.Option(
+        "--chat/--raw",
+        help="Wrap the prompt in the tokenizer's chat template.",
+        rich_help_panel=GENERATION,
+        metavar=FLAG,
+    ),
 ]
 
 

@@ -17,9 +17,33 @@ from typing import Annotated, Any
 import typer
 
 from dsg.checks import check_not_empty
-from dsg.config.settings import Declared, for_command
+from dsg.config.settings import (
+    ATTACKS,
+    DATA,
+    EVALUATION,
+    RUN,
+    SCALE_OUT,
+    SELECTION,
+    Declared,
+    for_command,
+)
 
 CONFIG_OPTION = "config"
+
+MODEL_AND_SAE, DATA_PANEL, OUTPUT = "Model and SAE", "Data", "Output"
+PANEL_OF_GROUP = {
+    RUN: MODEL_AND_SAE,
+    DATA: DATA_PANEL,
+    SELECTION: "Selection",
+    EVALUATION: "Evaluation",
+    ATTACKS: "Attack",
+    SCALE_OUT: "Scale-out",
+}
+PANELS = (*PANEL_OF_GROUP.values(), OUTPUT)
+"""The help panels in the order a run flows; a command's own options follow."""
+PANEL_OF_SETTING = {"out": OUTPUT, "force": OUTPUT, "seed": DATA_PANEL}
+FLAG = ""
+"""The metavar of a flag: none, where Typer would show ``<bool>`` as if it took a value."""
 
 
 @dataclass(frozen=True)
@@ -37,24 +61,32 @@ def _optional(kind: Any) -> Any:
     return typing.Optional[kind]  # noqa: UP045
 
 
+def panel(setting: Declared) -> str:
+    """The help panel a setting's option is listed in: its docs section, except that what a run
+    writes has a panel of its own and the seed goes with the data it samples."""
+    return PANEL_OF_SETTING.get(setting.name) or PANEL_OF_GROUP[setting.spec.group]
+
+
 def _parameter(setting: Declared) -> inspect.Parameter:
     # A path arrives as text: Typer would turn "" into Path("."), the current directory.
     entered = str if setting.kind is Path else setting.kind
     kind: Any = list[entered] if setting.repeated else entered  # type: ignore[valid-type]
     help_text = setting.described + (" Repeatable." if setting.repeated else "")
+    where = panel(setting)
     if setting.kind is bool:
-        option = typer.Option(setting.option, help=help_text)
+        option = typer.Option(setting.option, help=help_text, rich_help_panel=where, metavar=FLAG)
         return inspect.Parameter(
             setting.name,
             inspect.Parameter.KEYWORD_ONLY,
             default=False,
             annotation=Annotated[bool, option],
         )
+    option = typer.Option(setting.option, help=help_text, rich_help_panel=where)
     return inspect.Parameter(
         setting.name,
         inspect.Parameter.KEYWORD_ONLY,
         default=None,
-        annotation=Annotated[_optional(kind), typer.Option(setting.option, help=help_text)],
+        annotation=Annotated[_optional(kind), option],
     )
 
 
@@ -99,14 +131,15 @@ def setting_options(command: str) -> Callable[[Callable[..., Any]], Callable[...
             for p in inspect.signature(fn).parameters.values()
             if p.name != "given"
         ]
-        added = [_parameter(s) for s in settings] + [_config_parameter()]
+        in_panels = sorted(settings, key=lambda s: PANELS.index(panel(s)))
+        added = [_config_parameter()] + [_parameter(s) for s in in_panels]
 
         @functools.wraps(fn)
         def command_fn(**kwargs: Any) -> Any:
             rest = {k: v for k, v in kwargs.items() if k not in names and k != CONFIG_OPTION}
             return fn(given=_entered(settings, kwargs), **rest)
 
-        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
+        params = added + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
         command_fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command_fn.__annotations__ = {p.name: p.annotation for p in params}
         return command_fn
