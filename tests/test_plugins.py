@@ -338,3 +338,13 @@ def test_example_strategy_exports_to_a_bundle_and_runs_on_transformers(
     assert seen["changed"] == [
         f and bool(h.any()) for f, h in zip(seen["fired"], hits, strict=True)
     ]
+
+
+def test_saes_lists_a_third_party_loaders_saes_as_sweeps_expand_them(
+    example_installed: Path, tmp_path: Path
+) -> None:
+    listed = run_dsg(example_installed, tmp_path, "saes", "--sae-release-pattern", "exam.*")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == ["example-sae:example-sae"]
+    missed = run_dsg(example_installed, tmp_path, "saes", "--sae-id-pattern", "nothing")
+    assert missed.returncode == 2 and "no SAE matches" in missed.stderr

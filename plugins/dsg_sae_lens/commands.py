@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dsg.api import UserError
+from dsg.api import UserError, sae_specs
 
 
 def saes(
@@ -21,8 +21,9 @@ def saes(
         str | None, typer.Option(help="Regex (full match) over SAE ids.")
     ] = None,
 ) -> None:
-    """List sae_lens pretrained SAE releases, or the SAEs of one release (usable as --sae)."""
-    from dsg_sae_lens import pretrained
+    """List sae_lens pretrained SAE releases, or the SAEs of one release or of the patterns (from
+    every loader that lists its SAEs, as SAE sweeps expand them; usable as --sae)."""
+    from dsg_sae_lens import PretrainedSAELoader, pretrained
 
     given = {"RELEASE": release, "--sae-release-pattern": sae_release_pattern}
     for name, value in {**given, "--sae-id-pattern": sae_id_pattern}.items():
@@ -33,9 +34,14 @@ def saes(
             typer.echo(f"{name}\t{model}\t{count} SAEs")
         return
     release_pattern = re.escape(release) if release is not None else sae_release_pattern
-    found = pretrained.entries(release_pattern or ".*", sae_id_pattern or ".*")
-    if not found:
-        wanted = f"release {release!r}" if release is not None else "these patterns"
-        raise UserError(f"no pretrained SAE matches {wanted}; list the releases with `dsg saes`")
-    for entry in found:
-        typer.echo(f"{entry.release}/{entry.sae_id}\t{entry.model}\t{entry.hook_name or '?'}")
+    specs = sae_specs(release_pattern or ".*", sae_id_pattern or ".*")
+    mine = {
+        f"{PretrainedSAELoader.name}:{e.release}/{e.sae_id}": e
+        for e in pretrained.entries(release_pattern or ".*", sae_id_pattern or ".*")
+    }
+    for spec in specs:  # sae_lens's with model and hook; another loader's as --sae takes it
+        entry = mine.get(spec)
+        if entry is None:
+            typer.echo(spec)
+        else:
+            typer.echo(f"{entry.release}/{entry.sae_id}\t{entry.model}\t{entry.hook_name or '?'}")

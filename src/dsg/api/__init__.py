@@ -76,6 +76,7 @@ __all__ = [
     "read_text_corpus",
     "refuse_custom_code",
     "registered",
+    "sae_specs",
     "unreadable_file_errors",
 ]
 
@@ -89,3 +90,12 @@ def registered(kind: str, name: str) -> Any:
     from dsg.api.plugins import registry
 
     return registry().get(kind, name)
+
+
+def sae_specs(release_pattern: str = ".*", id_pattern: str = ".*") -> list[str]:
+    """Every SAE the installed loaders that can list their SAEs select by the two regexes (full
+    match), as ``LOADER:spec``: what ``--sae-release-pattern`` and ``--sae-id-pattern`` run. A
+    :class:`UserError` when nothing matches."""
+    from dsg.api.plugins import registry
+
+    return registry().expand_saes(release_pattern, id_pattern)

@@ -24,7 +24,14 @@ from typing import Any
 import pluggy
 
 from dsg.api import hookspecs
-from dsg.api.interfaces import Attack, Case, ModelLoader, SAELoader, Strategy
+from dsg.api.interfaces import (
+    Attack,
+    Case,
+    ExpandingSAELoader,
+    ModelLoader,
+    SAELoader,
+    Strategy,
+)
 from dsg.config.values import CaseDefaults
 from dsg.errors import PluginConflict, UserError, one_line
 
@@ -93,6 +100,31 @@ class Registry:
             hint = f" (skipped plugins, see `dsg plugins`: {skipped})" if skipped else ""
             raise UserError(f"unknown {KIND_LABEL[kind]} {name!r}; choose one of: {choices}{hint}")
         return table[name]
+
+    def expand_saes(self, release_pattern: str, id_pattern: str) -> list[str]:
+        """The SAE specs the patterns (full match) select, as ``LOADER:spec``, from every loader
+        that can list its SAEs (:class:`ExpandingSAELoader`), in loader-name order and each
+        loader's own order; a UserError when none can list or nothing matches. ``dsg saes`` and
+        the SAE sweeps both list SAEs this way."""
+        loaders = self.entries["sae_loaders"]
+        expanders = [n for n in sorted(loaders) if isinstance(loaders[n], ExpandingSAELoader)]
+        if not expanders:
+            raise UserError(
+                "no installed SAE loader can list its SAEs, so SAE patterns cannot be used; "
+                "pass --sae (see `dsg plugins`)"
+            )
+        specs = [
+            f"{n}:{spec}"
+            for n in expanders
+            for spec in loaders[n].expand(release_pattern, id_pattern)
+        ]
+        if not specs:
+            raise UserError(
+                f"no SAE matches release pattern {release_pattern!r} and id pattern "
+                f"{id_pattern!r} (full match); list the choices with `dsg saes` and "
+                "`dsg saes RELEASE`"
+            )
+        return list(dict.fromkeys(specs))
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.entries[kind])

@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsg.api.interfaces import ExpandingSAELoader
 from dsg.api.plugins import Registry
 from dsg.engine.session import Session
-from dsg.errors import UserError
 from dsg.runs.jobs import SHARED_DIR, Job, job_key
 from dsg.runs.ray_connect import check_ray_address
 
@@ -32,29 +30,6 @@ def folder_name(spec: str) -> str:
     if name != spec.replace("/", "__") or "__" in spec:  # keep distinct specs apart
         name += "-" + hashlib.sha256(spec.encode()).hexdigest()[:8]
     return name
-
-
-def expand(session: Session) -> list[str]:
-    """The SAE specs the session's patterns match, as ``LOADER:spec``, in loader-name order and
-    each loader's own order; a UserError when nothing matches."""
-    s = session.settings
-    release_pattern, id_pattern = s.sae_release_pattern or ".*", s.sae_id_pattern or ".*"
-    loaders = session.registry.entries["sae_loaders"]
-    expanders = [n for n in sorted(loaders) if isinstance(loaders[n], ExpandingSAELoader)]
-    if not expanders:
-        raise UserError(
-            "no installed SAE loader can list its SAEs, so SAE patterns cannot be used; "
-            "pass --sae (see `dsg plugins`)"
-        )
-    specs = [
-        f"{n}:{spec}" for n in expanders for spec in loaders[n].expand(release_pattern, id_pattern)
-    ]
-    if not specs:
-        raise UserError(
-            f"no SAE matches release pattern {release_pattern!r} and id pattern {id_pattern!r} "
-            "(full match); list the choices with `dsg saes` and `dsg saes RELEASE`"
-        )
-    return list(dict.fromkeys(specs))
 
 
 @dataclass(frozen=True)
@@ -84,7 +59,8 @@ def plan(
         job = Job(stage, s, None, s.out, strategies, registry)
         return Plan(base, [dataclasses.replace(job, key=job_key(job))], swept=False)
     jobs = []
-    for spec in expand(base):
+    patterns = (s.sae_release_pattern or ".*", s.sae_id_pattern or ".*")
+    for spec in base.registry.expand_saes(*patterns):
         out = s.out / folder_name(spec.partition(":")[2])
         settings = base.for_sae(spec, out).settings
         job = Job(stage, settings, spec, s.out / SHARED_DIR, strategies, registry)

@@ -7,6 +7,7 @@ seed, so the plugin runs offline; a real plugin would load weights from disk or 
 
 from __future__ import annotations
 
+import re
 import string
 import tempfile
 from typing import Any
@@ -127,6 +128,13 @@ class ExampleSAELoader:
 
     def can_load(self, spec: str) -> bool:
         return spec == "example-sae"
+
+    def expand(self, release_pattern: str, id_pattern: str) -> list[str]:
+        """Its one SAE, when both patterns match it: listed by `dsg saes` and swept by patterns."""
+        matched = re.fullmatch(release_pattern, "example") and re.fullmatch(
+            id_pattern, "example-sae"
+        )
+        return ["example-sae"] if matched else []
 
     def load(self, spec: str, *, device: str, dtype: torch.dtype) -> LoadedSAE:
         from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
