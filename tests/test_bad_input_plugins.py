@@ -22,7 +22,7 @@ import pytest
 import torch
 import typer
 from test_cli_errors import one_error, run
-from test_plugins import use_entry_points
+from test_plugins import run_dsg, use_entry_points
 from typer.testing import CliRunner
 
 import dsg.cli.app
@@ -43,19 +43,6 @@ def fake_distribution(site: Path, name: str, entry_points: dict[str, str], modul
     lines = "".join(f"{ep} = {target}\n" for ep, target in entry_points.items())
     (info / "entry_points.txt").write_text(f"[dsg]\n{lines}")
     (site / f"{name.replace('-', '_')}_mod.py").write_text(textwrap.dedent(module))
-
-
-def run_dsg(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``dsg ARGS`` in a fresh process that sees the distributions in ``site``."""
-    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", "COLUMNS": "250"}
-    return subprocess.run(
-        [sys.executable, "-m", "dsg.cli.app", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def error_lines(stderr: str) -> list[str]:

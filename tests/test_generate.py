@@ -7,13 +7,11 @@ from typing import Any
 
 import pytest
 import torch
-from test_hf import FORGET_PROMPTS, RETAIN_PROMPTS, load_hf, separating_threshold, topic_sae
+from test_hf import FORGET_PROMPTS, RETAIN_PROMPTS, topic_world
 from tiny import TinyWorld, tiny_registry
-from tiny_gemma import write_tiny_gemma
 from typer.testing import CliRunner
 
-from dsg.api.interfaces import LoadedSAE
-from dsg.bundle import Bundle, from_sae
+from dsg.bundle import Bundle
 from dsg.cli.app import app
 
 torch.set_num_threads(1)
@@ -28,16 +26,8 @@ def on_tiny(setup: dict[str, Any], out: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("generate")
-    model_dir = write_tiny_gemma(root / "model")
-    model, tokenizer = load_hf(model_dir)
-    sae = topic_sae(model, tokenizer)
-    alpha = separating_threshold(sae, [0, 1, 2], model, tokenizer)
-    loaded = LoadedSAE(sae, "topic-sae", "blocks.1.hook_resid_post", 1)
-    bundle = from_sae(
-        loaded, [0, 1, 2], threshold=alpha, multiplier=30.0, base_model={"hf": str(model_dir)}
-    )
-    return {"root": root, "model_dir": model_dir, "bundle": bundle.save(root / "bundle")}
+    world = topic_world(tmp_path_factory.mktemp("generate"))
+    return {**world, "bundle": world["bundle_dir"]}
 
 
 def invoke(*args: str) -> Any:

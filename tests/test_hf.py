@@ -116,7 +116,12 @@ def write_bundle(
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("hf")
+    return topic_world(tmp_path_factory.mktemp("hf"))
+
+
+def topic_world(root: Path) -> dict[str, Any]:
+    """The tiny Gemma under ``root/model``, an SAE whose features 0-2 read the forget topic, the
+    threshold that separates the prompts, and their dynamic bundle under ``root/bundle``."""
     model_dir = write_tiny_gemma(root / "model")
     model, tokenizer = load_hf(model_dir)
     sae = topic_sae(model, tokenizer)

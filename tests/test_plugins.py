@@ -223,13 +223,15 @@ def example_installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_dsg(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    """``dsg ARGS`` in a fresh process that sees the distributions in ``site``."""
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", "COLUMNS": "250"}
     return subprocess.run(
         [sys.executable, "-m", "dsg.cli.app", *args],
         env=env,
         cwd=cwd,
         capture_output=True,
         text=True,
+        timeout=120,
     )
 
 
