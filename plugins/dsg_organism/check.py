@@ -9,6 +9,7 @@ accuracy on the questions the clean model gets right under all 24 answer orders.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -139,19 +140,11 @@ def select(f: np.ndarray, r: np.ndarray, ratio_percentile: float) -> np.ndarray:
     return chosen[np.argsort(-f[chosen], kind="stable")]
 
 
-def sweep(
-    model: Any,
-    tok: Any,
-    world: World,
-    w: dict,
-    layer: int,
-    seq_len: int,
-    seed: int,
-    ratio_percentiles: list[float],
-    n_features: list[int],
-    multipliers: list[float],
-) -> dict:
-    """Baseline and dynamic/static accuracy per set on the ``correct`` subsets."""
+def _feature_data(
+    model: Any, tok: Any, world: World, w: dict, layer: int, seq_len: int, seed: int
+) -> tuple[Any, Any, Any]:
+    """Per-feature statistics of the forget and retain prose (equal row counts, shuffled with
+    ``seed``) and the retain rows' SAE activations, BOS position zeroed."""
     import torch
 
     from dsg_organism.train_sae import collect
@@ -172,14 +165,14 @@ def sweep(
     acts_f, acts_r = encode(forget), encode(retain)
     f, r = feature_stats(acts_f, forget, specials), feature_stats(acts_r, retain, specials)
     acts_r[:, 0] = 0
+    return f, r, acts_r
 
-    subject = {name: name for name in world.eval_sets}
-    sets = {
-        name: [{**row, "subject": subject[name]} for row in rows]
-        for name, rows in world.eval_sets.items()
-    }
-    keep = {name: correct_subset(model, tok, rows) for name, rows in sets.items()}
-    sets = {name: [rows[i] for i in keep[name]] for name, rows in sets.items()}
+
+def _scorer(
+    model: Any, tok: Any, sets: dict[str, list[dict]], layer: int
+) -> Callable[[Clamp | None], tuple[dict[str, float], dict[str, float]]]:
+    """Accuracy and fired fraction per non-empty set under an edit (None: unguarded)."""
+    import torch
 
     def score(edit: Clamp | None) -> tuple[dict[str, float], dict[str, float]]:
         acc, fired = {}, {}
@@ -194,6 +187,31 @@ def sweep(
                 edit.fired.clear()
         return acc, fired
 
+    return score
+
+
+def sweep(
+    model: Any,
+    tok: Any,
+    world: World,
+    w: dict,
+    layer: int,
+    seq_len: int,
+    seed: int,
+    ratio_percentiles: list[float],
+    n_features: list[int],
+    multipliers: list[float],
+) -> dict:
+    """Baseline and dynamic/static accuracy per set on the ``correct`` subsets."""
+    import torch
+
+    f, r, acts_r = _feature_data(model, tok, world, w, layer, seq_len, seed)
+    sets = {
+        name: [{**row, "subject": name} for row in rows] for name, rows in world.eval_sets.items()
+    }
+    keep = {name: correct_subset(model, tok, rows) for name, rows in sets.items()}
+    sets = {name: [rows[i] for i in keep[name]] for name, rows in sets.items()}
+    score = _scorer(model, tok, sets, layer)
     report: dict[str, Any] = {
         "correct_subset_sizes": {k: len(v) for k, v in keep.items()},
         "question_counts": {k: len(v) for k, v in world.eval_sets.items()},

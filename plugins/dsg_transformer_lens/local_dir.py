@@ -114,63 +114,19 @@ def load_local_model(
     path: str | Path, *, device: str, dtype: torch.dtype, n_layers: int | None = None
 ) -> LoadedModel:
     """A transformers model directory as a HookedTransformer (only ``n_layers`` blocks if set)."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens import HookedTransformer
     from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     if not is_model_dir(str(path)):
         raise UserError(f"{path} is not a model directory (no config.json)")
     refuse_custom_code(path)
-    # TypeError: a value of a wrong type
-    bad_config: tuple[type[Exception], ...] = (*unreadable_file_errors(), TypeError)
-    try:
-        architecture, hf = read_hf_config(path)
-        # transformers' own checks of every field
-        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-        cfg_dict = CONFIG_BUILDERS[architecture](hf)
-        total_layers = cfg_dict["n_layers"]
-        if n_layers is not None:
-            cfg_dict["n_layers"] = min(n_layers, total_layers)
-            cfg_dict["attn_types"] = cfg_dict["attn_types"][: cfg_dict["n_layers"]]
-        cfg = HookedTransformerConfig.from_dict(
-            {
-                **cfg_dict,
-                "model_name": path.name,
-                "tokenizer_name": str(path),
-                "dtype": dtype,
-                "device": device,
-                "init_weights": False,
-                "default_prepend_bos": True,
-            }
-        )
-    except bad_config as exc:
-        raise UserError(
-            f"{path / 'config.json'} is not a valid model config "
-            f"({type(exc).__name__}: {one_line_reason(exc)})"
-        ) from None
-
-    try:
-        # Only the blocks the TL model has are read from disk: transformers skips the others.
-        if cfg.n_layers < total_layers:
-            hf_config.num_hidden_layers = cfg.n_layers
-            hf_config.layer_types = hf_config.layer_types[: cfg.n_layers]
-        with no_progress_bars():
-            hf_model = AutoModelForCausalLM.from_pretrained(
-                path, config=hf_config, dtype=dtype, trust_remote_code=False
-            )
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    except RuntimeError as exc:  # transformers: weights whose shapes differ from config.json
-        raise UserError(
-            f"the weights in model directory {path} do not fit its config.json (another "
-            f"model's weights or config?): {type(exc).__name__}; copy the matching files again"
-        ) from None
-    except unreadable_file_errors() as exc:
-        reason = one_line_reason(exc)
-        raise UserError(
-            f"could not read model directory {path} ({reason}); its files are corrupted or "
-            "incomplete: copy or download them again"
-        ) from None
+    architecture, total_layers, hf_config, cfg = _tl_config(path, device, dtype, n_layers)
+    # Only the blocks the TL model has are read from disk: transformers skips the others.
+    if cfg.n_layers < total_layers:
+        hf_config.num_hidden_layers = cfg.n_layers
+        hf_config.layer_types = hf_config.layer_types[: cfg.n_layers]
+    hf_model, tokenizer = _read_weights(path, hf_config, dtype)
     state_dict = convert_gemma_weights(hf_model, cfg)
     del hf_model
 
@@ -196,3 +152,65 @@ def load_local_model(
             "hf_model": str(path.resolve()),
         },  # what transformers loads (muse-export, generate)
     )
+
+
+def _tl_config(
+    path: Path, device: str, dtype: torch.dtype, n_layers: int | None
+) -> tuple[str, int, Any, Any]:
+    """The architecture, its number of blocks, transformers' config (checked field by field) and
+    the TransformerLens config of the first ``n_layers`` blocks; a bad config.json is one line."""
+    from transformer_lens import HookedTransformerConfig
+    from transformers import AutoConfig
+
+    # TypeError: a value of a wrong type
+    bad_config: tuple[type[Exception], ...] = (*unreadable_file_errors(), TypeError)
+    try:
+        architecture, hf = read_hf_config(path)
+        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        cfg_dict = CONFIG_BUILDERS[architecture](hf)
+        total_layers = cfg_dict["n_layers"]
+        if n_layers is not None:
+            cfg_dict["n_layers"] = min(n_layers, total_layers)
+            cfg_dict["attn_types"] = cfg_dict["attn_types"][: cfg_dict["n_layers"]]
+        cfg = HookedTransformerConfig.from_dict(
+            {
+                **cfg_dict,
+                "model_name": path.name,
+                "tokenizer_name": str(path),
+                "dtype": dtype,
+                "device": device,
+                "init_weights": False,
+                "default_prepend_bos": True,
+            }
+        )
+    except bad_config as exc:
+        raise UserError(
+            f"{path / 'config.json'} is not a valid model config "
+            f"({type(exc).__name__}: {one_line_reason(exc)})"
+        ) from None
+    return architecture, total_layers, hf_config, cfg
+
+
+def _read_weights(path: Path, hf_config: Any, dtype: torch.dtype) -> tuple[Any, Any]:
+    """The transformers model (as ``hf_config`` says) and tokenizer in ``path``; weights that do
+    not fit or unreadable files are one line that says to copy them again."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        with no_progress_bars():
+            hf_model = AutoModelForCausalLM.from_pretrained(
+                path, config=hf_config, dtype=dtype, trust_remote_code=False
+            )
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except RuntimeError as exc:  # transformers: weights whose shapes differ from config.json
+        raise UserError(
+            f"the weights in model directory {path} do not fit its config.json (another "
+            f"model's weights or config?): {type(exc).__name__}; copy the matching files again"
+        ) from None
+    except unreadable_file_errors() as exc:
+        reason = one_line_reason(exc)
+        raise UserError(
+            f"could not read model directory {path} ({reason}); its files are corrupted or "
+            "incomplete: copy or download them again"
+        ) from None
+    return hf_model, tokenizer
