@@ -26,18 +26,18 @@ from dsg import artifacts, sparsity
 from dsg.bundle import Bundle, from_sae
 from dsg.errors import UserError
 from dsg.generate import Completion, describe
-from dsg.guardrail import (
+from dsg.guardrail import WindowedClamp
+from dsg.hf import attach
+from dsg.interfaces import CalibratedStrategy
+from dsg.plugins import build_registry
+from dsg.window_calibration import calibrate_window, diluted
+from dsg_runtime.guardrail import (
     ThresholdGate,
-    WindowedClamp,
     WindowGate,
     sequence_rates,
     token_hits,
     window_rates,
 )
-from dsg.hf import attach
-from dsg.interfaces import CalibratedStrategy
-from dsg.plugins import build_registry
-from dsg.window_calibration import calibrate_window, diluted
 
 torch.set_num_threads(1)
 

@@ -11,7 +11,6 @@ from typing import Any
 
 from dsg.data import DataSource, read_text_corpus
 from dsg.errors import UserError, one_line_reason, unreadable_file_errors
-from dsg.hook_names import hook_layer_of, parse_hook_name
 from dsg.hookspecs import Register, hookimpl
 from dsg.interfaces import (
     Attack,
@@ -25,7 +24,6 @@ from dsg.interfaces import (
     EvalSet,
     ExpandingSAELoader,
     ExportableStrategy,
-    Gate,
     Intervention,
     LoadedModel,
     LoadedSAE,
@@ -38,7 +36,9 @@ from dsg.interfaces import (
 )
 from dsg.loading import hub_lookups, no_progress_bars, refuse_custom_code
 from dsg.mirror import HubDataset
-from dsg.safe_json import loads as parse_json
+from dsg_runtime.hook_names import hook_layer_of, parse_hook_name
+from dsg_runtime.protocols import Gate
+from dsg_runtime.safe_json import loads as parse_json
 
 __all__ = [
     "Attack",

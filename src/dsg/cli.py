@@ -254,13 +254,14 @@ def generate(
 def _bundle_guardrail(path: Path, given: Given) -> tuple[Bundle, str, str]:
     """A saved bundle, the device and dtype to run it with."""
     from dsg.bundle import Bundle
-    from dsg.checks import check_clamp_dtype
     from dsg.devices import check_device
+    from dsg.plugins import registry
+    from dsg_runtime.checks import check_clamp_dtype
 
     options = given.settings
     device = options.get("device") or "cpu"
     check_device(device)
-    guard = Bundle.load(path)
+    guard = Bundle.load(path, registry().entries["strategies"])
     dtype = options.get("dtype") or "float32"
     check_clamp_dtype(guard.multiplier, dtype)
     return guard, device, dtype

@@ -16,8 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
-from dsg.checks import check_not_empty
 from dsg.settings import Declared, for_command
+from dsg_runtime.checks import check_not_empty
 
 CONFIG_OPTION = "config"
 

@@ -14,15 +14,15 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.checks import (
+from dsg.errors import UserError
+from dsg.settings import Declared, Settings, declared
+from dsg_runtime.checks import (
     check_bounds,
     check_clamp_dtype,
     check_float32,
     check_int64,
     check_not_empty,
 )
-from dsg.errors import UserError
-from dsg.settings import Declared, Settings, declared
 
 if TYPE_CHECKING:
     from dsg.interfaces import CaseDefaults

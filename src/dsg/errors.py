@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
+from dsg_runtime.errors import UserError
 
-class UserError(Exception):
-    """Something the user can fix: an unknown name, a bad value, a missing file.
-
-    The message says what was wrong and what to do about it; no traceback is shown.
-    """
+__all__ = ["PluginConflict", "UserError", "one_line", "one_line_reason", "unreadable_file_errors"]
 
 
 class PluginConflict(UserError):

@@ -104,7 +104,8 @@ class Harness:
         if folder is not None:
             found: dict[str, float | None] = read_json(folder / META_FILE)["accuracy"]
             return found
-        accuracy = self._evaluate(None if bundle is None else Bundle.load(bundle))
+        strategies = self.session.registry.entries["strategies"]
+        accuracy = self._evaluate(None if bundle is None else Bundle.load(bundle, strategies))
         run_dir.commit(STAGE, VERSION, key, inputs, extra={"accuracy": accuracy})
         return accuracy
 

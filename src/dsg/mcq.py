@@ -16,9 +16,9 @@ import torch
 
 from dsg.backends.base import ModelBackend
 from dsg.errors import UserError
-from dsg.hook_names import resid_hook
 from dsg.interfaces import Intervention
 from dsg.prompts import LETTERS
+from dsg_runtime.hook_names import resid_hook
 
 
 def split_layer(hook_name: str) -> int:

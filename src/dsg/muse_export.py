@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dsg.artifacts import check_kind, complete_or_absent, read_json, write_failed
-from dsg.bundle import CONFIG_FILE, Bundle, exportable_strategy, from_sae
+from dsg.bundle import CONFIG_FILE, Bundle, bundle_strategy, from_sae
 from dsg.gate_parameters import gate_parameters
 from dsg.generate import hf_reference
 
@@ -81,6 +81,7 @@ def bundles_for(
                             "calibration_percentile": s.calibration_percentile,
                             "selection": selection_inputs,
                         },
+                        strategies=session.registry.entries["strategies"],
                     )
                 )
     return bundles
@@ -91,7 +92,7 @@ def export(session: Session, strategies: tuple[str, ...] = ("dynamic",)) -> list
     from dsg import select
 
     for name in strategies:  # refuse before any stage runs
-        exportable_strategy(name)
+        bundle_strategy(name, session.registry.entries["strategies"])
     root = session.run_dir.root / BUNDLES_DIR
     session.run_dir.ensure_writable()
     check_kind(root, folder=True)

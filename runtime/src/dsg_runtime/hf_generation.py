@@ -4,7 +4,7 @@ run that prompt in pieces, and the generation modes the guardrail cannot follow 
 The guardrail decides on the whole prompt. Its layer hook sees forward passes, not prompts:
 a pass that holds part of the prompt (chunked prefill) or the prompt plus draft tokens
 (assisted decoding) looks like any other. ``generate``'s own arguments say where the prompt
-ends, so :mod:`dsg.hf` reads them here before generation starts.
+ends, so :mod:`dsg_runtime.hf` reads them here before generation starts.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from dsg.hf import GuardrailStateError
+from dsg_runtime.hf import GuardrailStateError
 
 SUPPORTED_MODES = frozenset(
     {"greedy_search", "sample", "beam_search", "beam_sample", "assisted_generation"}
@@ -104,7 +104,7 @@ def _generation_config(model: Any, bound: dict[str, Any], extra: dict[str, Any])
 
 
 def _refuse_filled_caches(bound: dict[str, Any], extra: dict[str, Any]) -> None:
-    from dsg.hf import cache_length
+    from dsg_runtime.hf import cache_length
 
     for name, value in {**bound, **extra}.items():
         if name == "self":
