@@ -96,12 +96,26 @@ def test_the_open_unlearning_handler_loads_the_model_guarded(tmp_path: Path) -> 
     assert guarded.dsg_guardrail.fired.tolist() == FIRED
 
 
-FOLLOWED = {
+FOLLOWED: dict[str, dict[str, Any]] = {
     "beam search": {"num_beams": 2},
     "sampling": {"do_sample": True, "top_k": 4},
     "prompt lookup": {"prompt_lookup_num_tokens": 2, "eos_token_id": 31},  # 4.45 needs an eos
     "assisted": {"assistant_model": "tiny"},
 }
+
+
+def _generate(model: Any, prompt: list[int], options: dict[str, Any], fired: bool | None) -> Any:
+    """One prompt alone (assisted decoding takes batches of one), unguarded when ``fired`` is
+    None, else guarded and checked to have decided ``fired``."""
+    ids, mask = left_padded([prompt])
+    torch.manual_seed(0)  # sampling draws the same numbers guarded or not
+    with torch.no_grad():
+        if fired is None:
+            return model.generate(input_ids=ids, attention_mask=mask, **options)
+        with attach(model, tiny_bundle()) as handle:
+            out = model.generate(input_ids=ids, attention_mask=mask, **options)
+    assert handle.fired is not None and set(handle.fired.tolist()) == {fired}
+    return out
 
 
 @pytest.mark.parametrize("mode", FOLLOWED)
@@ -110,23 +124,10 @@ def test_generation_modes_it_follows_leave_unfired_rows_alone(mode: str) -> None
     options = {**FOLLOWED[mode], "max_new_tokens": 4, "pad_token_id": QUIET}
     if options.get("assistant_model") == "tiny":
         options["assistant_model"] = tiny_llama(seed=1)
-    runs = []
-    for guarded in (False, True):
-        for row in PROMPTS:  # one row a call: assisted decoding takes batches of one
-            ids, mask = left_padded([row])
-            torch.manual_seed(0)
-            with torch.no_grad():
-                if guarded:
-                    with attach(model, tiny_bundle()) as handle:
-                        runs.append(model.generate(input_ids=ids, attention_mask=mask, **options))
-                    assert handle.fired is not None
-                    assert handle.fired.tolist() == [FIRED[PROMPTS.index(row)]] * len(handle.fired)
-                else:
-                    runs.append(model.generate(input_ids=ids, attention_mask=mask, **options))
-    plain, guarded_runs = runs[: len(PROMPTS)], runs[len(PROMPTS) :]
-    for row, fired in enumerate(FIRED):
+    for prompt, fired in zip(PROMPTS, FIRED, strict=True):
+        guarded = _generate(model, prompt, options, fired)
         if not fired:
-            assert torch.equal(plain[row], guarded_runs[row])
+            assert torch.equal(guarded, _generate(model, prompt, options, None))
 
 
 @pytest.mark.parametrize(
