@@ -54,7 +54,7 @@ def test_built_in_strategies_need_no_registry(
 def test_built_in_gates_refuse_foreign_parameters() -> None:
     with pytest.raises(UserError, match="takes no strategy_params"):
         tiny_bundle("dynamic", 0.5, params={"window": 3})
-    with pytest.raises(UserError, match="needs strategy_params window"):
+    with pytest.raises(UserError, match="needs a calibrated window"):
         tiny_bundle("windowed", 0.5, params={"window": 3})
     with pytest.raises(UserError, match="threshold 0.5 contradicts strategy 'static'"):
         tiny_bundle("static", 0.5)

@@ -1,4 +1,7 @@
-"""Errors a user can cause. The CLI turns them into one line on stderr and exit code 2."""
+"""Errors a user can cause. The CLI turns them into one line on stderr and exit code 2.
+
+``UserError`` itself is dsg-runtime's, so the errors the guardrail runtime raises (a bad bundle,
+a refused generation) are caught by the CLI like dsg's own."""
 
 from __future__ import annotations
 

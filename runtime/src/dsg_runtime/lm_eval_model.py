@@ -18,6 +18,7 @@ Request types (each also documented there):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -43,13 +44,23 @@ PAD_ID = 0  # lm-eval's right padding of log-likelihood batches (pad_and_concat)
 
 @register_model(MODEL_NAME)
 class GuardedLM(HFLM):
-    """lm-eval's ``hf`` model with a dsg guardrail bundle on it."""
+    """lm-eval's ``hf`` model with a dsg guardrail bundle on it. ``bundle`` is a directory or a
+    loaded :class:`~dsg_runtime.bundle.Bundle`; ``strategies`` (from Python only) are the plugin
+    strategies by name that a directory's bundle may name besides the built-in ones."""
 
-    def __init__(self, pretrained: Any = None, bundle: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        pretrained: Any = None,
+        bundle: Any = None,
+        strategies: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         from dsg_runtime.bundle import Bundle
         from dsg_runtime.remote_code import refuse_custom_code, refuse_trusting_code
 
-        loaded = bundle if isinstance(bundle, Bundle) or bundle is None else Bundle.load(bundle)
+        loaded = bundle
+        if bundle is not None and not isinstance(bundle, Bundle):
+            loaded = Bundle.load(bundle, strategies)
         if pretrained is None:
             pretrained = loaded.base_model.get("hf") if loaded is not None else None
         if not pretrained:

@@ -65,8 +65,8 @@ class Windowed:
         threshold = _threshold(self.name, threshold)
         if any(name not in params for name in WINDOW_PARAMS):
             raise UserError(
-                "a windowed bundle needs strategy_params window and window_threshold; "
-                "export it again"
+                "a windowed bundle needs a calibrated window: strategy_params window and "
+                "window_threshold"
             )
         no_params(self.name, params, WINDOW_PARAMS)
         return WindowGate(params["window"], float(params["window_threshold"]), threshold)
