@@ -39,6 +39,7 @@ HF_ONLY_TESTS = [
     "tests/test_hf_modes.py",
     "tests/test_bundle.py",
     "tests/test_backend_transformers.py",
+    "runtime/tests",
 ]
 
 
