@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import torch
 
     from dsg.interfaces import LoadedSAE
+    from dsg_runtime.guardrail import FeatureColumns
 
 __all__ = [
     "CONFIG_FILE",
@@ -69,18 +70,6 @@ def from_sae(
     threshold = float(threshold) if gate_strategy.uses_threshold and threshold is not None else None
     index = feature_index(features, int(sae.cfg.d_sae))
     columns = feature_columns(sae, index)
-
-    def plain(t: torch.Tensor) -> torch.Tensor:
-        return t.detach().cpu().float().contiguous()
-
-    tensors = {
-        "W_enc": plain(columns.w_enc),
-        "b_enc": plain(columns.b_enc),
-        "W_dec": plain(columns.w_dec),
-        "b_dec": plain(sae.b_dec),
-    }
-    if columns.jump is not None:
-        tensors[JUMP_THRESHOLD] = plain(columns.jump)
     return Bundle(
         hook_name=loaded.hook_name,
         features=tuple(int(j) for j in index.tolist()),
@@ -91,7 +80,7 @@ def from_sae(
         activation=columns.activation,
         apply_b_dec_to_input=bool(sae.cfg.apply_b_dec_to_input),
         d_sae=int(sae.cfg.d_sae),
-        tensors=tensors,
+        tensors=_tensors(columns, sae.b_dec),
         sae={
             "spec": loaded.spec,
             "fingerprint": loaded.fingerprint,
@@ -102,3 +91,20 @@ def from_sae(
         provenance=provenance or {},
         strategies=strategies,
     )
+
+
+def _tensors(columns: FeatureColumns, b_dec: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The k columns (and the whole decoder bias) as a bundle holds them: float32 on the CPU."""
+
+    def plain(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().cpu().float().contiguous()
+
+    tensors = {
+        "W_enc": plain(columns.w_enc),
+        "b_enc": plain(columns.b_enc),
+        "W_dec": plain(columns.w_dec),
+        "b_dec": plain(b_dec),
+    }
+    if columns.jump is not None:
+        tensors[JUMP_THRESHOLD] = plain(columns.jump)
+    return tensors
