@@ -1,5 +1,6 @@
 """Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, the version matrix
-(`nox -s newest lowest "transformers-4.57.6" "transformers-5.0.0"`) and `nox -s constraints`.
+(`nox -s newest lowest "transformers-4.57.6" "transformers-5.0.0"`), dsg-runtime alone on
+open-unlearning's pins (`nox -s runtime_oldest`) and `nox -s constraints`.
 
 The pinned CPU torch is installed first so that no session pulls a multi-GB CUDA build; every
 cell of the matrix keeps that torch. `tests` installs the tested set in constraints.txt, as the
@@ -18,13 +19,27 @@ nox.options.sessions = ["tests", "lint", "typecheck"]
 TORCH = "torch==2.13.0"
 CONSTRAINTS = "constraints.txt"
 EXTRAS = ".[test]"
+RUNTIME = "./runtime"
+"""dsg-runtime, which dsg depends on at the same version: installed from this repository."""
 TRANSFORMERS_CELLS = ["4.57.6", "5.0.0"]
+RUNTIME_EXTRAS = "./runtime[test]"
+OPEN_UNLEARNING_PINS = ["transformers==4.45.1"]
+"""open-unlearning's pins that dsg-runtime meets (its datasets 3.0.1 is no dependency of the
+runtime, and its torch 2.4.1 has no build for this Python: the pinned CPU torch stands in)."""
+ONLY_THE_RUNTIME = (
+    "import importlib.util as u; "
+    "extra = [m for m in ('dsg', 'transformer_lens', 'sae_lens', 'datasets', 'typer', 'rich') "
+    "if u.find_spec(m)]; "
+    "assert not extra, f'installed beside dsg-runtime: {extra}'"
+)
+LINTED = ("src", "plugins", "tests", "runtime", "benchmarks", "noxfile.py")
 HF_ONLY_TESTS = [
     "tests/test_hf.py",
     "tests/test_hf_state.py",
     "tests/test_hf_modes.py",
     "tests/test_bundle.py",
     "tests/test_backend_transformers.py",
+    "runtime/tests",
 ]
 
 
@@ -44,7 +59,7 @@ def _lowest(requirement: str) -> str:
 def tests(session: nox.Session) -> None:
     """The suite on the tested set of versions (what the README installs)."""
     session.install(TORCH)
-    session.install("-e", EXTRAS, "-c", CONSTRAINTS)
+    session.install("-e", RUNTIME, "-e", EXTRAS, "-c", CONSTRAINTS)
     session.run("python", "-m", "pytest", *session.posargs)
 
 
@@ -54,7 +69,7 @@ def newest(session: nox.Session) -> None:
     constraints file gets today."""
     session.install(TORCH)
     # naming TORCH again keeps the CPU build: an eager upgrade would take the newest CUDA one
-    session.install("--upgrade", "--upgrade-strategy", "eager", "-e", EXTRAS, TORCH)
+    session.install("--upgrade", "--upgrade-strategy", "eager", "-e", RUNTIME, "-e", EXTRAS, TORCH)
     session.run("python", "-m", "pip", "freeze", "--exclude-editable")
     session.run("python", "-m", "pytest", *session.posargs)
 
@@ -64,8 +79,8 @@ def lowest(session: nox.Session) -> None:
     """The suite with every direct dependency at the lowest version pyproject.toml declares
     (torch excepted: it stays at the pinned CPU build)."""
     session.install(TORCH)
-    pins = [_lowest(r) for r in _declared() if not r.startswith("torch")]
-    session.install("-e", EXTRAS, *pins)
+    pins = [_lowest(r) for r in _declared() if not r.startswith(("torch", "dsg-runtime"))]
+    session.install("-e", RUNTIME, "-e", EXTRAS, *pins)
     session.run("python", "-m", "pip", "freeze", "--exclude-editable")
     session.run("python", "-m", "pytest", *session.posargs)
 
@@ -78,7 +93,7 @@ def transformers_cell(session: nox.Session, version: str) -> None:
     >= 5.9, so the tested set is installed first and transformers replaced over it (with a
     datasets that accepts its huggingface_hub): the TransformerLens engine is not run."""
     session.install(TORCH)
-    session.install("-e", EXTRAS, "-c", CONSTRAINTS)
+    session.install("-e", RUNTIME, "-e", EXTRAS, "-c", CONSTRAINTS)
     # datasets >= 4.4 needs huggingface_hub 1.x, which transformers 4.x does not accept
     session.install(f"transformers=={version}", "datasets==3.6.0")
     session.run("python", "-m", "pip", "freeze", "--exclude-editable")
@@ -86,11 +101,23 @@ def transformers_cell(session: nox.Session, version: str) -> None:
 
 
 @nox.session
+def runtime_oldest(session: nox.Session) -> None:
+    """dsg-runtime alone (no dsg, TransformerLens, sae_lens or datasets) with open-unlearning's
+    pins, transformers 4.45.1 (torch stays at the pinned CPU build, the oldest torch built for
+    this Python here), and the runtime's tests, guarded generation included."""
+    session.install(TORCH)
+    session.install("-e", RUNTIME_EXTRAS, *OPEN_UNLEARNING_PINS, TORCH)
+    session.run("python", "-m", "pip", "freeze", "--exclude-editable")
+    session.run("python", "-c", ONLY_THE_RUNTIME)
+    session.run("python", "-m", "pytest", "runtime/tests", *session.posargs)
+
+
+@nox.session
 def constraints(session: nox.Session) -> None:
     """Rewrite constraints.txt from a fresh install of the newest releases. Run the matrix on
     it before committing the new file."""
     session.install(TORCH)
-    session.install("-e", EXTRAS)
+    session.install("-e", RUNTIME, "-e", EXTRAS)
     frozen = session.run("python", "-m", "pip", "freeze", "--exclude-editable", silent=True)
     lines = [
         line
@@ -104,12 +131,12 @@ def constraints(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "src", "plugins", "tests", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "plugins", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", *LINTED)
+    session.run("ruff", "format", "--check", *LINTED)
 
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
     session.install(TORCH)
-    session.install("-e", EXTRAS, "-c", CONSTRAINTS)
+    session.install("-e", RUNTIME, "-e", EXTRAS, "-c", CONSTRAINTS)
     session.run("mypy")

@@ -15,7 +15,7 @@ from dsg.core.artifacts import (
     write_json,
     write_tensors,
 )
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 
 
 def test_key_is_stable_and_covers_every_input() -> None:

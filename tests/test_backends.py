@@ -20,8 +20,8 @@ from tiny_gemma import padded_batch, write_tiny_gemma
 from dsg.api.interfaces import EvalSet, LoadedModel
 from dsg.config.settings import Settings
 from dsg.config.values import check
+from dsg.core.errors import UserError
 from dsg.engine.backends import open_backend, resolve_backend
-from dsg.errors import UserError
 from dsg.guardrail import DynamicClamp, StaticClamp
 from dsg.stages.evaluate import subsets
 from dsg.stages.evaluate.mcq import Scorer

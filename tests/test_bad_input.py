@@ -457,7 +457,7 @@ def test_malformed_question_rows(tmp_path: Path, bad: dict[str, object], fragmen
     from dsg_wmdp.mcq import questions_of, wmdp_dataset
 
     from dsg.api.data import DataSource
-    from dsg.errors import UserError
+    from dsg.core.errors import UserError
 
     rows = mcq_rows("biology", 3)
     rows[1] = {**rows[1], **bad}
@@ -480,7 +480,7 @@ def test_damaged_packaged_organism_files(
     monkeypatch.setattr(dsg_organism, "WORLD", data / "world")
     monkeypatch.setattr(dsg_organism, "SAE_DIR", data / "sae")
     from dsg.api.data import DataSource
-    from dsg.errors import UserError
+    from dsg.core.errors import UserError
 
     with pytest.raises(UserError, match="packaged questions .* are damaged"):
         dsg_organism.OrganismCase().eval_sets(DataSource())
@@ -537,8 +537,8 @@ def test_config_file_with_a_byte_order_mark(world: TinyWorld, use_world: UseWorl
 def test_ray_sweeps_leave_the_device_to_each_worker(world: TinyWorld) -> None:
     """Ray workers may have GPUs the driver lacks: the driver checks the name, a worker the rest."""
     from dsg.core.devices import check_device
+    from dsg.core.errors import UserError
     from dsg.engine.session import Session
-    from dsg.errors import UserError
 
     reg = tiny_registry(world)
     opened = Session.open({"case": "tiny", "device": "cuda", "executor": "ray"}, reg=reg)

@@ -435,7 +435,7 @@ def test_malformed_json_is_one_line_naming_the_file(
 
 
 def test_json_nested_up_to_the_limit_still_reads() -> None:
-    from dsg.safe_json import MAX_DEPTH, loads
+    from dsg_runtime.safe_json import MAX_DEPTH, loads
 
     assert loads("[" * MAX_DEPTH + "]" * MAX_DEPTH) is not None
     with pytest.raises(ValueError, match="deeper"):

@@ -21,7 +21,7 @@ from typer.testing import CliRunner, Result
 from dsg.api.interfaces import LoadedSAE
 from dsg.bundle import from_sae
 from dsg.cli.app import app
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 
 YES = "y\n" * 100  # what `yes | dsg ...` answers to "Do you wish to run the custom code? [y/N]"
 HOOK = "blocks.0.hook_resid_post"

@@ -29,7 +29,7 @@ import dsg.cli.app
 import dsg.engine.session  # imported now, so it binds the real registry, not a test's stand-in
 from dsg import hookimpl
 from dsg.api import plugins
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 
 # --- plugins ---------------------------------------------------------------------------------
 
@@ -338,7 +338,7 @@ def test_executor_local_on_the_command_line_overrides_a_configured_ray_address()
 
 CONNECT = """
 import sys, time
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 from dsg.runs.ray_connect import connect, import_ray
 
 ray = import_ray()

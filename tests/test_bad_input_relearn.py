@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from dsg.core.errors import UserError
 from dsg.engine.session import Session
-from dsg.errors import UserError
 from dsg.stages.attack import relearn
 
 

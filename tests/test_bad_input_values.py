@@ -25,7 +25,7 @@ from dsg.config.resolve import resolve, validate_config
 from dsg.config.settings import MAX_MULTIPLIER, MAX_STAT_DECIMALS
 from dsg.config.values import CaseDefaults
 from dsg.core.artifacts import file_sha256, read_tensors, write_tensors
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 from dsg.hf import attach
 
 HUGE = "99999999999999999999999"  # beyond int64

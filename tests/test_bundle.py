@@ -15,7 +15,7 @@ from test_guardrail import random_sae as guardrail_random_sae
 from dsg.api.interfaces import LoadedSAE
 from dsg.bundle import CONFIG_FILE, TENSORS_FILE, Bundle, from_sae
 from dsg.core.artifacts import json_sha256
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 from dsg.guardrail import DynamicClamp, StaticClamp
 
 torch.set_num_threads(1)
@@ -215,7 +215,7 @@ class NoBundleStrategy:
         return DynamicClamp(sae, features, threshold, multiplier)
 
 
-def test_strategies_without_bundle_support_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_strategies_without_bundle_support_are_refused() -> None:
     import dsg.api.plugins
     from dsg.api.hookspecs import hookimpl
 
@@ -224,10 +224,15 @@ def test_strategies_without_bundle_support_are_refused(monkeypatch: pytest.Monke
         def register_strategies(self, register: Any) -> None:
             register(NoBundleStrategy())
 
-    registry = dsg.api.plugins.build_registry([("unbundled-plugin", Plugin())])
-    monkeypatch.setattr(dsg.api.plugins, "registry", lambda: registry)
+    strategies = dsg.api.plugins.build_registry([("unbundled-plugin", Plugin())]).entries[
+        "strategies"
+    ]
     sae = loaded(random_sae("jumprelu"))
     with pytest.raises(UserError, match="'unbundled' cannot be exported to a bundle"):
-        from_sae(sae, [1, 2], threshold=0.1, multiplier=5.0, strategy="unbundled")
+        from_sae(
+            sae, [1, 2], threshold=0.1, multiplier=5.0, strategy="unbundled", strategies=strategies
+        )
     with pytest.raises(UserError, match="'nowhere' is not installed"):
-        from_sae(sae, [1, 2], threshold=0.1, multiplier=5.0, strategy="nowhere")
+        from_sae(
+            sae, [1, 2], threshold=0.1, multiplier=5.0, strategy="nowhere", strategies=strategies
+        )

@@ -21,7 +21,7 @@ from dsg.api.interfaces import Case
 from dsg.api.mirror import HubDataset, allow_patterns, case_datasets
 from dsg.api.plugins import build_registry
 from dsg.cli.app import app
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 
 GEMMA_SCOPE = "gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_142"
 

@@ -10,8 +10,8 @@ from tiny import TinyWorld, tiny_registry
 
 from dsg.api.plugins import Registry
 from dsg.config.resolve import find_config
+from dsg.core.errors import UserError
 from dsg.engine.session import Session
-from dsg.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dsg.config.settings import Settings
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 from dsg.stages.corpus import (
     Documents,
     build_rows,

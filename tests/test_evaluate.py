@@ -235,7 +235,7 @@ def test_empty_subset_is_reported_not_fatal(registry: Any, tmp_path: Path) -> No
 def test_case_without_eval_sets_is_a_user_error(
     registry: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dsg.errors import UserError
+    from dsg.core.errors import UserError
 
     session = open_session(registry, tmp_path / "run")
     monkeypatch.setattr(session.case, "eval_sets", lambda data: [])

@@ -19,12 +19,10 @@ from sae_lens import (
 )
 
 import dsg
-from dsg.errors import UserError
-from dsg.guardrail import (
-    DynamicClamp,
-    StaticClamp,
+from dsg.core.errors import UserError
+from dsg.guardrail import DynamicClamp, StaticClamp, feature_activations
+from dsg_runtime.guardrail import (
     calibrate_threshold,
-    feature_activations,
     rate_gate,
     select_features,
     sequence_rates,

@@ -13,7 +13,8 @@ from test_bundle import batch, loaded
 from test_guardrail import random_sae
 
 from dsg.bundle import from_sae
-from dsg.guardrail import DynamicClamp, Guardrail, StaticClamp
+from dsg.guardrail import DynamicClamp, StaticClamp
+from dsg_runtime.guardrail import Guardrail
 
 torch.set_num_threads(1)
 

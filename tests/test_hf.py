@@ -15,9 +15,10 @@ from tiny_gemma import write_tiny_gemma
 
 from dsg.api.interfaces import LoadedSAE
 from dsg.bundle import Bundle, from_sae
-from dsg.errors import UserError
-from dsg.guardrail import DynamicClamp, sequence_rates, token_hits
+from dsg.core.errors import UserError
+from dsg.guardrail import DynamicClamp
 from dsg.hf import attach
+from dsg_runtime.guardrail import sequence_rates, token_hits
 
 torch.set_num_threads(1)
 

@@ -18,7 +18,7 @@ from transformers.generation.configuration_utils import GenerationMode
 
 from dsg.bundle import Bundle
 from dsg.hf import GuardrailStateError, attach
-from dsg.hf_generation import REFUSED_MODES, SUPPORTED_MODES
+from dsg_runtime.hf_generation import REFUSED_MODES, SUPPORTED_MODES
 
 torch.set_num_threads(1)
 

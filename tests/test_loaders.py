@@ -10,7 +10,7 @@ import torch
 from tiny_gemma import SLIDING_WINDOW, write_tiny_gemma
 
 from dsg.api.plugins import build_registry
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 
 ATOL = 1e-4
 

@@ -21,7 +21,7 @@ from dsg import hookimpl
 from dsg.api import plugins
 from dsg.cli.app import app
 from dsg.config.values import CaseDefaults
-from dsg.errors import PluginConflict
+from dsg.core.errors import PluginConflict
 
 EXAMPLE = Path(__file__).parent / "example_plugin"
 
@@ -262,8 +262,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from dsg.bundle import Bundle
 from dsg.hf import attach
+from dsg.api.plugins import registry
 
-bundle = Bundle.load(sys.argv[1])
+bundle = Bundle.load(sys.argv[1], registry().entries["strategies"])  # the plugin's strategy
 torch.manual_seed(0)
 config = LlamaConfig(vocab_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)

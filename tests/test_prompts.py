@@ -6,7 +6,7 @@ import pytest
 from tiny_gemma import write_tokenizer
 
 from dsg.api.interfaces import EvalSet, MCQuestion
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 from dsg.stages.evaluate.mcq import encode
 from dsg.stages.evaluate.prompts import (
     ChatTemplateFormat,

@@ -91,7 +91,7 @@ def test_curves_share_the_untrained_start(run: dict[str, Any]) -> None:
 
 
 def test_relearning_needs_held_out_documents(tmp_path: Path) -> None:
-    from dsg.errors import UserError
+    from dsg.core.errors import UserError
 
     session = Session.open({"out": tmp_path})  # the organism's default samples all 240
     with pytest.raises(UserError, match="all 240 forget documents were used"):

@@ -13,7 +13,7 @@ import torch
 from dsg.config.settings import Settings
 from dsg.core import artifacts
 from dsg.core.artifacts import RunDir
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 from dsg.stages import select, sparsity
 
 SEQ_LEN = 10
@@ -130,7 +130,7 @@ def test_selection_is_written_and_reloaded(
         raise AssertionError("selected again although the artifact exists")
 
     with monkeypatch.context() as m:
-        m.setattr("dsg.guardrail.select_features", boom)
+        m.setattr("dsg_runtime.guardrail.select_features", boom)
         (loaded,) = select.ensure(sess)
     assert loaded.path == made.path
     assert torch.equal(loaded.features, made.features) and loaded.thresholds == made.thresholds

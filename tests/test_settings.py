@@ -15,7 +15,7 @@ from dsg.config.docs import tables, with_tables
 from dsg.config.resolve import validate_config
 from dsg.config.settings import EVERY_COMMAND, declared, for_command
 from dsg.config.values import CaseDefaults
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from tiny import TinyWorld, tiny_registry
 
+from dsg.core.errors import UserError
 from dsg.engine.session import Session
-from dsg.errors import UserError
 from dsg.stages import sparsity
 from dsg.stages.corpus import build_rows, load_documents
 

@@ -47,7 +47,7 @@ def test_no_plot_without_scores(tmp_path: Path) -> None:
 
 
 def test_one_line_errors() -> None:
-    from dsg.errors import UserError
+    from dsg.core.errors import UserError
 
     assert one_line(RuntimeError("first\nsecond")) == "RuntimeError: first"
     assert one_line(UserError("pass --sae")) == "pass --sae"

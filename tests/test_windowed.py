@@ -26,19 +26,19 @@ from dsg.api.interfaces import CalibratedStrategy
 from dsg.api.plugins import build_registry
 from dsg.bundle import Bundle, from_sae
 from dsg.core import artifacts
-from dsg.errors import UserError
-from dsg.guardrail import (
+from dsg.core.errors import UserError
+from dsg.guardrail import WindowedClamp
+from dsg.hf import attach
+from dsg.stages import sparsity
+from dsg.stages.generate import Completion, describe
+from dsg.stages.window_calibration import calibrate_window, diluted
+from dsg_runtime.guardrail import (
     ThresholdGate,
-    WindowedClamp,
     WindowGate,
     sequence_rates,
     token_hits,
     window_rates,
 )
-from dsg.hf import attach
-from dsg.stages import sparsity
-from dsg.stages.generate import Completion, describe
-from dsg.stages.window_calibration import calibrate_window, diluted
 
 torch.set_num_threads(1)
 

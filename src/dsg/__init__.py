@@ -35,7 +35,8 @@ __all__ = ["hookimpl", "__version__", *_GUARDRAIL_API]
 
 def __getattr__(name: str) -> Any:
     if name in _GUARDRAIL_API:
+        import dsg_runtime.guardrail as math
         from dsg import guardrail
 
-        return getattr(guardrail, name)
+        return getattr(guardrail if name in guardrail.__all__ else math, name)
     raise AttributeError(f"module 'dsg' has no attribute {name!r}")

@@ -22,7 +22,6 @@ from dsg.api.interfaces import (
     EvalSet,
     ExpandingSAELoader,
     ExportableStrategy,
-    Gate,
     Intervention,
     LoadedModel,
     LoadedSAE,
@@ -35,10 +34,11 @@ from dsg.api.interfaces import (
 )
 from dsg.api.mirror import HubDataset
 from dsg.config.values import CaseDefaults
-from dsg.errors import UserError, one_line_reason, unreadable_file_errors
-from dsg.hook_names import hook_layer_of, parse_hook_name
-from dsg.loading import hub_lookups, no_progress_bars, refuse_custom_code
-from dsg.safe_json import loads as parse_json
+from dsg.core.errors import UserError, one_line_reason, unreadable_file_errors
+from dsg.core.loading import hub_lookups, no_progress_bars, refuse_custom_code
+from dsg_runtime.hook_names import hook_layer_of, parse_hook_name
+from dsg_runtime.protocols import Gate
+from dsg_runtime.safe_json import loads as parse_json
 
 __all__ = [
     "Attack",

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsg import safe_json
-from dsg.errors import UserError, one_line_reason
+from dsg.core.errors import UserError, one_line_reason
+from dsg_runtime import safe_json
 
 
 class _DropErrors(logging.Filter):

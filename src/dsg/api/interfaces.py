@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from dsg_runtime.protocols import BundleStrategy
+
 if TYPE_CHECKING:
     import torch
 
@@ -112,7 +114,7 @@ class ExpandingSAELoader(SAELoader, Protocol):
 
     def expand(self, release_pattern: str, id_pattern: str) -> list[str]:
         """Specs this loader accepts whose release and id fully match the two regexes, in a
-        fixed order; a bad regex is a :class:`~dsg.errors.UserError`."""
+        fixed order; a bad regex is a :class:`~dsg.core.errors.UserError`."""
         ...
 
 
@@ -166,24 +168,6 @@ class Intervention(Protocol):
 
 
 @runtime_checkable
-class Gate(Protocol):
-    """Decides which rows of a batch a guardrail clamps, from tensors alone (no host sync).
-
-    ``rates`` is ``[B]`` (hits over attended tokens, float64; float32 on MPS), ``hits`` bool
-    ``[B, T]``; both return bool ``[B]``. ``carry`` decides the rows of a generation's decode
-    step from the prompt's decision ``fired`` and the step's own ``hits``.
-
-    A gate that needs the attention mask ``[B, T]`` (the ``windowed`` gate's densest window
-    counts attended positions) defines ``decide(rates, hits, attention_mask) -> fired``; the
-    guardrail then calls it instead of ``__call__``.
-    """
-
-    def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor: ...
-
-    def carry(self, fired: torch.Tensor, hits: torch.Tensor) -> torch.Tensor: ...
-
-
-@runtime_checkable
 class Strategy(Protocol):
     """Turns a feature selection and its parameters into an :class:`Intervention`."""
 
@@ -231,23 +215,16 @@ class CalibratedStrategy(Strategy, Protocol):
 
 
 @runtime_checkable
-class ExportableStrategy(Strategy, Protocol):
-    """A :class:`Strategy` that travels in guardrail bundles (optional: without these two
-    methods ``muse-export`` refuses the strategy).
+class ExportableStrategy(Strategy, BundleStrategy, Protocol):
+    """A :class:`Strategy` that travels in guardrail bundles (optional: without ``bundle_params``
+    and ``bundle_gate`` ``muse-export`` refuses the strategy).
 
     A bundle stores the strategy's name, the threshold (when ``uses_threshold``), the multiplier,
     the k feature columns and the JSON object ``bundle_params`` returns; ``bundle_gate`` rebuilds
-    the gate from them, and dsg's one :class:`dsg.guardrail.Guardrail` does the rest.
+    the gate from them, and the one :class:`dsg_runtime.guardrail.Guardrail` does the rest. A
+    bundle of a plugin's strategy is read with the registry's strategies passed in
+    (``Bundle.load(path, strategies)``); the built-in ones need none.
     """
-
-    def bundle_params(self, threshold: float | None) -> dict[str, Any]:
-        """JSON-serialisable parameters of the gate beyond the threshold; raise a
-        :class:`~dsg.errors.UserError` when this configuration cannot be exported."""
-        ...
-
-    def bundle_gate(self, threshold: float | None, params: dict[str, Any]) -> Gate:
-        """The gate for a bundle's threshold and parameters."""
-        ...
 
 
 @dataclass(frozen=True)

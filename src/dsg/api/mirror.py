@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dsg.api.data import DataSource
-from dsg.errors import UserError, one_line_reason
+from dsg.core.errors import UserError, one_line_reason
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ it raises (``SystemExit`` included: a plugin cannot end dsg); only the user's ow
 the loading. dsg's own plugins come first: a third-party entry point with one of their names, or
 a third-party object with the name of one of theirs, is refused, not loaded in their place. Two
 third-party plugins registering one name in the same registry is a
-:class:`~dsg.errors.PluginConflict`. What a plugin registers is checked against its Protocol in
+:class:`~dsg.core.errors.PluginConflict`. What a plugin registers is checked against its Protocol in
 :mod:`dsg.api.interfaces` as it registers.
 """
 
@@ -33,7 +33,7 @@ from dsg.api.interfaces import (
     Strategy,
 )
 from dsg.config.values import CaseDefaults
-from dsg.errors import PluginConflict, UserError, one_line
+from dsg.core.errors import PluginConflict, UserError, one_line
 
 ENTRY_POINT_GROUP = "dsg"
 FIRST_PARTY = "dsg"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from dsg.cli.options import FLAG, MODEL_AND_SAE, Given, setting_options
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 
 if TYPE_CHECKING:
     from dsg.bundle import Bundle
@@ -273,14 +273,15 @@ def generate(
 
 def _bundle_guardrail(path: Path, given: Given) -> tuple[Bundle, str, str]:
     """A saved bundle, the device and dtype to run it with."""
+    from dsg.api.plugins import registry
     from dsg.bundle import Bundle
-    from dsg.checks import check_clamp_dtype
     from dsg.core.devices import check_device
+    from dsg_runtime.checks import check_clamp_dtype
 
     options = given.settings
     device = options.get("device") or "cpu"
     check_device(device)
-    guard = Bundle.load(path)
+    guard = Bundle.load(path, registry().entries["strategies"])
     dtype = options.get("dtype") or "float32"
     check_clamp_dtype(guard.multiplier, dtype)
     return guard, device, dtype
@@ -357,8 +358,8 @@ def plugin_failures(plugin: str, command: F) -> F:
 
             from rich.markup import escape
 
+            from dsg.core.errors import one_line
             from dsg.engine.session import stderr
-            from dsg.errors import one_line
 
             if os.environ.get(TRACEBACK_VARIABLE) == "1":
                 traceback.print_exc()

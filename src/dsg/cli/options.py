@@ -16,7 +16,6 @@ from typing import Annotated, Any
 
 import typer
 
-from dsg.checks import check_not_empty
 from dsg.config.settings import (
     ATTACKS,
     DATA,
@@ -27,6 +26,7 @@ from dsg.config.settings import (
     Declared,
     for_command,
 )
+from dsg_runtime.checks import check_not_empty
 
 CONFIG_OPTION = "config"
 

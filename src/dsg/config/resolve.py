@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from dsg.config.settings import Settings, declared
 from dsg.config.values import check, convert
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 
 if TYPE_CHECKING:
     from dsg.config.values import CaseDefaults

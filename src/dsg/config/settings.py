@@ -18,6 +18,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from dsg_runtime.checks import MAX_MULTIPLIER
+
 QUESTION_SUBSETS = ("correct", "correct-iff-question", "correct-no-tricks", "all")
 EXECUTORS = ("local", "ray")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
@@ -53,12 +55,6 @@ PERCENTILE = Bounds(0, 100)
 NON_NEGATIVE = Bounds(0, None)
 PERCENTAGE = Bounds(0, 100, above_minimum=True)
 
-MAX_MULTIPLIER = 1e6
-"""The largest clamp strength m. The clamp adds about m times each selected decoder direction to
-the residual; the next normalisation squares it in float32, which overflows past m ~ 1e19 (the
-layer then zeroes the residual or turns it NaN), and m = 1e39 is no float32 at all. Residual
-norms stay below ~1e4, so a clamp of 1e6 already swamps them and a larger m changes nothing but
-that risk."""
 MAX_STAT_DECIMALS = 1074
 """Decimals that write every float64 exactly (the smallest subnormal is 2**-1074); more change
 nothing and cost memory."""

@@ -11,15 +11,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from dsg.checks import (
+from dsg.config.settings import Declared, Settings, declared
+from dsg.core.errors import UserError
+from dsg_runtime.checks import (
     check_bounds,
     check_clamp_dtype,
     check_float32,
     check_int64,
     check_not_empty,
 )
-from dsg.config.settings import Declared, Settings, declared
-from dsg.errors import UserError
 
 
 class CaseDefaults:

@@ -6,7 +6,7 @@ safetensors, after the run directory was already created.
 
 from __future__ import annotations
 
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 
 SUPPORTED = ("cpu", "cuda", "mps")
 

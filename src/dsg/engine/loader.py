@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from dsg.errors import UserError, one_line_reason, unreadable_file_errors
-from dsg.loading import hub_lookups_for, no_progress_bars, refuse_custom_code
+from dsg.core.errors import UserError, one_line_reason, unreadable_file_errors
+from dsg.core.loading import hub_lookups_for, no_progress_bars, refuse_custom_code
 
 if TYPE_CHECKING:
     import torch

@@ -20,7 +20,7 @@ from dsg.config.resolve import find_config, resolve
 from dsg.config.settings import Settings
 from dsg.core.artifacts import RunDir
 from dsg.core.devices import check_device
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 
 if TYPE_CHECKING:
     import torch

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 from dsg.runs.jobs import (
     Job,
     JobResult,

@@ -28,7 +28,7 @@ from dsg.core.artifacts import (
     read_json,
     write_json,
 )
-from dsg.errors import UserError, one_line
+from dsg.core.errors import UserError, one_line
 
 if TYPE_CHECKING:
     from dsg.api.plugins import Registry
@@ -201,7 +201,7 @@ def check_job_intact(path: Path, done: dict[str, Any], paths: list[Path]) -> Non
 def sae_facts(session: Session) -> dict[str, Any]:
     """Hook, layer, width (d_sae) and L0 of the job's SAE, for the sweep summary. L0 comes from
     the loader when it knows it, else from an ``average_l0_N`` SAE id, else it is None."""
-    from dsg.hook_names import hook_layer_of
+    from dsg_runtime.hook_names import hook_layer_of
 
     loaded = session.sae()
     l0 = loaded.l0

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from dsg.errors import UserError, one_line_reason
+from dsg.core.errors import UserError, one_line_reason
 
 if TYPE_CHECKING:
     from dsg.config.settings import Settings

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dsg.core.artifacts import fingerprint_texts
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 
 if TYPE_CHECKING:
     import torch

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dsg.api.interfaces import hf_reference
-from dsg.bundle import CONFIG_FILE, Bundle, exportable_strategy, from_sae
+from dsg.bundle import CONFIG_FILE, Bundle, bundle_strategy, from_sae
 from dsg.core.artifacts import check_kind, complete_or_absent, read_json, write_failed
 from dsg.stages.gate_parameters import gate_parameters
 
@@ -81,6 +81,7 @@ def bundles_for(
                             "calibration_percentile": s.calibration_percentile,
                             "selection": selection_inputs,
                         },
+                        strategies=session.registry.entries["strategies"],
                     )
                 )
     return bundles
@@ -91,7 +92,7 @@ def export(session: Session, strategies: tuple[str, ...] = ("dynamic",)) -> list
     from dsg.stages import select
 
     for name in strategies:  # refuse before any stage runs
-        exportable_strategy(name)
+        bundle_strategy(name, session.registry.entries["strategies"])
     root = session.run_dir.root / BUNDLES_DIR
     session.run_dir.ensure_writable()
     check_kind(root, folder=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsg.core import artifacts
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 from dsg.stages import sparsity
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def calibrate(
     percentile: float,
 ) -> dict[int, float]:
     """The ``percentile`` of the retain rows' hit rates for each prefix length n."""
-    from dsg.guardrail import calibrate_threshold
+    from dsg_runtime.guardrail import calibrate_threshold
 
     ns = sorted(set(n_features))
     rates = stats.retain_rates(features, ns)
@@ -84,7 +84,7 @@ def calibrate(
 
 def ensure(session: Session) -> list[Selection]:
     """One selection per ratio percentile: loaded if already made for these inputs, else made."""
-    from dsg.guardrail import select_features
+    from dsg_runtime.guardrail import select_features
 
     s = session.settings
     stats = sparsity.ensure(session)

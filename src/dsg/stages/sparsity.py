@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsg.core import artifacts
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 from dsg.stages.corpus import Documents, build_rows, load_documents
 
 if TYPE_CHECKING:

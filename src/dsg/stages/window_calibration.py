@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +42,7 @@ def densest_rates(hits: torch.Tensor, window: int) -> torch.Tensor:
     """Per row of unpadded hits ``[rows, T]``, its densest-window rate (float64)."""
     import torch
 
-    from dsg.guardrail import window_rates
+    from dsg_runtime.guardrail import window_rates
 
     return window_rates(hits, torch.ones_like(hits, dtype=torch.bool), window)
 
@@ -74,7 +74,7 @@ def calibrate_window(
     and dilution score."""
     import torch
 
-    from dsg.guardrail import WindowGate, calibrate_threshold
+    from dsg_runtime.guardrail import WindowGate, calibrate_threshold
 
     seq_len = int(retain_hits.shape[1])
     if retain_hits.shape[0] == 0 or forget_hits.shape[0] == 0 or seq_len < 2:
@@ -124,7 +124,7 @@ def fired_fraction(gate: Any, hits: torch.Tensor) -> float:
     """The fraction of unpadded rows of ``hits`` on which ``gate`` fires."""
     import torch
 
-    from dsg.guardrail import sequence_rates
+    from dsg_runtime.guardrail import sequence_rates
 
     mask = torch.ones_like(hits, dtype=torch.bool)
     fired = gate.decide(sequence_rates(hits, mask), hits, mask)

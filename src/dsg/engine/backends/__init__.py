@@ -42,9 +42,9 @@ def _transformer_lens(loaded: LoadedModel, device: str, dtype: torch.dtype) -> M
 
 def _transformers(loaded: LoadedModel, device: str, dtype: torch.dtype) -> ModelBackend:
     from dsg.api.interfaces import hf_reference
+    from dsg.core.errors import UserError
     from dsg.engine.backends.transformers import TransformersBackend
     from dsg.engine.loader import load_causal_lm
-    from dsg.errors import UserError
 
     reference = hf_reference(loaded)
     if reference is None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from dsg.errors import UserError
-from dsg.hook_names import resid_hook
+from dsg.core.errors import UserError
+from dsg_runtime.hook_names import resid_hook
 
 if TYPE_CHECKING:
     import torch

@@ -52,7 +52,7 @@ class TransformerLensBackend:
         return apply_softcap(model.unembed(final)[:, 0], model.cfg.output_logits_soft_cap)
 
     def hook_activations(self, tokens: torch.Tensor, hook_name: str) -> torch.Tensor:
-        from dsg.hook_names import hook_layer_of
+        from dsg_runtime.hook_names import hook_layer_of
 
         _, cache = self.model.run_with_cache(
             tokens.to(self.device),

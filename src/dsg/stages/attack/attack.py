@@ -27,8 +27,8 @@ from dsg.api.interfaces import (
     SetScores,
 )
 from dsg.core.artifacts import META_FILE, RunDir, artifact_key, canonical_json, read_json
+from dsg.core.errors import UserError
 from dsg.core.progress import Tracker
-from dsg.errors import UserError
 from dsg.stages import select
 from dsg.stages.evaluate import evaluate
 from dsg.stages.evaluate.mcq import Scorer, answer_token_ids

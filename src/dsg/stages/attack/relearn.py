@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dsg.core.errors import UserError
 from dsg.core.progress import Tracker
-from dsg.errors import UserError
 from dsg.stages.corpus import load_documents, tokenize_and_concat, unsampled_forget
 from dsg.stages.evaluate import evaluate
 from dsg.stages.evaluate.mcq import Scorer

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from dsg.api.interfaces import EvalSet, Intervention, LoadedSAE, PromptFormat
 from dsg.core.artifacts import META_FILE, RunDir, artifact_key, read_json
+from dsg.core.errors import UserError
 from dsg.core.progress import Tracker
-from dsg.errors import UserError
 from dsg.stages import select
 from dsg.stages.evaluate import subsets
 from dsg.stages.evaluate.mcq import Outcome, Scorer

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from dsg.bundle import CONFIG_FILE, Bundle
 from dsg.core.artifacts import META_FILE, artifact_key, read_json
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 
 if TYPE_CHECKING:
     from dsg.engine.session import Session
@@ -104,7 +104,8 @@ class Harness:
         if folder is not None:
             found: dict[str, float | None] = read_json(folder / META_FILE)["accuracy"]
             return found
-        accuracy = self._evaluate(None if bundle is None else Bundle.load(bundle))
+        strategies = self.session.registry.entries["strategies"]
+        accuracy = self._evaluate(None if bundle is None else Bundle.load(bundle, strategies))
         run_dir.commit(STAGE, VERSION, key, inputs, extra={"accuracy": accuracy})
         return accuracy
 

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from dsg.api.interfaces import Intervention
+from dsg.core.errors import UserError
 from dsg.engine.backends.base import ModelBackend, split_layer
-from dsg.errors import UserError
 from dsg.stages.evaluate.prompts import LETTERS
 
 

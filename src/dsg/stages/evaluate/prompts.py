@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dsg.api.interfaces import EvalSet, MCQuestion, PromptFormat
-from dsg.errors import UserError
+from dsg.core.errors import UserError
 
 LETTERS = ("A", "B", "C", "D")
 ANSWER_PREFIX = "Answer: ("

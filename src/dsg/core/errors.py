@@ -1,13 +1,13 @@
-"""Errors a user can cause. The CLI turns them into one line on stderr and exit code 2."""
+"""Errors a user can cause. The CLI turns them into one line on stderr and exit code 2.
+
+``UserError`` itself is dsg-runtime's, so the errors the guardrail runtime raises (a bad bundle,
+a refused generation) are caught by the CLI like dsg's own."""
 
 from __future__ import annotations
 
+from dsg_runtime.errors import UserError
 
-class UserError(Exception):
-    """Something the user can fix: an unknown name, a bad value, a missing file.
-
-    The message says what was wrong and what to do about it; no traceback is shown.
-    """
+__all__ = ["PluginConflict", "UserError", "one_line", "one_line_reason", "unreadable_file_errors"]
 
 
 class PluginConflict(UserError):

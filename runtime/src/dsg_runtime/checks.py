@@ -1,4 +1,4 @@
-"""Range checks shared by the settings, the bundles and the guardrail math, so each range reads
+"""Range checks shared by dsg's settings, the bundles and the guardrail math, so each range reads
 one way and a value is judged the same wherever it enters."""
 
 from __future__ import annotations
@@ -7,12 +7,18 @@ import math
 
 import numpy as np
 
-from dsg.errors import UserError
+from dsg_runtime.errors import UserError
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 _LARGEST = {"float16": float(np.finfo(np.float16).max)}
 """The largest finite value of the model dtypes narrower than float32 in range."""
+MAX_MULTIPLIER = 1e6
+"""The largest clamp strength m. The clamp adds about m times each selected decoder direction to
+the residual; the next normalisation squares it in float32, which overflows past m ~ 1e19 (the
+layer then zeroes the residual or turns it NaN), and m = 1e39 is no float32 at all. Residual
+norms stay below ~1e4, so a clamp of 1e6 already swamps them and a larger m changes nothing but
+that risk."""
 
 
 def check_bounds(
@@ -79,3 +85,13 @@ def check_clamp_dtype(multiplier: float, dtype: str) -> float:
             f"pass a smaller --multiplier or another --dtype"
         )
     return multiplier
+
+
+def check_multiplier(value: float) -> float:
+    """``value`` if it is a clamp strength, as ``--multiplier`` takes it: a finite float32 within
+    [0, :data:`MAX_MULTIPLIER`]."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise UserError(f"multiplier must be a finite number, got {value}")
+    check_bounds("multiplier", value, 0.0, MAX_MULTIPLIER)
+    return check_float32("multiplier", value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from dsg.errors import UserError
+from dsg_runtime.errors import UserError
 
 BLOCK_HOOK = re.compile(r"blocks\.(\d+)\.(.+)")
 RESID_POINTS = ("hook_resid_pre", "hook_resid_post")

@@ -4,7 +4,7 @@ run that prompt in pieces, and the generation modes the guardrail cannot follow 
 The guardrail decides on the whole prompt. Its layer hook sees forward passes, not prompts:
 a pass that holds part of the prompt (chunked prefill) or the prompt plus draft tokens
 (assisted decoding) looks like any other. ``generate``'s own arguments say where the prompt
-ends, so :mod:`dsg.hf` reads them here before generation starts.
+ends, so :mod:`dsg_runtime.hf` reads them here before generation starts.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from dsg.hf import GuardrailStateError
+from dsg_runtime.hf import GuardrailStateError
 
 SUPPORTED_MODES = frozenset(
     {"greedy_search", "sample", "beam_search", "beam_sample", "assisted_generation"}
@@ -53,8 +53,7 @@ def generation_plan(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     for name in ("negative_prompt_ids", "negative_prompt_attention_mask"):
         if bound.get(name) is not None:
             refuse(f"{name} (classifier-free guidance) runs the model on a second prompt")
-    config = _generation_config(model, bound, extra)
-    mode = str(config.get_generation_mode(bound.get("assistant_model")).value)
+    config, mode = _generation_mode(model, bound, extra)
     if mode in REFUSED_MODES:
         refuse(f"{mode.replace('_', ' ')}: {REFUSED_MODES[mode]}")
     if mode not in SUPPORTED_MODES:
@@ -91,20 +90,34 @@ def refuse(what: str) -> NoReturn:
     raise GuardrailStateError(f"the guardrail cannot guard generate with {what}")
 
 
-def _generation_config(model: Any, bound: dict[str, Any], extra: dict[str, Any]) -> Any:
-    """The generation config generate will use, built by transformers' own method."""
-    prepare = model._prepare_generation_config
-    options = {
-        name: bound[name]
-        for name in inspect.signature(prepare).parameters
-        if name in bound and name not in ("self", "generation_config")
-    }
-    config, _ = prepare(bound.get("generation_config"), **options, **extra)
-    return config
+def _generation_mode(model: Any, bound: dict[str, Any], extra: dict[str, Any]) -> tuple[Any, str]:
+    """The generation config generate will use and its mode, read through transformers' own
+    (private) methods, as generate itself reads them. Their signatures differ between releases
+    (4.45 takes no ``use_model_defaults``; some return the config alone): the parameters are
+    matched by name, and a transformers whose methods cannot be read so is refused, not guessed
+    at."""
+    import transformers
+
+    try:
+        prepare = model._prepare_generation_config
+        options = {
+            name: bound[name]
+            for name in inspect.signature(prepare).parameters
+            if name in bound and name not in ("self", "generation_config")
+        }
+        prepared = prepare(bound.get("generation_config"), **options, **extra)
+        config = prepared[0] if isinstance(prepared, tuple) else prepared
+        mode = config.get_generation_mode(bound.get("assistant_model"))
+    except (AttributeError, TypeError) as exc:
+        refuse(
+            f"transformers {transformers.__version__}, whose generation settings it cannot "
+            f"read ({type(exc).__name__}: {exc})"
+        )
+    return config, str(getattr(mode, "value", mode))
 
 
 def _refuse_filled_caches(bound: dict[str, Any], extra: dict[str, Any]) -> None:
-    from dsg.hf import cache_length
+    from dsg_runtime.hf import cache_length
 
     for name, value in {**bound, **extra}.items():
         if name == "self":

@@ -1,0 +1,344 @@
+"""The guardrail bundle: a self-describing directory that carries one guardrail to other harnesses.
+
+Only the k selected features travel: their encoder columns, biases and JumpReLU thresholds (to
+compute the gate) and their decoder rows (to clamp), beside ``b_dec`` when the SAE subtracts it
+from its input. ``bundle.json`` says where the guardrail hooks, which strategy gates it (a
+built-in one, or a plugin's passed in by the caller, see :mod:`dsg_runtime.strategies`), which
+rules it follows and what it was made from. Applying a bundle is
+:class:`dsg_runtime.guardrail.Guardrail`, the same code dsg's engine runs.
+``bundle.json`` carries a sha256 of its own content, which includes the tensor file's sha256, so
+the description (hook, features, threshold, ...) is covered as well as the weights. Loading
+checks the format version, both hashes and every shape, so a foreign, edited or half-written
+bundle is refused rather than silently misapplied. The digest is integrity, not validation: every
+field is then checked by the same rules as the options that make it (a multiplier as
+``--multiplier``), its JSON type strictly, and fields that are unknown or contradict each other
+are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dsg_runtime.atomic import (
+    file_sha256,
+    json_sha256,
+    read_json,
+    read_tensors,
+    write_json,
+    write_tensors,
+)
+from dsg_runtime.checks import check_bounds, check_int64, check_multiplier
+from dsg_runtime.errors import UserError
+from dsg_runtime.hook_names import resid_hook
+from dsg_runtime.strategies import bundle_strategy
+
+if TYPE_CHECKING:
+    import torch
+
+    from dsg_runtime.guardrail import Guardrail
+
+FORMAT = "dsg-guardrail-bundle"
+FORMAT_VERSION = 4
+DIGEST_FIELD = "sha256"
+CONFIG_FILE = "bundle.json"
+TENSORS_FILE = "guardrail.safetensors"
+JUMP_THRESHOLD = "jump_threshold"
+
+RULES: dict[str, str] = {
+    "bos": "first attended token of each row; never a hit, never clamped",
+    "hit": "any selected feature's activation > 0",
+    "rate": "hits / attended tokens of the row (padding excluded, BOS in the denominator)",
+    "fire": "float32(rate) > float32(threshold), strict",
+    "window": (
+        "with strategy_params window = w and window_threshold = t, a row longer than w "
+        "attended tokens also fires when float32(hits in some w consecutive attended tokens "
+        "/ w) > float32(t)"
+    ),
+    "clamp": "every selected feature set to -multiplier at each hit position of a firing row",
+    "generation": "decided on the prompt, carried through KV-cache decode steps",
+}
+"""The semantics a bundle's consumer must implement; a bundle with other rules is refused."""
+
+FIELDS = (
+    "format", "format_version", "hook", "features", "threshold", "multiplier", "strategy",
+    "strategy_params", "rules", "activation", "apply_b_dec_to_input", "d_model", "d_sae", "dtype",
+    "sae", "base_model", "provenance", "tensors", DIGEST_FIELD,
+)  # fmt: skip
+"""Every field of ``bundle.json``; one more or one less is refused."""
+DESCRIPTIVE_FIELDS = {
+    "sae": ("spec", "fingerprint", "architecture", "model_name"),
+    "base_model": ("spec", "fingerprint", "hf"),
+}
+"""The keys the descriptive objects may hold, each a string or null."""
+
+
+def parse_hook(hook_name: str) -> tuple[int, str]:
+    """``blocks.3.hook_resid_post`` -> ``(3, "hook_resid_post")``; other hooks are refused."""
+    parsed = resid_hook(hook_name)
+    if parsed is None:
+        raise UserError(
+            f"hook {hook_name!r} cannot be exported: a bundle hooks blocks.N.hook_resid_pre "
+            "or blocks.N.hook_resid_post"
+        )
+    return parsed
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """One guardrail: hook, ordered features, threshold, multiplier, strategy and k-column weights.
+
+    ``tensors`` holds ``W_enc [D, k]``, ``b_enc [k]``, ``W_dec [k, D]``, ``b_dec [D]`` and, for
+    JumpReLU SAEs, ``jump_threshold [k]``; ``threshold`` is the gate's alpha (None when the
+    strategy uses none) and ``strategy_params`` whatever else the strategy's gate needs.
+    """
+
+    hook_name: str
+    features: tuple[int, ...]
+    threshold: float | None
+    multiplier: float
+    strategy: str
+    activation: str
+    apply_b_dec_to_input: bool
+    d_sae: int
+    tensors: dict[str, torch.Tensor]
+    strategy_params: dict[str, Any] = field(default_factory=dict)
+    sae: dict[str, Any] = field(default_factory=dict)
+    base_model: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    strategies: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    """Plugin strategies by name, among which ``strategy`` resolves beside the built-in ones."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def hook_layer(self) -> int:
+        return parse_hook(self.hook_name)[0]
+
+    @property
+    def hook_point(self) -> str:
+        return parse_hook(self.hook_name)[1]
+
+    @property
+    def d_model(self) -> int:
+        return int(self.tensors["b_dec"].shape[0])
+
+    @property
+    def k(self) -> int:
+        return len(self.features)
+
+    def validate(self) -> None:
+        """Every field and shape consistent with the others, or a UserError naming the fault.
+        The values pass the checks of the settings that make them (the multiplier those of
+        ``--multiplier``, the number of features those of ``--n-features``) and the guardrail's
+        own (the threshold a rate in [0, 1], the features distinct indices of the SAE)."""
+        import torch
+
+        from dsg_runtime.guardrail import feature_index
+
+        parse_hook(self.hook_name)
+        strategy = bundle_strategy(self.strategy, self.strategies)
+        if strategy.uses_threshold and self.threshold is None:
+            raise UserError(f"a {self.strategy} bundle needs a threshold")
+        if not strategy.uses_threshold and self.threshold is not None:
+            raise UserError(
+                f"threshold {self.threshold} contradicts strategy {self.strategy!r}, which uses "
+                "none; a static bundle's threshold is null"
+            )
+        strategy.bundle_gate(self.threshold, self.strategy_params)  # refuses bad parameters
+        check_multiplier(self.multiplier)
+        if self.activation not in ("relu", "jumprelu"):
+            raise UserError(f"bundle activation {self.activation!r} is neither relu nor jumprelu")
+        check_bounds("n features", self.k, 0, above_minimum=True)
+        check_int64("d_sae", self.d_sae)
+        feature_index(self.features, self.d_sae)  # in [0, d_sae) and distinct
+        for field_name, keys in DESCRIPTIVE_FIELDS.items():
+            for key, value in getattr(self, field_name).items():
+                if key not in keys:
+                    raise UserError(f"{field_name} has unknown field {key!r}; it may hold {keys}")
+                if value is not None and not isinstance(value, str):
+                    raise UserError(f"{field_name}.{key} must be a string or null, not {value!r}")
+        names = {"W_enc", "b_enc", "W_dec", "b_dec"} | (
+            {JUMP_THRESHOLD} if self.activation == "jumprelu" else set()
+        )
+        if set(self.tensors) != names:
+            raise UserError(f"bundle tensors are {sorted(self.tensors)}; expected {sorted(names)}")
+        d, k = self.d_model, self.k
+        expected = {
+            "W_enc": (d, k),
+            "b_enc": (k,),
+            "W_dec": (k, d),
+            "b_dec": (d,),
+            JUMP_THRESHOLD: (k,),
+        }
+        for name, tensor in self.tensors.items():
+            if tuple(tensor.shape) != expected[name]:
+                raise UserError(
+                    f"bundle tensor {name} has shape {tuple(tensor.shape)}, expected "
+                    f"{expected[name]} for {k} features of width {d}"
+                )
+            if tensor.dtype != torch.float32:
+                raise UserError(
+                    f"bundle tensor {name} is {str(tensor.dtype).removeprefix('torch.')}; a "
+                    "bundle's tensors are float32"
+                )
+            if not bool(torch.isfinite(tensor).all()):
+                raise UserError(f"bundle tensor {name} holds NaN or infinite values")
+
+    def config(self, tensors_sha256: str) -> dict[str, Any]:
+        """The JSON half of the bundle."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "hook": {"name": self.hook_name, "layer": self.hook_layer, "point": self.hook_point},
+            "features": list(self.features),
+            "threshold": self.threshold,
+            "multiplier": self.multiplier,
+            "strategy": self.strategy,
+            "strategy_params": self.strategy_params,
+            "rules": RULES,
+            "activation": self.activation,
+            "apply_b_dec_to_input": self.apply_b_dec_to_input,
+            "d_model": self.d_model,
+            "d_sae": self.d_sae,
+            "dtype": "float32",
+            "sae": self.sae,
+            "base_model": self.base_model,
+            "provenance": self.provenance,
+            "tensors": {"file": TENSORS_FILE, "sha256": tensors_sha256},
+        }
+
+    def save(self, directory: Path) -> Path:
+        """Write the tensors, then ``bundle.json`` (with their hash), each atomically."""
+        directory.mkdir(parents=True, exist_ok=True)
+        write_tensors(directory / TENSORS_FILE, self.tensors, metadata={"format": FORMAT})
+        config = self.config(file_sha256(directory / TENSORS_FILE))
+        write_json(directory / CONFIG_FILE, {**config, DIGEST_FIELD: json_sha256(config)})
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, strategies: Mapping[str, Any] | None = None) -> Bundle:
+        """Read and check a bundle; anything foreign, corrupted or inconsistent is a UserError.
+        ``strategies``: plugin strategies by name, for a bundle whose strategy is not built in."""
+        directory = Path(directory)
+        config_path = directory / CONFIG_FILE
+        if not config_path.is_file():
+            raise UserError(f"{directory} is not a dsg guardrail bundle (no {CONFIG_FILE})")
+        config = read_json(config_path)
+        if not isinstance(config, dict) or config.get("format") != FORMAT:
+            raise UserError(f"{config_path} is not a dsg guardrail bundle")
+        if config.get("format_version") != FORMAT_VERSION:
+            raise UserError(
+                f"{directory} is bundle format version {config.get('format_version')!r}; this "
+                f"dsg reads version {FORMAT_VERSION}. Export the bundle again"
+            )
+        described = {k: v for k, v in config.items() if k != DIGEST_FIELD}
+        if config.get(DIGEST_FIELD) != json_sha256(described):
+            raise UserError(
+                f"{config_path} was edited after export (its sha256 does not match its content); "
+                "export the bundle again"
+            )
+        if config.get("rules") != RULES:
+            raise UserError(f"{directory} asks for guardrail rules this dsg does not implement")
+        if not isinstance(config.get("tensors"), dict):
+            raise UserError(f"{config_path}: tensors must be an object; export the bundle again")
+        tensors_path = directory / TENSORS_FILE
+        if not tensors_path.is_file():
+            raise UserError(f"{directory} has no {TENSORS_FILE}; export the bundle again")
+        if file_sha256(tensors_path) != config["tensors"].get("sha256"):
+            raise UserError(
+                f"{tensors_path} does not match {CONFIG_FILE} (edited or half-written); "
+                "export the bundle again"
+            )
+        try:
+            described_fields = _described(config)
+            bundle = cls(
+                tensors=read_tensors(tensors_path), strategies=strategies, **described_fields
+            )
+            _check_agreement(bundle, config)
+        except UserError as exc:
+            raise UserError(f"{config_path}: {exc}; export the bundle again") from None
+        return bundle
+
+    def guardrail(self) -> Guardrail:
+        """The bundle's guardrail: the strategy's gate on
+        :class:`dsg_runtime.guardrail.Guardrail`."""
+        from dsg_runtime.guardrail import FeatureColumns, Guardrail
+
+        t = self.tensors
+        columns = FeatureColumns(
+            t["W_enc"],
+            t["b_enc"],
+            t["W_dec"],
+            t["b_dec"] if self.apply_b_dec_to_input else None,
+            t.get(JUMP_THRESHOLD),
+        )
+        strategy = bundle_strategy(self.strategy, self.strategies)
+        gate = strategy.bundle_gate(self.threshold, self.strategy_params)
+        return Guardrail(columns, gate, self.multiplier)
+
+
+def _described(config: dict[str, Any]) -> dict[str, Any]:
+    """The constructor arguments ``bundle.json`` describes, each of its JSON type (a number is
+    not a string or a bool, an index not a float); any field missing or unknown is refused."""
+    unknown = sorted(set(config) - set(FIELDS))
+    missing = [name for name in FIELDS if name not in config]
+    if unknown or missing:
+        what = f"unknown field {unknown[0]!r}" if unknown else f"no field {missing[0]!r}"
+        raise UserError(f"{what} (a bundle has exactly: {', '.join(FIELDS)})")
+    hook = _typed(config, "hook", dict)
+    if set(hook) != {"name", "layer", "point"}:
+        raise UserError(f"hook must have exactly name, layer and point, not {sorted(hook)}")
+    features = _typed(config, "features", list)
+    if not all(isinstance(j, int) and not isinstance(j, bool) for j in features):
+        wrong = next(j for j in features if not isinstance(j, int) or isinstance(j, bool))
+        raise UserError(f"features must be integer indices, got {wrong!r}")
+    threshold = config["threshold"]
+    return {
+        "hook_name": _typed(hook, "name", str, "hook.name"),
+        "features": tuple(features),
+        "threshold": None if threshold is None else _typed(config, "threshold", float),
+        "multiplier": _typed(config, "multiplier", float),
+        "strategy": _typed(config, "strategy", str),
+        "strategy_params": _typed(config, "strategy_params", dict),
+        "activation": _typed(config, "activation", str),
+        "apply_b_dec_to_input": _typed(config, "apply_b_dec_to_input", bool),
+        "d_sae": _typed(config, "d_sae", int),
+        "sae": _typed(config, "sae", dict),
+        "base_model": _typed(config, "base_model", dict),
+        "provenance": _typed(config, "provenance", dict),
+    }
+
+
+def _typed(table: dict[str, Any], key: str, kind: type, name: str | None = None) -> Any:
+    """``table[key]`` if it has JSON type ``kind``: an int counts as a float, a bool as neither."""
+    value = table[key]
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        label = {dict: "an object", list: "a list", str: "a string", bool: "true or false"}
+        expected = label.get(kind, "a number" if kind is float else "an integer")
+        raise UserError(f"{name or key} must be {expected}, not {value!r}")
+    return value
+
+
+def _check_agreement(bundle: Bundle, config: dict[str, Any]) -> None:
+    """The fields ``bundle.json`` repeats for its readers agree with the ones they follow from."""
+    layer, point = parse_hook(bundle.hook_name)
+    hook = f"hook.name {bundle.hook_name!r}"
+    stated = {
+        "hook.layer": (config["hook"]["layer"], layer, hook),
+        "hook.point": (config["hook"]["point"], point, hook),
+        "d_model": (config["d_model"], bundle.d_model, "the tensors' width"),
+        "dtype": (config["dtype"], "float32", "the format, whose tensors are float32"),
+        "tensors.file": (config["tensors"].get("file"), TENSORS_FILE, "the format"),
+    }
+    for name, (said, actual, source) in stated.items():
+        if said != actual or isinstance(said, bool):
+            raise UserError(f"{name} {said!r} contradicts {source} ({actual!r})")
+    if sorted(config["tensors"]) != ["file", "sha256"]:
+        raise UserError("tensors must have exactly file and sha256")

@@ -1,0 +1,11 @@
+"""Errors a user can cause. dsg's command line turns them into one line on stderr and exit code
+2; a harness shows the message as it is."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Something the user can fix: an unknown name, a bad value, a missing file.
+
+    The message says what was wrong and what to do about it; no traceback is shown.
+    """

@@ -1,0 +1,44 @@
+"""What a gate and a bundle's strategy are, as protocols a plugin implements; importing this
+module is cheap (no torch)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+
+
+@runtime_checkable
+class Gate(Protocol):
+    """Decides which rows of a batch a guardrail clamps, from tensors alone (no host sync).
+
+    ``rates`` is ``[B]`` (hits over attended tokens, float64; float32 on MPS), ``hits`` bool
+    ``[B, T]``; both return bool ``[B]``. ``carry`` decides the rows of a generation's decode
+    step from the prompt's decision ``fired`` and the step's own ``hits``.
+
+    A gate that needs the attention mask ``[B, T]`` (the ``windowed`` gate's densest window
+    counts attended positions) defines ``decide(rates, hits, attention_mask) -> fired``; the
+    guardrail then calls it instead of ``__call__``.
+    """
+
+    def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor: ...
+
+    def carry(self, fired: torch.Tensor, hits: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class BundleStrategy(Protocol):
+    """What a bundle needs of its strategy: whether it reads the threshold, the parameters it
+    stores beside it, and the gate they make."""
+
+    uses_threshold: bool
+
+    def bundle_params(self, threshold: float | None) -> dict[str, Any]:
+        """JSON-serialisable parameters of the gate beyond the threshold; raise a
+        :class:`~dsg_runtime.errors.UserError` when this configuration cannot be exported."""
+        ...
+
+    def bundle_gate(self, threshold: float | None, params: dict[str, Any]) -> Gate:
+        """The gate for a bundle's threshold and parameters; UserError for ones it cannot use."""
+        ...
