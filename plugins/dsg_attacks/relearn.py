@@ -4,7 +4,9 @@ was calibrated on the original model, and score the copy after every epoch.
 This is the paper's own robustness test. The fine-tuning text is forget documents that feature
 selection never saw (:meth:`AttackTarget.held_out_forget`); the training loop is
 :mod:`dsg.relearn`'s (next-token loss, AdamW, one step per batch, rows in a seeded order that is
-the same at every learning rate). Epoch 0 is the original model, so it is exactly what
+the same at every learning rate). Every epoch, 0 (the original weights) included, is scored on
+the TransformerLens model that is trained, whatever ``--backend`` says, so a curve never mixes
+backends; with the TransformerLens backend (the default on CPU) epoch 0 is exactly what
 ``dsg evaluate`` reports.
 """
 
@@ -61,11 +63,11 @@ class RelearnAttack:
         prompts = evaluated_prompts(target)
         n_docs, rows = target.held_out_forget()
         data = {"documents": n_docs, "rows": int(rows.shape[0])}
-        start = target.score(prompts)
         for rate in dict.fromkeys(s.learning_rates):
             began = time.perf_counter()
-            yield AttackRow({"learning_rate": rate, "epoch": 0}, start, {**data, "loss": None})
             tuner = FineTuner(target, rows, rate)
+            start = target.score(prompts, model=tuner.backend(), model_key=tuner.key(0))
+            yield AttackRow({"learning_rate": rate, "epoch": 0}, start, {**data, "loss": None})
             for epoch in range(1, s.epochs + 1):
                 loss = tuner.epoch()
                 scores = target.score(prompts, model=tuner.backend(), model_key=tuner.key(epoch))
@@ -108,7 +110,10 @@ class FineTuner:
         return TransformerLensBackend(self.model, self.target.tokenizer)
 
     def key(self, epoch: int) -> dict[str, Any]:
-        """Everything that made the copy's weights after ``epoch`` epochs."""
+        """Everything that made the copy's weights after ``epoch`` epochs (at 0, the run's
+        weights on this backend, the same at every learning rate)."""
+        if epoch == 0:
+            return {"relearned_from": self.base_key, "epoch": 0, "backend": "transformer_lens"}
         return {
             "relearned_from": self.base_key,
             "learning_rate": self.rate,
