@@ -82,7 +82,7 @@ class WindowedStrategy:
         "exceeds tau_w (w, tau_w calibrated on the corpora; resists dilution)"
     )
     uses_threshold = True
-    calibration_settings = ("window_lengths",)
+    calibration_settings = ("window_lengths", "window_calibration_tokens")
 
     def build(
         self,
@@ -109,6 +109,7 @@ class WindowedStrategy:
             data.forget_hits,
             percentile=data.percentile,
             window_lengths=tuple(data.options["window_lengths"]),
+            stretch_tokens=int(data.options.get("window_calibration_tokens", 0)),
         )
 
     def bundle_params(self, threshold: float | None) -> dict[str, Any]:

@@ -193,6 +193,13 @@ class Settings:
         "chosen (docs/evaluate.md#the-windowed-strategy).", SELECTION, CLAMPING, bounds=POSITIVE,
         case_may_set=True,
     )  # fmt: skip
+    window_calibration_tokens: int = setting(
+        0, "Length (tokens) of the retain stretches the windowed strategy's tau_w is calibrated "
+        "on: the retain rows laid end to end, a stretch starting every window length. A longer "
+        "prompt has more windows, so set it to the longest prompt the gate will judge; 0: "
+        "the rows themselves (seq_len).", SELECTION, CLAMPING, bounds=NON_NEGATIVE,
+        case_may_set=True,
+    )  # fmt: skip
     stat_decimals: int = setting(
         6, "Round the per-feature means to this many decimals before selecting, as the "
         "reference's text files do; a negative value selects on the exact means.", SELECTION,
