@@ -23,8 +23,9 @@ row are skipped, since no row could tell them from the whole-row rate):
    ``(p, b)`` pairs; the highest score wins, and ties go to the longer window (more tokens
    behind each decision, closer to the dynamic gate).
 
-The retain rows' firing fraction under each candidate's gate is recorded beside its score: the
-window adds its own false positives to the dynamic gate's, up to twice the calibrated rate.
+The retain rows' (or stretches') firing fraction under each candidate's gate is recorded beside its
+score: the window adds its own false positives to the dynamic gate's, up to twice the calibrated
+rate.
 """
 
 from __future__ import annotations
