@@ -13,9 +13,11 @@ from dsg.runs.jobs import JobResult, one_line
 from dsg.runs.sweep_summary import SUMMARY_FILE, SUMMARY_PLOT, summarise
 
 
-def done(tmp_path: Path, name: str, score: float, facts: dict[str, object]) -> JobResult:
+def done(
+    tmp_path: Path, name: str, score: float, facts: dict[str, object], heldout: float = 0.125
+) -> JobResult:
     report = tmp_path / name / "report.json"
-    write_json(report, {"unlearning_score": score})
+    write_json(report, {"unlearning_score": score, "heldout_score": heldout})
     return JobResult(name, report.parent, True, [report], facts=facts)
 
 
@@ -63,3 +65,22 @@ def test_pretrained_l0_from_the_directory(sae_id: str, l0: float | None) -> None
 
     # the directory lists 0 for the embedding SAEs: not measured, so unknown
     assert expected_l0("gemma-scope-2b-pt-res", sae_id) == l0
+
+
+def test_summary_carries_both_scores_of_each_report(tmp_path: Path) -> None:
+    """The held-out score is read from the same report as the paper's, never mixed up with it."""
+    facts: dict[str, object] = {"hook": "blocks.1.x", "layer": 1, "d_sae": 8, "l0": None}
+    results = [
+        done(tmp_path, "a", 0.75, facts, heldout=0.5),
+        done(tmp_path, "b", 0.25, facts, heldout=0.0),
+        JobResult("c", tmp_path / "c", False, error="ValueError: bad"),
+    ]
+    console = Console(record=True, width=200)
+    summary = json.loads(summarise("evaluate", results, tmp_path, console).read_text())
+    assert [(e["unlearning_score"], e["heldout_score"]) for e in summary["saes"]] == [
+        (0.75, 0.5),
+        (0.25, 0.0),
+        (None, None),
+    ]
+    text = console.export_text()
+    assert "held-out score" in text and "0.5000" in text

@@ -357,7 +357,7 @@ def test_no_window_fits_the_rows() -> None:
 def test_windowed_is_a_calibrated_strategy() -> None:
     strategy = build_registry().entries["strategies"]["windowed"]
     assert isinstance(strategy, CalibratedStrategy)
-    assert strategy.calibration_settings == ("window_lengths",)
+    assert strategy.calibration_settings == ("window_lengths", "window_calibration_tokens")
     with pytest.raises(UserError, match="window"):
         strategy.build(random_sae("jumprelu", d_sae=48), torch.tensor(FEATURES), 0.3, 5.0)
     built = strategy.build(

@@ -58,7 +58,7 @@ class WindowedStrategy(Windowed):
         "dynamic, and rows longer than w tokens also fire when some w-token window's hit rate "
         "exceeds tau_w (w, tau_w calibrated on the corpora; resists dilution)"
     )
-    calibration_settings = ("window_lengths",)
+    calibration_settings = ("window_lengths", "window_calibration_tokens")
 
     def build(
         self,
@@ -89,6 +89,7 @@ class WindowedStrategy(Windowed):
             data.forget_hits,
             percentile=data.percentile,
             window_lengths=tuple(data.options["window_lengths"]),
+            stretch_tokens=int(data.options.get("window_calibration_tokens", 0)),
         )
 
 

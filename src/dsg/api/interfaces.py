@@ -293,12 +293,24 @@ class AttackTarget(Protocol):
     in :meth:`Attack.check`."""
 
     def benign_texts(self) -> list[str]:
-        """The benign corpus: ``--benign-corpus`` or the case's retain corpus, non-empty
+        """The benign corpus: ``--benign-corpus``, the questions of ``--benign-questions``'s
+        eval set, or the case's retain corpus; non-empty
         documents only; an empty one is a UserError."""
         ...
 
     def warn(self, message: str) -> None:
         """Print a warning now and keep it in the attack's report."""
+        ...
+
+    def held_out_forget(self) -> tuple[int, Any]:
+        """The forget documents feature selection never saw, as rows of ``seq_len`` token ids
+        (the statistics' rows): their count and a ``[rows, seq_len]`` tensor. A UserError when
+        there are none (docs/robustness.md#relearning)."""
+        ...
+
+    def trainable_model(self) -> tuple[Any, dict[str, Any]]:
+        """A deep copy of the run's TransformerLens model for the attack to change (the run's
+        model is never modified), and the key of the weights it was copied from."""
         ...
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:

@@ -163,6 +163,12 @@ class Settings:
         100.0, "Percentage of rows kept.", DATA, EVERY_COMMAND, bounds=PERCENTAGE,
         case_may_set=True,
     )  # fmt: skip
+    relearn_holdout: float = setting(
+        0.0, "Percentage of the forget documents, chosen by a seeded hash of their text, kept "
+        "out of the statistics (so out of selection and calibration) for dsg attack relearn to "
+        "fine-tune on (docs/robustness.md#relearning).", DATA, EVERY_COMMAND,
+        bounds=Bounds(0, 100), case_may_set=True,
+    )  # fmt: skip
     ratio_percentiles: tuple[float, ...] = setting(
         (95.0,), "p_ratio: keep features whose forget²/retain² ratio is at or above this "
         "percentile; one selection per value.", SELECTION, SELECTING,
@@ -184,6 +190,13 @@ class Settings:
         (8, 16, 24, 32, 48, 64, 96, 128), "Candidate window lengths (tokens) of the windowed "
         "strategy; the one whose gate keeps firing on forget text diluted with retain text is "
         "chosen (docs/evaluate.md#the-windowed-strategy).", SELECTION, CLAMPING, bounds=POSITIVE,
+        case_may_set=True,
+    )  # fmt: skip
+    window_calibration_tokens: int = setting(
+        0, "Length (tokens) of the retain stretches the windowed strategy's tau_w is calibrated "
+        "on: the retain rows laid end to end, a stretch starting every window length. A longer "
+        "prompt has more windows, so set it to the longest prompt the gate will judge; 0: "
+        "the rows themselves (seq_len).", SELECTION, CLAMPING, bounds=NON_NEGATIVE,
         case_may_set=True,
     )  # fmt: skip
     stat_decimals: int = setting(
@@ -236,6 +249,19 @@ class Settings:
     benign_corpus: Path | None = setting(
         None, "dilution: the benign text, same formats as --retain-corpus (default: the case's "
         "retain corpus).", ATTACKS, (ATTACK,),
+    )  # fmt: skip
+    benign_questions: str | None = setting(
+        None, "dilution: the benign text is the question text of this eval set of the case "
+        "(e.g. cities) instead of a corpus: benign text that looks like the questions.",
+        ATTACKS, (ATTACK,),
+    )  # fmt: skip
+    learning_rates: tuple[float, ...] = setting(
+        (1e-6, 1e-5, 1e-4), "relearn: AdamW learning rates; a copy of the model is fine-tuned "
+        "at each.", ATTACKS, (ATTACK,), option="--learning-rate", bounds=POSITIVE,
+    )  # fmt: skip
+    epochs: int = setting(
+        2, "relearn: passes over the held-out forget rows; the copy is scored after each.",
+        ATTACKS, (ATTACK,), bounds=POSITIVE,
     )  # fmt: skip
     formats: tuple[str, ...] = setting(
         (), "format: the prompt formats to try (docs/robustness.md lists them; an unknown "

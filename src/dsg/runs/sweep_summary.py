@@ -18,15 +18,17 @@ if TYPE_CHECKING:
 
 SUMMARY_FILE = "summary.json"
 SUMMARY_PLOT = "summary.png"
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
 
 
 def entry(stage: str, result: JobResult) -> dict[str, Any]:
-    """One SAE of the sweep; ``unlearning_score`` is read from its report after evaluate."""
+    """One SAE of the sweep; ``unlearning_score`` (the paper's, chosen and reported on the same
+    questions) and ``heldout_score`` (chosen on one part, reported on the other) are read from
+    its report after evaluate."""
     facts = result.facts
-    score = None
+    report: dict[str, Any] = {}
     if result.ok and stage == "evaluate":
-        score = read_json(result.paths[0])["unlearning_score"]
+        report = read_json(result.paths[0])
     return {
         "sae": result.name,
         "folder": str(result.out),
@@ -36,7 +38,8 @@ def entry(stage: str, result: JobResult) -> dict[str, Any]:
         "layer": facts.get("layer"),
         "d_sae": facts.get("d_sae"),
         "l0": facts.get("l0"),
-        "unlearning_score": score,
+        "unlearning_score": report.get("unlearning_score"),
+        "heldout_score": report.get("heldout_score"),
         "outputs": [str(p) for p in result.paths],
     }
 
@@ -68,7 +71,7 @@ def print_table(summary: dict[str, Any], console: Console) -> None:
 
     table = Table(title=f"dsg {summary['stage']}: {summary['jobs']} SAEs")
     table.add_column("SAE", overflow="fold")
-    for column in ("layer", "width", "L0", "score"):
+    for column in ("layer", "width", "L0", "score", "held-out score"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("status", overflow="fold")
     for e in summary["saes"]:
@@ -78,6 +81,7 @@ def print_table(summary: dict[str, Any], console: Console) -> None:
             _cell(e["d_sae"]),
             _cell(e["l0"], "{:g}"),
             _cell(e["unlearning_score"], "{:.4f}"),
+            _cell(e["heldout_score"], "{:.4f}"),
             e["status"] if e["status"] == "done" else f"failed: {e['error']}",
         )
     console.print(table)

@@ -9,8 +9,9 @@ with a seeded generator and both sides are cut to the same number of rows.
 
 from __future__ import annotations
 
+import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dsg.core.artifacts import fingerprint_texts
@@ -31,6 +32,8 @@ class Documents:
 
     forget: list[str]
     retain: list[str]
+    held_out: list[str] = field(default_factory=list)
+    """Forget documents kept out of ``forget`` by ``relearn_holdout``, for relearning only."""
 
     @property
     def forget_fingerprint(self) -> str:
@@ -97,12 +100,23 @@ def n_rows_used(dataset_size: int, fraction: float, n_forget: int, n_retain: int
     )
 
 
+def is_held_out(doc: str, seed: int, percent: float) -> bool:
+    """Whether ``doc`` is in the relearning hold-out: a seeded hash of its text, read as a
+    number in [0, 100), falls below ``percent``. It depends on the text alone, not on its
+    position or on the other documents, so adding documents moves none in or out."""
+    digest = hashlib.sha256(f"{seed}\0{doc}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * 100 < percent
+
+
 def load_documents(session: Session) -> Documents:
-    """Both corpora of the session's case, filtered by length; an empty one is a UserError."""
+    """Both corpora of the session's case, filtered by length, the forget side without its
+    relearning hold-out; an empty one is a UserError."""
     s = session.settings
     data = session.data
+    forget = filter_docs(session.case.forget_texts(data), s.min_chars)
+    held_out = [d for d in forget if is_held_out(d, s.seed, s.relearn_holdout)]
     docs = {
-        "forget": filter_docs(session.case.forget_texts(data), s.min_chars),
+        "forget": [d for d in forget if not is_held_out(d, s.seed, s.relearn_holdout)],
         "retain": filter_docs(session.case.retain_texts(data), s.min_chars),
     }
     for side, kept in docs.items():
@@ -112,7 +126,7 @@ def load_documents(session: Session) -> Documents:
                 f"{s.min_chars} characters; set a smaller min_chars in the config file or pass "
                 f"longer documents with --{side}-corpus"
             )
-    return Documents(forget=docs["forget"], retain=docs["retain"])
+    return Documents(forget=docs["forget"], retain=docs["retain"], held_out=held_out)
 
 
 def build_rows(

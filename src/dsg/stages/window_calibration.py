@@ -8,6 +8,10 @@ row are skipped, since no row could tell them from the whole-row rate):
 
 1. ``tau_w`` is the calibration percentile of the retain rows' densest-window rates
    (:func:`dsg.guardrail.window_rates` over whole rows; position 0, the BOS, is never a hit).
+   With ``stretch_tokens`` longer than a row, it is the percentile over stretches of that many
+   tokens of the retain rows laid end to end (after their BOS), one starting every w tokens:
+   a longer prompt has more windows to pass tau_w by chance, so a threshold meant for prompts
+   of L tokens is calibrated on benign text of L tokens.
 2. Synthetic dilution: a BOS, then ``b`` benign tokens, then a passage of ``p`` forget tokens
    (each forget row's first ``p`` tokens after its BOS), for every ``p`` in
    :data:`PASSAGE_TOKENS` that fits in a row (the whole row when none does) and ``b`` in
@@ -19,8 +23,9 @@ row are skipped, since no row could tell them from the whole-row rate):
    ``(p, b)`` pairs; the highest score wins, and ties go to the longer window (more tokens
    behind each decision, closer to the dynamic gate).
 
-The retain rows' firing fraction under each candidate's gate is recorded beside its score: the
-window adds its own false positives to the dynamic gate's, up to twice the calibrated rate.
+The retain rows' (or stretches') firing fraction under each candidate's gate is recorded beside its
+score: the window adds its own false positives to the dynamic gate's, up to twice the calibrated
+rate.
 """
 
 from __future__ import annotations
@@ -47,6 +52,24 @@ def densest_rates(hits: torch.Tensor, window: int) -> torch.Tensor:
     return window_rates(hits, torch.ones_like(hits, dtype=torch.bool), window)
 
 
+def stretches(retain: torch.Tensor, length: int, stride: int) -> torch.Tensor:
+    """``[n, 1 + length]``: a BOS (never a hit), then ``length`` tokens of the retain rows after
+    their BOS laid end to end, a stretch starting every ``stride`` tokens; the rows themselves
+    when ``length`` is not longer than a row."""
+    import torch
+
+    if length <= retain.shape[1]:
+        return retain
+    stream = retain[:, 1:].reshape(-1)
+    if stream.numel() < length:
+        raise UserError(
+            f"window_calibration_tokens {length} is more than the {stream.numel()} retain tokens; "
+            "lower it or pass a longer retain corpus"
+        )
+    windows = stream.unfold(0, length, stride)
+    return torch.cat([torch.zeros((windows.shape[0], 1), dtype=torch.bool), windows], dim=1)
+
+
 def diluted(
     forget_hits: torch.Tensor, benign: torch.Tensor, passage: int, benign_tokens: int
 ) -> torch.Tensor:
@@ -68,6 +91,7 @@ def calibrate_window(
     *,
     percentile: float,
     window_lengths: tuple[int, ...],
+    stretch_tokens: int = 0,
 ) -> tuple[float, dict[str, Any], dict[str, Any]]:
     """``(alpha, {"window": w, "window_threshold": tau_w}, details)`` by the rule in this
     module's docstring; ``details`` records every candidate's threshold, retain firing fraction
@@ -96,14 +120,15 @@ def calibrate_window(
     probes = {(p, b): diluted(forget_hits, benign, p, b) for p in passages for b in BENIGN_TOKENS}
     table: list[dict[str, Any]] = []
     for w in candidates:
-        tau = calibrate_threshold(densest_rates(retain, w), percentile)
+        benign_text = stretches(retain, stretch_tokens, w)
+        tau = calibrate_threshold(densest_rates(benign_text, w), percentile)
         gate = WindowGate(w, tau, alpha)
         fired = {f"{p}+{b}": fired_fraction(gate, x) for (p, b), x in probes.items()}
         table.append(
             {
                 "window": w,
                 "window_threshold": tau,
-                "retain_fired": fired_fraction(gate, retain),
+                "retain_fired": fired_fraction(gate, benign_text),
                 "diluted_forget_fired": fired,
                 "score": sum(fired.values()) / len(fired),
             }
@@ -114,6 +139,7 @@ def calibrate_window(
         "threshold": alpha,
         "passage_tokens": passages,
         "benign_tokens": list(BENIGN_TOKENS),
+        "stretch_tokens": max(stretch_tokens, seq_len),
         "candidates": table,
     }
     params = {"window": int(best["window"]), "window_threshold": float(best["window_threshold"])}

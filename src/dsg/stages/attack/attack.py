@@ -70,7 +70,11 @@ class Target:
 
     def benign_texts(self) -> list[str]:
         s = self.settings
-        if s.benign_corpus is not None:
+        if s.benign_corpus is not None and s.benign_questions is not None:
+            raise UserError("pass --benign-corpus or --benign-questions, not both")
+        if s.benign_questions is not None:
+            texts, where = self._question_texts(s.benign_questions), f"set {s.benign_questions!r}"
+        elif s.benign_corpus is not None:
             texts, where = read_text_corpus(s.benign_corpus), f"benign corpus {s.benign_corpus}"
         else:
             texts = self.session.case.retain_texts(self.session.data)
@@ -80,8 +84,26 @@ class Target:
             raise UserError(f"the {where} has no text; pass --benign-corpus with some documents")
         return kept
 
+    def _question_texts(self, name: str) -> list[str]:
+        """Every question of the case's eval set ``name`` (all of them, not the run's subset),
+        without its choices."""
+        sets = {e.name: e for e in self.session.case.eval_sets(self.session.data)}
+        if name not in sets:
+            raise UserError(f"unknown eval set {name!r}; choose one of: {', '.join(sets)}")
+        return [q.question for q in sets[name].questions]
+
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self.scorer.encode(texts)
+
+    def held_out_forget(self) -> tuple[int, Any]:
+        from dsg.stages.attack.relearn import held_out_rows
+
+        return held_out_rows(self.session, self.tokenizer)
+
+    def trainable_model(self) -> tuple[Any, dict[str, Any]]:
+        from dsg.stages.attack.relearn import copy_model
+
+        return copy_model(self.session.model().model), {"model": self.common["model"]}
 
     def score(
         self,

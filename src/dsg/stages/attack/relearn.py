@@ -106,22 +106,22 @@ def relearn(
 
 
 def held_out_rows(session: Session, tokenizer: Any) -> tuple[int, torch.Tensor]:
-    """The forget documents the statistics' seeded sample left out, as rows of ``seq_len``
-    tokens (the same concat-and-chunk rows the statistics use): their count and the rows."""
+    """The forget documents the statistics never read, as rows of ``seq_len`` tokens (the
+    statistics' concat-and-chunk rows): the ``relearn_holdout`` documents, then those the
+    seeded ``dataset_size`` sample left out. Their count and the rows."""
     s = session.settings
-    forget = load_documents(session).forget
-    docs = unsampled_forget(forget, s.dataset_size, s.seed)
+    documents = load_documents(session)
+    docs = documents.held_out + unsampled_forget(documents.forget, s.dataset_size, s.seed)
     if not docs:
         raise UserError(
-            f"all {len(forget)} forget documents were used for feature selection (dataset_size "
-            f"{s.dataset_size}), so none is left to relearn on; set dataset_size below "
-            f"{len(forget)} in the config file or pass --dataset-size"
+            f"all {len(documents.forget)} forget documents were used for feature selection, so "
+            "none is left to relearn on; hold some out with --relearn-holdout PERCENT (e.g. 25)"
         )
     rows = tokenize_and_concat(tokenizer, docs, s.seq_len)
     if rows.shape[0] == 0:
         raise UserError(
             f"the {len(docs)} forget documents held out of feature selection make less than one "
-            f"row of {s.seq_len} tokens; lower dataset_size or seq_len"
+            f"row of {s.seq_len} tokens; raise --relearn-holdout or lower seq_len"
         )
     return len(docs), rows
 
@@ -153,9 +153,9 @@ def curves(
     found = []
     for rate in rates:
         began = time.perf_counter()
-        model = _copy(original.model)
-        optimizer = _optimizer(model, rate)
-        generator = _generator(s.seed)
+        model = copy_model(original.model)
+        optimizer = adamw(model, rate)
+        generator = seeded_generator(s.seed)
         points = [start]
         for epoch in range(1, epochs + 1):
             with tracker.timed(f"relearn: lr {rate:g}, epoch {epoch}"):
@@ -166,13 +166,13 @@ def curves(
     return Relearning(list(configs), n_docs, int(rows.shape[0]), found)
 
 
-def _copy(model: Any) -> Any:
+def copy_model(model: Any) -> Any:
     """A deep copy of the model's weights that shares its tokenizer."""
     tokenizer = getattr(model, "tokenizer", None)
     return copy.deepcopy(model, memo={id(tokenizer): tokenizer})
 
 
-def _optimizer(model: Any, rate: float) -> torch.optim.Optimizer:
+def adamw(model: Any, rate: float) -> torch.optim.Optimizer:
     import torch
 
     for parameter in model.parameters():
@@ -180,7 +180,7 @@ def _optimizer(model: Any, rate: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=rate)
 
 
-def _generator(seed: int) -> torch.Generator:
+def seeded_generator(seed: int) -> torch.Generator:
     import torch
 
     return torch.Generator().manual_seed(seed)

@@ -1,0 +1,125 @@
+"""The ``relearn`` attack: fine-tune a copy of the model on hazard text, keep the guardrail that
+was calibrated on the original model, and score the copy after every epoch.
+
+This is the paper's own robustness test. The fine-tuning text is forget documents that feature
+selection never saw (:meth:`AttackTarget.held_out_forget`); the training loop is
+:mod:`dsg.stages.attack.relearn`'s (next-token loss, AdamW, one step per batch, rows in a
+seeded order that is the same at every learning rate). Every epoch, 0 (the original weights)
+included, is scored on the TransformerLens model that is trained, whatever ``--backend`` says,
+so a curve never mixes backends; with the TransformerLens backend (the default on CPU) epoch 0
+is exactly what ``dsg evaluate`` reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from dsg.api import AttackPrompt, AttackRow, AttackTarget, UserError
+
+
+def evaluated_prompts(target: AttackTarget) -> dict[str, list[AttackPrompt]]:
+    """Every question of every set as ``dsg evaluate`` renders it."""
+    from dsg.stages.evaluate.prompts import render_question
+
+    out = {}
+    for e in target.eval_sets:
+        fmt, tokenizer = target.prompt_format, target.tokenizer
+        texts = [render_question(fmt, tokenizer, e, q)[0] for q in e.questions]
+        out[e.name] = [
+            AttackPrompt(tuple(ids), q.answer)
+            for ids, q in zip(target.encode(texts), e.questions, strict=True)
+        ]
+    return out
+
+
+def rows_digest(rows: Any) -> str:
+    """A hash of the fine-tuning rows' token ids."""
+    return hashlib.sha256(rows.cpu().numpy().tobytes()).hexdigest()
+
+
+class RelearnAttack:
+    """A fine-tuned copy of the model against the original model's guardrail."""
+
+    name = "relearn"
+    description = (
+        "fine-tune a copy of the model on forget text selection never saw, at several learning "
+        "rates; score it after each epoch with the original guardrail"
+    )
+    axis = "epoch"
+
+    def check(self, target: AttackTarget) -> None:
+        from dsg.stages.attack.relearn import check_learning_rates
+
+        check_learning_rates(target.settings.learning_rates)
+        if target.settings.epochs < 1:
+            raise UserError(f"relearning needs at least 1 epoch, got {target.settings.epochs}")
+        target.held_out_forget()  # nothing held out fails here, before any work
+
+    def run(self, target: AttackTarget) -> Iterator[AttackRow]:
+        s = target.settings
+        prompts = evaluated_prompts(target)
+        n_docs, rows = target.held_out_forget()
+        data = {"documents": n_docs, "rows": int(rows.shape[0])}
+        for rate in dict.fromkeys(s.learning_rates):
+            began = time.perf_counter()
+            tuner = FineTuner(target, rows, rate)
+            start = target.score(prompts, model=tuner.backend(), model_key=tuner.key(0))
+            yield AttackRow({"learning_rate": rate, "epoch": 0}, start, {**data, "loss": None})
+            for epoch in range(1, s.epochs + 1):
+                loss = tuner.epoch()
+                scores = target.score(prompts, model=tuner.backend(), model_key=tuner.key(epoch))
+                seconds = round(time.perf_counter() - began, 3)
+                details = {**data, "loss": loss, "seconds": seconds}
+                yield AttackRow({"learning_rate": rate, "epoch": epoch}, scores, details)
+
+
+class FineTuner:
+    """One learning rate's copy of the model, its optimizer and its seeded row order."""
+
+    def __init__(self, target: AttackTarget, rows: Any, rate: float) -> None:
+        import torch
+
+        from dsg.stages.attack.relearn import adamw, seeded_generator
+
+        self.target, self.rows, self.rate = target, rows, rate
+        with torch.inference_mode(False):
+            self.model, self.base_key = target.trainable_model()
+            self.optimizer = adamw(self.model, rate)
+            self.generator = seeded_generator(target.settings.seed)
+            self.rows = rows.clone()  # a normal tensor: the embedding keeps it for backward
+
+    def epoch(self) -> float:
+        """One pass over the rows; the mean training loss. Runs outside inference mode, which
+        the attack command scores in."""
+        import torch
+
+        from dsg.stages.attack.relearn import train_epoch
+
+        with torch.inference_mode(False):
+            return train_epoch(
+                self.model, self.optimizer, self.rows, self.target.settings.batch_size,
+                self.generator,
+            )  # fmt: skip
+
+    def backend(self) -> Any:
+        from dsg.engine.backends.transformer_lens import TransformerLensBackend
+
+        return TransformerLensBackend(self.model, self.target.tokenizer)
+
+    def key(self, epoch: int) -> dict[str, Any]:
+        """Everything that made the copy's weights after ``epoch`` epochs (at 0, the run's
+        weights on this backend, the same at every learning rate)."""
+        if epoch == 0:
+            return {"relearned_from": self.base_key, "epoch": 0, "backend": "transformer_lens"}
+        return {
+            "relearned_from": self.base_key,
+            "learning_rate": self.rate,
+            "epoch": epoch,
+            "rows": rows_digest(self.rows),
+            "batch_size": self.target.settings.batch_size,
+            "seed": self.target.settings.seed,
+            "optimizer": "AdamW",
+        }
