@@ -20,6 +20,7 @@ _GUARDRAIL_API = (
     "DynamicClamp",
     "WindowedClamp",
     "StaticClamp",
+    "GateStrategy",
     "Guardrail",
     "ThresholdGate",
     "WindowGate",

@@ -31,6 +31,7 @@ __all__ = [
     "DynamicClamp",
     "WindowedClamp",
     "StaticClamp",
+    "GateStrategy",
 ]
 
 # Runtime input normalisations whose decoder undoes a per-token scale stored by ``encode``;
@@ -185,3 +186,31 @@ class StaticClamp(Guardrail):
 
     def __init__(self, sae: Any, features: Any, multiplier: float) -> None:
         super().__init__(sae_features(sae, features), AnyHitGate(), multiplier)
+
+
+class GateStrategy:
+    """A strategy that is just a gate: a subclass sets ``name``, ``description`` and
+    ``uses_threshold`` and defines ``gate(threshold, params)``; evaluating it (``build``) and
+    carrying it in bundles (``bundle_gate``) are derived, so the gate is written once.
+
+    ``params`` are what ``bundle_params(threshold)`` returns (nothing unless overridden), as a
+    bundle stores them; ``threshold`` is None when ``uses_threshold`` is False.
+    """
+
+    name: str
+    description: str
+    uses_threshold: bool = True
+
+    def gate(self, threshold: float | None, params: dict[str, Any]) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define gate(threshold, params)")
+
+    def bundle_params(self, threshold: float | None) -> dict[str, Any]:
+        return {}
+
+    def bundle_gate(self, threshold: float | None, params: dict[str, Any]) -> Any:
+        return self.gate(threshold if self.uses_threshold else None, params)
+
+    def build(self, sae: Any, features: Any, threshold: float, multiplier: float) -> Guardrail:
+        stored = threshold if self.uses_threshold else None
+        gate = self.bundle_gate(stored, self.bundle_params(stored))
+        return Guardrail(sae_features(sae, features), gate, multiplier)

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from dsg.api import CaseDefaults, EvalSet, LoadedModel, LoadedSAE, MCQuestion, hookimpl
+from dsg import GateStrategy
+from dsg.api import CaseDefaults, EvalSet, LoadedModel, LoadedSAE, MCQuestion, UserError, hookimpl
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 N_LAYERS = 2
@@ -171,24 +172,18 @@ class MinHitsGate:
         return fired  # generation keeps the prompt's decision
 
 
-class MinHitsStrategy:
+class MinHitsStrategy(GateStrategy):
+    """Just a gate: :class:`dsg.GateStrategy` derives evaluating it and carrying it in bundles."""
+
     name = "example-min-hits"
     description = "The DSG gate, for prompts with at least 4 hit tokens"
     uses_threshold = True
     min_hits = 4
 
-    def build(self, sae: Any, features: torch.Tensor, threshold: float, multiplier: float) -> Any:
-        from dsg import Guardrail, sae_features
-
-        gate = MinHitsGate(threshold, self.min_hits)
-        return Guardrail(sae_features(sae, features), gate, multiplier)
-
     def bundle_params(self, threshold: float | None) -> dict[str, Any]:
         return {"min_hits": self.min_hits}
 
-    def bundle_gate(self, threshold: float | None, params: dict[str, Any]) -> MinHitsGate:
-        from dsg.api import UserError
-
+    def gate(self, threshold: float | None, params: dict[str, Any]) -> MinHitsGate:
         if threshold is None or not isinstance(params.get("min_hits"), int):
             raise UserError("an example-min-hits bundle needs a threshold and min_hits")
         return MinHitsGate(threshold, params["min_hits"])
