@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 import torch
+from test_attack import counts
 from test_bad_input import nothing_written
 from test_cli_errors import one_error, run
 from test_evaluate import _no_config_file, open_session  # noqa: F401  (autouse fixture)
-from tiny import FORGET_TEXTS, TinyPlugin, TinyWorld, UseWorld
+from tiny import FORGET_TEXTS, TinyWorld, UseWorld, tiny_registry
 
-from dsg.api.plugins import build_registry
 from dsg.stages.attack import attack, relearn
 from dsg.stages.corpus import is_held_out, load_documents, sample_forget
 from dsg.stages.evaluate import evaluate
@@ -29,13 +29,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
     return TinyWorld(tmp_path_factory.mktemp("relearn"), threshold=0.3)
 
 
-@pytest.fixture(scope="module")
-def registry(world: TinyWorld) -> Any:
-    return build_registry(extra_plugins=[("tiny", TinyPlugin(world))])
-
-
-def counts(entry: dict[str, Any]) -> dict[str, tuple[int, int]]:
-    return {name: (c["correct"], c["total"]) for name, c in entry["counts"].items()}
+registry = pytest.fixture(scope="module", name="registry")(tiny_registry)
 
 
 def test_hold_out_is_a_seeded_hash_of_the_text() -> None:

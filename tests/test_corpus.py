@@ -145,28 +145,25 @@ def test_fraction_cuts_rows() -> None:
     assert forget.shape[0] == retain.shape[0] == int(full * 50.0 / 100)
 
 
-def test_too_little_text_names_the_corpus_and_the_fix() -> None:
-    with pytest.raises(UserError, match=r"retain corpus of case 'toy'.*smaller seq_len"):
+@pytest.mark.parametrize(
+    ("texts", "seq_len", "fraction", "message"),
+    [
+        ((40, 1), 1000, 100.0, r"retain corpus of case 'toy'.*smaller seq_len"),  # too little
+        ((40, 10), 16, 0.5, "leaves no row"),  # zero rows after the fraction
+    ],
+)
+def test_too_little_text_is_one_error_naming_the_fix(
+    texts: tuple[int, int], seq_len: int, fraction: float, message: str
+) -> None:
+    with pytest.raises(UserError, match=message):
         build_rows(
             CharTokenizer(),
-            _docs(40, 1),
-            seq_len=1000,
+            _docs(*texts),
+            seq_len=seq_len,
             dataset_size=1024,
-            dataset_fraction=100.0,
+            dataset_fraction=fraction,
             seed=0,
             case="toy",
-        )
-
-
-def test_zero_rows_after_fraction_is_an_error() -> None:
-    with pytest.raises(UserError, match="leaves no row"):
-        build_rows(
-            CharTokenizer(),
-            _docs(40, 10),
-            seq_len=16,
-            dataset_size=1024,
-            dataset_fraction=0.5,
-            seed=0,
         )
 
 

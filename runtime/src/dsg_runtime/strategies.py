@@ -17,14 +17,18 @@ from dsg_runtime.protocols import BundleStrategy, Gate
 WINDOW_PARAMS = ("window", "window_threshold")
 
 
-class Dynamic:
+class _Stateless:
+    """A built-in strategy whose gate stores nothing beyond the threshold."""
+
+    def bundle_params(self, threshold: float | None) -> dict[str, Any]:
+        return {}
+
+
+class Dynamic(_Stateless):
     """The DSG gate: a row fires when its hit rate exceeds the threshold."""
 
     name = "dynamic"
     uses_threshold = True
-
-    def bundle_params(self, threshold: float | None) -> dict[str, Any]:
-        return {}
 
     def bundle_gate(self, threshold: float | None, params: dict[str, Any]) -> Gate:
         from dsg_runtime.guardrail import ThresholdGate
@@ -33,14 +37,11 @@ class Dynamic:
         return ThresholdGate(_threshold(self.name, threshold))
 
 
-class Static:
+class Static(_Stateless):
     """No gate: every row with a hit is clamped."""
 
     name = "static"
     uses_threshold = False
-
-    def bundle_params(self, threshold: float | None) -> dict[str, Any]:
-        return {}
 
     def bundle_gate(self, threshold: float | None, params: dict[str, Any]) -> Gate:
         from dsg_runtime.guardrail import AnyHitGate

@@ -289,23 +289,8 @@ def compute(
 ) -> SparsityStats:
     """Run both corpora, write the chunks and statistics, then ``meta.json`` last; a failure
     leaves no partial folder."""
-    with session.run_dir.building(STAGE, key) as folder:
-        return _compute_into(folder, session, model, sae, docs, inputs, key)
-
-
-def _compute_into(
-    folder: Path,
-    session: Session,
-    model: LoadedModel,
-    sae: LoadedSAE,
-    docs: Documents,
-    inputs: dict[str, Any],
-    key: str,
-) -> SparsityStats:
-    import torch
-
     s = session.settings
-    forget_rows, retain_rows = build_rows(
+    rows = build_rows(
         model.tokenizer,
         docs,
         seq_len=s.seq_len,
@@ -313,7 +298,24 @@ def _compute_into(
         dataset_fraction=s.dataset_fraction,
         seed=s.seed,
         case=s.case,
-    )
+    )  # before the folder: too little text leaves nothing behind
+    with session.run_dir.building(STAGE, key) as folder:
+        return _compute_into(folder, session, (model, sae), rows, inputs, key)
+
+
+def _compute_into(
+    folder: Path,
+    session: Session,
+    loaded: tuple[LoadedModel, LoadedSAE],
+    rows: tuple[torch.Tensor, torch.Tensor],
+    inputs: dict[str, Any],
+    key: str,
+) -> SparsityStats:
+    import torch
+
+    s = session.settings
+    model, sae = loaded
+    forget_rows, retain_rows = rows
     d_sae = int(sae.sae.cfg.d_sae)
     index_dtype = torch.int32 if s.seq_len * d_sae < 2**31 else torch.int64
     writer = _ChunkWriter(folder, index_dtype)
