@@ -358,15 +358,19 @@ def load_hf(paths: dict[str, Path], dtype: str, device: str) -> Any:
     return model.to(device).eval()
 
 
-def make_bundle(paths: dict[str, Path], k: int) -> Any:
-    """A k-feature dynamic bundle with threshold 0: every row with a hit fires (worst case)."""
+def make_bundle(paths: dict[str, Path], k: int, strategy: str = "dynamic") -> Any:
+    """A k-feature bundle with threshold 0: every row with a hit fires (worst case). ``windowed``
+    adds a 32-token densest-window gate at threshold 0, so its window sums run on every pass."""
     import torch
     from dsg_sae_lens.local_dir import load_sae_dir
 
     from dsg.bundle import from_sae
 
     loaded = load_sae_dir(str(paths["sae"]), device="cpu", dtype=torch.float32)
-    return from_sae(loaded, torch.arange(k), threshold=0.0, multiplier=500.0)
+    params = {"window": 32, "window_threshold": 0.0} if strategy == "windowed" else None
+    return from_sae(
+        loaded, torch.arange(k), threshold=0.0, multiplier=500.0, strategy=strategy, params=params
+    )
 
 
 def reference_schedule(
@@ -531,6 +535,9 @@ def main() -> None:
     parser.add_argument(
         "--skip", default="", help="steps to skip, comma-separated: evaluate,reference,overhead"
     )
+    parser.add_argument(
+        "--strategy", choices=("dynamic", "windowed"), default="dynamic", help="the bundle's gate"
+    )
     args = parser.parse_args()
 
     import torch
@@ -582,7 +589,7 @@ def main() -> None:
         f"seq_len = 128\ndataset_size = 32\nn_features = [{n_features}]\n", encoding="utf-8"
     )
     results.put("fixtures", {"seconds": time.perf_counter() - start, "sets": sets})
-    bundle = make_bundle(paths, 20)
+    bundle = make_bundle(paths, 20, args.strategy)
 
     if "overhead" not in skip:
         overhead_dtype = "bfloat16" if on_gpu else "float32"
