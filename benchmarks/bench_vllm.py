@@ -35,13 +35,24 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests"), str(ROOT / "runtime" / "src")]
 
 
+def shape_of(name: str) -> tuple[dict[str, Any], int]:
+    """A bench_gpu.py shape and its hook layer; ``tiny`` with head_dim 32, the smallest vLLM's
+    CPU attention runs."""
+    from bench_gpu import HOOK_LAYER, SHAPES
+
+    shape = SHAPES[name]
+    if name == "tiny":
+        shape = {**shape, "model": {**shape["model"], "head_dim": 32, "query_pre_attn_scalar": 32}}
+    return shape, HOOK_LAYER[name]
+
+
 def write_fixtures(out: Path, shape_name: str, device: str, k: int) -> dict[str, Any]:
     import torch
-    from bench_gpu import HOOK_LAYER, SHAPES, write_model, write_sae
+    from bench_gpu import write_model, write_sae
 
-    shape = SHAPES[shape_name]
+    shape, hook_layer = shape_of(shape_name)
     cfg = write_model(out / "model", shape, device)
-    write_sae(out / "sae", cfg["hidden_size"], shape["d_sae"], HOOK_LAYER[shape_name])
+    write_sae(out / "sae", cfg["hidden_size"], shape["d_sae"], hook_layer)
     return {"vocab": int(cfg["vocab_size"]), "dtype": str(torch.get_default_dtype())}
 
 
@@ -53,7 +64,10 @@ def prompts(vocab: int, n: int, length: int) -> list[list[int]]:
 
 
 def median_bundle(out: Path, k: int, ids: list[list[int]], dtype: str, device: str) -> Path:
-    """A dynamic bundle whose threshold sits between the two middle prompt rates."""
+    """A dynamic bundle of the SAE's first k features, each JumpReLU threshold raised to the
+    97th percentile of its pre-activations on the prompts (the random SAE's own fire on half
+    of all tokens, so every prompt's rate would be about 1), and the gate's threshold between
+    the two middle prompt rates: about half the prompts fire."""
     import torch
     from bench_gpu import make_bundle
     from dsg_runtime.vllm.decision import PromptDecider
@@ -63,17 +77,20 @@ def median_bundle(out: Path, k: int, ids: list[list[int]], dtype: str, device: s
 
     probe = make_bundle({"sae": out / "sae"}, k)
     decider = PromptDecider.load(probe, out / "model", getattr(torch, dtype), device)
+    resid = [decider.residual(torch.tensor([p]))[0].float().cpu() for p in ids]
+    loaded = load_sae_dir(str(out / "sae"), device="cpu", dtype=torch.float32)
+    w_enc, b_enc = probe.tensors["W_enc"], probe.tensors["b_enc"]
+    pre = torch.cat([r[1:] for r in resid]) @ w_enc + b_enc
+    with torch.no_grad():
+        loaded.sae.threshold[:k] = pre.quantile(0.97, dim=0)
+    sharp = from_sae(loaded, torch.arange(k), threshold=0.5, multiplier=probe.multiplier)
     rates = []
-    for p in ids:
-        guard = probe.guardrail()
-        resid = decider.residual(torch.tensor([p])).float()
-        guard.decide_prompt(
-            resid, torch.ones(resid.shape[:2], dtype=torch.bool, device=resid.device)
-        )
-        rates.append(float(guard.rates[0]))
+    for r in resid:
+        guard = sharp.guardrail()
+        guard.decide_prompt(r[None], torch.ones(1, r.shape[0], dtype=torch.bool))
+        rates.append(float(guard.rates[0]))  # type: ignore[index]
     ordered = sorted(rates)
     threshold = (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
-    loaded = load_sae_dir(str(out / "sae"), device="cpu", dtype=torch.float32)
     bundle = from_sae(loaded, torch.arange(k), threshold=threshold, multiplier=probe.multiplier)
     return bundle.save(out / "bundle")
 
@@ -144,7 +161,7 @@ def hf_side(args: argparse.Namespace, ids: list[list[int]]) -> dict[str, Any]:
 
     dtype = getattr(torch, args.dtype)
     bundle = Bundle.load(args.out / "bundle")
-    model = AutoModelForCausalLM.from_pretrained(args.out / "model", dtype=dtype)
+    model: Any = AutoModelForCausalLM.from_pretrained(args.out / "model", dtype=dtype)
     model = model.to(args.device).eval()
     decider = PromptDecider.load(bundle, args.out / "model", dtype, args.device)
     fired, plugin, generations = [], [], []

@@ -32,9 +32,11 @@ def texts(name: str, n: int) -> list[str]:
     return [json.loads(line)["text"] for line in lines[:n]]
 
 
-def organism_bundle(directory: Path) -> Path:
-    """Features the organism's forget prose activates far more than its retain prose, and the
-    95th percentile of retain rates as the threshold, as the reference calibrates it."""
+def organism_bundle(directory: Path, pair: list[list[int]]) -> Path:
+    """Features the organism's forget prose activates far more than its retain prose (ranked by
+    the reference's ratio). The threshold lies above the 95th percentile of retain rates (the
+    reference's calibration) and between the rates of ``pair``, two prompts that share a prefix
+    with hits: one fires, the other does not, and their shared KV blocks differ."""
     from dsg_organism import OrganismSAELoader
     from dsg_runtime.vllm.decision import PromptDecider
     from transformers import AutoTokenizer
@@ -63,19 +65,22 @@ def organism_bundle(directory: Path) -> Path:
         acts = columns.activations(resid[None].float())
         return float(sequence_rates(token_hits(acts, mask), mask)[0])
 
-    threshold = calibrate_threshold([rate(r) for r in retain], 95.0)
-    bundle = from_sae(loaded, features, threshold=threshold, multiplier=20.0)
+    low, high = (rate(decider.residual(torch.tensor([p]))[0]) for p in pair[::-1])
+    assert calibrate_threshold([rate(r) for r in retain], 95.0) < low < high, (low, high)
+    bundle_threshold = (low + high) / 2
+    bundle = from_sae(loaded, features, threshold=bundle_threshold, multiplier=20.0)
     return bundle.save(directory)
 
 
 def prompt_ids() -> list[list[int]]:
-    """Forget and retain prose, and pairs that share a long prefix but not a decision."""
+    """Forget and retain prose, and last a pair that shares a prefix of forget prose (with hits,
+    over a whole KV block) but not a decision: more forget prose, or a long retain passage."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(organism_dirs()[0])
     forget, retain = texts("forget", 4), texts("retain", 4)
-    prefix = retain[0][:250]  # two KV blocks or more, shared by the last two prompts
-    shared = [prefix + " " + forget[1][:300], prefix + " " + retain[1][:300]]
+    prefix = forget[1][:200]
+    shared = [prefix + " " + forget[2][:300], prefix + " " + retain[1][:600]]
     return [tok(t[:400])["input_ids"] for t in [*forget, *retain]] + [
         tok(t)["input_ids"] for t in shared
     ]
@@ -83,7 +88,8 @@ def prompt_ids() -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    bundle_dir = organism_bundle(tmp_path_factory.mktemp("organism") / "bundle")
+    ids = prompt_ids()
+    bundle_dir = organism_bundle(tmp_path_factory.mktemp("organism") / "bundle", ids[-2:])
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the plugin patches this process
     os.environ["DSG_BUNDLE"] = str(bundle_dir)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
@@ -103,7 +109,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         seed=0,
         gpu_memory_utilization=0.1,  # on CPU: the share of host memory vLLM may claim
     )
-    return {"llm": llm, "bundle_dir": bundle_dir}
+    guarded, fired = hf_generations(bundle_dir, ids, guarded=True)
+    return {"llm": llm, "bundle_dir": bundle_dir, "ids": ids, "guarded": guarded, "fired": fired}
 
 
 def hf_generations(
@@ -136,8 +143,7 @@ def vllm_generations(llm: Any, ids: list[list[int]]) -> list[list[int]]:
 
 
 def test_served_generations_equal_dsg_hf_guarded(served: dict[str, Any]) -> None:
-    ids = prompt_ids()
-    guarded, fired = hf_generations(served["bundle_dir"], ids, guarded=True)
+    ids, guarded, fired = served["ids"], served["guarded"], served["fired"]
     plain, _ = hf_generations(served["bundle_dir"], ids, guarded=False)
     assert any(fired) and not all(fired), fired  # both kinds of prompt
     assert fired[-2] != fired[-1], "the prefix-sharing pair must differ in decision"
@@ -156,3 +162,20 @@ def test_served_generations_equal_dsg_hf_guarded(served: dict[str, Any]) -> None
         ("reverse", reverse),
     ):
         assert got == guarded, name
+
+
+def test_without_the_decision_in_the_salt_prefix_caching_would_mix(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pair's shared blocks differ by decision: were the salt blind to it, the second
+    prompt would reuse the first's KV and answer otherwise than dsg.hf (so the salt matters)."""
+    import dsg_runtime.vllm.engine
+
+    llm, ids, guarded = served["llm"], served["ids"], served["guarded"]
+    monkeypatch.setattr(dsg_runtime.vllm.engine, "cache_salt", lambda user, digest, fired: "")
+    mixed = []
+    for first, second in ((-2, -1), (-1, -2)):
+        assert llm.reset_prefix_cache()
+        vllm_generations(llm, [ids[first]])
+        mixed.append(vllm_generations(llm, [ids[second]])[0] != guarded[second])
+    assert any(mixed)

@@ -81,7 +81,7 @@ class PromptDecider:
         config.num_hidden_layers = keep
         if isinstance(getattr(config, "layer_types", None), list):
             config.layer_types = config.layer_types[:keep]
-        model = AutoModelForCausalLM.from_pretrained(model_path, config=config, dtype=dtype)
+        model: Any = AutoModelForCausalLM.from_pretrained(model_path, config=config, dtype=dtype)
         model = model.to(device).eval()
         assert len(decoder_layers(model)) == keep
         return cls(bundle, model, gate_carries_decision(bundle))
