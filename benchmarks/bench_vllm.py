@@ -129,19 +129,40 @@ def generate(llm: Any, ids: list[list[int]], new_tokens: int) -> list[list[int]]
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
+def timed_decisions() -> list[float]:
+    """Seconds spent in the front end's decisions, appended as they happen."""
+    from dsg_runtime.vllm.decision import PromptDecider
+
+    spent: list[float] = []
+    decide = PromptDecider.decide
+
+    def timed(self: PromptDecider, token_ids: list[int]) -> bool:
+        start = time.perf_counter()
+        try:
+            return decide(self, token_ids)
+        finally:
+            spent.append(time.perf_counter() - start)
+
+    PromptDecider.decide = timed  # type: ignore[method-assign]
+    return spent
+
+
 def child(args: argparse.Namespace) -> None:
     guarded = args.child == "guarded"
     ids = json.loads((args.out / "prompts.json").read_text())
+    spent = timed_decisions()
     llm = engine(args, guarded)
-    result: dict[str, Any] = {"throughput": {}}
+    result: dict[str, Any] = {"throughput": {}, "decision_share": {}}
     for c in args.concurrency:
         batch = [ids[i % len(ids)] for i in range(c)]
         generate(llm, batch, args.new_tokens)  # warm-up (and prefix cache filled: decode cost)
+        spent.clear()
         start = time.perf_counter()
         for _ in range(args.rounds):
             generate(llm, batch, args.new_tokens)
         seconds = time.perf_counter() - start
         result["throughput"][str(c)] = c * args.new_tokens * args.rounds / seconds
+        result["decision_share"][str(c)] = sum(spent) / seconds
     if guarded:
         result["generations"] = generate(llm, ids, args.new_tokens)
     (args.out / f"{args.child}.json").write_text(json.dumps(result))
@@ -202,7 +223,7 @@ def parse() -> argparse.Namespace:
     args.passthrough = [a for a in sys.argv[1:]]
     if args.smoke:
         args.shape, args.device, args.features = "tiny", "cpu", 10
-        args.prompt_tokens, args.new_tokens, args.rounds, args.prompts = 64, 8, 1, 16
+        args.prompt_tokens, args.new_tokens, args.prompts = 64, 16, 16
     if args.device is None:
         import torch
 
@@ -242,6 +263,7 @@ def main() -> None:
     })  # fmt: skip
     plain, guarded = run_child(args, "plain"), run_child(args, "guarded")
     put("throughput_tokens_per_s", {"plain": plain["throughput"], "guarded": guarded["throughput"]})
+    put("front_end_decision_share_of_guarded_time", guarded["decision_share"])
     put("guarded_over_plain", {
         c: guarded["throughput"][c] / plain["throughput"][c] for c in plain["throughput"]
     })  # fmt: skip
