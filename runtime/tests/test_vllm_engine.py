@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,10 @@ MAX_NEW = 12
 N_FEATURES = 8
 
 
-def organism_dirs() -> tuple[Path, Any]:
-    import dsg_organism
+def organism_model() -> Path:
+    from dsg_organism import MODEL_DIR
 
-    return dsg_organism.MODEL_DIR, dsg_organism
+    return MODEL_DIR
 
 
 def texts(name: str, n: int) -> list[str]:
@@ -44,7 +45,7 @@ def organism_bundle(directory: Path, pair: list[list[int]]) -> Path:
     from dsg.bundle import from_sae
     from dsg.guardrail import calibrate_threshold, select_features, sequence_rates, token_hits
 
-    model_dir, _ = organism_dirs()
+    model_dir = organism_model()
     loaded = OrganismSAELoader().load("organism", device="cpu", dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(model_dir)
     probe = from_sae(loaded, list(range(8)), threshold=0.5, multiplier=20.0)
@@ -77,7 +78,7 @@ def prompt_ids() -> list[list[int]]:
     over a whole KV block) but not a decision: more forget prose, or a long retain passage."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(organism_dirs()[0])
+    tok = AutoTokenizer.from_pretrained(organism_model())
     forget, retain = texts("forget", 4), texts("retain", 4)
     prefix = forget[1][:200]
     shared = [prefix + " " + forget[2][:300], prefix + " " + retain[1][:600]]
@@ -87,18 +88,24 @@ def prompt_ids() -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     ids = prompt_ids()
     bundle_dir = organism_bundle(tmp_path_factory.mktemp("organism") / "bundle", ids[-2:])
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the plugin patches this process
-    os.environ["DSG_BUNDLE"] = str(bundle_dir)
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the plugin patches this process
+        env.setenv("DSG_BUNDLE", str(bundle_dir))
+        env.setenv("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+        yield served_engine(bundle_dir, ids)
+
+
+def served_engine(bundle_dir: Path, ids: list[list[int]]) -> dict[str, Any]:
+    """The organism served by vLLM with the plugin, and dsg.hf's guarded answers."""
     import dsg_runtime.vllm
     from vllm import LLM
 
     dsg_runtime.vllm.register()
     llm = LLM(
-        model=str(organism_dirs()[0]),
+        model=str(organism_model()),
         dtype="float32",
         enable_prefix_caching=True,
         enable_chunked_prefill=True,
@@ -122,7 +129,7 @@ def hf_generations(
     from dsg.bundle import Bundle
     from dsg.hf import attach
 
-    model = AutoModelForCausalLM.from_pretrained(organism_dirs()[0], dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(organism_model(), dtype=torch.float32).eval()
     handle = attach(model, Bundle.load(bundle_dir)) if guarded else None
     out, fired = [], []
     for prompt in ids:
