@@ -207,3 +207,16 @@ def test_untested_vllm_versions_are_refused() -> None:
     for version in ("0.32.1", "0.34.0", "dev"):
         with pytest.raises(GuardrailRefused, match=f"vLLM {version} is untested"):
             check_version(version)
+
+
+def test_missing_vllm_internals_are_refused() -> None:
+    from dsg_runtime.vllm.engine import _wrap
+
+    class Runner:
+        def load_model(self) -> None: ...
+
+    with pytest.raises(GuardrailRefused, match=r"Runner\._prepare_inputs is missing"):
+        _wrap(Runner, "_prepare_inputs", lambda original: original)
+    _wrap(Runner, "load_model", lambda original: lambda self: "wrapped")
+    _wrap(Runner, "load_model", lambda original: lambda self: "twice")  # idempotent
+    assert Runner().load_model() == "wrapped"  # type: ignore[func-returns-value]

@@ -53,7 +53,12 @@ def _bundle_digest(bundle_dir: str) -> str:
 
 
 def _wrap(cls: type, name: str, make: Any) -> None:
-    original = cls.__dict__[name]
+    original = cls.__dict__.get(name)
+    if original is None:
+        raise GuardrailRefused(
+            f"dsg guardrail: vLLM's {cls.__name__}.{name} is missing; this vLLM is not the one "
+            "the plugin was tested with"
+        )
     if getattr(original, _MARK, False):
         return
     wrapped = functools.wraps(original)(make(original))
