@@ -1,6 +1,6 @@
 """vLLM with the guardrail plugin serves the model organism exactly as dsg.hf's guarded generate
 does: greedy generations equal for prompts that fire and prompts that do not, alone and in one
-batch, with prefix caching and chunked prefill on. Needs vLLM (``nox -s vllm``); skipped
+batch, with prefix caching, chunked prefill and preemption. Needs vLLM (``nox -s vllm``); skipped
 without it."""
 
 from __future__ import annotations
@@ -113,6 +113,7 @@ def served_engine(bundle_dir: Path, ids: list[list[int]]) -> dict[str, Any]:
         max_model_len=256,
         max_num_seqs=16,
         block_size=16,
+        num_gpu_blocks_override=24,  # too few for the whole batch: requests are preempted
         seed=0,
         gpu_memory_utilization=0.1,  # on CPU: the share of host memory vLLM may claim
     )
@@ -149,7 +150,19 @@ def vllm_generations(llm: Any, ids: list[list[int]]) -> list[list[int]]:
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
-def test_served_generations_equal_dsg_hf_guarded(served: dict[str, Any]) -> None:
+def test_served_generations_equal_dsg_hf_guarded(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    preempted: list[str] = []
+    preempt = Scheduler._preempt_request
+
+    def counted(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        preempted.append(request.request_id)
+        return preempt(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(Scheduler, "_preempt_request", counted)
     ids, guarded, fired = served["ids"], served["guarded"], served["fired"]
     plain, _ = hf_generations(served["bundle_dir"], ids, guarded=False)
     assert any(fired) and not all(fired), fired  # both kinds of prompt
@@ -159,6 +172,7 @@ def test_served_generations_equal_dsg_hf_guarded(served: dict[str, Any]) -> None
     )
     llm = served["llm"]
     batched = vllm_generations(llm, ids)  # both kinds in one batch
+    assert preempted, "the batch ran without preemption"
     again = vllm_generations(llm, ids)  # every prompt's prefix is now cached
     alone = [vllm_generations(llm, [p])[0] for p in ids]
     reverse = vllm_generations(llm, ids[::-1])[::-1]  # the other of each pair cached first
