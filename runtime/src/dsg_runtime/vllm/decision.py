@@ -1,0 +1,127 @@
+"""The decision, taken before the engine: each prompt alone, whole, as ``dsg.hf`` takes it.
+
+A ``transformers`` copy of the served model's layers up to the bundle's hook runs the prompt
+once, unchunked and unpadded; the bundle's own :class:`dsg.guardrail.Guardrail` computes the
+rate and the gate on that residual in float32. Whatever vLLM later does with the prompt
+(chunks, cached prefixes, preemption and recompute) cannot change a decision it never takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dsg_runtime.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from dsg_runtime.bundle import Bundle
+
+FIRED_KEY = "dsg_fired"
+"""The ``SamplingParams.extra_args`` key that carries a request's decision to the worker."""
+SALT_PREFIX = "dsg-guardrail"
+
+
+class _Captured(Exception):  # noqa: N818  (a signal, not an error)
+    """Stops the deciding pass at the hook: nothing after it is needed."""
+
+
+def gate_carries_decision(bundle: Bundle) -> bool:
+    """True when later tokens follow the prompt's decision (the dynamic and windowed gates);
+    False for the static clamp, whose every request is clamped wherever a feature is active.
+    A gate whose carrying rule is unknown is refused: the worker could not apply it."""
+    from dsg_runtime.guardrail import AnyHitGate, ThresholdGate, WindowGate
+
+    gate = bundle.guardrail().gate
+    if isinstance(gate, ThresholdGate | WindowGate):
+        return True
+    if isinstance(gate, AnyHitGate):
+        return False
+    raise UserError(
+        f"the vLLM guardrail does not know how the {bundle.strategy!r} strategy's gate carries "
+        "its decision to generated tokens; serve it with dsg.hf"
+    )
+
+
+def cache_salt(user_salt: str | None, bundle_digest: str, fired: bool) -> str:
+    """The prefix-cache salt of a request: KV computed under one decision (or bundle) is never
+    reused for a request under another; the user's own salt still separates its tenants."""
+    return f"{SALT_PREFIX}:{bundle_digest}:{int(fired)}:{user_salt or ''}"
+
+
+@dataclass
+class PromptDecider:
+    """Decides prompts (token ids) for one bundle on a truncated copy of the served model."""
+
+    bundle: Bundle
+    model: Any
+    carries: bool
+
+    @classmethod
+    def load(cls, bundle: Bundle, model_path: str | Path, dtype: Any, device: str) -> PromptDecider:
+        """The served model's layers up to the hook (the rest are never loaded)."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from dsg_runtime.hf import decoder_layers
+
+        config = AutoConfig.from_pretrained(model_path)
+        keep = bundle.hook_layer + 1
+        if keep > config.num_hidden_layers:
+            raise UserError(
+                f"the bundle hooks layer {bundle.hook_layer} but the model has "
+                f"{config.num_hidden_layers} layers"
+            )
+        if getattr(config, "hidden_size", bundle.d_model) != bundle.d_model:
+            raise UserError(
+                f"the bundle reads vectors of size {bundle.d_model} but the model's hidden size "
+                f"is {config.hidden_size}; use the bundle with the model its SAE was trained on"
+            )
+        config.num_hidden_layers = keep
+        if isinstance(getattr(config, "layer_types", None), list):
+            config.layer_types = config.layer_types[:keep]
+        model: Any = AutoModelForCausalLM.from_pretrained(model_path, config=config, dtype=dtype)
+        model = model.to(device).eval()
+        assert len(decoder_layers(model)) == keep
+        return cls(bundle, model, gate_carries_decision(bundle))
+
+    def decide(self, token_ids: list[int]) -> bool:
+        """Whether the guardrail fires on this whole prompt (always True for the static clamp,
+        which clamps every active position of every request)."""
+        import torch
+
+        if not token_ids:
+            raise UserError("the guardrail cannot decide an empty prompt")
+        resid = self.residual(torch.tensor([token_ids], dtype=torch.long))
+        guardrail = self.bundle.guardrail()
+        mask = torch.ones(resid.shape[:2], dtype=torch.bool, device=resid.device)
+        guardrail.decide_prompt(resid.float(), mask)
+        assert guardrail.fired is not None
+        return bool(guardrail.fired[0]) if self.carries else True
+
+    def residual(self, ids: torch.Tensor) -> torch.Tensor:
+        """The residual at the bundle's hook for ``ids`` ``[1, P]``."""
+        import torch
+
+        from dsg_runtime.hf import decoder_layers
+
+        layer = decoder_layers(self.model)[self.bundle.hook_layer]
+
+        def capture(hidden: Any) -> None:
+            raise _Captured(hidden[0] if isinstance(hidden, tuple) else hidden)
+
+        if self.bundle.hook_point == "hook_resid_post":
+            handle = layer.register_forward_hook(lambda m, a, out: capture(out))
+        else:
+            handle = layer.register_forward_pre_hook(
+                lambda m, a, kw: capture(a[0] if a else kw["hidden_states"]), with_kwargs=True
+            )
+        try:
+            with torch.no_grad():
+                self.model(input_ids=ids.to(self.model.device), use_cache=False)
+        except _Captured as captured:
+            return captured.args[0]  # type: ignore[no-any-return]
+        finally:
+            handle.remove()
+        raise UserError("the guarded layer did not run on the prompt")

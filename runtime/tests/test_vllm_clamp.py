@@ -1,0 +1,138 @@
+"""The in-engine clamp on vLLM's flat token batch: the same edit as dsg's guardrail on each
+request's tokens, only where the request fired, never at position 0, wherever the request's
+tokens sit in a step and however its prompt is split into steps. No vLLM needed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from dsg_runtime.vllm.clamp import TokenClamp
+
+from dsg_runtime.guardrail import FeatureColumns, Guardrail, ThresholdGate
+
+D, K, M = 16, 4, 7.0
+
+
+def weights(seed: int = 0) -> dict[str, torch.Tensor | None]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "w_enc": torch.randn(D, K, generator=g),
+        "b_enc": torch.randn(K, generator=g) * 0.5,
+        "w_dec": torch.randn(K, D, generator=g),
+        "b_dec_in": torch.randn(D, generator=g) * 0.1,
+        "jump": torch.rand(K, generator=g) * 0.3,
+    }
+
+
+def reference(w: dict[str, torch.Tensor | None]) -> Guardrail:
+    columns = FeatureColumns(w["w_enc"], w["b_enc"], w["w_dec"], w["b_dec_in"], w["jump"])  # type: ignore[arg-type]
+    return Guardrail(columns, ThresholdGate(0.5), M)
+
+
+def expected(guard: Guardrail, resid: torch.Tensor, positions: torch.Tensor, fired: bool):
+    """dsg.hf's edit of one request's tokens decided elsewhere: prompt positions other than
+    the BOS and generated positions clamp their hits when the request fired."""
+    decided = (positions > 0)[None]
+    later = torch.zeros_like(decided)
+    return guard.apply_decision(resid[None], decided, later, torch.tensor([fired]))[0]
+
+
+def test_each_request_gets_its_own_decision_in_one_batch() -> None:
+    w = weights()
+    guard = reference(w)
+    clamp = TokenClamp(w, M, max_tokens=32, device="cpu")
+    g = torch.Generator().manual_seed(1)
+    lengths, fired = [5, 3, 6], [True, False, True]
+    resid = torch.randn(sum(lengths), D, generator=g) * 2
+    positions = torch.cat(
+        [torch.arange(n) + start for n, start in zip(lengths, [0, 4, 9], strict=True)]
+    )
+    clamp.fill(np.array(fired), np.array(lengths))
+    out = clamp(positions, resid)
+    for i, (n, f) in enumerate(zip(lengths, fired, strict=True)):
+        rows = slice(sum(lengths[:i]), sum(lengths[:i]) + n)
+        want = expected(guard, resid[rows], positions[rows], f)
+        torch.testing.assert_close(out[rows], want, rtol=1e-6, atol=1e-5)
+        if not f:
+            assert torch.equal(out[rows], resid[rows])  # bit for bit
+    assert not torch.equal(out[:5], resid[:5])  # the fired request was edited somewhere
+
+
+def test_position_zero_is_never_clamped() -> None:
+    w = weights()
+    w["b_enc"] = torch.full((K,), 50.0)  # every feature active everywhere
+    clamp = TokenClamp(w, M, max_tokens=8, device="cpu")
+    resid = torch.randn(4, D)
+    clamp.fill(np.array([True]), np.array([4]))
+    out = clamp(torch.arange(4), resid)
+    assert torch.equal(out[0], resid[0])
+    assert not torch.equal(out[1:], resid[1:])
+
+
+def test_a_prompt_in_chunks_is_clamped_as_in_one_step() -> None:
+    """Chunked prefill: the same request's tokens, split over steps with another request
+    beside them, get exactly the edit they get in one step."""
+    w = weights(2)
+    clamp = TokenClamp(w, M, max_tokens=32, device="cpu")
+    resid = torch.randn(9, D) * 2
+    whole_positions = torch.arange(9)
+    clamp.fill(np.array([True]), np.array([9]))
+    whole = clamp(whole_positions, resid)
+    other = torch.randn(2, D) * 2
+    pieces = []
+    for lo, hi in ((0, 4), (4, 9)):
+        step = torch.cat([other, resid[lo:hi]])
+        clamp.fill(np.array([False, True]), np.array([2, hi - lo]))
+        out = clamp(torch.cat([torch.tensor([7, 8]), whole_positions[lo:hi]]), step)
+        assert torch.equal(out[:2], other)
+        pieces.append(out[2:])
+    torch.testing.assert_close(torch.cat(pieces), whole, rtol=0, atol=0)
+
+
+def test_the_buffer_keeps_its_storage_and_padding_never_fires() -> None:
+    clamp = TokenClamp(weights(), M, max_tokens=10, device="cpu")
+    address = clamp.fired.data_ptr()
+    clamp.fill(np.array([True, True]), np.array([4, 4]))
+    clamp.fill(np.array([True, False]), np.array([2, 1]))
+    assert clamp.fired.data_ptr() == address
+    assert clamp.fired.tolist() == [True, True, False] + [False] * 7
+    with pytest.raises(ValueError, match="exceeds"):
+        clamp.fill(np.array([True]), np.array([11]))
+
+
+def test_the_split_residual_is_clamped_whole() -> None:
+    """vLLM carries the stream as hidden + residual; the clamp edits their sum and hands the
+    next layer the whole stream with a zero residual."""
+    w = weights(3)
+    clamp = TokenClamp(w, M, max_tokens=8, device="cpu")
+    hidden, residual = torch.randn(5, D), torch.randn(5, D)
+    positions = torch.arange(5)
+    clamp.fill(np.array([True]), np.array([5]))
+    new_hidden, new_residual = clamp.residual(positions, hidden, residual)
+    assert new_residual is not None and not new_residual.any()
+    assert torch.equal(new_hidden, clamp(positions, hidden + residual))
+    alone, none = clamp.residual(positions, hidden, None)
+    assert none is None and torch.equal(alone, clamp(positions, hidden))
+
+
+def test_low_precision_streams_are_clamped_in_float32() -> None:
+    w = weights(4)
+    clamp = TokenClamp(w, M, max_tokens=8, device="cpu")
+    resid = (torch.randn(6, D) * 2).to(torch.bfloat16)
+    clamp.fill(np.array([True]), np.array([6]))
+    out = clamp(torch.arange(6), resid)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, clamp(torch.arange(6), resid.float()).to(torch.bfloat16))
+
+
+def test_compiled_op_matches_eager() -> None:
+    """The op traces into one graph (no host sync, no data-dependent branch) and a refill of
+    the buffer between calls is seen by the compiled code."""
+    w = weights(5)
+    clamp = TokenClamp(w, M, max_tokens=16, device="cpu")
+    compiled = torch.compile(clamp.__call__, fullgraph=True, backend="eager", dynamic=True)
+    resid, positions = torch.randn(8, D) * 2, torch.arange(8)
+    for fired in ([True, False], [False, True]):
+        clamp.fill(np.array(fired), np.array([4, 4]))
+        assert torch.equal(compiled(positions, resid), clamp(positions, resid))

@@ -1,0 +1,222 @@
+"""The decision taken before vLLM's engine, and the bookkeeping that carries it: the same
+decisions as dsg.hf's guarded generate, a cache salt per decision, requests without a decision
+refused, untested set-ups refused. No vLLM needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from dsg_runtime.vllm.checks import GuardrailRefused, check_config, check_version
+from dsg_runtime.vllm.decision import FIRED_KEY, PromptDecider, cache_salt
+from dsg_runtime.vllm.engine import RequestRefused, decide_request, request_decisions
+
+from dsg.bundle import Bundle, from_sae
+from dsg.core.errors import UserError
+from dsg.api.interfaces import LoadedSAE
+
+torch.set_num_threads(1)
+HIDDEN, VOCAB, LAYERS = 32, 96, 3
+
+
+def write_model(path: Path) -> Path:
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Gemma2Config(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=LAYERS,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
+        sliding_window=8, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )  # fmt: skip
+    Gemma2ForCausalLM(config).eval().save_pretrained(path)
+    return path
+
+
+def random_sae(seed: int) -> Any:
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    sae = StandardSAE(StandardSAEConfig(d_in=HIDDEN, d_sae=24, apply_b_dec_to_input=True))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in (sae.W_enc, sae.W_dec, sae.b_dec):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        sae.b_enc.copy_(torch.randn(sae.b_enc.shape, generator=g) * 0.3 - 0.5)
+    return sae
+
+
+def prompts() -> list[list[int]]:
+    g = torch.Generator().manual_seed(3)
+    return [[2, *torch.randint(3, VOCAB, (int(n),), generator=g).tolist()] for n in range(4, 16)]
+
+
+def bundle_for(model_dir: Path, hook: str, strategy: str = "dynamic") -> Bundle:
+    """A bundle whose threshold lies between the median prompt rates, so about half fire."""
+    sae = random_sae(int(hook.split(".")[1]))
+    loaded = LoadedSAE(sae, "random", hook, int(hook.split(".")[1]), fingerprint="r")
+    probe = from_sae(loaded, [0, 1, 2, 3], threshold=0.5, multiplier=20.0)
+    decider = PromptDecider.load(probe, model_dir, torch.float32, "cpu")
+    rates = []
+    for ids in prompts():
+        guard = probe.guardrail()
+        resid = decider.residual(torch.tensor([ids])).float()
+        guard.decide_prompt(resid, torch.ones(resid.shape[:2], dtype=torch.bool))
+        rates.append(float(guard.rates[0]))  # type: ignore[index]
+    low, high = sorted(rates)[len(rates) // 2 - 1 : len(rates) // 2 + 1]
+    assert low < high, rates
+    threshold = (low + high) / 2 if strategy == "dynamic" else None
+    return from_sae(loaded, [0, 1, 2, 3], threshold=threshold, multiplier=20.0, strategy=strategy)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_model(tmp_path_factory.mktemp("vllm-decision") / "model")
+
+
+@pytest.mark.parametrize("hook", ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"])
+def test_decisions_equal_dsg_hf_guarded_generate(model_dir: Path, hook: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from dsg.hf import attach
+
+    bundle = bundle_for(model_dir, hook)
+    decider = PromptDecider.load(bundle, model_dir, torch.float32, "cpu")
+    assert len(decider.model.model.layers) == bundle.hook_layer + 1  # later layers not loaded
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ours, theirs = [], []
+    with attach(model, bundle) as handle:
+        for ids in prompts():
+            model.generate(torch.tensor([ids]), max_new_tokens=2, do_sample=False)
+            theirs.append(bool(handle.fired[0]))  # type: ignore[index]
+            ours.append(decider.decide(ids))
+    assert ours == theirs
+    assert 0 < sum(ours) < len(ours)  # both kinds of prompt
+
+
+def test_the_static_clamp_applies_to_every_request(model_dir: Path) -> None:
+    bundle = bundle_for(model_dir, "blocks.0.hook_resid_pre", strategy="static")
+    decider = PromptDecider.load(bundle, model_dir, torch.float32, "cpu")
+    assert all(decider.decide(ids) for ids in prompts())
+
+
+def test_the_decider_refuses_a_bundle_for_another_model(model_dir: Path, tmp_path: Path) -> None:
+    bundle = bundle_for(model_dir, "blocks.0.hook_resid_pre")
+    deep = Bundle(**{**bundle.__dict__, "hook_name": f"blocks.{LAYERS}.hook_resid_post"})
+    with pytest.raises(UserError, match="has 3 layers"):
+        PromptDecider.load(deep, model_dir, torch.float32, "cpu")
+
+
+def test_cache_salt_separates_decisions_bundles_and_tenants() -> None:
+    salts = {
+        cache_salt(user, digest, fired)
+        for user in (None, "tenant-a")
+        for digest in ("d1", "d2")
+        for fired in (False, True)
+    }
+    assert len(salts) == 8
+    assert cache_salt(None, "d1", True) == cache_salt(None, "d1", True)
+
+
+def engine_request(ids: list[int], extra: dict[str, Any] | None = None, **over: Any) -> Any:
+    params = SimpleNamespace(extra_args=extra)
+    fields = dict(
+        sampling_params=params, pooling_params=None, prompt_embeds=None, mm_features=None,
+        prompt_token_ids=ids, cache_salt=None,
+    )  # fmt: skip
+    return SimpleNamespace(**{**fields, **over})
+
+
+def test_decide_request_overwrites_a_client_decision_and_salts(model_dir: Path) -> None:
+    bundle = bundle_for(model_dir, "blocks.0.hook_resid_pre")
+    decider = PromptDecider.load(bundle, model_dir, torch.float32, "cpu")
+    for ids in prompts():
+        truth = decider.decide(ids)
+        forged = engine_request(ids, {FIRED_KEY: not truth, "other": 1}, cache_salt="t")
+        decide_request(decider, "digest", forged)
+        assert forged.sampling_params.extra_args == {FIRED_KEY: truth, "other": 1}
+        assert forged.cache_salt == cache_salt("t", "digest", truth)
+
+
+def test_requests_that_cannot_be_decided_are_refused(model_dir: Path) -> None:
+    bundle = bundle_for(model_dir, "blocks.0.hook_resid_pre")
+    decider = PromptDecider.load(bundle, model_dir, torch.float32, "cpu")
+    for bad in (
+        engine_request([2, 5], prompt_embeds=torch.zeros(2, HIDDEN)),
+        engine_request([2, 5], mm_features=[object()]),
+        engine_request([2, 5], pooling_params=object()),
+    ):
+        with pytest.raises(RequestRefused):
+            decide_request(decider, "digest", bad)
+
+
+def test_batch_decisions_follow_batch_order_and_refuse_undecided_requests() -> None:
+    requests = {
+        name: SimpleNamespace(sampling_params=SimpleNamespace(extra_args={FIRED_KEY: fired}))
+        for name, fired in (("a", True), ("b", False), ("c", True))
+    }
+    assert request_decisions(requests, ["b", "c", "a"]).tolist() == [False, True, True]
+    requests["d"] = SimpleNamespace(sampling_params=SimpleNamespace(extra_args=None))
+    requests["e"] = SimpleNamespace(sampling_params=SimpleNamespace(extra_args={FIRED_KEY: 1}))
+    for undecided in ("d", "e"):
+        with pytest.raises(GuardrailRefused, match="without a decision"):
+            request_decisions(requests, ["a", undecided])
+    assert request_decisions(requests, []).dtype == np.bool_
+
+
+def vllm_config(**over: Any) -> Any:
+    parallel = SimpleNamespace(
+        tensor_parallel_size=over.pop("tp", 1),
+        pipeline_parallel_size=over.pop("pp", 1),
+        data_parallel_size=1,
+    )
+    model = SimpleNamespace(
+        architectures=over.pop("arch", ["Gemma2ForCausalLM"]),
+        runner_type=over.pop("runner", "generate"),
+    )
+    fields = dict(
+        parallel_config=parallel, model_config=model, speculative_config=None,
+        kv_transfer_config=None, use_v2_model_runner=False,
+    )  # fmt: skip
+    return SimpleNamespace(**{**fields, **over})
+
+
+@pytest.mark.parametrize(
+    ("over", "what"),
+    [
+        ({"tp": 2}, "tensor parallelism"),
+        ({"pp": 2}, "pipeline parallelism"),
+        ({"speculative_config": object()}, "speculative decoding"),
+        ({"kv_transfer_config": object()}, "KV-cache transfer"),
+        ({"use_v2_model_runner": True}, "V2 model runner"),
+        ({"runner": "pooling"}, "'pooling' runner"),
+        ({"arch": ["LlamaForCausalLM"]}, "LlamaForCausalLM"),
+    ],
+)
+def test_untested_setups_are_refused_in_one_line(over: dict[str, Any], what: str) -> None:
+    check_config(vllm_config())
+    with pytest.raises(GuardrailRefused, match=what) as refused:
+        check_config(vllm_config(**over))
+    assert "\n" not in str(refused.value)
+
+
+def test_untested_vllm_versions_are_refused() -> None:
+    check_version("0.32.0")
+    for version in ("0.32.1", "0.34.0", "dev"):
+        with pytest.raises(GuardrailRefused, match=f"vLLM {version} is untested"):
+            check_version(version)
+
+
+def test_missing_vllm_internals_are_refused() -> None:
+    from dsg_runtime.vllm.engine import _wrap
+
+    class Runner:
+        def load_model(self) -> None: ...
+
+    with pytest.raises(GuardrailRefused, match=r"Runner\._prepare_inputs is missing"):
+        _wrap(Runner, "_prepare_inputs", lambda original: original)
+    _wrap(Runner, "load_model", lambda original: lambda self: "wrapped")
+    _wrap(Runner, "load_model", lambda original: lambda self: "twice")  # idempotent
+    assert Runner().load_model() == "wrapped"  # type: ignore[func-returns-value]

@@ -1,0 +1,207 @@
+"""vLLM with the guardrail plugin serves the model organism exactly as dsg.hf's guarded generate
+does: greedy generations equal for prompts that fire and prompts that do not, alone and in one
+batch, with prefix caching, chunked prefill and preemption. Needs vLLM (``nox -s vllm``); skipped
+without it."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+MAX_NEW = 12
+N_FEATURES = 8
+
+
+def organism_model() -> Path:
+    from dsg_organism import MODEL_DIR
+
+    return MODEL_DIR
+
+
+def texts(name: str, n: int) -> list[str]:
+    from dsg_organism import DATA as DATA_DIR
+
+    lines = (DATA_DIR / "world" / f"{name}.jsonl").read_text().splitlines()
+    return [json.loads(line)["text"] for line in lines[:n]]
+
+
+def organism_bundle(directory: Path, pair: list[list[int]]) -> Path:
+    """Features the organism's forget prose activates far more than its retain prose (ranked by
+    the reference's ratio). The threshold lies above the 95th percentile of retain rates (the
+    reference's calibration) and between the rates of ``pair``, two prompts that share a prefix
+    with hits: one fires, the other does not, and their shared KV blocks differ."""
+    from dsg_organism import OrganismSAELoader
+    from dsg_runtime.vllm.decision import PromptDecider
+    from transformers import AutoTokenizer
+
+    from dsg.bundle import from_sae
+    from dsg_runtime.guardrail import (
+        calibrate_threshold,
+        select_features,
+        sequence_rates,
+        token_hits,
+    )
+
+    model_dir = organism_model()
+    loaded = OrganismSAELoader().load("organism", device="cpu", dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    probe = from_sae(loaded, list(range(8)), threshold=0.5, multiplier=20.0)
+    decider = PromptDecider.load(probe, model_dir, torch.float32, "cpu")
+
+    def residuals(corpus: list[str]) -> list[torch.Tensor]:
+        return [decider.residual(torch.tensor([tok(t)["input_ids"]]))[0] for t in corpus]
+
+    forget, retain = residuals(texts("forget", 40)), residuals(texts("retain", 60))
+    with torch.no_grad():
+        f_mean = torch.cat([loaded.sae.encode(r[1:]) for r in forget]).mean(0)
+        r_mean = torch.cat([loaded.sae.encode(r[1:]) for r in retain]).mean(0)
+    features = select_features(f_mean, r_mean, ratio_percentile=99.0)[:N_FEATURES].tolist()
+    columns = from_sae(loaded, features, threshold=0.5, multiplier=20.0).guardrail()
+
+    def rate(resid: torch.Tensor) -> float:
+        mask = torch.ones(1, resid.shape[0], dtype=torch.bool)
+        acts = columns.activations(resid[None].float())
+        return float(sequence_rates(token_hits(acts, mask), mask)[0])
+
+    low, high = (rate(decider.residual(torch.tensor([p]))[0]) for p in pair[::-1])
+    assert calibrate_threshold([rate(r) for r in retain], 95.0) < low < high, (low, high)
+    bundle_threshold = (low + high) / 2
+    bundle = from_sae(loaded, features, threshold=bundle_threshold, multiplier=20.0)
+    return bundle.save(directory)
+
+
+def prompt_ids() -> list[list[int]]:
+    """Forget and retain prose, and last a pair that shares a prefix of forget prose (with hits,
+    over a whole KV block) but not a decision: more forget prose, or a long retain passage."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(organism_model())
+    forget, retain = texts("forget", 4), texts("retain", 4)
+    prefix = forget[1][:200]
+    shared = [prefix + " " + forget[2][:300], prefix + " " + retain[1][:600]]
+    return [tok(t[:400])["input_ids"] for t in [*forget, *retain]] + [
+        tok(t)["input_ids"] for t in shared
+    ]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    ids = prompt_ids()
+    bundle_dir = organism_bundle(tmp_path_factory.mktemp("organism") / "bundle", ids[-2:])
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the plugin patches this process
+        env.setenv("DSG_BUNDLE", str(bundle_dir))
+        env.setenv("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+        yield served_engine(bundle_dir, ids)
+
+
+def served_engine(bundle_dir: Path, ids: list[list[int]]) -> dict[str, Any]:
+    """The organism served by vLLM with the plugin, and dsg.hf's guarded answers."""
+    import dsg_runtime.vllm
+    from vllm import LLM
+
+    dsg_runtime.vllm.register()
+    llm = LLM(
+        model=str(organism_model()),
+        dtype="float32",
+        enable_prefix_caching=True,
+        enable_chunked_prefill=True,
+        max_num_batched_tokens=64,  # long prompts are prefilled in chunks
+        max_model_len=256,
+        max_num_seqs=16,
+        block_size=16,
+        num_gpu_blocks_override=24,  # too few for the whole batch: requests are preempted
+        seed=0,
+        gpu_memory_utilization=0.1,  # on CPU: the share of host memory vLLM may claim
+    )
+    guarded, fired = hf_generations(bundle_dir, ids, guarded=True)
+    return {"llm": llm, "bundle_dir": bundle_dir, "ids": ids, "guarded": guarded, "fired": fired}
+
+
+def hf_generations(
+    bundle_dir: Path, ids: list[list[int]], guarded: bool
+) -> tuple[list[list[int]], list[bool]]:
+    """dsg.hf's greedy generations, each prompt alone; and whether each prompt fired."""
+    from transformers import AutoModelForCausalLM
+
+    from dsg.bundle import Bundle
+    from dsg.hf import attach
+
+    model = AutoModelForCausalLM.from_pretrained(organism_model(), dtype=torch.float32).eval()
+    handle = attach(model, Bundle.load(bundle_dir)) if guarded else None
+    out, fired = [], []
+    for prompt in ids:
+        x = torch.tensor([prompt])
+        seq = model.generate(x, max_new_tokens=MAX_NEW, do_sample=False, min_new_tokens=MAX_NEW)
+        out.append(seq[0, x.shape[1] :].tolist())
+        fired.append(bool(handle.fired[0]) if handle else False)  # type: ignore[index]
+    return out, fired
+
+
+def vllm_generations(llm: Any, ids: list[list[int]]) -> list[list[int]]:
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, min_tokens=MAX_NEW)
+    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in ids], params, use_tqdm=False)
+    return [list(o.outputs[0].token_ids) for o in outs]
+
+
+def test_served_generations_equal_dsg_hf_guarded(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    preempted: list[str] = []
+    preempt = Scheduler._preempt_request
+
+    def counted(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        preempted.append(request.request_id)
+        return preempt(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(Scheduler, "_preempt_request", counted)
+    ids, guarded, fired = served["ids"], served["guarded"], served["fired"]
+    plain, _ = hf_generations(served["bundle_dir"], ids, guarded=False)
+    assert any(fired) and not all(fired), fired  # both kinds of prompt
+    assert fired[-2] != fired[-1], "the prefix-sharing pair must differ in decision"
+    assert any(g != p for g, p, f in zip(guarded, plain, fired, strict=True) if f), (
+        "the clamp changed nothing"
+    )
+    llm = served["llm"]
+    batched = vllm_generations(llm, ids)  # both kinds in one batch
+    assert preempted, "the batch ran without preemption"
+    again = vllm_generations(llm, ids)  # every prompt's prefix is now cached
+    alone = [vllm_generations(llm, [p])[0] for p in ids]
+    reverse = vllm_generations(llm, ids[::-1])[::-1]  # the other of each pair cached first
+    for name, got in (
+        ("batched", batched),
+        ("cached", again),
+        ("alone", alone),
+        ("reverse", reverse),
+    ):
+        assert got == guarded, name
+
+
+def test_without_the_decision_in_the_salt_prefix_caching_would_mix(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pair's shared blocks differ by decision: were the salt blind to it, the second
+    prompt would reuse the first's KV and answer otherwise than dsg.hf (so the salt matters)."""
+    import dsg_runtime.vllm.engine
+
+    llm, ids, guarded = served["llm"], served["ids"], served["guarded"]
+    monkeypatch.setattr(dsg_runtime.vllm.engine, "cache_salt", lambda user, digest, fired: "")
+    mixed = []
+    for first, second in ((-2, -1), (-1, -2)):
+        assert llm.reset_prefix_cache()
+        vllm_generations(llm, [ids[first]])
+        mixed.append(vllm_generations(llm, [ids[second]])[0] != guarded[second])
+    assert any(mixed)
