@@ -70,10 +70,10 @@ def median_bundle(out: Path, k: int, ids: list[list[int]], dtype: str, device: s
     the two middle prompt rates: about half the prompts fire."""
     import torch
     from bench_gpu import make_bundle
-    from dsg_runtime.vllm.decision import PromptDecider
     from dsg_sae_lens.local_dir import load_sae_dir
 
     from dsg.bundle import from_sae
+    from dsg_runtime.vllm.decision import PromptDecider
 
     probe = make_bundle({"sae": out / "sae"}, k)
     decider = PromptDecider.load(probe, out / "model", getattr(torch, dtype), device)
@@ -174,11 +174,11 @@ def child(args: argparse.Namespace) -> None:
 def hf_side(args: argparse.Namespace, ids: list[list[int]]) -> dict[str, Any]:
     """dsg.hf's decision and guarded greedy generation per prompt, and the plugin's decisions."""
     import torch
-    from dsg_runtime.vllm.decision import PromptDecider
     from transformers import AutoModelForCausalLM
 
     from dsg.bundle import Bundle
     from dsg.hf import attach
+    from dsg_runtime.vllm.decision import PromptDecider
 
     dtype = getattr(torch, args.dtype)
     bundle = Bundle.load(args.out / "bundle")

@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
+from dsg.api.interfaces import LoadedSAE
+from dsg.bundle import Bundle, from_sae
+from dsg.core.errors import UserError
 from dsg_runtime.vllm.checks import GuardrailRefused, check_config, check_version
 from dsg_runtime.vllm.decision import FIRED_KEY, PromptDecider, cache_salt
 from dsg_runtime.vllm.engine import RequestRefused, decide_request, request_decisions
-
-from dsg.bundle import Bundle, from_sae
-from dsg.core.errors import UserError
-from dsg.api.interfaces import LoadedSAE
 
 torch.set_num_threads(1)
 HIDDEN, VOCAB, LAYERS = 32, 96, 3

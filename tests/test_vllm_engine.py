@@ -39,7 +39,6 @@ def organism_bundle(directory: Path, pair: list[list[int]]) -> Path:
     reference's calibration) and between the rates of ``pair``, two prompts that share a prefix
     with hits: one fires, the other does not, and their shared KV blocks differ."""
     from dsg_organism import OrganismSAELoader
-    from dsg_runtime.vllm.decision import PromptDecider
     from transformers import AutoTokenizer
 
     from dsg.bundle import from_sae
@@ -49,6 +48,7 @@ def organism_bundle(directory: Path, pair: list[list[int]]) -> Path:
         sequence_rates,
         token_hits,
     )
+    from dsg_runtime.vllm.decision import PromptDecider
 
     model_dir = organism_model()
     loaded = OrganismSAELoader().load("organism", device="cpu", dtype=torch.float32)
@@ -105,8 +105,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 
 def served_engine(bundle_dir: Path, ids: list[list[int]]) -> dict[str, Any]:
     """The organism served by vLLM with the plugin, and dsg.hf's guarded answers."""
-    import dsg_runtime.vllm
     from vllm import LLM
+
+    import dsg_runtime.vllm
 
     dsg_runtime.vllm.register()
     llm = LLM(

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from dsg_runtime.vllm.clamp import TokenClamp
 
 from dsg_runtime.guardrail import FeatureColumns, Guardrail, ThresholdGate
+from dsg_runtime.vllm.clamp import TokenClamp
 
 D, K, M = 16, 4, 7.0
 

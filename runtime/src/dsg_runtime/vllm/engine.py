@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 import numpy as np
+
 from dsg_runtime.vllm.checks import GuardrailRefused, check_config
 from dsg_runtime.vllm.clamp import TokenClamp
 from dsg_runtime.vllm.decision import FIRED_KEY, PromptDecider, cache_salt
