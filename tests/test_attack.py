@@ -218,13 +218,21 @@ def test_a_plugin_attack_is_listed_and_runs(
     result = run("attack", "echo", "--case", "tiny", "--out", "runs", "--questions", "all")
     assert result.exit_code == 0, result.output
     data = json.loads(Path(result.stdout.strip()).read_text())
-    assert Path(result.stdout.strip()) == Path("runs/attacks/echo/attack.json")
+    own = Path(result.stdout.strip())  # the run's own folder, keyed by its settings
+    assert own.parent.parent == Path("runs/attacks/echo") and own.name == "attack.json"
+    assert json.loads(Path("runs/attacks/echo/attack.json").read_text()) == data  # the latest
+    assert (own.parent / "attack.png").is_file() and Path("runs/attacks/echo/attack.png").is_file()
     assert [r["condition"] for r in data["rows"]] == [{"repeat": 1}, {"repeat": 2}]
     assert data["rows"][0]["unguarded"] == data["rows"][1]["unguarded"]
     assert data["rows"][0]["details"] == {"note": "same prompts"}
     # the repeat is answered from the run directory: one cached result per set
     assert len(list(Path("runs", attack.STAGE).iterdir())) == 2
     assert "dsg attack echo" in result.stderr
+    # the tiny model answers no question correctly: empty sets, reported, not a crash
+    again = run("attack", "echo", "--case", "tiny", "--out", "runs", "--questions", "correct")
+    assert again.exit_code == 0, again.output
+    assert Path(again.stdout.strip()).parent != own.parent  # other settings: its own folder
+    assert json.loads(own.read_text()) == data  # the first run's report is kept
 
 
 def test_a_plugin_attack_without_run_is_refused() -> None:

@@ -140,7 +140,8 @@ class Target:
         folder = self.run_dir.find(STAGE, VERSION, key, force=self.settings.force)
         if folder is not None:
             return scores_from_json(read_json(folder / META_FILE)["scores"])
-        scores = SetScores((), (), tuple(() for _ in self.interventions), ())
+        none: tuple[tuple[Any, ...], ...] = tuple(() for _ in self.interventions)
+        scores = SetScores((), (), none, none)  # a set with no question in the subset
         if rows:
             base, outcomes = scorer.sweep([list(r.ids) for r in rows], self.interventions)
             scores = SetScores(
@@ -241,10 +242,8 @@ def run(session: Session, name: str) -> Path:
         }
         warnings = [*shared.warnings, *target.warnings]
         data = attack_report.build(session, attack, target, rows, inputs, warnings)
-        folder = run_dir.root / ATTACKS_DIR / name
-        attack_report.plot(data, folder / attack_report.PLOT_FILE)
     data["timings"] = tracker.seconds
-    path = attack_report.write(data, folder)
+    path = attack_report.write(data, run_dir.root / ATTACKS_DIR / name)
     attack_report.print_table(data, session.console)
     tracker.summary()
     return path
