@@ -1,5 +1,5 @@
 """Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, the version matrix
-(`nox -s newest lowest "transformers-4.57.6" "transformers-5.0.0"`), dsg-runtime alone on
+(`nox -s newest lowest "transformers(4.57.6)" "transformers(5.0.0)"`), dsg-runtime alone on
 open-unlearning's pins (`nox -s runtime_oldest`), `nox -s constraints` and `nox -s vllm` (the
 vLLM plugin on vLLM's CPU runner, docs/serving.md).
 
