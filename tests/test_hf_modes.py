@@ -7,6 +7,7 @@ chunk fires)."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -128,7 +129,8 @@ def test_chunked_prefill_decides_on_the_whole_prompt(
 def test_chunked_prefill_from_the_generation_config(world: dict[str, Any], reference: Any) -> None:  # noqa: F811
     model = world["model"]
     saved = model.generation_config
-    model.generation_config = GenerationConfig(**{**saved.to_dict(), "prefill_chunk_size": 8})
+    model.generation_config = copy.deepcopy(saved)  # a copy keeps transformers' bookkeeping
+    model.generation_config.prefill_chunk_size = 8
     try:
         decided, out = guarded_run(world, [FIRING])
         assert_matches(reference, [FIRING], decided, out.logits[0])
