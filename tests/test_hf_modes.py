@@ -87,9 +87,10 @@ def guarded_run(
     offloading without an accelerator, a mode an older release breaks on this model) is
     skipped with transformers' own error: there is nothing to guard."""
     model, tokenizer = world["model"], world["tokenizer"]
+    fresh = {k: copy.deepcopy(v) if k == "past_key_values" else v for k, v in extra.items()}
     try:
         with torch.no_grad():
-            model.generate(**encode(tokenizer, texts), **settings(tokenizer, **extra))
+            model.generate(**encode(tokenizer, texts), **settings(tokenizer, **fresh))
     except Exception as exc:  # noqa: BLE001  (transformers' own refusal, unguarded)
         pytest.skip(f"{sorted(extra)} fails without the guardrail here: {exc}")
     with attach(model, Bundle.load(world["bundle_dir"])) as handle, torch.no_grad():
