@@ -6,13 +6,11 @@ The schema is documented in ``docs/report-schema.md``; bump ``ATTACK_VERSION`` w
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.core.artifacts import artifact_key, atomic_write, complete_or_absent, write_json
-from dsg.stages.evaluate.report import environment, plain_settings
+from dsg.stages.evaluate.report import environment, keyed_folder, plain_settings, publish
 from dsg.stages.evaluate.score import Count, pooled
 
 if TYPE_CHECKING:
@@ -104,26 +102,12 @@ def build(
     }
 
 
-def run_folder(folder: Path, data: dict[str, Any]) -> Path:
-    """``{folder}/{key}``: one run's ``attack.json`` and plot, keyed by its settings (bar those
-    that choose only where it runs) and inputs, so runs with other settings keep theirs."""
-    from dsg.config.settings import NOT_KEYED
-
-    settings = {k: v for k, v in data["settings"].items() if k not in NOT_KEYED}
-    inputs = {"attack": data["attack"], "settings": settings, "inputs": data["inputs"]}
-    return folder / artifact_key("attack", ATTACK_VERSION, inputs)
-
-
 def write(data: dict[str, Any], folder: Path) -> Path:
-    """Write the run's own ``{folder}/{key}/`` (its plot, then ``attack.json``, which marks it
-    complete), then copy both to the top of ``folder``; return the run's own ``attack.json``."""
-    own = run_folder(folder, data)
-    with complete_or_absent(own, ATTACK_FILE):
-        plot(data, own / PLOT_FILE)
-        write_json(own / ATTACK_FILE, data)
-    write_json(folder / ATTACK_FILE, data)
-    atomic_write(folder / PLOT_FILE, lambda target: shutil.copyfile(own / PLOT_FILE, target))
-    return own / ATTACK_FILE
+    """Write the run's own ``{folder}/{key}/`` (keyed by the attack, its settings and inputs, so
+    runs with other settings keep theirs), copy it to the top of ``folder`` as the latest, and
+    return the run's own ``attack.json``."""
+    own = keyed_folder(folder, "attack", ATTACK_VERSION, data, attack=data["attack"])
+    return publish(data, own, folder, (ATTACK_FILE, PLOT_FILE), plot)
 
 
 def config_labels(configs: list[dict[str, Any]]) -> list[str]:

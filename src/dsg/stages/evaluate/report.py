@@ -154,14 +154,32 @@ def environment(settings: Settings) -> dict[str, Any]:
     }
 
 
-def run_folder(root: Path, report: dict[str, Any]) -> Path:
-    """``{root}/reports/{key}``: one run's report and plot. The key hashes the run's settings
-    (bar those that choose only where it runs) and inputs, as a job's key does."""
+def keyed_folder(parent: Path, kind: str, version: int, data: dict[str, Any], **more: Any) -> Path:
+    """``{parent}/{key}``: one run's output folder. The key hashes the run's settings (bar those
+    that choose only where it runs), its inputs and ``more``, as a job's key does."""
     from dsg.config.settings import NOT_KEYED
 
-    settings = {k: v for k, v in report["settings"].items() if k not in NOT_KEYED}
-    inputs = {"settings": settings, "inputs": report["inputs"]}
-    return root / REPORTS_DIR / artifact_key("report", REPORT_VERSION, inputs)
+    settings = {k: v for k, v in data["settings"].items() if k not in NOT_KEYED}
+    inputs = {**more, "settings": settings, "inputs": data["inputs"]}
+    return parent / artifact_key(kind, version, inputs)
+
+
+def run_folder(root: Path, report: dict[str, Any]) -> Path:
+    """``{root}/reports/{key}``: one evaluate run's report and plot."""
+    return keyed_folder(root / REPORTS_DIR, "report", REPORT_VERSION, report)
+
+
+def publish(data: dict[str, Any], own: Path, top: Path, files: tuple[str, str], draw: Any) -> Path:
+    """Write a run's own folder (its plot drawn by ``draw(data, path)``, then its JSON, which
+    marks it complete), then copy both to ``top`` as the latest; return the run's own JSON.
+    ``files``: the JSON's and the plot's names."""
+    json_name, plot_name = files
+    with complete_or_absent(own, json_name):
+        draw(data, own / plot_name)
+        write_json(own / json_name, data)
+    write_json(top / json_name, data)
+    atomic_write(top / plot_name, lambda target: shutil.copyfile(own / plot_name, target))
+    return own / json_name
 
 
 def check_slots(root: Path) -> None:
@@ -175,13 +193,7 @@ def write(report: dict[str, Any], root: Path) -> Path:
     """Write the run's own ``reports/<key>/`` (its plot, then ``report.json``, which marks it
     complete), then copy both to ``report.json`` and ``tradeoff.png`` at the top; return the
     path of the run's own report."""
-    folder = run_folder(root, report)
-    with complete_or_absent(folder, REPORT_FILE):
-        tradeoff(report, folder / PLOT_FILE)
-        write_json(folder / REPORT_FILE, report)
-    write_json(root / REPORT_FILE, report)
-    atomic_write(root / PLOT_FILE, lambda target: shutil.copyfile(folder / PLOT_FILE, target))
-    return folder / REPORT_FILE
+    return publish(report, run_folder(root, report), root, (REPORT_FILE, PLOT_FILE), tradeoff)
 
 
 def _pct(value: float | None) -> str:
