@@ -28,13 +28,12 @@ class _Captured(Exception):  # noqa: N818  (a signal, not an error)
     """Stops the deciding pass at the hook: nothing after it is needed."""
 
 
-def gate_carries_decision(bundle: Bundle) -> bool:
+def gate_carries_decision(bundle: Bundle, gate: Any) -> bool:
     """True when later tokens follow the prompt's decision (the dynamic and windowed gates);
     False for the static clamp, whose every request is clamped wherever a feature is active.
     A gate whose carrying rule is unknown is refused: the worker could not apply it."""
     from dsg_runtime.guardrail import AnyHitGate, ThresholdGate, WindowGate
 
-    gate = bundle.guardrail().gate
     if isinstance(gate, ThresholdGate | WindowGate):
         return True
     if isinstance(gate, AnyHitGate):
@@ -53,10 +52,12 @@ def cache_salt(user_salt: str | None, bundle_digest: str, fired: bool) -> str:
 
 @dataclass
 class PromptDecider:
-    """Decides prompts (token ids) for one bundle on a truncated copy of the served model."""
+    """Decides prompts (token ids) for one bundle on a truncated copy of the served model, with
+    the bundle's guardrail built once (its columns cast once, not per request)."""
 
     bundle: Bundle
     model: Any
+    guardrail: Any
     carries: bool
 
     @classmethod
@@ -84,7 +85,8 @@ class PromptDecider:
         model: Any = AutoModelForCausalLM.from_pretrained(model_path, config=config, dtype=dtype)
         model = model.to(device).eval()
         assert len(decoder_layers(model)) == keep
-        return cls(bundle, model, gate_carries_decision(bundle))
+        guardrail = bundle.guardrail()
+        return cls(bundle, model, guardrail, gate_carries_decision(bundle, guardrail.gate))
 
     def decide(self, token_ids: list[int]) -> bool:
         """Whether the guardrail fires on this whole prompt (always True for the static clamp,
@@ -94,11 +96,10 @@ class PromptDecider:
         if not token_ids:
             raise UserError("the guardrail cannot decide an empty prompt")
         resid = self.residual(torch.tensor([token_ids], dtype=torch.long))
-        guardrail = self.bundle.guardrail()
         mask = torch.ones(resid.shape[:2], dtype=torch.bool, device=resid.device)
-        guardrail.decide_prompt(resid.float(), mask)
-        assert guardrail.fired is not None
-        return bool(guardrail.fired[0]) if self.carries else True
+        self.guardrail.decide_prompt(resid.float(), mask)
+        assert self.guardrail.fired is not None
+        return bool(self.guardrail.fired[0]) if self.carries else True
 
     def residual(self, ids: torch.Tensor) -> torch.Tensor:
         """The residual at the bundle's hook for ``ids`` ``[1, P]``."""
