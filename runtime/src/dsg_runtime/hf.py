@@ -511,7 +511,9 @@ class GuardrailHandle:
         record = state.continued(call)
         return record is None or not record.holds(call) or record.generation is generation
 
-    def _read(self, x: torch.Tensor, call: _Call) -> Any:
+    def _read(self, x: torch.Tensor, call: _Call, *, by_generate: bool = False) -> Any:
+        """What a prompt pass attends. ``by_generate``: generate built the call from its own
+        mask (it leaves an all-ones mask out), so pad ids in it are text."""
         batch, length = x.shape[:2]
         return read_prompt(
             call.mask,
@@ -520,7 +522,7 @@ class GuardrailHandle:
             x.device,
             input_ids=call.input_ids,
             position_ids=call.position_ids,
-            pad_ids=self._pad_ids,
+            pad_ids=frozenset() if by_generate else self._pad_ids,
             additive=self._additive_masks(),
         )
 
@@ -575,7 +577,7 @@ class GuardrailHandle:
         if state.prefix is not None:
             raise GuardrailStateError("decided_on_prefix does not apply inside generate")
         if past == 0 and length >= end:  # the whole prompt (and draft tokens, or generated ones)
-            view = self._read(x, call)
+            view = self._read(x, call, by_generate=True)
             _refuse_packed(view, "generate")
             full = view.attended
             prompt = full & (torch.arange(length, device=x.device) < end)
