@@ -79,7 +79,10 @@ class ModelBinding:
 
 
 class _Bound(Protocol):
-    hook_name: str
+    """What the check reads of a bundle."""
+
+    @property
+    def hook_name(self) -> str: ...
 
     @property
     def binding(self) -> ModelBinding | None: ...

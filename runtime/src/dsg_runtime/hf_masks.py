@@ -222,11 +222,12 @@ def decide_segments(
     import torch
 
     assert view.segments is not None
-    rows, ids = [], []
-    for row in range(x.shape[0]):
-        found = view.segments[row].unique()
+    rows: list[int] = []
+    ids: list[int] = []
+    for r in range(x.shape[0]):
+        found = view.segments[r].unique()
         found = found[found >= 0].tolist()
-        rows += [row] * len(found)
+        rows += [r] * len(found)
         ids += found
     row = torch.tensor(rows, device=x.device)
     own = view.segments[row] == torch.tensor(ids, device=x.device)[:, None]
