@@ -256,6 +256,20 @@ def test_a_row_with_no_attended_token_is_refused(
                 model.generate(input_ids=ids, attention_mask=zeros, max_new_tokens=2)
 
 
+def test_a_decode_step_whose_new_position_is_masked_out_is_refused(
+    world: dict[str, Any],  # noqa: F811
+    alone: Any,
+) -> None:
+    model = world["model"]
+    ids = alone[HAZARD]["ids"]
+    with attach(model, Bundle.load(world["bundle_dir"])), torch.no_grad():
+        prefill = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+        step = prefill.logits[:, -1:].argmax(-1)
+        mask = torch.cat([torch.ones_like(ids), torch.zeros_like(step)], dim=1)
+        with pytest.raises(GuardrailStateError, match="masks out a position after the prompt"):
+            model(input_ids=step, attention_mask=mask, past_key_values=prefill.past_key_values)
+
+
 def test_without_a_mask_pad_tokens_are_refused(world: dict[str, Any], alone: Any) -> None:  # noqa: F811
     model, tokenizer = world["model"], world["tokenizer"]
     enc = tokenizer([HAZARD, SHORT], return_tensors="pt", padding=True)

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from dsg_runtime.decoder import decoder_layers, decoder_of
 from dsg_runtime.errors import GuardrailStateError, UserError
-from dsg_runtime.hf_masks import decide_segments, new_positions, read_prompt
+from dsg_runtime.hf_masks import decide_segments, new_positions, read_prompt, refuse_masked_out
 
 if TYPE_CHECKING:
     import torch
@@ -496,6 +496,7 @@ class GuardrailHandle:
             new = new_positions(
                 call.mask, batch, length, past, x.device, additive=self._additive_masks()
             )
+            refuse_masked_out(new)
             out = state.guardrail.continue_rows(x, new, record.fired)
             record.seen = past + length
         return hidden if out is x else out.to(hidden.dtype)
@@ -580,6 +581,7 @@ class GuardrailHandle:
             view = self._read(x, call, by_generate=True)
             _refuse_packed(view, "generate")
             full = view.attended
+            refuse_masked_out(full[:, end:])
             prompt = full & (torch.arange(length, device=x.device) < end)
             if not bool(prompt.any(dim=1).all()):
                 raise GuardrailStateError("a prompt of generate attends none of its tokens")
@@ -601,6 +603,7 @@ class GuardrailHandle:
         new = new_positions(
             call.mask, batch, length, past, x.device, additive=self._additive_masks()
         )
+        refuse_masked_out(new[:, max(end - past, 0) :])
         if past >= end:
             out = guardrail.continue_rows(x, new, record.fired)
         elif decision is None:

@@ -106,6 +106,16 @@ def new_positions(
     return own.to(device)
 
 
+def refuse_masked_out(new: torch.Tensor) -> None:
+    """Generated positions (decode steps) are tokens: one masked out would still be computed by
+    the model, but not clamped."""
+    if not bool(new.all()):
+        raise GuardrailStateError(
+            "the attention mask masks out a position after the prompt: the model still "
+            "computes it, but the guardrail would not clamp it; generated positions are attended"
+        )
+
+
 def _refuse_unmasked(input_ids: Any, position_ids: Any, pad_ids: frozenset[int]) -> None:
     import torch
 
