@@ -103,7 +103,13 @@ def test_threads_each_get_their_own_decision(alone: dict[str, Any]) -> None:
         assert fired == alone[name][1] and torch.equal(tokens, alone[name][2])
 
 
-def test_a_packed_row_is_decided_per_sequence(alone: dict[str, Any]) -> None:
+@pytest.mark.parametrize("kind", ["additive", "boolean"])
+def test_a_packed_row_is_decided_per_sequence(alone: dict[str, Any], kind: str) -> None:
+    """The tiny Llama runs SDPA, which reads a boolean mask as one (True: attend)."""
+    import transformers
+
+    if kind == "boolean" and int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip("transformers 4 refuses a boolean 4-D mask itself")
     model = tiny_llama()
     rows = {"fires": FIRES, "quiet": QUIET_ROW}
     for first, second in (("fires", "quiet"), ("quiet", "fires")):
@@ -114,6 +120,8 @@ def test_a_packed_row_is_decided_per_sequence(alone: dict[str, Any]) -> None:
         segment = torch.arange(n) >= cut
         keep = torch.ones(n, n, dtype=torch.bool).tril() & (segment[:, None] == segment[None])
         mask = torch.zeros(1, 1, n, n).masked_fill(~keep, torch.finfo(torch.float32).min)
+        if kind == "boolean":
+            mask = keep[None, None]
         with attach(model, tiny_bundle()) as handle, torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
             assert handle.fired is not None and handle.fired.tolist() == [True]
