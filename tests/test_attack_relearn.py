@@ -110,6 +110,12 @@ def test_report_names_the_fine_tuning_data(relearned: dict[str, Any]) -> None:
     assert details["documents"] == n_docs and details["rows"] > 0 and details["seconds"] > 0
 
 
+def test_report_says_the_binding_check_is_overridden(relearned: dict[str, Any]) -> None:
+    from dsg_attacks.relearn import OVERRIDE_NOTE
+
+    assert relearned["data"]["warnings"] == [OVERRIDE_NOTE]
+
+
 def attack_args(*args: str) -> list[str]:
     return ["attack", "relearn", *args, "--case", "tiny", "--out", "runs"]
 

@@ -49,16 +49,29 @@ def sae_dir(root: Path) -> Path:
     return path
 
 
-def write_bundle(root: Path, name: str, base_model: dict[str, Any]) -> Path:
+def write_bundle(
+    root: Path, name: str, base_model: dict[str, Any], bound_to: Path | None = None
+) -> Path:
+    """A bundle, bound to the transformers model in ``bound_to`` if given."""
+    from transformers import AutoModelForCausalLM
+
+    from dsg_runtime.binding import record_binding
+
+    binding = None
+    if bound_to is not None:
+        model = AutoModelForCausalLM.from_pretrained(bound_to, dtype=torch.float32)
+        binding = record_binding(model, HOOK)
     loaded = LoadedSAE(build_sae(32, 16, hook_name=HOOK), "tiny-sae", HOOK, 0)
-    bundle = from_sae(loaded, [3, 1, 2], threshold=0.2, multiplier=5.0, base_model=base_model)
+    bundle = from_sae(
+        loaded, [3, 1, 2], threshold=0.2, multiplier=5.0, base_model=base_model, binding=binding
+    )
     return bundle.save(root / name)
 
 
 @pytest.fixture(scope="module")
 def bundle(root: Path, gemma_dir: Path) -> Path:
     """A bundle whose base model is the tiny Gemma."""
-    return write_bundle(root, "bundle", {"hf": str(gemma_dir)})
+    return write_bundle(root, "bundle", {"hf": str(gemma_dir)}, gemma_dir)
 
 
 # --- a model that ships code of its own --------------------------------------------------------
@@ -224,7 +237,7 @@ def test_model_given_wins_over_the_bundle_hint_and_the_difference_is_named(
 ) -> None:
     """The bundle names a folder that does not exist: the run works only if it is not loaded."""
     elsewhere = root / "not-a-model"
-    hinted = write_bundle(root, "bundle-elsewhere", {"hf": str(elsewhere)})
+    hinted = write_bundle(root, "bundle-elsewhere", {"hf": str(elsewhere)}, gemma_dir)
     result = generate_ok("--bundle", str(hinted), "--model", str(gemma_dir))
     line = f"[dsg] model: {gemma_dir} (--model; the bundle's base_model.hf is {elsewhere})"
     assert line in result.stderr.splitlines()

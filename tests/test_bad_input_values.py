@@ -27,6 +27,7 @@ from dsg.config.values import CaseDefaults
 from dsg.core.artifacts import file_sha256, read_tensors, write_tensors
 from dsg.core.errors import UserError
 from dsg.hf import attach
+from dsg_runtime.binding import record_binding
 
 HUGE = "99999999999999999999999"  # beyond int64
 
@@ -143,7 +144,13 @@ def test_the_largest_multiplier_keeps_logits_finite(tmp_path: Path) -> None:
     model, tokenizer = load_hf(write_tiny_gemma(tmp_path / "gemma"))
     sae = topic_sae(model, tokenizer)
     loaded = LoadedSAE(sae, "topic", HOOK, 1)
-    bundle = from_sae(loaded, [0, 1, 2], threshold=0.0, multiplier=MAX_MULTIPLIER)
+    bundle = from_sae(
+        loaded,
+        [0, 1, 2],
+        threshold=0.0,
+        multiplier=MAX_MULTIPLIER,
+        binding=record_binding(model, HOOK),
+    )
     enc = tokenizer(["vex zyx quazz pox vexx zyq"], return_tensors="pt")
     with torch.no_grad():
         plain = model(**enc).logits

@@ -42,6 +42,7 @@ def test_a_window_length_must_be_positive(world: TinyWorld, use_world: UseWorld)
         ({"window": 0, "window_threshold": 0.5}, "positive integer"),
         ({"window": 4.0, "window_threshold": 0.5}, "positive integer"),
         ({"window": True, "window_threshold": 0.5}, "positive integer"),
+        ({"window": 10**30, "window_threshold": 0.5}, "at most 9,223,372,036,854,775,807"),
     ],
 )
 def test_generate_refuses_a_windowed_bundle_with_bad_window_parameters(

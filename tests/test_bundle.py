@@ -104,7 +104,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert torch.equal(back.tensors["W_enc"], sae.W_enc.detach()[:, [4, 1, 8]])
     assert torch.equal(back.tensors["jump_threshold"], sae.threshold.detach()[[4, 1, 8]])
     config = json.loads((tmp_path / "b" / CONFIG_FILE).read_text())
-    assert config["format_version"] == 4 and config["threshold"] == 0.25  # alpha, by one name
+    assert config["format_version"] == 5 and config["threshold"] == 0.25  # alpha, by one name
     assert config["strategy_params"] == {}
     assert config["rules"]["fire"].startswith("float32(rate) > ")
     assert config["hook"] == {"name": HOOK, "layer": 1, "point": "hook_resid_post"}

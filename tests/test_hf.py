@@ -18,6 +18,7 @@ from dsg.bundle import Bundle, from_sae
 from dsg.core.errors import UserError
 from dsg.guardrail import DynamicClamp
 from dsg.hf import attach
+from dsg_runtime.binding import record_binding
 from dsg_runtime.guardrail import sequence_rates, token_hits
 
 torch.set_num_threads(1)
@@ -103,7 +104,9 @@ def write_bundle(
     alpha: float,
     multiplier: float = 30.0,
     hook: str = HOOK,
+    model: Any = None,
 ) -> Path:
+    """The bundle, bound to ``model`` (the transformers model it is calibrated on) if given."""
     loaded = LoadedSAE(sae, "topic-sae", hook, int(hook.split(".")[1]), fingerprint="t")
     bundle = from_sae(
         loaded,
@@ -111,6 +114,7 @@ def write_bundle(
         threshold=alpha,
         multiplier=multiplier,
         base_model={"hf": str(directory.parent / "model")},
+        binding=None if model is None else record_binding(model, hook),
     )
     return bundle.save(directory)
 
@@ -128,7 +132,7 @@ def topic_world(root: Path) -> dict[str, Any]:
     sae = topic_sae(model, tokenizer)
     features = [0, 1, 2]
     alpha = separating_threshold(sae, features, model, tokenizer)
-    bundle_dir = write_bundle(root / "bundle", sae, features, alpha)
+    bundle_dir = write_bundle(root / "bundle", sae, features, alpha, model=model)
     return {
         "root": root,
         "model_dir": model_dir,
@@ -269,6 +273,7 @@ def test_resid_pre_hook_and_removal(world: dict[str, Any], tmp_path: Path) -> No
             world["features"],
             world["alpha"],
             hook="blocks.2.hook_resid_pre",
+            model=model,
         )
     )
     post = Bundle.load(world["bundle_dir"])

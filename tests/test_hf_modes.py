@@ -345,7 +345,7 @@ def test_every_generation_mode_is_tested_or_refused() -> None:
 def test_remove_gives_the_model_its_own_generate_back(world: dict[str, Any]) -> None:  # noqa: F811
     model = world["model"]
     first = attach(model, Bundle.load(world["bundle_dir"]))
-    second = attach(model, Bundle.load(world["bundle_dir"]))
+    second = attach(model, Bundle.load(world["bundle_dir"]), stack=True)
     first.remove()  # under the second: its wrapper stays, and passes calls through
     second.remove()
     assert "generate" not in model.__dict__ or not hasattr(model.generate, "__dsg_guardrail__")

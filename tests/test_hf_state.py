@@ -88,6 +88,8 @@ def _cache_of(length: int, batch: int) -> DynamicCache:
 
 @pytest.fixture
 def toy(tmp_path: Path) -> tuple[_ToyLM, Bundle]:
+    """The toy has no embeddings to probe, so its bundle is unbound: attached with the binding
+    check overridden."""
     return _ToyLM(), _toy_bundle(tmp_path)
 
 
@@ -95,7 +97,7 @@ def test_a_cache_under_an_unknown_keyword_carries_the_decision(toy: Any) -> None
     model, bundle = toy
     # row 0: BOS + 3 hits of 4 (rate 0.75 > 0.3, fires); row 1: BOS + 1 hit of 4 (0.25, not)
     prompt = _hidden([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
-    with attach(model, bundle) as handle:
+    with attach(model, bundle, allow_mismatch=True) as handle:
         out = model(prompt, attention_mask=torch.ones(2, 4, dtype=torch.long))
         assert handle.fired.tolist() == [True, False]
         assert handle.rates.tolist() == [0.75, 0.25]
@@ -112,14 +114,14 @@ def test_a_cache_under_an_unknown_keyword_carries_the_decision(toy: Any) -> None
 
 def test_a_continuation_without_its_prompt_is_refused(toy: Any) -> None:
     model, bundle = toy
-    with attach(model, bundle):
+    with attach(model, bundle, allow_mismatch=True):
         with pytest.raises(GuardrailStateError, match="did not decide"):
             model(_hidden([[1.0]]), memo=_cache_of(5, 1))
 
 
 def test_a_cache_longer_than_what_the_guardrail_followed_is_refused(toy: Any) -> None:
     model, bundle = toy
-    with attach(model, bundle):
+    with attach(model, bundle, allow_mismatch=True):
         model(_hidden([[1.0, 1.0, 1.0]]))
         model(_hidden([[1.0]]), memo=_cache_of(3, 1))
         with pytest.raises(GuardrailStateError, match="ran unguarded"):
@@ -128,7 +130,7 @@ def test_a_cache_longer_than_what_the_guardrail_followed_is_refused(toy: Any) ->
 
 def test_mask_and_cache_that_disagree_are_refused(toy: Any) -> None:
     model, bundle = toy
-    with attach(model, bundle):
+    with attach(model, bundle, allow_mismatch=True):
         model(_hidden([[1.0, 1.0, 1.0]]))
         ones = torch.ones(1, 1, dtype=torch.long)  # the mask says: a new one-token prompt
         with pytest.raises(GuardrailStateError, match="starts or continues"):
@@ -138,7 +140,7 @@ def test_mask_and_cache_that_disagree_are_refused(toy: Any) -> None:
 def test_a_legacy_tuple_cache_is_recognised(toy: Any) -> None:
     model, bundle = toy
     legacy = tuple((torch.zeros(1, 1, 3, 2), torch.zeros(1, 1, 3, 2)) for _ in range(2))
-    with attach(model, bundle) as handle:
+    with attach(model, bundle, allow_mismatch=True) as handle:
         model(_hidden([[1.0, 1.0, 1.0]]))
         out = model(_hidden([[1.0]]), memo=legacy)
         assert handle.fired.tolist() == [True] and out[0, 0, 1] == -10.5
@@ -146,7 +148,10 @@ def test_a_legacy_tuple_cache_is_recognised(toy: Any) -> None:
 
 def test_the_guarded_layer_alone_is_refused(toy: Any) -> None:
     model, bundle = toy
-    with attach(model, bundle), pytest.raises(GuardrailStateError, match="outside"):
+    with (
+        attach(model, bundle, allow_mismatch=True),
+        pytest.raises(GuardrailStateError, match="outside"),
+    ):
         model.model.layers[0](_hidden([[1.0, 1.0]]))
 
 

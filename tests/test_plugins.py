@@ -282,7 +282,7 @@ mask[2, :8] = 0
 mask[3, :4] = 0
 with torch.no_grad():
     plain = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-    with attach(model, bundle) as handle:
+    with attach(model, bundle, allow_mismatch=True) as handle:  # a model built to fit it
         guarded = model(input_ids=ids, attention_mask=mask).logits
 print(json.dumps({
     "hidden": plain.hidden_states[bundle.hook_layer + 1].tolist(),

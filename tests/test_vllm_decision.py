@@ -4,6 +4,7 @@ refused, untested set-ups refused. No vLLM needed."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -81,13 +82,15 @@ def test_decisions_equal_dsg_hf_guarded_generate(model_dir: Path, hook: str) -> 
     from transformers import AutoModelForCausalLM
 
     from dsg.hf import attach
+    from dsg_runtime.binding import record_binding
 
     bundle = bundle_for(model_dir, hook)
     decider = PromptDecider.load(bundle, model_dir, torch.float32, "cpu")
     assert len(decider.model.model.layers) == bundle.hook_layer + 1  # later layers not loaded
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     ours, theirs = [], []
-    with attach(model, bundle) as handle:
+    bound = dataclasses.replace(bundle, binding=record_binding(model, hook))
+    with attach(model, bound) as handle:
         for ids in prompts():
             model.generate(torch.tensor([ids]), max_new_tokens=2, do_sample=False)
             theirs.append(bool(handle.fired[0]))  # type: ignore[index]

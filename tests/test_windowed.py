@@ -32,6 +32,7 @@ from dsg.hf import attach
 from dsg.stages import sparsity
 from dsg.stages.generate import Completion, describe
 from dsg.stages.window_calibration import calibrate_window, diluted
+from dsg_runtime.binding import record_binding
 from dsg_runtime.guardrail import (
     ThresholdGate,
     WindowGate,
@@ -226,6 +227,7 @@ def test_guarded_generation_equals_the_in_process_guardrail(
     bundle = from_sae(
         loaded_sae, features, threshold=alpha, multiplier=30.0, strategy="windowed",
         params={"window": window, "window_threshold": tau},
+        binding=record_binding(model, loaded_sae.hook_name),
     )  # fmt: skip
     bundle = Bundle.load(bundle.save(tmp_path / "windowed"))
     alone = []

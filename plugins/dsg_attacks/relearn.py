@@ -19,6 +19,13 @@ from typing import Any
 
 from dsg.api import AttackPrompt, AttackRow, AttackTarget, UserError
 
+OVERRIDE_NOTE = (
+    "the guardrail calibrated on the original model is applied to fine-tuned copies on purpose: "
+    "the model-binding check that refuses a bundle on a model it was not calibrated on is "
+    "overridden for this attack"
+)
+"""Said in the report: what a deployed bundle would refuse (docs/bundle.md) is the point here."""
+
 
 def evaluated_prompts(target: AttackTarget) -> dict[str, list[AttackPrompt]]:
     """Every question of every set as ``dsg evaluate`` renders it."""
@@ -60,6 +67,7 @@ class RelearnAttack:
 
     def run(self, target: AttackTarget) -> Iterator[AttackRow]:
         s = target.settings
+        target.warn(OVERRIDE_NOTE)
         prompts = evaluated_prompts(target)
         n_docs, rows = target.held_out_forget()
         data = {"documents": n_docs, "rows": int(rows.shape[0])}

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from dsg_runtime.binding import record_binding
 from dsg_runtime.bundle import Bundle
 
 HIDDEN = 16
@@ -58,7 +59,7 @@ def tiny_bundle(
     strategies: Any = None,
 ) -> Bundle:
     """Two features: 0 reads along token 1's embedding, 1 the opposite way (never fires on
-    tokens 0 and 1); the decoder rows are the encoder columns."""
+    tokens 0 and 1); the decoder rows are the encoder columns. Bound to ``tiny_llama()``."""
     w = _direction()
     w_enc = torch.stack([w, -w], dim=1)
     return Bundle(
@@ -78,7 +79,15 @@ def tiny_bundle(
         },
         strategy_params=params or {},
         strategies=strategies,
+        binding=_binding(),
     )
+
+
+def _binding() -> Any:
+    """The binding record of ``tiny_llama()``, built without touching the caller's random
+    numbers (a test may have seeded them for sampling)."""
+    with torch.random.fork_rng():
+        return record_binding(tiny_llama(), "blocks.0.hook_resid_post")
 
 
 def left_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,8 @@ from dsg_runtime.strategies import bundle_strategy
 if TYPE_CHECKING:
     import torch
 
-    from dsg.api.interfaces import LoadedSAE
+    from dsg.api.interfaces import LoadedModel, LoadedSAE
+    from dsg_runtime.binding import ModelBinding
     from dsg_runtime.guardrail import FeatureColumns
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "Bundle",
     "bundle_strategy",
     "from_sae",
+    "model_binding",
     "parse_hook",
 ]
 
@@ -52,11 +54,13 @@ def from_sae(
     base_model: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
     strategies: Mapping[str, Any] | None = None,
+    binding: ModelBinding | None = None,
 ) -> Bundle:
     """Cut the bundle of ``features`` (in clamp order) out of a full sae_lens SAE. ``params``:
     the gate's calibrated parameters beyond the threshold (``windowed``: ``{"window": w}``),
     stored in ``strategy_params`` beside what the strategy's ``bundle_params`` adds;
-    ``strategies``: the plugin strategies (a registry's, by name) ``strategy`` may be among."""
+    ``strategies``: the plugin strategies (a registry's, by name) ``strategy`` may be among;
+    ``binding``: the record of the model it is calibrated on (:func:`model_binding`)."""
     from dsg.guardrail import column_activation, feature_columns
     from dsg_runtime.guardrail import feature_index
 
@@ -90,7 +94,25 @@ def from_sae(
         base_model=base_model or {},
         provenance=provenance or {},
         strategies=strategies,
+        binding=binding,
     )
+
+
+def model_binding(model: LoadedModel, hook_name: str) -> ModelBinding:
+    """The binding record of a TransformerLens model: its residual at ``hook_name`` for the
+    runtime's probe, which a transformers copy of the same weights reproduces within the
+    tolerance (:mod:`dsg_runtime.binding`)."""
+    import torch
+
+    from dsg_runtime.binding import binding_from_activations, probe_ids
+
+    tl = model.model
+    layer, _ = parse_hook(hook_name)
+    ids = probe_ids(int(tl.cfg.d_vocab))
+    tokens = torch.tensor([list(ids)], device=tl.cfg.device)
+    with torch.no_grad():
+        _, cache = tl.run_with_cache(tokens, names_filter=hook_name, stop_at_layer=layer + 1)
+    return binding_from_activations(ids, cache[hook_name][0])
 
 
 def _tensors(columns: FeatureColumns, b_dec: torch.Tensor) -> dict[str, torch.Tensor]:

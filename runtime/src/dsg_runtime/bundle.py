@@ -4,7 +4,9 @@ Only the k selected features travel: their encoder columns, biases and JumpReLU 
 compute the gate) and their decoder rows (to clamp), beside ``b_dec`` when the SAE subtracts it
 from its input. ``bundle.json`` says where the guardrail hooks, which strategy gates it (a
 built-in one, or a plugin's passed in by the caller, see :mod:`dsg_runtime.strategies`), which
-rules it follows and what it was made from. Applying a bundle is
+rules it follows, what it was made from and, since format 5, the model it is bound to (its
+``binding``: the residual at the hook for a fixed probe, see :mod:`dsg_runtime.binding`, checked
+wherever the bundle meets a model). Applying a bundle is
 :class:`dsg_runtime.guardrail.Guardrail`, the same code dsg's engine runs.
 ``bundle.json`` carries a sha256 of its own content, which includes the tensor file's sha256, so
 the description (hook, features, threshold, ...) is covered as well as the weights. Loading
@@ -30,6 +32,7 @@ from dsg_runtime.atomic import (
     write_json,
     write_tensors,
 )
+from dsg_runtime.binding import PROBE_TENSOR, ModelBinding
 from dsg_runtime.checks import check_bounds, check_int64, check_multiplier
 from dsg_runtime.errors import UserError
 from dsg_runtime.hook_names import resid_hook
@@ -41,7 +44,10 @@ if TYPE_CHECKING:
     from dsg_runtime.guardrail import Guardrail
 
 FORMAT = "dsg-guardrail-bundle"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (4, 5)
+"""Version 4 is version 5 without ``binding``: such a bundle loads unbound, and a model accepts
+it only with the binding check overridden."""
 DIGEST_FIELD = "sha256"
 CONFIG_FILE = "bundle.json"
 TENSORS_FILE = "guardrail.safetensors"
@@ -65,7 +71,7 @@ RULES: dict[str, str] = {
 FIELDS = (
     "format", "format_version", "hook", "features", "threshold", "multiplier", "strategy",
     "strategy_params", "rules", "activation", "apply_b_dec_to_input", "d_model", "d_sae", "dtype",
-    "sae", "base_model", "provenance", "tensors", DIGEST_FIELD,
+    "sae", "base_model", "provenance", "binding", "tensors", DIGEST_FIELD,
 )  # fmt: skip
 """Every field of ``bundle.json``; one more or one less is refused."""
 DESCRIPTIVE_FIELDS = {
@@ -110,6 +116,8 @@ class Bundle:
     provenance: dict[str, Any] = field(default_factory=dict)
     strategies: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
     """Plugin strategies by name, among which ``strategy`` resolves beside the built-in ones."""
+    binding: ModelBinding | None = field(default=None, compare=False, repr=False)
+    """The model the bundle was calibrated on (None: unbound, see :mod:`dsg_runtime.binding`)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -187,6 +195,8 @@ class Bundle:
                 )
             if not bool(torch.isfinite(tensor).all()):
                 raise UserError(f"bundle tensor {name} holds NaN or infinite values")
+        if self.binding is not None:
+            self.binding.validate(d)
 
     def config(self, tensors_sha256: str) -> dict[str, Any]:
         """The JSON half of the bundle."""
@@ -208,13 +218,17 @@ class Bundle:
             "sae": self.sae,
             "base_model": self.base_model,
             "provenance": self.provenance,
+            "binding": None if self.binding is None else self.binding.config(),
             "tensors": {"file": TENSORS_FILE, "sha256": tensors_sha256},
         }
 
     def save(self, directory: Path) -> Path:
         """Write the tensors, then ``bundle.json`` (with their hash), each atomically."""
         directory.mkdir(parents=True, exist_ok=True)
-        write_tensors(directory / TENSORS_FILE, self.tensors, metadata={"format": FORMAT})
+        tensors = dict(self.tensors)
+        if self.binding is not None:
+            tensors[PROBE_TENSOR] = self.binding.activations
+        write_tensors(directory / TENSORS_FILE, tensors, metadata={"format": FORMAT})
         config = self.config(file_sha256(directory / TENSORS_FILE))
         write_json(directory / CONFIG_FILE, {**config, DIGEST_FIELD: json_sha256(config)})
         return directory
@@ -230,7 +244,7 @@ class Bundle:
         config = read_json(config_path)
         if not isinstance(config, dict) or config.get("format") != FORMAT:
             raise UserError(f"{config_path} is not a dsg guardrail bundle")
-        if config.get("format_version") != FORMAT_VERSION:
+        if config.get("format_version") not in READABLE_VERSIONS:
             raise UserError(
                 f"{directory} is bundle format version {config.get('format_version')!r}; this "
                 f"dsg reads version {FORMAT_VERSION}. Export the bundle again"
@@ -255,8 +269,10 @@ class Bundle:
             )
         try:
             described_fields = _described(config)
+            tensors = read_tensors(tensors_path)
+            binding = _binding(config, tensors.pop(PROBE_TENSOR, None))
             bundle = cls(
-                tensors=read_tensors(tensors_path), strategies=strategies, **described_fields
+                tensors=tensors, strategies=strategies, binding=binding, **described_fields
             )
             _check_agreement(bundle, config)
         except UserError as exc:
@@ -284,11 +300,12 @@ class Bundle:
 def _described(config: dict[str, Any]) -> dict[str, Any]:
     """The constructor arguments ``bundle.json`` describes, each of its JSON type (a number is
     not a string or a bool, an index not a float); any field missing or unknown is refused."""
-    unknown = sorted(set(config) - set(FIELDS))
-    missing = [name for name in FIELDS if name not in config]
+    fields = FIELDS if config["format_version"] == FORMAT_VERSION else _FIELDS_V4
+    unknown = sorted(set(config) - set(fields))
+    missing = [name for name in fields if name not in config]
     if unknown or missing:
         what = f"unknown field {unknown[0]!r}" if unknown else f"no field {missing[0]!r}"
-        raise UserError(f"{what} (a bundle has exactly: {', '.join(FIELDS)})")
+        raise UserError(f"{what} (a bundle has exactly: {', '.join(fields)})")
     hook = _typed(config, "hook", dict)
     if set(hook) != {"name", "layer", "point"}:
         raise UserError(f"hook must have exactly name, layer and point, not {sorted(hook)}")
@@ -311,6 +328,28 @@ def _described(config: dict[str, Any]) -> dict[str, Any]:
         "base_model": _typed(config, "base_model", dict),
         "provenance": _typed(config, "provenance", dict),
     }
+
+
+_FIELDS_V4 = tuple(name for name in FIELDS if name != "binding")
+
+
+def _binding(config: dict[str, Any], probe: torch.Tensor | None) -> ModelBinding | None:
+    """The binding record: ``binding`` in ``bundle.json`` and its probe in the tensor file,
+    both or neither (version 4 has neither)."""
+    described = config.get("binding")
+    if described is None:
+        if probe is not None:
+            raise UserError(f"the tensor file holds {PROBE_TENSOR} but binding is null")
+        return None
+    binding = _typed(config, "binding", dict)
+    if set(binding) != {"token_ids", "tolerance"}:
+        raise UserError(f"binding must have exactly token_ids and tolerance, not {sorted(binding)}")
+    if probe is None:
+        raise UserError(f"binding is recorded but the tensor file holds no {PROBE_TENSOR}")
+    ids = _typed(binding, "token_ids", list, "binding.token_ids")
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise UserError("binding.token_ids must be integers")
+    return ModelBinding(tuple(ids), probe, _typed(binding, "tolerance", float, "binding.tolerance"))
 
 
 def _typed(table: dict[str, Any], key: str, kind: type, name: str | None = None) -> Any:

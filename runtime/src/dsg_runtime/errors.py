@@ -9,3 +9,8 @@ class UserError(Exception):
 
     The message says what was wrong and what to do about it; no traceback is shown.
     """
+
+
+class GuardrailStateError(UserError):
+    """The guardrail cannot tell what a forward pass holds (a prompt or a continuation, which
+    tokens it attends), so it refuses to run it rather than run it unguarded."""

@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from dsg_runtime.checks import check_bounds, check_multiplier, check_percentile
+from dsg_runtime.checks import INT64_MAX, check_bounds, check_multiplier, check_percentile
 from dsg_runtime.errors import UserError
 from dsg_runtime.protocols import Gate
 
@@ -343,6 +343,11 @@ class WindowGate:
     def __init__(self, window: int, window_threshold: float, threshold: float) -> None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise UserError(f"the guardrail window must be a positive integer, got {window!r}")
+        if window > INT64_MAX:  # the window sums are int64 tensors
+            raise UserError(
+                f"the guardrail window must be at most {INT64_MAX:,} tokens, got a "
+                f"{window.bit_length()}-bit number; recalibrate the window"
+            )
         self.window = window
         self.window_threshold = rate_threshold("window_threshold", window_threshold)
         self.threshold = rate_threshold("threshold", threshold)

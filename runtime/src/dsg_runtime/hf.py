@@ -24,20 +24,32 @@ from what cannot be renamed away: the cache object itself (found by type, whatev
 carries it), the length of a 2-D attention mask, and the guardrail's own record of the rows it
 decided, the cache they were written to and how many positions it has seen. When these disagree,
 or a continuation arrives for rows or a cache it did not see filled, the guardrail raises
-:class:`GuardrailStateError` instead of letting a pass through unguarded.
+:class:`GuardrailStateError` instead of letting a pass through unguarded. What a prompt pass
+attends is read by :mod:`dsg_runtime.hf_masks` (packed rows are decided per sequence; masks it
+cannot read are refused).
+
+All of this state belongs to a call, not to the handle: each thread has its own, and a pass run
+while a ``generate`` runs (from a logits processor, say) counts as that generation's only when
+its input starts with generate's prompt or it continues generate's cache; otherwise it is
+decided on its own input. A deep copy of a guarded model is guarded on its own weights, and a
+second guardrail on one model needs ``stack=True``.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dsg_runtime.errors import UserError
+from dsg_runtime.decoder import decoder_layers, decoder_of
+from dsg_runtime.errors import GuardrailStateError, UserError
+from dsg_runtime.hf_masks import decide_segments, new_positions, read_prompt, refuse_masked_out
 
 if TYPE_CHECKING:
     import torch
@@ -45,30 +57,14 @@ if TYPE_CHECKING:
     from dsg_runtime.bundle import Bundle
     from dsg_runtime.guardrail import Guardrail
 
-
-class GuardrailStateError(UserError):
-    """The guardrail cannot tell whether a forward pass starts or continues a sequence, so it
-    refuses to run it rather than run it unguarded."""
-
-
-def decoder_of(model: Any) -> Any:
-    """The module that owns the decoder layer list (``model.model`` for Llama/Gemma-style LMs)."""
-    for decoder in (getattr(model, "model", None), _get_decoder(model)):
-        if decoder is not None and getattr(decoder, "layers", None) is not None:
-            return decoder
-    raise UserError(
-        f"cannot find the decoder layers of a {type(model).__name__}; the guardrail supports "
-        "causal LMs with model.model.layers (Gemma, Llama, Mistral, Qwen, ...)"
-    )
-
-
-def _get_decoder(model: Any) -> Any:
-    return model.get_decoder() if hasattr(model, "get_decoder") else None
-
-
-def decoder_layers(model: Any) -> Any:
-    """The decoder layer list of a causal LM."""
-    return decoder_of(model).layers
+__all__ = [
+    "GuardrailHandle",
+    "GuardrailStateError",
+    "attach",
+    "decoder_layers",
+    "decoder_of",
+    "guardrails_on",
+]
 
 
 def _is_legacy_cache(value: Any) -> bool:
@@ -110,6 +106,9 @@ class _Call:
     """``cache_position[0]`` when the call names it (transformers 4.x)."""
     caches: tuple[Any, ...] = ()
     """The transformers ``Cache`` objects among the arguments."""
+    input_ids: Any = None
+    inputs_embeds: Any = None
+    position_ids: Any = None
 
     def past(self, length: int) -> int:
         """Positions of each row that came before this call's ``length`` new ones."""
@@ -168,11 +167,32 @@ class _Decision:
 
 @dataclass
 class _Generation:
-    """What a ``generate`` call told the guardrail: the prompt's length, and its decision when
-    the prompt is decided before generation runs it."""
+    """What a ``generate`` call told the guardrail: its prompt (to recognise its own passes
+    among others run while it runs), and the prompt's decision when the prompt is decided before
+    generation runs it."""
 
     prompt_length: int
+    prompt: Any = None
+    """The ``input_ids`` (or ``inputs_embeds``) generate starts from, before any expansion."""
+    prompt_name: str = "input_ids"
     decision: _Decision | None = None
+    record: _Record | None = None
+    """The rows its first pass decided (what ``fired`` reports once it returns)."""
+
+    def starts(self, call: _Call, batch: int) -> bool:
+        """Whether a pass with no cached positions is one of this generation's: its first
+        positions are the prompt (repeated for beams and returned sequences)."""
+        import torch
+
+        given = call.input_ids if self.prompt_name == "input_ids" else call.inputs_embeds
+        if self.prompt is None or given is None:
+            return given is None  # nothing to compare: a pass of the same kind as before
+        prompt = self.prompt
+        if batch % prompt.shape[0] or given.shape[0] != batch:
+            return False
+        n = min(prompt.shape[1], given.shape[1])
+        expected = prompt[:, :n].to(given.device).repeat_interleave(batch // prompt.shape[0], 0)
+        return bool(torch.equal(given[:, :n], expected))
 
 
 @dataclass
@@ -185,6 +205,47 @@ class _Record:
     cache: Callable[[], Any] | None = None
     """Returns the KV cache that holds these rows' positions (None: it holds none, so nothing
     can continue them); None itself when the decoder reports no cache object."""
+    generation: _Generation | None = None
+    """The ``generate`` call whose pass decided these rows (None: a pass outside generate)."""
+    packed: bool = False
+    """The rows packed several sequences, each decided alone: nothing may continue them."""
+
+    def holds(self, call: _Call) -> bool:
+        """Whether ``call`` continues the cache these rows were written to."""
+        cache = None if self.cache is None else self.cache()
+        return cache is not None and any(c is cache for c in call.caches)
+
+
+class _State(threading.local):
+    """A thread's view of the guardrail: the pass in flight, the rows it decided, the
+    ``generate`` it is inside. Each thread has its own, so threads sharing one guarded model
+    never read each other's calls, and a pass run inside a generation (a logits processor's) is
+    told apart from the generation's own by its input and its cache."""
+
+    def __init__(self, guardrail: Guardrail) -> None:
+        self.guardrail = copy.copy(guardrail)  # its own fired/rates; the columns are shared
+        self.call: _Call | None = None
+        self.records: list[_Record] = []
+        self.last: _Record | None = None
+        self.pending: _Record | None = None
+        self.prefix: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.generation: _Generation | None = None
+        self.predeciding = False
+
+    def add(self, record: _Record) -> _Record:
+        """Note a newly decided record; records whose cache is gone can continue nothing."""
+        self.records = [r for r in self.records if r.cache is not None and r.cache() is not None]
+        self.records.append(record)
+        self.last = self.pending = record
+        return record
+
+    def continued(self, call: _Call) -> _Record | None:
+        """The record a continuation extends: the newest written to the call's cache, else the
+        newest of all (which the checks then refuse unless its decoder reports no cache)."""
+        for record in reversed(self.records):
+            if record.holds(call):
+                return record
+        return self.records[-1] if self.records else None
 
 
 def _removed_wrapper(generate: Any) -> bool:
@@ -200,22 +261,41 @@ def _no_cache() -> None:
 _GENERATE_MARK = "__dsg_guardrail__"
 
 
-class GuardrailHandle:
-    """The attached guardrail. ``fired`` and ``rates`` (per row) describe the last prompt;
-    ``remove()`` takes every hook off the model again."""
+class _GuardedGenerate:
+    """The model's ``generate`` with the guardrail told about each call (an instance attribute
+    of the model). An object rather than a closure so that ``copy.deepcopy`` of the model gives
+    a wrapper of the copy's guardrail around the copy's own ``generate``."""
 
-    def __init__(self, model: Any, bundle: Bundle) -> None:
+    def __init__(self, handle: GuardrailHandle, current: Any) -> None:
+        functools.update_wrapper(self, current)
+        self.handle = handle
+        self.current = current
+
+    @property
+    def __dsg_guardrail__(self) -> GuardrailHandle:
+        return self.handle
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.handle._hooks:  # removed while another guardrail's wrapper sits on top
+            return self.current(*args, **kwargs)
+        return self.handle._generate(self.current, args, kwargs)
+
+
+class GuardrailHandle:
+    """The attached guardrail. ``fired`` and ``rates`` (per row) describe the calling thread's
+    last prompt; ``remove()`` takes every hook off the model again."""
+
+    def __init__(self, model: Any, bundle: Bundle, binding_note: str | None = None) -> None:
         self.bundle = bundle
         self.guardrail: Guardrail = bundle.guardrail()
+        self.binding_note = binding_note
+        """None when the model matched the bundle's binding record; else what differed and that
+        the caller overrode the check."""
         self._model = model
         decoder = decoder_of(model)
         self._signature = inspect.signature(decoder.forward)
-        self._call: _Call | None = None
-        self._record: _Record | None = None
-        self._prefix: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._generation: _Generation | None = None
-        self._predeciding = False
-        self._deciding_call = False
+        self._pad_ids = _pad_ids(model)
+        self._state = _State(self.guardrail)
         layer = decoder.layers[bundle.hook_layer]
         self._hooks = [
             decoder.register_forward_pre_hook(self._capture, with_kwargs=True),
@@ -227,15 +307,35 @@ class GuardrailHandle:
             self._hooks.append(layer.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
         self._wrap_generate(model)
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> GuardrailHandle:
+        """A copy of the guarded model is guarded on its own weights: its hooks and ``generate``
+        wrapper (copied with the model) call this copy, which follows the copied model; no
+        thread's state is carried over."""
+        clone = GuardrailHandle.__new__(GuardrailHandle)
+        memo[id(self)] = clone
+        clone.bundle = self.bundle
+        clone.guardrail = self.bundle.guardrail()
+        clone.binding_note = self.binding_note
+        clone._model = copy.deepcopy(self._model, memo)
+        clone._signature = self._signature
+        clone._pad_ids = self._pad_ids
+        clone._state = _State(clone.guardrail)
+        clone._hooks = copy.deepcopy(self._hooks, memo)
+        return clone
+
     @property
     def fired(self) -> torch.Tensor | None:
-        """Per row of the last prompt: did the guardrail fire (None before any prompt)."""
-        return None if self._record is None else self._record.fired
+        """Per row of the calling thread's last prompt: did the guardrail fire (None before
+        any prompt). For a row that packs several sequences: did any of them fire."""
+        last = self._state.last
+        return None if last is None else last.fired
 
     @property
     def rates(self) -> torch.Tensor | None:
-        """Per row of the last prompt: its hit rate (None before any prompt)."""
-        return None if self._record is None else self._record.rates
+        """Per row of the calling thread's last prompt: its hit rate (None before any prompt).
+        For a row that packs several sequences: the highest of theirs."""
+        last = self._state.last
+        return None if last is None else last.rates
 
     def remove(self) -> None:
         for hook in self._hooks:
@@ -262,16 +362,18 @@ class GuardrailHandle:
     def decided_on_prefix(
         self, decide_mask: torch.Tensor, apply_mask: torch.Tensor
     ) -> Iterator[None]:
-        """Forward passes inside score a prompt and its continuation at once (log-likelihood
-        requests): each row is decided on ``decide_mask`` (its prompt) and the decision applies
-        to all of ``apply_mask``, as if the continuation had been generated. Both are ``[B, T]``
-        for the whole call; a call of another shape, or one that continues a cache, is refused.
+        """Forward passes inside (in the calling thread) score a prompt and its continuation at
+        once (log-likelihood requests): each row is decided on ``decide_mask`` (its prompt) and
+        the decision applies to all of ``apply_mask``, as if the continuation had been
+        generated. Both are ``[B, T]`` for the whole call; a call of another shape, or one that
+        continues a cache, is refused.
         """
-        self._prefix = (decide_mask.bool(), apply_mask.bool())
+        state = self._state
+        state.prefix = (decide_mask.bool(), apply_mask.bool())
         try:
             yield
         finally:
-            self._prefix = None
+            state.prefix = None
 
     # ------------------------------------------------------------------ generate
 
@@ -286,15 +388,7 @@ class GuardrailHandle:
                 "the model's generate was replaced by other code (custom_generate); the "
                 "guardrail supports transformers' own generate only"
             )
-
-        @functools.wraps(current)
-        def generate(*args: Any, **kwargs: Any) -> Any:
-            if not self._hooks:  # removed while another guardrail's wrapper sits on top
-                return current(*args, **kwargs)
-            return self._generate(current, args, kwargs)
-
-        setattr(generate, _GENERATE_MARK, self)
-        model.generate = generate
+        model.generate = _GuardedGenerate(self, current)
 
     def _generate(self, generate: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """One ``generate`` call: a fresh record, the prompt noted (and decided first when
@@ -303,33 +397,36 @@ class GuardrailHandle:
 
         from dsg_runtime.hf_generation import generation_plan
 
-        if self._generation is not None:
+        state = self._state
+        if state.generation is not None:
             raise GuardrailStateError(
                 "generate was called again while a generation of this guarded model was "
                 "running (the model is its own assistant?); use an unguarded assistant model"
             )
         plan = generation_plan(self._model, args, kwargs)
-        self._record = None
-        generation = _Generation(plan.prompt_length)
+        state.last = None
+        generation = _Generation(plan.prompt_length, plan.prompt, plan.prompt_name)
         if plan.chunked:
             with torch.no_grad():
-                generation.decision = self._decide_prompt(plan.forward_inputs)
-        self._generation = generation
+                generation.decision = self._decide_prompt(state, plan.forward_inputs)
+        state.generation = generation
         try:
             return generate(*args, **kwargs)
         finally:
-            self._generation = None
+            state.generation = None
+            if generation.record is not None:  # not a pass run meanwhile by other code
+                state.last = generation.record
 
-    def _decide_prompt(self, inputs: dict[str, Any]) -> _Decision:
+    def _decide_prompt(self, state: _State, inputs: dict[str, Any]) -> _Decision:
         """Decide the whole prompt in one forward pass that stops after the guarded layer."""
-        self._predeciding = True
+        state.predeciding = True
         try:
             self._model(**inputs, use_cache=False)
         except _PromptDecided as decided:
             (decision,) = decided.args
             return decision  # type: ignore[no-any-return]
         finally:
-            self._predeciding = False
+            state.predeciding = False
         raise GuardrailStateError("the guarded layer did not run on the prompt")
 
     # ------------------------------------------------------------------ hooks
@@ -341,8 +438,9 @@ class GuardrailHandle:
         bound.update(bound.pop("kwargs", None) or {})
         lengths = (cache_length(value) for value in bound.values())
         cache_position = bound.get("cache_position")
-        self._deciding_call = False
-        self._call = _Call(
+        state = self._state
+        state.pending = None
+        state.call = _Call(
             mask=bound.get("attention_mask"),
             cache_lengths=tuple(n for n in lengths if n is not None),
             cache_start=(
@@ -351,17 +449,20 @@ class GuardrailHandle:
                 else None
             ),
             caches=tuple(v for v in bound.values() if isinstance(v, Cache)),
+            input_ids=bound.get("input_ids"),
+            inputs_embeds=bound.get("inputs_embeds"),
+            position_ids=bound.get("position_ids"),
         )
 
     def _after_decoder(self, module: Any, args: Any, output: Any) -> None:
         """After a pass that decided a prompt: note the KV cache that now holds its rows."""
-        if not self._deciding_call or self._record is None:
-            return
-        self._deciding_call = False
-        self._record.cache = _cache_tracker(output)
+        state = self._state
+        record, state.pending = state.pending, None
+        if record is not None:
+            record.cache = _cache_tracker(output)
 
-    def _take_call(self) -> _Call:
-        call, self._call = self._call, None
+    def _take_call(self, state: _State) -> _Call:
+        call, state.call = state.call, None
         if call is None:
             raise GuardrailStateError(
                 "the guarded layer ran outside a forward pass of the decoder the guardrail was "
@@ -370,19 +471,20 @@ class GuardrailHandle:
         return call
 
     def _apply(self, hidden: torch.Tensor) -> torch.Tensor:
-        call = self._take_call()
+        state = self._state
+        call = self._take_call(state)
         batch, length = hidden.shape[:2]
         past = call.past(length)
         x = hidden.float()  # gate and clamp in float32, as the reference ran
-        if self._predeciding:
-            raise _PromptDecided(self._decision_of(x, call))
-        if self._generation is not None:
-            out = self._apply_in_generation(x, call, past, self._generation)
-        elif self._prefix is not None:
-            out = self._apply_prefix(x, past, *self._prefix)
+        if state.predeciding:
+            raise _PromptDecided(self._decision_of(state, x, call))
+        generation = state.generation
+        if generation is not None and self._belongs(state, generation, call, past, batch):
+            out = self._apply_in_generation(state, x, call, past, generation)
+        elif state.prefix is not None:
+            out = self._apply_prefix(state, x, past, *state.prefix)
         elif past == 0:
-            out = self.guardrail(x, _prompt_mask(call.mask, batch, length, hidden.device))
-            self._new_record(length)
+            out = self._apply_prompt(state, x, call)
         else:
             if length != 1:
                 raise GuardrailStateError(
@@ -390,35 +492,81 @@ class GuardrailHandle:
                     "the guardrail cannot tell more prompt from generated tokens; use "
                     "generate, or pass the whole prompt in one pass and then one token a step"
                 )
-            record = self._continued(batch, past, call)
-            out = self.guardrail.continue_rows(
-                x, _new_positions_mask(call.mask, batch, length, hidden.device), record.fired
+            record = self._continued(state, batch, past, call)
+            new = new_positions(
+                call.mask, batch, length, past, x.device, additive=self._additive_masks()
             )
+            refuse_masked_out(new)
+            out = state.guardrail.continue_rows(x, new, record.fired)
             record.seen = past + length
         return hidden if out is x else out.to(hidden.dtype)
 
-    def _decision_of(self, x: torch.Tensor, call: _Call) -> _Decision:
+    @staticmethod
+    def _belongs(
+        state: _State, generation: _Generation, call: _Call, past: int, batch: int
+    ) -> bool:
+        """Whether a pass run while ``generate`` runs is generate's own, or another one (a
+        logits processor's), to be decided on its own input as outside generate."""
+        if past == 0:
+            return generation.starts(call, batch)
+        record = state.continued(call)
+        return record is None or not record.holds(call) or record.generation is generation
+
+    def _read(self, x: torch.Tensor, call: _Call, *, by_generate: bool = False) -> Any:
+        """What a prompt pass attends. ``by_generate``: generate built the call from its own
+        mask (it leaves an all-ones mask out), so pad ids in it are text."""
+        batch, length = x.shape[:2]
+        return read_prompt(
+            call.mask,
+            batch,
+            length,
+            x.device,
+            input_ids=call.input_ids,
+            position_ids=call.position_ids,
+            pad_ids=frozenset() if by_generate else self._pad_ids,
+            additive=self._additive_masks(),
+        )
+
+    def _additive_masks(self) -> bool:
+        """Whether the model adds a 4-D mask to its attention scores (eager attention)."""
+        config = getattr(self._model, "config", None)
+        return getattr(config, "_attn_implementation", None) == "eager"
+
+    def _apply_prompt(self, state: _State, x: torch.Tensor, call: _Call) -> torch.Tensor:
+        """A pass with no cached positions outside generate: a prompt, decided on what it
+        attends (each packed sequence on its own)."""
+        view = self._read(x, call)
+        guardrail = state.guardrail
+        if view.packed:
+            out, fired, rates = decide_segments(guardrail, x, view)
+            state.add(_Record(fired, rates, x.shape[1], packed=True))
+            return out
+        out = guardrail(x, view.attended)
+        self._new_record(state, x.shape[1])
+        return out
+
+    def _decision_of(self, state: _State, x: torch.Tensor, call: _Call) -> _Decision:
         from dsg_runtime.guardrail import countable_positions
 
-        batch, length = x.shape[:2]
-        mask = _prompt_mask(call.mask, batch, length, x.device)
-        self.guardrail.decide_prompt(x, mask)
-        fired, rates = self.guardrail.fired, self.guardrail.rates
+        view = self._read(x, call)
+        _refuse_packed(view, "a prompt prefilled in chunks")
+        state.guardrail.decide_prompt(x, view.attended)
+        fired, rates = state.guardrail.fired, state.guardrail.rates
         if fired is None or rates is None:
             raise GuardrailStateError("the guardrail decided no rows for this prompt")
-        return _Decision(fired, rates, countable_positions(mask))
+        return _Decision(fired, rates, countable_positions(view.attended))
 
-    def _new_record(self, seen: int) -> _Record:
+    def _new_record(
+        self, state: _State, seen: int, generation: _Generation | None = None
+    ) -> _Record:
         """Record the rows the guardrail just decided; the decoder's output names their cache."""
-        fired, rates = self.guardrail.fired, self.guardrail.rates
+        fired, rates = state.guardrail.fired, state.guardrail.rates
         if fired is None or rates is None:
             raise GuardrailStateError("the guardrail decided no rows for this prompt")
-        self._record = _Record(fired, rates, seen)
-        self._deciding_call = True
-        return self._record
+        return _noted(state, _Record(fired, rates, seen, generation=generation))
 
     def _apply_in_generation(
-        self, x: torch.Tensor, call: _Call, past: int, generation: _Generation
+        self, state: _State, x: torch.Tensor, call: _Call, past: int, generation: _Generation
     ) -> torch.Tensor:
         """A forward pass of ``generate``: its positions before the prompt's end are the prompt,
         decided on the whole prompt at once; those after carry that decision."""
@@ -426,13 +574,19 @@ class GuardrailHandle:
 
         batch, length = x.shape[:2]
         end = generation.prompt_length
-        if self._prefix is not None:
+        guardrail = state.guardrail
+        if state.prefix is not None:
             raise GuardrailStateError("decided_on_prefix does not apply inside generate")
         if past == 0 and length >= end:  # the whole prompt (and draft tokens, or generated ones)
-            full = _prompt_mask(call.mask, batch, length, x.device)
+            view = self._read(x, call, by_generate=True)
+            _refuse_packed(view, "generate")
+            full = view.attended
+            refuse_masked_out(full[:, end:])
             prompt = full & (torch.arange(length, device=x.device) < end)
-            out = self.guardrail.decide_on_prefix(x, prompt, full)
-            self._new_record(length)
+            if not bool(prompt.any(dim=1).all()):
+                raise GuardrailStateError("a prompt of generate attends none of its tokens")
+            out = guardrail.decide_on_prefix(x, prompt, full)
+            self._new_record(state, length, generation)
             return out
         decision = None if generation.decision is None else generation.decision.rows(batch)
         if past == 0:
@@ -441,14 +595,17 @@ class GuardrailHandle:
                     f"generate ran the first {length} of the prompt's {end} positions alone "
                     "and the guardrail was not told the prompt is processed in pieces"
                 )
-            record = _Record(decision.fired, decision.rates, 0)
-            self._record = record
-            self._deciding_call = True
+            record = _noted(
+                state, _Record(decision.fired, decision.rates, 0, generation=generation)
+            )
         else:
-            record = self._continued(batch, past, call)
-        new = _new_positions_mask(call.mask, batch, length, x.device)
+            record = self._continued(state, batch, past, call)
+        new = new_positions(
+            call.mask, batch, length, past, x.device, additive=self._additive_masks()
+        )
+        refuse_masked_out(new[:, max(end - past, 0) :])
         if past >= end:
-            out = self.guardrail.continue_rows(x, new, record.fired)
+            out = guardrail.continue_rows(x, new, record.fired)
         elif decision is None:
             raise GuardrailStateError(
                 f"generate continued a prompt of {end} positions after {past}, but the "
@@ -459,12 +616,12 @@ class GuardrailHandle:
             pad = torch.zeros(batch, length - decided.shape[1], dtype=torch.bool, device=x.device)
             decided = torch.cat([decided.to(x.device), pad], dim=1)
             later = new & (torch.arange(past, past + length, device=x.device) >= end)
-            out = self.guardrail.apply_decision(x, decided, later, record.fired)
+            out = guardrail.apply_decision(x, decided, later, record.fired)
         record.seen = past + length
         return out
 
     def _apply_prefix(
-        self, x: torch.Tensor, past: int, decide: torch.Tensor, apply: torch.Tensor
+        self, state: _State, x: torch.Tensor, past: int, decide: torch.Tensor, apply: torch.Tensor
     ) -> torch.Tensor:
         """One pass over prompts and continuations, decided on the prompts (see
         :meth:`decided_on_prefix`)."""
@@ -473,27 +630,30 @@ class GuardrailHandle:
                 f"the guardrail was given prompt masks of shape {tuple(decide.shape)} for a "
                 f"call of shape {tuple(x.shape[:2])} after {past} cached positions"
             )
-        out = self.guardrail.decide_on_prefix(x, decide, apply)
-        self._new_record(x.shape[1])
+        out = state.guardrail.decide_on_prefix(x, decide, apply)
+        self._new_record(state, x.shape[1])
         return out
 
-    def _continued(self, batch: int, past: int, call: _Call) -> _Record:
+    def _continued(self, state: _State, batch: int, past: int, call: _Call) -> _Record:
         """The record of the rows a continuation step extends; raises when there is none, or
         when the step's cache is not the one those rows were written to."""
-        record = self._record
+        record = state.continued(call)
         if record is None or record.fired.shape[0] != batch:
             raise GuardrailStateError(
                 f"the guardrail saw a continuation step ({past} positions already cached) for "
                 "rows whose prompt it did not decide; attach it before the prompt is processed"
             )
-        if record.cache is not None:
-            expected = record.cache()
-            if expected is None or not any(cache is expected for cache in call.caches):
-                raise GuardrailStateError(
-                    f"the guardrail was given a KV cache ({past} positions) that it did not "
-                    "see filled: its positions may have run unguarded; generate from the "
-                    "whole prompt instead"
-                )
+        if record.cache is not None and not record.holds(call):
+            raise GuardrailStateError(
+                f"the guardrail was given a KV cache ({past} positions) that it did not "
+                "see filled: its positions may have run unguarded; generate from the "
+                "whole prompt instead"
+            )
+        if record.packed:
+            raise GuardrailStateError(
+                "a continuation of rows that packed several sequences: each was decided "
+                "alone, and the guardrail cannot tell which one the new positions extend"
+            )
         if past > record.seen:
             raise GuardrailStateError(
                 f"the guardrail followed these rows for {record.seen} positions but the cache "
@@ -512,6 +672,29 @@ class GuardrailHandle:
         return args, {**kwargs, "hidden_states": self._apply(kwargs["hidden_states"])}
 
 
+def _noted(state: _State, record: _Record) -> _Record:
+    """Add a decided record; a generation keeps its first one, which ``fired`` reports after."""
+    state.add(record)
+    if record.generation is not None and record.generation.record is None:
+        record.generation.record = record
+    return record
+
+
+def _refuse_packed(view: Any, where: str) -> None:
+    if view.packed:
+        raise GuardrailStateError(
+            f"{where} with rows that pack several sequences (a block-diagonal 4-D mask): "
+            "pass each sequence as a row of its own"
+        )
+
+
+def _pad_ids(model: Any) -> frozenset[int]:
+    """The pad token ids the model's configs name (a mask-less pass holding one is refused)."""
+    configs = (getattr(model, "config", None), getattr(model, "generation_config", None))
+    ids = (getattr(config, "pad_token_id", None) for config in configs)
+    return frozenset(i for i in ids if isinstance(i, int) and not isinstance(i, bool))
+
+
 def _cache_tracker(output: Any) -> Callable[[], Any] | None:
     """How to find the KV cache a decoder's output says holds the call's positions: a weak
     reference to it; :func:`_no_cache` when a transformers output carries none (nothing may
@@ -528,47 +711,25 @@ def _cache_tracker(output: Any) -> Callable[[], Any] | None:
     return None
 
 
-def _prompt_mask(mask: Any, batch: int, length: int, device: Any) -> torch.Tensor:
-    """The 2-D padding mask ``[B, T]`` of a prompt, from whichever mask the call carried."""
-    import torch
-
-    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-        return mask.to(device=device, dtype=torch.bool)
-    return _attended_keys(mask, batch, length).to(device)
-
-
-def _new_positions_mask(mask: Any, batch: int, length: int, device: Any) -> torch.Tensor:
-    """The attention mask of a continuation's new positions: the tail of a 2-D mask; generated
-    positions are always attended when the call carries a prepared mask instead."""
-    import torch
-
-    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-        return mask[:, -length:].to(device=device, dtype=torch.bool)
-    return torch.ones(batch, length, dtype=torch.bool, device=device)
+def guardrails_on(model: Any) -> list[GuardrailHandle]:
+    """The guardrails attached to ``model`` and not removed (found by their decoder hooks, so a
+    copy of a guarded model reports its own)."""
+    hooks = getattr(decoder_of(model), "_forward_pre_hooks", {})
+    found = (getattr(hook, "__self__", None) for hook in hooks.values())
+    return [h for h in found if isinstance(h, GuardrailHandle) and h._hooks]
 
 
-def _attended_keys(mask: Any, batch: int, length: int) -> torch.Tensor:
-    """The 2-D padding mask of a prompt, read from a prepared 4-D mask ``[B, 1, Q, K]`` (static
-    and compiled caches pass one; transformers 5 a dict per attention type): the keys the
-    prompt's last position may attend under full attention."""
-    import torch
+def attach(
+    model: Any, bundle: Bundle, *, stack: bool = False, allow_mismatch: bool = False
+) -> GuardrailHandle:
+    """Put the bundle's guardrail on a transformers causal LM; returns the handle to remove it.
 
-    if isinstance(mask, dict):
-        mask = mask.get("full_attention", next(iter(mask.values()), None))
-    if mask is None:  # left out because nothing is masked
-        return torch.ones(batch, length, dtype=torch.bool)
-    if not isinstance(mask, torch.Tensor) or mask.dim() != 4:
-        raise GuardrailStateError(
-            "the guardrail cannot read this call's attention mask; pass a 2-D attention_mask"
-        )
-    last = mask[:, 0, -1, :length]
-    if last.dtype == torch.bool:
-        return last
-    return last > torch.finfo(last.dtype).min / 2
+    The model must be the one the bundle was calibrated on (its binding record,
+    :func:`dsg_runtime.binding.check_model_matches`); ``allow_mismatch=True`` overrides that, and
+    the handle's ``binding_note`` (also logged) says what differed. A model that already carries
+    a guardrail is refused unless ``stack=True``: both then apply, one after the other."""
+    from dsg_runtime.binding import check_model_matches
 
-
-def attach(model: Any, bundle: Bundle) -> GuardrailHandle:
-    """Put the bundle's guardrail on a transformers causal LM; returns the handle to remove it."""
     hidden = getattr(model.config, "hidden_size", None)
     if hidden is not None and hidden != bundle.d_model:
         raise UserError(
@@ -580,4 +741,10 @@ def attach(model: Any, bundle: Bundle) -> GuardrailHandle:
         raise UserError(
             f"the bundle hooks layer {bundle.hook_layer} but the model has {n_layers} layers"
         )
-    return GuardrailHandle(model, bundle)
+    if guardrails_on(model) and not stack:
+        raise UserError(
+            "the model already carries a dsg guardrail; remove it first (handle.remove()), or "
+            "pass stack=True to apply both, one after the other"
+        )
+    note = check_model_matches(bundle, model, allow_mismatch=allow_mismatch)
+    return GuardrailHandle(model, bundle, note)

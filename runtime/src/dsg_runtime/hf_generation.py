@@ -13,7 +13,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from dsg_runtime.hf import GuardrailStateError
+from dsg_runtime.errors import GuardrailStateError
 
 SUPPORTED_MODES = frozenset(
     {"greedy_search", "sample", "beam_search", "beam_sample", "assisted_generation"}
@@ -39,6 +39,10 @@ class GenerationPlan:
     """Generation may run the prompt in pieces (``prefill_chunk_size`` is set somewhere)."""
     forward_inputs: dict[str, Any] = field(default_factory=dict)
     """The prompt as one forward pass's arguments (for deciding it before it is chunked)."""
+    prompt: Any = None
+    """The tensor generate starts from (to tell its passes from others run meanwhile)."""
+    prompt_name: str = "input_ids"
+    """``input_ids`` or ``inputs_embeds``."""
 
 
 def generation_plan(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> GenerationPlan:
@@ -83,7 +87,7 @@ def generation_plan(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -
         if positions is None:  # as generate numbers a left-padded prompt
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         inputs = {"input_ids": prompt, "attention_mask": mask, "position_ids": positions}
-    return GenerationPlan(int(prompt.shape[1]), chunked, inputs)
+    return GenerationPlan(int(prompt.shape[1]), chunked, inputs, prompt, prompt_name)
 
 
 def refuse(what: str) -> NoReturn:

@@ -46,18 +46,22 @@ PAD_ID = 0  # lm-eval's right padding of log-likelihood batches (pad_and_concat)
 class GuardedLM(HFLM):
     """lm-eval's ``hf`` model with a dsg guardrail bundle on it. ``bundle`` is a directory or a
     loaded :class:`~dsg_runtime.bundle.Bundle`; ``strategies`` (from Python only) are the plugin
-    strategies by name that a directory's bundle may name besides the built-in ones."""
+    strategies by name that a directory's bundle may name besides the built-in ones;
+    ``allow_model_mismatch`` (``true``/``false``) overrides the check that the model is the one
+    the bundle was calibrated on (the override is logged and kept in ``binding_note``)."""
 
     def __init__(
         self,
         pretrained: Any = None,
         bundle: Any = None,
         strategies: Mapping[str, Any] | None = None,
+        allow_model_mismatch: bool | str = False,
         **kwargs: Any,
     ) -> None:
         from dsg_runtime.bundle import Bundle
         from dsg_runtime.remote_code import refuse_custom_code, refuse_trusting_code
 
+        self.allow_model_mismatch = flag("allow_model_mismatch", allow_model_mismatch)
         loaded = bundle
         if bundle is not None and not isinstance(bundle, Bundle):
             loaded = Bundle.load(bundle, strategies)
@@ -89,7 +93,13 @@ class GuardedLM(HFLM):
             self.handle.remove()
             self.handle = None
         if bundle is not None:
-            self.handle = attach(self.model, bundle)
+            self.handle = attach(self.model, bundle, allow_mismatch=self.allow_model_mismatch)
+
+    @property
+    def binding_note(self) -> str | None:
+        """What differed between the model and the bundle's record when the check was
+        overridden (None: it matched, or no bundle)."""
+        return None if self.handle is None else self.handle.binding_note
 
     def loglikelihood_rolling(self, requests: Any, disable_tqdm: bool = False) -> Any:
         self._whole_windows = True
@@ -129,6 +139,15 @@ class GuardedLM(HFLM):
         decide, apply = row_masks(inps, self._context_lengths)
         with self.handle.decided_on_prefix(decide, apply):
             return super()._model_call(inps, attn_mask, labels)
+
+
+def flag(name: str, value: bool | str) -> bool:
+    """A boolean model argument: ``--model_args`` passes strings."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise UserError(f"{name} must be true or false, not {str(value)[:40]!r}")
 
 
 def context_lengths(

@@ -13,6 +13,7 @@ from typing import Any
 from dsg_runtime.errors import UserError
 
 BUNDLE_KWARG = "dsg_bundle"
+MISMATCH_KWARG = "dsg_allow_model_mismatch"
 BUNDLE_SUBDIR = "dsg_bundle"
 
 
@@ -34,7 +35,9 @@ class GuardedModel:
     """``from_pretrained`` returns the ``AutoModelForCausalLM`` itself with the guardrail hooked
     in, so every harness code path (``generate``, forward log-likelihoods, ``.config``) runs
     unchanged; the handle is at ``model.dsg_guardrail``. The model's own code never runs
-    (``trust_remote_code=False``; a model with ``auto_map`` is refused)."""
+    (``trust_remote_code=False``; a model with ``auto_map`` is refused). The model must be the
+    one the bundle was calibrated on, unless ``dsg_allow_model_mismatch=True`` overrides the
+    check (logged, and kept in ``model.dsg_guardrail.binding_note``)."""
 
     @classmethod
     def from_pretrained(
@@ -49,10 +52,13 @@ class GuardedModel:
         bundle = Bundle.load(
             _bundle_dir(pretrained_model_name_or_path, kwargs.pop(BUNDLE_KWARG, None))
         )
+        allow_mismatch = kwargs.pop(MISMATCH_KWARG, False)
+        if not isinstance(allow_mismatch, bool):
+            raise UserError(f"{MISMATCH_KWARG} must be true or false")
         refuse_trusting_code(kwargs)
         refuse_custom_code(pretrained_model_name_or_path)
         model: Any = AutoModelForCausalLM.from_pretrained(
             pretrained_model_name_or_path, *args, **{**kwargs, "trust_remote_code": False}
         )
-        model.dsg_guardrail = attach(model, bundle)
+        model.dsg_guardrail = attach(model, bundle, allow_mismatch=allow_mismatch)
         return model

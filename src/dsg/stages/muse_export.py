@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dsg.api.interfaces import hf_reference
-from dsg.bundle import CONFIG_FILE, Bundle, bundle_strategy, from_sae
+from dsg.bundle import CONFIG_FILE, Bundle, bundle_strategy, from_sae, model_binding
 from dsg.core.artifacts import check_kind, complete_or_absent, read_json, write_failed
 from dsg.stages.gate_parameters import gate_parameters
 
@@ -59,6 +59,7 @@ def bundles_for(
     sae = session.sae()
     model = session.model(n_layers=sae.hook_layer + 1)
     base_model = {"spec": model.spec, "fingerprint": model.fingerprint, "hf": hf_reference(model)}
+    binding = model_binding(model, sae.hook_name)
     selection_inputs = read_json(selection.path).get("inputs", {})
     bundles = []
     for n in sorted(selection.thresholds):
@@ -82,6 +83,7 @@ def bundles_for(
                             "selection": selection_inputs,
                         },
                         strategies=session.registry.entries["strategies"],
+                        binding=binding,
                     )
                 )
     return bundles
