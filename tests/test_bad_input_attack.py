@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,39 @@ def test_missing_benign_corpus(world: TinyWorld, use_world: UseWorld) -> None:
     use_world(world)
     one_error(run(*attack("dilution", "--benign-corpus", "nope.txt")), "nope.txt does not exist")
     nothing_written()
+
+
+@pytest.mark.parametrize("command", ["attack", "evaluate"])
+def test_a_selection_removed_during_the_run_is_not_named_in_the_report(
+    world: TinyWorld, use_world: UseWorld, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """Another run's --force (or a hand) removes the selection this run read, after it read it:
+    the report would name a file that is not there, so none is written; the run says so."""
+    import shutil
+
+    from dsg.stages.evaluate import evaluate
+
+    use_world(world)
+    expand = evaluate.expand
+
+    def expand_then_remove(selections: list, session: object) -> list:
+        configs = expand(selections, session)
+        for selection in selections:
+            shutil.rmtree(selection.path.parent)
+        return configs
+
+    monkeypatch.setattr(evaluate, "expand", expand_then_remove)
+    args = attack("format", "--format", "as-evaluated") if command == "attack" else [
+        "evaluate", "--case", "tiny", "--out", "runs"
+    ]  # fmt: skip
+    one_error(run(*args), "selection.json was removed while this run went on", "run again")
+    assert not list(Path("runs").rglob("attack.json")) and not list(
+        Path("runs").rglob("report.json")
+    )
+    monkeypatch.undo()
+    use_world(world)
+    done = run(*args)
+    assert done.exit_code == 0, done.output
+    report = json.loads(Path(done.stdout.strip()).read_text())
+    for named in report["inputs"]["selections"].values():
+        assert (Path("runs") / named).is_file()
