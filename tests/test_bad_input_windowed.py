@@ -119,3 +119,31 @@ def test_bundles_of_other_calibrations_never_share_a_folder(
     again = run(*export, *runs["w1"])
     assert again.exit_code == 0, again.output
     assert Path(again.stdout.strip()) == paths["w1"]
+
+
+@pytest.mark.parametrize(
+    ("tokens", "fragments"),
+    [
+        ("1", ["window_calibration_tokens 1 is shorter than the rows of seq_len 16", "pass 0"]),
+        ("15", ["window_calibration_tokens 15 is shorter than the rows of seq_len 16"]),
+        (
+            "600",
+            [
+                "window_calibration_tokens 600 is longer than the context of model 'tiny-model' "
+                "(512 tokens)",
+                "--window-calibration-tokens 512 or less",
+            ],
+        ),
+    ],
+)
+def test_window_calibration_tokens_that_would_mean_something_else_are_refused(
+    world: TinyWorld, use_world: UseWorld, tokens: str, fragments: list[str]
+) -> None:
+    """Below seq_len it would silently mean seq_len; beyond the context no prompt is that long."""
+    use_world(world)
+    args = ["muse-export", "--case", "tiny", "--out", "runs", "--strategy", "windowed"]
+    one_error(run(*args, "--window-calibration-tokens", tokens), *fragments)
+    assert not Path("runs", "bundles").exists()
+    for edge in ("16", "200"):  # seq_len itself, and a stretch the tiny corpus holds
+        done = run(*args, "--n-features", "2", "--window-calibration-tokens", edge)
+        assert done.exit_code == 0, done.output

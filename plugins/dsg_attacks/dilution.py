@@ -109,14 +109,20 @@ class DilutionAttack:
         "benign text inserted before, after or around each question, at growing token budgets"
     )
     axis = "budget"
+    settings = ("budgets", "placements", "benign_corpus", "benign_questions")
 
-    def check(self, target: AttackTarget) -> None:
-        s = target.settings
-        unknown = [p for p in s.placements if p not in PLACEMENTS]
+    def check_settings(self, settings: Any) -> None:
+        unknown = [p for p in settings.placements if p not in PLACEMENTS]
         if unknown:
             raise UserError(
                 f"unknown placement {unknown[0]!r}; choose one of: {', '.join(PLACEMENTS)}"
             )
+        if settings.benign_corpus is not None and settings.benign_questions is not None:
+            raise UserError("pass --benign-corpus or --benign-questions, not both")
+
+    def check(self, target: AttackTarget) -> None:
+        s = target.settings
+        self.check_settings(s)
         stream = BenignStream(target.tokenizer, target.benign_texts())
         texts = ["".join(split_prompt(target, e, q)) for e in target.eval_sets for q in e.questions]
         longest = max((len(ids) for ids in target.encode(texts)), default=0)
