@@ -57,18 +57,18 @@ def find_config(explicit: Path | None) -> tuple[Path | None, dict[str, Any]]:
             table = tomli.loads(path.read_text(encoding="utf-8-sig"))
         except tomli.TOMLDecodeError as exc:
             raise UserError(f"{path} is not valid TOML: {exc}") from None
-        except ValueError:  # an integer of more digits than Python converts from text
-            raise UserError(
-                f"{path} holds an integer too long to read (more than "
-                f"{sys.get_int_max_str_digits():,} digits); a setting takes at most a 64-bit "
-                "integer"
-            ) from None
         except UnicodeDecodeError:
             raise UserError(f"{path} is not UTF-8 text, so not a TOML config file") from None
         except OSError as exc:
             raise UserError(f"config file {path} cannot be read ({exc.strerror})") from None
         except RecursionError:
             raise UserError(f"{path} nests arrays or tables too deeply for a config file") from None
+        except ValueError:  # (after its subclasses) an integer too long for Python to convert
+            raise UserError(
+                f"{path} holds an integer too long to read (more than "
+                f"{sys.get_int_max_str_digits():,} digits); a setting takes at most a 64-bit "
+                "integer"
+            ) from None
         settings: Any = table
         if is_pyproject:
             tool = table.get("tool", {})

@@ -19,7 +19,6 @@ from dsg_runtime.checks import (
     check_bounds,
     check_clamp_dtype,
     check_float32,
-    check_int64,
     check_not_empty,
 )
 
@@ -128,11 +127,10 @@ def check_value(setting: Declared, value: Any) -> None:
     paths are not empty, choices and patterns are valid."""
     spec, label = setting.spec, setting.label
     if isinstance(value, int) and not isinstance(value, bool):
-        if not INT64_MIN <= value <= INT64_MAX:  # said here: the number may be too long to echo
+        if not INT64_MIN <= value <= INT64_MAX:  # the runtime's check_int64, quoting an excerpt
             raise UserError(
                 f"{label} {excerpt(value)} does not fit in a 64-bit integer (at most {INT64_MAX:,})"
             )
-        check_int64(label, value)
     if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"{label} must be a finite number, got {value}")
     if spec.bounds is not None:

@@ -38,8 +38,10 @@ def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
     text = repr(value)
     if len(text) <= limit:
         return text
-    many = isinstance(value, list | tuple | dict)
-    size = f"{len(value):,} items" if many else f"{len(text):,} characters"
+    if isinstance(value, list | tuple | dict):
+        size = f"{len(value):,} items"
+    else:
+        size = f"{len(value) if isinstance(value, str) else len(text):,} characters"
     return f"{text[:limit]}… ({size})"
 
 
