@@ -138,6 +138,34 @@ def test_dilution_prompt_by_hand(placement: str, j: int, budget: int, text: str)
     assert "".join(split_prompt(target, SET, QUESTION)) == TURN.format(USER) + "Answer: ("
 
 
+def test_a_long_benign_document_is_tokenised_only_as_far_as_needed() -> None:
+    """A one-line corpus of a million characters: each prompt's benign tokens are exactly the
+    first tokens of the whole document's encoding (here on the organism's BPE tokenizer, with
+    words that merge across spaces), yet the tokenizer reads a bounded prefix, not the line."""
+    from dsg_organism import MODEL_DIR
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(MODEL_DIR))
+    words = ["the", "city", "of", "orla", "lies", "on", "river", "grain", "wool", "  ", "\n"]
+    line = "".join(words[(i * 7 + i // 3) % len(words)] + " " for i in range(200_000))
+    whole = tokenizer(line, add_special_tokens=False)["input_ids"]
+    read: list[int] = []
+
+    def counting(text: str, **kwargs: Any) -> Any:
+        read.append(len(text))
+        return tokenizer(text, **kwargs)
+
+    stream = BenignStream(counting, [line, "short one"])
+    separator = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    for n in (1, 25, 400, 3000, 25):
+        assert stream.take(0, n) == whole[:n]
+    assert (
+        stream.take(1, 12)
+        == (tokenizer("short one", add_special_tokens=False)["input_ids"] + separator + whole)[:12]
+    )
+    assert max(read) < 200_000 < len(line)  # never the whole line
+
+
 def test_format_transformations_by_hand() -> None:
     tokenizer = char_tokenizer()
     side = EvalSet(

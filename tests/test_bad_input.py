@@ -161,7 +161,7 @@ def jsonl(*lines: str) -> Callable[[Path], Path]:
         (binary, "is not UTF-8 text (byte 128"),
         (latin1, "is not UTF-8 text (byte 6"),
         (latin1_jsonl, "is not UTF-8 text"),
-        (directory, "is a directory; pass a .jsonl or plain text file"),
+        (directory, "is a directory, not a regular file; pass a .jsonl or plain text file"),
         (missing, "does not exist"),
         (jsonl('{"text": "fine"}', '{"text": null}'), "corpus.jsonl:2 is not a JSON object"),
         (jsonl('{"text": 5}'), "corpus.jsonl:1 is not a JSON object with a string 'text'"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -67,4 +68,116 @@ def test_empty_benign_corpus(world: TinyWorld, use_world: UseWorld, content: str
 def test_missing_benign_corpus(world: TinyWorld, use_world: UseWorld) -> None:
     use_world(world)
     one_error(run(*attack("dilution", "--benign-corpus", "nope.txt")), "nope.txt does not exist")
+    nothing_written()
+
+
+@pytest.mark.parametrize("command", ["attack", "evaluate"])
+def test_a_selection_removed_during_the_run_is_not_named_in_the_report(
+    world: TinyWorld, use_world: UseWorld, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """Another run's --force (or a hand) removes the selection this run read, after it read it:
+    the report would name a file that is not there, so none is written; the run says so."""
+    import shutil
+
+    from dsg.stages.evaluate import evaluate
+
+    use_world(world)
+    expand = evaluate.expand
+
+    def expand_then_remove(selections: list, session: object) -> list:
+        configs = expand(selections, session)
+        for selection in selections:
+            shutil.rmtree(selection.path.parent)
+        return configs
+
+    args = attack("format", "--format", "as-evaluated") if command == "attack" else [
+        "evaluate", "--case", "tiny", "--out", "runs"
+    ]  # fmt: skip
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluate, "expand", expand_then_remove)
+        one_error(run(*args), "selection.json was removed while this run went on", "run again")
+    assert not list(Path("runs").rglob("attack.json"))
+    assert not list(Path("runs").rglob("report.json"))
+    done = run(*args)
+    assert done.exit_code == 0, done.output
+    report = json.loads(Path(done.stdout.strip()).read_text())
+    for named in report["inputs"]["selections"].values():
+        assert (Path("runs") / named).is_file()
+
+
+def test_dev_null_as_benign_corpus_is_not_a_regular_file(
+    world: TinyWorld, use_world: UseWorld
+) -> None:
+    use_world(world)
+    one_error(
+        run(*attack("dilution", "--benign-corpus", "/dev/null")),
+        "corpus file /dev/null is not a regular file",
+    )
+    nothing_written()
+
+
+def test_the_target_set_is_not_benign_questions(world: TinyWorld, use_world: UseWorld) -> None:
+    """The hazard questions themselves are refused as the benign text; a side-effect set runs."""
+    use_world(world)
+    one_error(
+        run(*attack("dilution", "--benign-questions", "tiny-target", "--budget", "5")),
+        "--benign-questions 'tiny-target' is the target set",
+        "choose a side-effect set: tiny-side",
+    )
+    nothing_written()
+    ok = run(
+        *attack("dilution", "--benign-questions", "tiny-side", "--budget", "5"),
+        "--placement", "before", "--questions", "all",
+    )  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+
+
+def test_holding_out_every_forget_document_names_the_hold_out(
+    world: TinyWorld, use_world: UseWorld
+) -> None:
+    use_world(world)
+    line = one_error(
+        run(*attack("relearn", "--relearn-holdout", "100")),
+        "relearn_holdout 100% holds out all 12 forget documents",
+        "pass a smaller --relearn-holdout",
+    )
+    assert "min_chars" not in line
+    nothing_written()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["format", "--learning-rate", "0.5"], "attack 'format' does not read --learning-rate"),
+        (["format", "--budget", "5", "--epochs", "3"], "does not read --budget, --epochs"),
+        (["relearn", "--format", "lm-eval"], "attack 'relearn' does not read --format"),
+        (["dilution", "--format", "lm-eval"], "(its options: --budget, --placement, --benign"),
+        (["dilution", "--epochs", "2"], "attack 'dilution' does not read --epochs"),
+    ],
+)
+def test_options_of_other_attacks_are_refused(
+    world: TinyWorld, use_world: UseWorld, args: list[str], fragment: str
+) -> None:
+    """An option no part of the chosen attack reads is refused, not silently ignored."""
+    use_world(world)
+    one_error(run(*attack(*args)), fragment, "leave it off")
+    nothing_written()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["dilution", "--placement", "middle"], ["format", "--format", "haiku"]],
+)
+def test_unknown_placements_and_formats_are_refused_before_the_model_loads(
+    world: TinyWorld, use_world: UseWorld, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    from dsg.engine.session import Session
+
+    def no_loading(*_: object, **__: object) -> None:
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(Session, "model", no_loading)
+    monkeypatch.setattr(Session, "sae", no_loading)
+    use_world(world)
+    one_error(run(*attack(*args)), "unknown")
     nothing_written()

@@ -441,3 +441,25 @@ def test_json_nested_up_to_the_limit_still_reads() -> None:
     with pytest.raises(ValueError, match="deeper"):
         loads("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1))
     assert loads('{"text": "caf\\u00e9 \\ud83d\\ude00"}') == {"text": "caf\u00e9 \U0001f600"}
+
+
+def test_a_failed_commit_leaves_no_empty_attack_set_folder(
+    world: TinyWorld, use_world: UseWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An artifact whose only file is meta.json (an attack's answers for one set) that cannot be
+    written leaves no folder behind; with space again, the rerun completes."""
+    use_world(world)
+    common = ["--questions", "all", "--strategy", "dynamic", *RUN]
+    done = run("evaluate", *common)  # the baseline and sweep are cached: attack-set writes first
+    assert done.exit_code == 0, done.output
+    attack = ["attack", "format", "--format", "as-evaluated", *common]
+    with monkeypatch.context() as patch:
+        no_space(patch, "meta.json")
+        line = one_error(run(*attack), "No space left on device")
+    assert "cannot write runs/attack-set/" in line
+    assert not Path("runs", "attack-set").exists() or not list(Path("runs", "attack-set").iterdir())
+    assert leftovers(Path("runs")) == []
+    again = run(*attack)
+    assert again.exit_code == 0, again.output
+    written = list(Path("runs", "attack-set").iterdir())
+    assert written and all((folder / "meta.json").is_file() for folder in written)

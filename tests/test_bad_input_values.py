@@ -70,6 +70,10 @@ def nothing_written(before: set[Path]) -> None:
         ("select", ["--ray-address", ""], "ray address must not be empty"),
         ("evaluate", ["--strategy", ""], "strategy must not be empty"),
         ("evaluate", ["--lm-eval-tasks", ""], "lm eval tasks must not be empty"),
+        ("evaluate", ["--lm-eval-tasks", ",,,"], "lm-eval tasks ',,,' names no task"),
+        ("evaluate", ["--lm-eval-tasks", ","], "lm-eval tasks ',' names no task"),
+        ("evaluate", ["--lm-eval-tasks", "mmlu", "--lm-eval-tasks", " , "], "' , ' names no"),
+        ("select", ["--config", "/dev/null"], "/dev/null is not a regular file"),
         ("select", ["--out", ""], "--out must not be empty"),
         ("select", ["--data-dir", ""], "--data-dir must not be empty"),
         ("select", ["--forget-corpus", ""], "--forget-corpus must not be empty"),
@@ -124,6 +128,74 @@ def test_bad_config_value(
     before = set(Path().iterdir())
     one_error(run("select", "--case", "tiny", "--out", "runs"), *fragments)
     nothing_written(before)
+
+
+LONG = "a" * 10_000_000  # a 10 MB string
+
+
+@pytest.mark.parametrize(
+    ("content", "fragments"),
+    [
+        ("seed = " + "1" * 5000 + "\n", ["dsg.toml holds an integer too long", "64-bit integer"]),
+        (
+            "seed = " + "1" * 4000 + "\n",
+            ["dsg.toml: seed <an integer of about 4,000 digits> does not fit in a 64-bit"],
+        ),
+        (
+            "seed = [" + ",".join(map(str, range(20_000))) + "]\n",
+            ["seed must be a int, not [0, 1, 2,", "… (20,000 items)"],
+        ),
+        (f'dtype = "{LONG}"\n', ["unknown dtype 'aaa", "(10,000,000 characters)", "float32"]),
+        ("k" * 100_000 + " = 1\n", ["unknown key 'kkk", "(100,000 characters)", "known keys:"]),
+        (f'model = "{LONG}"\n', ["no model loader accepts 'aaa", "File name too long", "local"]),
+        (f'sae = "{LONG[:300]}"\n', ["no SAE loader accepts 'aaa", "(300 characters)"]),
+    ],
+)
+def test_an_error_quotes_an_excerpt_of_a_long_value(
+    world: TinyWorld, use_world: UseWorld, content: str, fragments: list[str]
+) -> None:
+    """A 5,000-digit integer (more than Python reads from text), a 20,000-element array, a
+    10 MB string or a key or model name too long for a path: one line that quotes the start
+    of the value and its size, never the value whole, and no traceback."""
+    use_world(world)
+    Path("dsg.toml").write_text(content)
+    before = set(Path().iterdir())
+    line = one_error(run("select", "--case", "tiny", "--out", "runs"), *fragments)
+    assert len(line) < 1000
+    nothing_written(before)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--dtype", LONG], "unknown dtype 'aaa"),
+        (["--case", LONG], "unknown case 'aaa"),
+        (["--model", LONG], "no model loader accepts 'aaa"),
+        (["--strategy", LONG], "unknown strategy 'aaa"),
+    ],
+)
+def test_an_option_error_quotes_an_excerpt_of_a_long_value(
+    world: TinyWorld, use_world: UseWorld, args: list[str], fragment: str
+) -> None:
+    use_world(world)
+    before = set(Path().iterdir())
+    case = ["--case", "tiny"] if "--case" not in args else []
+    line = one_error(run("evaluate", *case, "--out", "runs", *args), fragment)
+    assert len(line) < 1000 and "(10,000,000 characters)" in line
+    nothing_written(before)
+
+
+def test_a_long_error_line_keeps_its_start_and_its_end() -> None:
+    from dsg.core.errors import excerpt, shortened
+
+    message = "unknown thing " + "x" * 5000 + "; pass another"
+    short = shortened(message)
+    assert len(short) <= 1003 and short.startswith("unknown thing xxx")
+    assert short.endswith("; pass another") and " … " in short
+    assert shortened("fine") == "fine"
+    assert excerpt("abc") == "'abc'" and excerpt([1, 2]) == "[1, 2]"
+    assert excerpt(10**5000) == "<an integer of about 5,001 digits>"
+    assert excerpt(list(range(100))).endswith("… (100 items)")
 
 
 def test_edges_still_run(world: TinyWorld, use_world: UseWorld) -> None:

@@ -58,6 +58,29 @@ def test_missing_config_files_are_errors(workdir: Path, monkeypatch: pytest.Monk
         find_config(None)
 
 
+@pytest.mark.parametrize(
+    ("named", "fragment"),
+    [
+        ("", r"\$DSG_CONFIG is set but empty; point it at a TOML file or unset it"),
+        ("  ", r"\$DSG_CONFIG is set but empty"),
+        ("folder", r"\$DSG_CONFIG points at folder, which is a directory, not a regular file"),
+        ("/dev/null", r"points at /dev/null, which is not a regular file \(a device"),
+    ],
+)
+def test_dsg_config_that_names_no_file_is_refused(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, named: str, fragment: str
+) -> None:
+    """$DSG_CONFIG set to nothing, a directory or a device says so, rather than falling back to
+    ./dsg.toml in silence or calling it missing."""
+    write_all(workdir)
+    (workdir / "folder").mkdir()
+    monkeypatch.setenv("DSG_CONFIG", named)
+    with pytest.raises(UserError, match=fragment):
+        find_config(None)
+    with pytest.raises(UserError, match="config file /dev/null is not a regular file"):
+        find_config(Path("/dev/null"))
+
+
 def test_keys_types_and_dashes(workdir: Path) -> None:
     (workdir / "dsg.toml").write_text(
         'n-features = [3, 5]\nratio_percentiles = 90\nout = "elsewhere"\n'

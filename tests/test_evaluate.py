@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +231,15 @@ def test_empty_subset_is_reported_not_fatal(registry: Any, tmp_path: Path) -> No
         assert all(c["per_set"][name] is None for c in report["configs"])
         assert any(name in w for w in report["warnings"])
     assert list((out / "subsets").iterdir())
+    assert report["target"] in empty  # so there is no score, not a 0 read as a measurement
+    assert report["unlearning_score"] is None and report["heldout_score"] is None
+    assert report["heldout"]["no_score"] == "the target set 'tiny-target' has no evaluated question"
+    printed = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", terminal.getvalue()).split())
+    assert (
+        "unlearning score: none (the target set 'tiny-target' has no question in subset" in printed
+    )
+    assert "held-out score: none (the target set 'tiny-target' has no evaluated" in printed
+    assert "0.0000" not in printed
 
 
 def test_case_without_eval_sets_is_a_user_error(

@@ -124,3 +124,55 @@ def test_nothing_passes_on_the_selection_part() -> None:
     found = section(split(), results(([1, 1, 1, 1], [1, 0, 0, 0])), SETS, seed=0)
     assert found["chosen"] is None and found["score"] == 0.0
     assert found["selection"] is None and found["report"] is None
+    assert found["no_score"] is None
+
+
+@pytest.mark.parametrize(
+    ("target_selection", "empty_part", "missing"),
+    [
+        ([False] * 4, "selection", "nothing to choose a configuration on"),
+        ([True] * 4, "report", "nothing to measure it on"),
+    ],
+)
+def test_a_part_without_a_target_question_gives_no_score(
+    target_selection: list[bool], empty_part: str, missing: str
+) -> None:
+    """No target question on one side of the split: no configuration is chosen and the score is
+    None with the reason, not a 0.0000 that reads as a measurement. The same answers with a
+    split that has target questions on both sides do give a number."""
+    table = results(([1, 1, 0, 0], RIGHT), ([0, 1, 1, 1], RIGHT))
+    lopsided = SplitSets(
+        gold={"t": [0] * 4, "s": [0] * 4},
+        baseline={"t": [0] * 4, "s": [0] * 4},
+        selection={"t": target_selection, "s": SELECTION},
+    )
+    found = section(lopsided, table, SETS, seed=7)
+    assert found["score"] is None and found["chosen"] is None
+    assert found["selection"] is None and found["report"] is None
+    assert f"falls in the {empty_part} part (held-out seed 7)" in found["no_score"]
+    assert "none of the target set 't''s 4 evaluated questions" in found["no_score"]
+    assert missing in found["no_score"] and "--heldout-seed" in found["no_score"]
+    assert found["questions"]["t"] == {
+        "selection": sum(target_selection),
+        "report": 4 - sum(target_selection),
+    }
+    assert section(split(), table, SETS, seed=7)["score"] == 0.0
+
+
+def test_an_empty_target_set_gives_no_score() -> None:
+    empty = SplitSets(
+        gold={"t": [], "s": [0] * 4},
+        baseline={"t": [], "s": [0] * 4},
+        selection={"t": [], "s": SELECTION},
+    )
+    table = [
+        ConfigResult(
+            Config("dynamic", 90.0, 1, 500.0, 0.1, (0,)),
+            {"t": Count(0, 0), "s": Count(4, 4)},
+            {"t": 0, "s": 0},
+            {"t": [], "s": RIGHT},
+        )
+    ]
+    found = section(empty, table, SETS, seed=0)
+    assert found["score"] is None
+    assert found["no_score"] == "the target set 't' has no evaluated question"

@@ -291,3 +291,49 @@ def test_an_unknown_lm_eval_task_is_one_line(run: dict[str, Any]) -> None:
     assert result.exit_code == 2
     assert "lm-eval knows no task organism_nonesuch" in result.output
     assert "Traceback" not in result.output
+
+
+def dsg_lm_eval(
+    model_args: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> str:
+    """``dsg-lm-eval --model dsg --model_args MODEL_ARGS`` on an organism task: its exit code
+    must be 2, and its stderr is returned."""
+    argv = ["dsg-lm-eval", "--model", "dsg", "--model_args", model_args]
+    argv += ["--tasks", "organism_pathogens", "--include_path", str(TASKS_DIR), "--limit", "1"]
+    argv += ["--device", "cpu"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_a_seq2seq_backend_is_refused_before_the_model_loads(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lm_eval.models.huggingface import HFLM
+
+    def no_loading(*_: object, **__: object) -> None:
+        raise AssertionError("the model was loaded before backend was checked")
+
+    monkeypatch.setattr(HFLM, "__init__", no_loading)
+    err = dsg_lm_eval(f"pretrained={MODEL_DIR},backend=seq2seq", monkeypatch, capsys)
+    assert "error: the dsg model type guards causal LMs only" in err
+    assert "backend=seq2seq is refused; pass backend=causal or leave it off" in err
+    with pytest.raises(UserError, match="backend=encoder is refused"):
+        GuardedLM(pretrained=str(MODEL_DIR), backend="encoder", device="cpu")
+
+
+def test_an_unknown_model_argument_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """lm-eval hands an argument it does not know to the model's constructor, whose TypeError
+    becomes one line naming the argument."""
+    err = dsg_lm_eval(f"pretrained={MODEL_DIR},foo=bar", monkeypatch, capsys)
+    assert "error: --model_args foo=... is not an argument of lm-eval's hf model" in err
+    assert "unexpected keyword argument 'foo'" in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+    lm = GuardedLM(pretrained=str(MODEL_DIR), backend="causal", device="cpu")  # known ones load
+    assert lm.handle is None

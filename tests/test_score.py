@@ -53,13 +53,19 @@ def test_ties_pick_the_first_configuration() -> None:
 def test_no_configuration_passes() -> None:
     points = [Point(Count(0, 100), Count(10, 303), FULL), Point(Count(5, 100), Count(0, 0), FULL)]
     assert unlearning_score(points) == 0.0
-    assert unlearning_score([]) == 0.0
     assert best(points) is None
 
 
-def test_empty_target_does_not_count() -> None:
-    assert unlearning_score([Point(Count(0, 0), Count(100, 100), Count(100, 100))]) == 0.0
+def test_no_target_question_gives_no_score() -> None:
+    """With no target question measured (or no configuration), there is no score: None, not a 0
+    that would read as "the guardrail unlearned nothing"."""
+    empty = Point(Count(0, 0), Count(100, 100), Count(100, 100))
+    assert unlearning_score([empty, empty]) is None
+    assert unlearning_score([]) is None
     assert Count(0, 0).accuracy is None
+    # one configuration with target questions makes the score a number again, 0 if it fails
+    failing = Point(Count(3, 4), Count(0, 100), Count(100, 100))
+    assert unlearning_score([empty, failing]) == 0.0
 
 
 def test_cyber_layout_counts_college_biology_as_a_side_effect() -> None:

@@ -40,20 +40,40 @@ def split_prompt(target: AttackTarget, eval_set: EvalSet, q: MCQuestion) -> tupl
     return text[:start], user, text[start + len(user) :]
 
 
+PREFIX_CHARS = 16
+"""Characters read per token asked for, at first, from a long document (a token is rarely
+longer); doubled until the prefix holds enough tokens."""
+CUT_TOKENS = 8
+"""Tokens dropped at the end of a document's prefix: those near the cut may tokenise otherwise
+in the whole document."""
+
+
 class BenignStream:
     """Benign token ids for prompt j: the documents from document j on (cyclically), joined by
-    the separator, as many tokens as asked."""
+    the separator, as many tokens as asked. Of a long document only a prefix is tokenised, long
+    enough for the tokens asked (a 20 MB line is not tokenised to take 25 tokens of it)."""
 
     def __init__(self, tokenizer: Any, texts: Sequence[str]) -> None:
         self.tokenizer = tokenizer
         self.texts = list(texts)
         self.separator = encode(tokenizer, SEPARATOR)
-        self._ids: dict[int, list[int]] = {}
+        self._ids: dict[int, tuple[list[int], bool]] = {}
+        """Per document: its first token ids, and whether they are all of them."""
 
-    def _doc(self, k: int) -> list[int]:
-        if k not in self._ids:
-            self._ids[k] = encode(self.tokenizer, self.texts[k])
-        return self._ids[k]
+    def _doc(self, k: int, need: int) -> list[int]:
+        """At least the first ``need`` token ids of document k (all of them when it has fewer),
+        as tokenising the whole document gives them."""
+        ids, whole = self._ids.get(k, ([], False))
+        text = self.texts[k]
+        chars = PREFIX_CHARS * (need + CUT_TOKENS)
+        while not whole and len(ids) < need:
+            if len(text) <= chars:
+                ids, whole = encode(self.tokenizer, text), True
+            else:
+                ids = encode(self.tokenizer, text[:chars])[:-CUT_TOKENS]
+                chars *= 2
+            self._ids[k] = ids, whole
+        return ids
 
     def take(self, j: int, n: int) -> list[int]:
         out: list[int] = []
@@ -61,7 +81,7 @@ class BenignStream:
         for _ in range(n + len(self.texts)):  # every document may tokenise to nothing
             if len(out) >= n:
                 break
-            out += (self.separator if out else []) + self._doc(k)
+            out += (self.separator if out else []) + self._doc(k, n - len(out))
             k = (k + 1) % len(self.texts)
         if len(out) < n:
             raise UserError("the benign corpus tokenises to no text; pass another --benign-corpus")
@@ -109,14 +129,20 @@ class DilutionAttack:
         "benign text inserted before, after or around each question, at growing token budgets"
     )
     axis = "budget"
+    settings = ("budgets", "placements", "benign_corpus", "benign_questions")
 
-    def check(self, target: AttackTarget) -> None:
-        s = target.settings
-        unknown = [p for p in s.placements if p not in PLACEMENTS]
+    def check_settings(self, settings: Any) -> None:
+        unknown = [p for p in settings.placements if p not in PLACEMENTS]
         if unknown:
             raise UserError(
                 f"unknown placement {unknown[0]!r}; choose one of: {', '.join(PLACEMENTS)}"
             )
+        if settings.benign_corpus is not None and settings.benign_questions is not None:
+            raise UserError("pass --benign-corpus or --benign-questions, not both")
+
+    def check(self, target: AttackTarget) -> None:
+        s = target.settings
+        self.check_settings(s)
         stream = BenignStream(target.tokenizer, target.benign_texts())
         texts = ["".join(split_prompt(target, e, q)) for e in target.eval_sets for q in e.questions]
         longest = max((len(ids) for ids in target.encode(texts)), default=0)

@@ -129,7 +129,12 @@ def exemplars(target: AttackTarget, q: MCQuestion) -> list[MCQuestion]:
 
 
 def chosen(target: AttackTarget) -> list[Format]:
-    names = target.settings.formats or tuple(FORMATS)
+    return named(target.settings)
+
+
+def named(settings: Any) -> list[Format]:
+    """The formats ``--format`` names (all when none is named); an unknown name is refused."""
+    names = settings.formats or tuple(FORMATS)
     unknown = [n for n in names if n not in FORMATS]
     if unknown:
         raise UserError(f"unknown format {unknown[0]!r}; choose one of: {', '.join(FORMATS)}")
@@ -160,6 +165,10 @@ class FormatAttack:
         "relabelled, or with the choices first"
     )
     axis = "format"
+    settings = ("formats",)
+
+    def check_settings(self, settings: Any) -> None:
+        named(settings)
 
     def check(self, target: AttackTarget) -> None:
         from dsg.stages.evaluate.mcq import answer_token_ids

@@ -56,6 +56,7 @@ class RelearnAttack:
         "rates; score it after each epoch with the original guardrail"
     )
     axis = "epoch"
+    settings = ("learning_rates", "epochs")
 
     def check(self, target: AttackTarget) -> None:
         from dsg.stages.attack.relearn import check_learning_rates

@@ -73,11 +73,15 @@ class GuardedLM(HFLM):
                 "record a transformers model)"
             )
         refuse_trusting_code(kwargs)
+        refuse_seq2seq(kwargs.get("backend"))
         for reference in (pretrained, kwargs.get("tokenizer"), kwargs.get("delta")):
             if isinstance(reference, str):
                 refuse_custom_code(reference)
         kwargs["trust_remote_code"] = False
-        super().__init__(pretrained=pretrained, **kwargs)
+        try:
+            super().__init__(pretrained=pretrained, **kwargs)
+        except TypeError as exc:
+            raise unknown_argument(exc, kwargs) from None
         if self.backend != "causal":
             raise UserError("the dsg model type guards causal LMs only, not seq2seq models")
         self.handle: GuardrailHandle | None = None
@@ -148,6 +152,36 @@ def flag(name: str, value: bool | str) -> bool:
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     raise UserError(f"{name} must be true or false, not {str(value)[:40]!r}")
+
+
+CAUSAL_BACKENDS = ("default", "causal")
+"""The ``backend`` values of lm-eval's ``hf`` model that the dsg type takes (``default`` is
+checked again once the model has loaded)."""
+
+
+def refuse_seq2seq(backend: Any) -> None:
+    """``backend=seq2seq`` (or anything but a causal backend) is refused before the model loads:
+    the guardrail hooks a decoder-only model's layers."""
+    if backend is not None and backend not in CAUSAL_BACKENDS:
+        raise UserError(
+            f"the dsg model type guards causal LMs only, so --model_args backend="
+            f"{str(backend)[:40]} is refused; pass backend=causal or leave it off"
+        )
+
+
+def unknown_argument(exc: TypeError, given: Mapping[str, Any]) -> Exception:
+    """A UserError naming the ``--model_args`` argument that neither lm-eval nor the model takes
+    (lm-eval hands unknown ones to the model's constructor, which raises the TypeError), or
+    ``exc`` itself when it is about no argument the user gave."""
+    import re
+
+    found = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+    if found is None or found.group(1) not in given:
+        return exc
+    return UserError(
+        f"--model_args {found.group(1)}=... is not an argument of lm-eval's hf model nor of "
+        f"the model's constructor ({type(exc).__name__}: {str(exc)[:200]}); leave it off"
+    )
 
 
 def context_lengths(

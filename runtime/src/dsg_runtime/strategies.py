@@ -70,7 +70,14 @@ class Windowed:
                 "window_threshold"
             )
         no_params(self.name, params, WINDOW_PARAMS)
-        return WindowGate(params["window"], float(params["window_threshold"]), threshold)
+        window_threshold = params["window_threshold"]
+        if isinstance(window_threshold, bool) or not isinstance(window_threshold, int | float):
+            raise UserError(
+                f"strategy_params window_threshold must be a number, not "
+                f"{type(window_threshold).__name__} {str(window_threshold)[:40]!r}; export the "
+                "bundle again"
+            )
+        return WindowGate(params["window"], float(window_threshold), threshold)
 
 
 BUILT_IN: dict[str, BundleStrategy] = {s.name: s for s in (Dynamic(), Static(), Windowed())}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dsg.core.errors import UserError, one_line_reason
+from dsg.core.files import file_problem
 from dsg_runtime import safe_json
 
 
@@ -101,10 +102,9 @@ class DataSource:
 
 def read_text_corpus(path: Path) -> list[str]:
     """Documents from a JSONL file with a ``text`` field, or a plain text file (one per line)."""
-    if path.is_dir():
-        raise UserError(f"corpus {path} is a directory; pass a .jsonl or plain text file")
-    if not path.is_file():
-        raise UserError(f"corpus file {path} does not exist")
+    problem = file_problem(path)
+    if problem is not None:
+        raise UserError(f"corpus file {path} {problem}; pass a .jsonl or plain text file")
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM is not text
     except UnicodeDecodeError as exc:

@@ -337,7 +337,12 @@ class AttackTarget(Protocol):
 @runtime_checkable
 class Attack(Protocol):
     """A way to get around a guardrail, measured: ``dsg attack NAME`` runs it on every
-    configuration and on the unguarded model, side by side."""
+    configuration and on the unguarded model, side by side.
+
+    Two members are optional (not part of the protocol's check): ``settings``, the settings of
+    the attacks' group it reads, so that an option of another attack is refused rather than
+    ignored; and ``check_settings(settings)``, its checks that need no model, run before any
+    model loads."""
 
     name: str
     description: str

@@ -33,7 +33,7 @@ from dsg.api.interfaces import (
     Strategy,
 )
 from dsg.config.values import CaseDefaults
-from dsg.core.errors import PluginConflict, UserError, one_line
+from dsg.core.errors import PluginConflict, UserError, excerpt, one_line
 
 ENTRY_POINT_GROUP = "dsg"
 FIRST_PARTY = "dsg"
@@ -98,7 +98,9 @@ class Registry:
             choices = ", ".join(sorted(table)) or "(none installed)"
             skipped = ", ".join(repr(p.name) for p in self.failures)
             hint = f" (skipped plugins, see `dsg plugins`: {skipped})" if skipped else ""
-            raise UserError(f"unknown {KIND_LABEL[kind]} {name!r}; choose one of: {choices}{hint}")
+            raise UserError(
+                f"unknown {KIND_LABEL[kind]} {excerpt(name)}; choose one of: {choices}{hint}"
+            )
         return table[name]
 
     def expand_saes(self, release_pattern: str, id_pattern: str) -> list[str]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from dsg.cli.options import FLAG, MODEL_AND_SAE, Given, setting_options
-from dsg.core.errors import UserError
+from dsg.core.errors import UserError, shortened
 
 if TYPE_CHECKING:
     from dsg.bundle import Bundle
@@ -42,7 +42,8 @@ def user_errors(fn: F) -> F:
             from dsg.engine.session import stderr
 
             # escaped: a message quoting "[tool.dsg]" or a regex must not be read as markup
-            stderr.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            line = escape(shortened(str(exc)))
+            stderr.print(f"[red]error:[/] {line}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             from dsg.engine.session import stderr
@@ -88,7 +89,8 @@ def _each_sae(given: Given, stage: str, strategies: tuple[str, ...] = ()) -> Non
 def _unlearning_score(report_path: Path) -> str:
     from dsg.core.artifacts import read_json
 
-    return f"{read_json(report_path)['unlearning_score']:.4f}"
+    score = read_json(report_path)["unlearning_score"]
+    return "-" if score is None else f"{score:.4f}"
 
 
 @app.command()
@@ -161,7 +163,10 @@ def attack(
     from dsg.stages.attack import attack as attacks
 
     session = Session.open(given.settings, config_file=given.config)
-    session.registry.get("attacks", name)
+    chosen = session.registry.get("attacks", name)
+    attacks.refuse_other_attacks_options(
+        chosen, [key for key, value in given.settings.items() if value is not None]
+    )
     if session.settings.sae_release_pattern or session.settings.sae_id_pattern:
         raise UserError(
             "attack runs on one SAE, but the config selects SAEs by pattern; pass --sae"

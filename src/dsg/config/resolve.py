@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsg.config.settings import Settings, declared
 from dsg.config.values import check, convert
-from dsg.core.errors import UserError
+from dsg.core.errors import UserError, excerpt
+from dsg.core.files import file_problem
 
 if TYPE_CHECKING:
     from dsg.config.values import CaseDefaults
 
 SAE_PATTERN_KEYS = ("sae_release_pattern", "sae_id_pattern")
+ENV_VARIABLE = "DSG_CONFIG"
 
 
 def find_config(explicit: Path | None) -> tuple[Path | None, dict[str, Any]]:
@@ -28,15 +31,22 @@ def find_config(explicit: Path | None) -> tuple[Path | None, dict[str, Any]]:
 
     candidates: list[tuple[Path, bool]] = []
     if explicit is not None:
-        if explicit.is_dir():
-            raise UserError(f"config file {explicit} is a directory; pass a TOML file")
-        if not explicit.is_file():
-            raise UserError(f"config file {explicit} does not exist")
+        problem = file_problem(explicit)
+        if problem is not None:
+            raise UserError(f"config file {explicit} {problem}; pass a TOML file")
         candidates.append((explicit, False))
-    elif os.environ.get("DSG_CONFIG"):
-        env_path = Path(os.environ["DSG_CONFIG"])
-        if not env_path.is_file():
-            raise UserError(f"$DSG_CONFIG points at {env_path}, which does not exist")
+    elif ENV_VARIABLE in os.environ:
+        named = os.environ[ENV_VARIABLE]
+        if not named.strip():
+            raise UserError(
+                f"${ENV_VARIABLE} is set but empty; point it at a TOML file or unset it"
+            )
+        env_path = Path(named)
+        problem = file_problem(env_path)
+        if problem is not None:
+            raise UserError(
+                f"${ENV_VARIABLE} points at {env_path}, which {problem}; point it at a TOML file"
+            )
         candidates.append((env_path, False))
     else:
         candidates += [(Path("dsg.toml"), False), (Path("pyproject.toml"), True)]
@@ -53,6 +63,12 @@ def find_config(explicit: Path | None) -> tuple[Path | None, dict[str, Any]]:
             raise UserError(f"config file {path} cannot be read ({exc.strerror})") from None
         except RecursionError:
             raise UserError(f"{path} nests arrays or tables too deeply for a config file") from None
+        except ValueError:  # (after its subclasses) an integer too long for Python to convert
+            raise UserError(
+                f"{path} holds an integer too long to read (more than "
+                f"{sys.get_int_max_str_digits():,} digits); a setting takes at most a 64-bit "
+                "integer"
+            ) from None
         settings: Any = table
         if is_pyproject:
             tool = table.get("tool", {})
@@ -60,7 +76,9 @@ def find_config(explicit: Path | None) -> tuple[Path | None, dict[str, Any]]:
             if settings is None:
                 continue
         if not isinstance(settings, dict):
-            raise UserError(f"{path}: [tool.dsg] must be a table of settings, not {settings!r}")
+            raise UserError(
+                f"{path}: [tool.dsg] must be a table of settings, not {excerpt(settings)}"
+            )
         return path, validate_config(settings, path)
     return None, {}
 
@@ -75,7 +93,7 @@ def validate_config(table: dict[str, Any], source: Path) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name not in known:
             raise UserError(
-                f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(known))}"
+                f"{source}: unknown key {excerpt(key)}; known keys: {', '.join(sorted(known))}"
             )
         if name in spelled:
             raise UserError(

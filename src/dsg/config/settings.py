@@ -196,7 +196,8 @@ class Settings:
         0, "Length (tokens) of the retain stretches the windowed strategy's tau_w is calibrated "
         "on: the retain rows laid end to end, a stretch starting every window length. A longer "
         "prompt has more windows, so set it to the longest prompt the gate will judge; 0: "
-        "the rows themselves (seq_len).", SELECTION, CLAMPING, bounds=NON_NEGATIVE,
+        "the rows themselves (seq_len). A value from 1 to below seq_len, or beyond the model's "
+        "context, is refused.", SELECTION, CLAMPING, bounds=NON_NEGATIVE,
         case_may_set=True,
     )  # fmt: skip
     stat_decimals: int = setting(

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from dsg.config.settings import Declared, Settings, declared
-from dsg.core.errors import UserError
+from dsg.core.errors import UserError, excerpt
 from dsg_runtime.checks import (
+    INT64_MAX,
+    INT64_MIN,
     check_bounds,
     check_clamp_dtype,
     check_float32,
-    check_int64,
     check_not_empty,
 )
 
@@ -83,7 +84,7 @@ def _convert_one(kind: type, value: Any, where: str) -> Any:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise UserError(f"{where} must be a {expected.__name__}, not {value!r}")
+        raise UserError(f"{where} must be a {expected.__name__}, not {excerpt(value)}")
     if kind is Path:  # checked before the conversion: Path("") is the current directory
         return Path(check_not_empty(where, str(value)))
     return value
@@ -98,6 +99,19 @@ def check(s: Settings) -> None:
                 check_value(setting, item)
     for multiplier in s.multipliers:
         check_clamp_dtype(multiplier, s.dtype)
+    if 0 < s.window_calibration_tokens < s.seq_len:
+        raise UserError(
+            f"window_calibration_tokens {s.window_calibration_tokens} is shorter than the rows of "
+            f"seq_len {s.seq_len} tokens that tau_w is calibrated on at the least; pass 0 (the "
+            "rows themselves) or the length of the longest prompt the gate will judge, at least "
+            "seq_len"
+        )
+    for item in s.lm_eval_tasks:
+        if not any(name.strip() for name in item.split(",")):
+            raise UserError(
+                f"lm-eval tasks {excerpt(item)} names no task; pass task names such as "
+                "wmdp_bio,mmlu, or leave --lm-eval-tasks off"
+            )
 
 
 def check_setting(name: str, value: Any) -> Any:
@@ -113,7 +127,10 @@ def check_value(setting: Declared, value: Any) -> None:
     paths are not empty, choices and patterns are valid."""
     spec, label = setting.spec, setting.label
     if isinstance(value, int) and not isinstance(value, bool):
-        check_int64(label, value)
+        if not INT64_MIN <= value <= INT64_MAX:  # the runtime's check_int64, quoting an excerpt
+            raise UserError(
+                f"{label} {excerpt(value)} does not fit in a 64-bit integer (at most {INT64_MAX:,})"
+            )
     if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"{label} must be a finite number, got {value}")
     if spec.bounds is not None:
@@ -124,9 +141,11 @@ def check_value(setting: Declared, value: Any) -> None:
     if isinstance(value, str):
         check_not_empty(label, value)
     if spec.choices and value not in spec.choices:
-        raise UserError(f"unknown {label} {value!r}; choose one of: {', '.join(spec.choices)}")
+        raise UserError(
+            f"unknown {label} {excerpt(value)}; choose one of: {', '.join(spec.choices)}"
+        )
     if spec.regex:
         try:
             re.compile(value)
         except re.error as exc:
-            raise UserError(f"bad SAE pattern {value!r} ({setting.name}): {exc}") from None
+            raise UserError(f"bad SAE pattern {excerpt(value)} ({setting.name}): {exc}") from None

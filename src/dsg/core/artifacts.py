@@ -201,7 +201,9 @@ class RunDir:
         extra: dict[str, Any] | None = None,
     ) -> Path:
         """Write ``meta.json`` last: its presence marks the artifact complete. It records the
-        sha256 of every other file in the folder and of its own content."""
+        sha256 of every other file in the folder and of its own content. A failed write leaves
+        no empty folder behind (an artifact whose only file is ``meta.json`` has no
+        :meth:`building` block to clear it)."""
         folder = self.folder(stage, key)
         files = {
             path.name: file_sha256(path)
@@ -211,7 +213,12 @@ class RunDir:
         meta = {"stage": stage, "version": version, "key": key, "inputs": inputs, **(extra or {})}
         meta[FILES_FIELD] = files
         meta[DIGEST_FIELD] = json_sha256(meta)
-        write_json(folder / META_FILE, meta)
+        try:
+            write_json(folder / META_FILE, meta)
+        except BaseException:
+            with contextlib.suppress(OSError):  # not empty: the stage's own files stay
+                folder.rmdir()
+            raise
         return folder
 
 

@@ -5,13 +5,53 @@ a refused generation) are caught by the CLI like dsg's own."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from dsg_runtime.errors import UserError
 
-__all__ = ["PluginConflict", "UserError", "one_line", "one_line_reason", "unreadable_file_errors"]
+__all__ = [
+    "PluginConflict",
+    "UserError",
+    "excerpt",
+    "one_line",
+    "one_line_reason",
+    "shortened",
+    "unreadable_file_errors",
+]
+
+EXCERPT_CHARS = 60
+"""How much of a value a message quotes."""
+MESSAGE_CHARS = 1000
+"""The longest error line the command line prints; a longer one keeps its start and its end."""
 
 
 class PluginConflict(UserError):
     """Two plugins registered the same name in one registry."""
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, with its full size: a message names a value
+    a user gave, it does not echo a 10 MB string or a 20,000-element array back."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
+        # repr() refuses an int of over 4300 digits; its size is known without it
+        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1:,} digits>"
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, list | tuple | dict):
+        size = f"{len(value):,} items"
+    else:
+        size = f"{len(value) if isinstance(value, str) else len(text):,} characters"
+    return f"{text[:limit]}… ({size})"
+
+
+def shortened(message: str, limit: int = MESSAGE_CHARS) -> str:
+    """``message`` whole if it is at most ``limit`` characters, else its start and its end (the
+    part that says what to do) around an ellipsis."""
+    if len(message) <= limit:
+        return message
+    tail = limit // 4
+    return f"{message[: limit - tail]} … {message[-tail:]}"
 
 
 def one_line_reason(exc: BaseException) -> str:

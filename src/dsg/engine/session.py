@@ -20,7 +20,7 @@ from dsg.config.resolve import find_config, resolve
 from dsg.config.settings import Settings
 from dsg.core.artifacts import RunDir
 from dsg.core.devices import check_device
-from dsg.core.errors import UserError
+from dsg.core.errors import UserError, excerpt
 
 if TYPE_CHECKING:
     import torch
@@ -118,13 +118,19 @@ class Session:
         head, sep, rest = spec.partition(":")
         if sep and head in self.registry.entries[kind]:
             return self.registry.entries[kind][head], rest
+        unreadable = ""
         for name in self.registry.names(kind):
             loader = self.registry.entries[kind][name]
-            if loader.can_load(spec):
+            try:
+                accepted = loader.can_load(spec)
+            except OSError as exc:  # a name too long for a path: no directory holds it
+                unreadable = f" (as a path: {exc.strerror or type(exc).__name__})"
+                continue
+            if accepted:
                 return loader, spec
         label = "SAE" if kind == "sae_loaders" else "model"
         raise UserError(
-            f"no {label} loader accepts {spec!r}; installed loaders: "
+            f"no {label} loader accepts {excerpt(spec)}{unreadable}; installed loaders: "
             f"{', '.join(self.registry.names(kind)) or '(none)'} (see `dsg plugins`)"
         )
 
@@ -181,6 +187,13 @@ class Session:
             raise UserError(
                 f"seq_len {self.settings.seq_len} is longer than the context of model "
                 f"{model.spec!r} ({cfg.n_ctx} tokens); pass --seq-len {cfg.n_ctx} or less"
+            )
+        if self.settings.window_calibration_tokens > cfg.n_ctx:
+            raise UserError(
+                f"window_calibration_tokens {self.settings.window_calibration_tokens} is longer "
+                f"than the context of model {model.spec!r} ({cfg.n_ctx} tokens), so no prompt "
+                f"the gate judges is that long; pass --window-calibration-tokens {cfg.n_ctx} or "
+                "less"
             )
         if sae.hook_layer >= cfg.n_layers and n_layers is None:
             raise UserError(

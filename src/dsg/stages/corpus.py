@@ -119,6 +119,12 @@ def load_documents(session: Session) -> Documents:
         "forget": [d for d in forget if not is_held_out(d, s.seed, s.relearn_holdout)],
         "retain": filter_docs(session.case.retain_texts(data), s.min_chars),
     }
+    if forget and not docs["forget"]:
+        raise UserError(
+            f"relearn_holdout {s.relearn_holdout:g}% holds out all {len(forget)} forget documents "
+            f"of case {s.case!r}, so none is left for the statistics; pass a smaller "
+            "--relearn-holdout (e.g. 25)"
+        )
     for side, kept in docs.items():
         if not kept:
             raise UserError(

@@ -26,10 +26,18 @@ VERSION = 1
 
 @dataclass(frozen=True)
 class GateParameters:
-    """The gate's threshold (None when the strategy uses none) and its other parameters."""
+    """The gate's threshold (None when the strategy uses none), its other parameters, and the
+    settings the strategy calibrated them with (its ``calibration_settings``; none for a
+    strategy that does not calibrate)."""
 
     threshold: float | None
     params: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _plain(value: Any) -> Any:
+    """A setting's value as JSON holds it (a tuple as a list), so it reads back equal."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def gate_parameters(
@@ -41,7 +49,7 @@ def gate_parameters(
         threshold = selection.thresholds[n] if strategy.uses_threshold else None
         return GateParameters(threshold)
     s = session.settings
-    options = {name: getattr(s, name) for name in strategy.calibration_settings}
+    options = {name: _plain(getattr(s, name)) for name in strategy.calibration_settings}
     features = selection.top(n)
     inputs = {
         "selection": artifacts.read_json(selection.path).get("inputs", {}),
@@ -54,7 +62,7 @@ def gate_parameters(
     folder = session.run_dir.find(STAGE, VERSION, key, force=s.force)
     if folder is not None:
         meta = artifacts.read_json(folder / artifacts.META_FILE)
-        return GateParameters(float(meta["threshold"]), dict(meta["params"]))
+        return GateParameters(float(meta["threshold"]), dict(meta["params"]), options)
     stats = sparsity.ensure(session)
     data = CalibrationData(
         retain_hits=stats.token_hits(features, "retain"),
@@ -70,4 +78,4 @@ def gate_parameters(
         inputs,
         extra={"threshold": threshold, "params": params, "details": details},
     )
-    return GateParameters(float(threshold), dict(params))
+    return GateParameters(float(threshold), dict(params), options)

@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING
 
 from dsg.api.interfaces import hf_reference
 from dsg.bundle import CONFIG_FILE, Bundle, bundle_strategy, from_sae, model_binding
-from dsg.core.artifacts import check_kind, complete_or_absent, read_json, write_failed
+from dsg.core.artifacts import (
+    check_kind,
+    complete_or_absent,
+    json_sha256,
+    read_json,
+    write_failed,
+)
 from dsg.stages.gate_parameters import gate_parameters
 
 if TYPE_CHECKING:
@@ -35,10 +41,20 @@ class Exported:
     threshold: float | None
 
 
-def bundle_name(case: str, selection: Selection, n: int, multiplier: float, strategy: str) -> str:
-    """Readable and unique per selection: ``news-p90-n10-m500-dynamic-<selection key>``."""
-    key = selection.path.parent.name[:8]
-    return f"{case}-p{selection.ratio_percentile:g}-n{n}-m{multiplier:g}-{strategy}-{key}"
+def bundle_name(case: str, selection: Selection, bundle: Bundle) -> str:
+    """Readable, and keyed by everything that shapes the guardrail:
+    ``news-p90-n10-m500-dynamic-<digest>``, where the digest (8 hex digits) hashes the bundle's
+    whole description but its tensors' hash: the features, threshold, multiplier, strategy and
+    every strategy parameter, the SAE and the base model, and the provenance, which holds the
+    selection's inputs and the settings the strategy was calibrated with. The tensors are
+    the SAE's columns of those features, so they follow. Another calibration (another
+    ``--window-calibration-tokens`` or ``--window-lengths``) gives another name, never the same
+    folder."""
+    digest = json_sha256(bundle.config(tensors_sha256=""))[:8]
+    return (
+        f"{case}-p{selection.ratio_percentile:g}-n{bundle.k}-m{bundle.multiplier:g}-"
+        f"{bundle.strategy}-{digest}"
+    )
 
 
 def save_bundle(bundle: Bundle, folder: Path) -> Path:
@@ -80,6 +96,7 @@ def bundles_for(
                             "ratio_percentile": selection.ratio_percentile,
                             "n_features": n,
                             "calibration_percentile": s.calibration_percentile,
+                            "strategy_settings": gates[strategy].settings,
                             "selection": selection_inputs,
                         },
                         strategies=session.registry.entries["strategies"],
@@ -102,10 +119,7 @@ def export(session: Session, strategies: tuple[str, ...] = ("dynamic",)) -> list
     for selection in select.ensure(session):
         for bundle in bundles_for(session, selection, strategies):
             n = bundle.k
-            name = bundle_name(
-                session.settings.case, selection, n, bundle.multiplier, bundle.strategy
-            )
-            path = save_bundle(bundle, root / name)
+            path = save_bundle(bundle, root / bundle_name(session.settings.case, selection, bundle))
             exported.append(
                 Exported(
                     path,

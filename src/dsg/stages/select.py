@@ -140,3 +140,25 @@ def load(path: Path) -> Selection:
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         raise UserError(f"{path} is corrupted; delete its folder and run again") from None
+
+
+def check_unchanged(selection: Selection) -> None:
+    """``selection``'s file and its artifact are still there, intact, holding the features and
+    thresholds the run used; else a UserError that says what happened."""
+    folder = selection.path.parent
+    meta_path = folder / artifacts.META_FILE
+    if not selection.path.is_file() or not meta_path.is_file():
+        raise UserError(
+            f"{selection.path} was removed while this run went on (another run with --force, or "
+            "by hand), so the report would name a file that is not there; run again"
+        )
+    artifacts.check_intact(folder, artifacts.read_json(meta_path))
+    now = load(selection.path)
+    if not (
+        now.features.tolist() == selection.features.tolist()
+        and now.thresholds == selection.thresholds
+    ):
+        raise UserError(
+            f"{selection.path} changed while this run went on, so the report would name a "
+            "selection it did not use; run again"
+        )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,7 @@ from dsg.api.interfaces import (
     SetScores,
 )
 from dsg.core.artifacts import META_FILE, RunDir, artifact_key, canonical_json, read_json
-from dsg.core.errors import UserError
+from dsg.core.errors import UserError, excerpt
 from dsg.core.progress import Tracker
 from dsg.stages import select
 from dsg.stages.evaluate import evaluate
@@ -86,10 +86,18 @@ class Target:
 
     def _question_texts(self, name: str) -> list[str]:
         """Every question of the case's eval set ``name`` (all of them, not the run's subset),
-        without its choices."""
+        without its choices. The target set is refused: its questions are the hazard itself,
+        not benign text."""
         sets = {e.name: e for e in self.session.case.eval_sets(self.session.data)}
         if name not in sets:
-            raise UserError(f"unknown eval set {name!r}; choose one of: {', '.join(sets)}")
+            raise UserError(f"unknown eval set {excerpt(name)}; choose one of: {', '.join(sets)}")
+        target, *others = sets
+        if name == target:
+            raise UserError(
+                f"--benign-questions {name!r} is the target set, whose questions are the hazard "
+                "the guardrail stops, not benign text; choose a side-effect set: "
+                f"{', '.join(others) or '(the case has none; pass --benign-corpus)'}"
+            )
         return [q.question for q in sets[name].questions]
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -191,6 +199,38 @@ def chosen_sets(shared: evaluate.ModelLevel) -> list[EvalSet]:
     ]
 
 
+def attack_options() -> dict[str, str]:
+    """The settings of the attacks' group (``--budget``, ``--format``, ...) and their options."""
+    from dsg.config.settings import ATTACKS, declared
+
+    return {name: d.option for name, d in declared().items() if d.spec.group == ATTACKS}
+
+
+def refuse_other_attacks_options(attack: Attack, given: Iterable[str]) -> None:
+    """Options of the attacks' group given on the command line that ``attack`` does not read
+    (``dsg attack format --learning-rate 0.5``) are refused rather than ignored. An attack says
+    which it reads in ``settings``; one that does not say is not checked."""
+    reads = getattr(attack, "settings", None)
+    if reads is None:
+        return
+    options = attack_options()
+    stray = [options[name] for name in given if name in options and name not in reads]
+    if stray:
+        own = ", ".join(options[name] for name in reads if name in options) or "none"
+        raise UserError(
+            f"attack {attack.name!r} does not read {', '.join(stray)} (its options: {own}); "
+            "leave it off"
+        )
+
+
+def check_settings(attack: Attack, settings: Settings) -> None:
+    """The attack's checks of its settings alone (unknown placements or formats), run before
+    any model loads; an attack without ``check_settings`` has only its ``check``."""
+    early = getattr(attack, "check_settings", None)
+    if early is not None:
+        early(settings)
+
+
 def run(session: Session, name: str) -> Path:
     """Run attack ``name`` and return the path of its ``attack.json``."""
     import torch
@@ -199,6 +239,7 @@ def run(session: Session, name: str) -> Path:
 
     attack: Attack = session.registry.get("attacks", name)
     s = session.settings
+    check_settings(attack, s)
     run_dir = session.run_dir
     run_dir.ensure_writable()
     tracker = Tracker(session.console)

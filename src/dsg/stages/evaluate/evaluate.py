@@ -342,7 +342,11 @@ def common_inputs(
 
 
 def selection_paths(selections: list[select.Selection], root: Path) -> dict[str, str]:
-    """Each selection's folder, relative to the run directory when inside it."""
+    """Each selection's file, relative to the run directory when inside it; each checked to be
+    still there as the run read it, so a report never names a file that another run (``--force``)
+    or a hand removed or rewrote while this one went on."""
+    for sel in selections:
+        select.check_unchanged(sel)
     return {
         str(sel.ratio_percentile): str(sel.path.relative_to(root))
         if sel.path.is_relative_to(root)

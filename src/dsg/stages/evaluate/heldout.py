@@ -81,19 +81,23 @@ def section(
 
     The chosen configuration is the paper's pick on the selection part. Its score is
     ``1 - target accuracy`` on the report part if it passes the side-effect gate there too
-    (against the unguarded model on the same report questions), else 0.
+    (against the unguarded model on the same report questions), else 0. When a part holds no
+    target question, nothing can be chosen or nothing measured: the score is None and
+    ``no_score`` says why (otherwise it is None).
     """
     baseline = {part: split.counts(split.baseline, part) for part in PARTS}
     counts = {part: [split.counts(r.predicted, part) for r in results] for part in PARTS}
     points = {part: [point(c, baseline[part], set_names) for c in counts[part]] for part in PARTS}
-    chosen = best(points["selection"])
-    score = 0.0
+    no_score = empty_target_part(baseline, set_names[0], seed)
+    chosen = None if no_score else best(points["selection"])
+    score: float | None = None if no_score else 0.0
     if chosen is not None:
         held = points["report"][chosen]
         if held.passes_gate and held.target.total > 0:
             score = 1.0 - held.target.correct / held.target.total
     return {
         "score": score,
+        "no_score": no_score,
         "seed": seed,
         "questions": {
             name: {part: baseline[part][name].total for part in PARTS} for name in set_names
@@ -104,6 +108,24 @@ def section(
             for part in PARTS
         },
     }
+
+
+def empty_target_part(
+    baseline: Mapping[str, Mapping[str, Count]], target: str, seed: int
+) -> str | None:
+    """Why the held-out score cannot be taken (a part of the split without a target question),
+    or None when it can."""
+    sizes = {part: baseline[part][target].total for part in PARTS}
+    if not any(sizes.values()):
+        return f"the target set {target!r} has no evaluated question"
+    for part, role in (("selection", "choose a configuration on"), ("report", "measure it on")):
+        if not sizes[part]:
+            return (
+                f"none of the target set {target!r}'s {sum(sizes.values())} evaluated questions "
+                f"falls in the {part} part (held-out seed {seed}), so there is nothing to {role}; "
+                "evaluate more questions (--questions all) or pass another --heldout-seed"
+            )
+    return None
 
 
 def _describe(p: Point, per_set: Mapping[str, Count]) -> dict[str, Any]:

@@ -61,9 +61,7 @@ def config_bundles(
     by_key: dict[tuple[float, int, float, str], Path] = {}
     for selection in selections:
         for bundle in bundles_for(session, selection, strategies) if strategies else []:
-            name = bundle_name(
-                session.settings.case, selection, bundle.k, bundle.multiplier, bundle.strategy
-            )
+            name = bundle_name(session.settings.case, selection, bundle)
             key = (selection.ratio_percentile, bundle.k, bundle.multiplier, bundle.strategy)
             by_key[key] = save_bundle(bundle, session.run_dir.root / BUNDLES_DIR / name)
     return {

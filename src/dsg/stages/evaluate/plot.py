@@ -45,8 +45,11 @@ def tradeoff(report: dict[str, Any], path: Path) -> Path:
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("side-effect accuracy (pooled over " + ", ".join(report["side_effects"]) + ")")
     ax.set_ylabel(f"target accuracy ({report['target']})")
-    scores = report["unlearning_score"], report["heldout_score"]
-    ax.set_title("unlearning score {:.3f} (held-out {:.3f})".format(*scores))
+    scores = (
+        "none" if v is None else f"{v:.3f}"
+        for v in (report["unlearning_score"], report["heldout_score"])
+    )
+    ax.set_title("unlearning score {} (held-out {})".format(*scores))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best")
     fig.tight_layout()

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 REPORT_FILE = "report.json"
 REPORTS_DIR = "reports"
-REPORT_VERSION = 2
+REPORT_VERSION = 3
 LIBRARIES = ("dsg", "torch", "transformer-lens", "sae-lens", "transformers", "numpy")
 
 
@@ -262,12 +262,27 @@ def score_lines(report: dict[str, Any]) -> list[str]:
     h = report["heldout"]
     total = sum(s["evaluated"] for s in report["sets"].values())
     selection, held = (sum(q[part] for q in h["questions"].values()) for part in PARTS)
-    lines = [
-        f"unlearning score: {report['unlearning_score']:.4f} "
-        f"(paper: chosen and measured on the same {total} questions)",
+    target = report["target"]
+    paper = report["unlearning_score"]
+    if paper is None:
+        subset = report["question_subset"]
+        paper_line = (
+            f"unlearning score: none (the target set {target!r} has no question in subset "
+            f"{subset!r}, so there is nothing to measure unlearning on)"
+        )
+    else:
+        paper_line = (
+            f"unlearning score: {paper:.4f} "
+            f"(paper: chosen and measured on the same {total} questions)"
+        )
+    lines = [paper_line]
+    if report["heldout_score"] is None:
+        lines.append(f"held-out score:   none ({h['no_score']})")
+        return lines
+    lines.append(
         f"held-out score:   {report['heldout_score']:.4f} "
-        f"(chosen on {selection} questions, measured on {held} others)",
-    ]
+        f"(chosen on {selection} questions, measured on {held} others)"
+    )
     if h["chosen"] is None:
         lines.append("  held-out choice: none passes the side-effect gate on its questions")
     else:
