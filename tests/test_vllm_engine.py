@@ -206,3 +206,126 @@ def test_without_the_decision_in_the_salt_prefix_caching_would_mix(
         vllm_generations(llm, [ids[first]])
         mixed.append(vllm_generations(llm, [ids[second]])[0] != guarded[second])
     assert any(mixed)
+
+
+def test_beam_search_is_refused(served: dict[str, Any]) -> None:
+    """Beam search resubmits prompt + beam tokens as new requests, each decided again (a prompt
+    that fires alone stopped firing after a few beam tokens): refused, not served unguarded."""
+    from vllm.inputs import TokensPrompt
+    from vllm.sampling_params import BeamSearchParams
+
+    from dsg_runtime.vllm.engine import RequestRefused
+
+    prompt = TokensPrompt(prompt_token_ids=served["ids"][0])
+    with pytest.raises(RequestRefused, match="beam search"):
+        served["llm"].beam_search([prompt], BeamSearchParams(beam_width=2, max_tokens=4))
+
+
+def engine_core_request(engine: Any, request_id: str, ids: list[int]) -> Any:
+    """A request as the input processor makes it (decided and sealed), not yet in the engine."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, min_tokens=MAX_NEW)
+    request = engine.input_processor.process_inputs(
+        request_id,
+        TokensPrompt(prompt_token_ids=ids),
+        params,
+        supported_tasks=engine.get_supported_tasks(),
+    )
+    engine.input_processor.assign_request_id(request)
+    return request
+
+
+def test_forged_decisions_are_refused_alone(served: dict[str, Any]) -> None:
+    """Requests handed to the engine core past the input processor, with a hand-set
+    ``dsg_fired = False``, a seal moved from another prompt, or no seal, are refused one by one;
+    the genuine requests beside them are served as dsg.hf serves them."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from dsg_runtime.vllm.engine import RequestRefused
+    from dsg_runtime.vllm.seal import FIRED_KEY
+
+    engine = served["llm"].llm_engine
+    ids, guarded, fired = served["ids"], served["guarded"], served["fired"]
+    hazard = fired.index(True)
+    calm = fired.index(False)
+    flipped = engine_core_request(engine, "flipped", ids[hazard])
+    flipped.sampling_params.extra_args[FIRED_KEY] = False
+    moved = engine_core_request(engine, "moved", ids[calm])
+    moved.prompt_token_ids = ids[hazard]
+    bare = engine_core_request(engine, "bare", ids[hazard])
+    bare.sampling_params.extra_args = {FIRED_KEY: False}
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, min_tokens=MAX_NEW)
+    genuine = {f"good-{i}": i for i in (hazard, calm)}
+    for name, i in genuine.items():
+        engine.add_request(name, TokensPrompt(prompt_token_ids=ids[i]), params)
+    for forged in (flipped, moved, bare):
+        with pytest.raises(RequestRefused, match="no decision this server's front end made"):
+            engine.engine_core.add_request(forged)
+    done: dict[str, list[int]] = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = list(out.outputs[0].token_ids)
+    assert done == {name: guarded[i] for name, i in genuine.items()}
+
+
+def start_engine_with_other_bundle(bundle: str | None, model: Path) -> str:
+    """A separate Python that starts vLLM (engine core and worker in their own processes) with
+    the front end on the test's bundle and the engine processes on ``bundle`` (None: no
+    DSG_BUNDLE at all); returns its last line."""
+    import subprocess
+    import sys
+
+    script = f"""
+import os, sys
+import dsg_runtime.vllm
+from vllm.v1.engine.core_client import EngineCoreClient
+make = EngineCoreClient.make_client
+def engine_env(*args, **kwargs):
+    other = {bundle!r}
+    if other is None:
+        del os.environ["DSG_BUNDLE"]
+    else:
+        os.environ["DSG_BUNDLE"] = other
+    return make(*args, **kwargs)
+EngineCoreClient.make_client = staticmethod(engine_env)
+from vllm import LLM
+try:
+    LLM(model={str(model)!r}, dtype="float32", max_model_len=128, enforce_eager=True,
+        gpu_memory_utilization=0.1)
+except dsg_runtime.vllm.GuardrailRefused as refused:
+    print("REFUSED", refused)
+    sys.exit(0)
+print("SERVED")
+"""
+    env = {
+        **os.environ,
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
+        # fresh engine processes, the plugin loaded from its entry point
+        "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900
+    )
+    lines = done.stdout.strip().splitlines()
+    assert lines, done.stderr[-3000:]
+    return lines[-1]
+
+
+@pytest.mark.parametrize("engine_bundle", ["another", None], ids=["another bundle", "none"])
+def test_an_engine_on_another_bundle_or_none_refuses_to_start(
+    served: dict[str, Any], tmp_path: Path, engine_bundle: str | None
+) -> None:
+    from dsg.bundle import Bundle
+
+    other = None
+    if engine_bundle == "another":
+        mine = Bundle.load(served["bundle_dir"])
+        other = str(Bundle(**{**mine.__dict__, "multiplier": 5.0}).save(tmp_path / "other"))
+    last = start_engine_with_other_bundle(other, organism_model())
+    want = "guards with bundle" if other else "runs without the guardrail"
+    assert last.startswith("REFUSED") and want in last, last
