@@ -221,6 +221,24 @@ def test_beam_search_is_refused(served: dict[str, Any]) -> None:
         served["llm"].beam_search([prompt], BeamSearchParams(beam_width=2, max_tokens=4))
 
 
+def test_weight_updates_are_refused(served: dict[str, Any]) -> None:
+    """The front end decides on the weights it loaded: reloading or reconfiguring the served
+    weights through the worker is refused, and the engine still serves as dsg.hf does."""
+    from dsg_runtime.vllm import GuardrailRefused
+
+    llm = served["llm"]
+    updates = [
+        ("reload_weights", ()),
+        ("update_config", ({"load_config": {"load_format": "dummy"}},)),
+        ("reset_weights", ()),
+    ]
+    for method, args in updates:
+        with pytest.raises(GuardrailRefused, match="would change the served weights"):
+            llm.collective_rpc(method, args=args)
+    ids = served["ids"]
+    assert vllm_generations(llm, ids[:2]) == served["guarded"][:2]
+
+
 def engine_core_request(engine: Any, request_id: str, ids: list[int]) -> Any:
     """A request as the input processor makes it (decided and sealed), not yet in the engine."""
     from vllm import SamplingParams

@@ -202,12 +202,12 @@ def _checked_llm_engine(original: Any) -> Any:
                 else getattr(client.engine_core, PROOF_METHOD)(nonce)
             )
         except Exception as exc:
-            self.engine_core.shutdown()
+            client.shutdown()
             raise _unproved(exc) from None
         try:
             _check_engine(self.input_processor, nonce, proofs)
         except GuardrailRefused:
-            self.engine_core.shutdown()
+            client.shutdown()  # no engine processes left behind a refused start
             raise
 
     return init
