@@ -282,6 +282,8 @@ def test_forged_decisions_are_refused_alone(served: dict[str, Any]) -> None:
     for forged in (flipped, moved, bare):
         with pytest.raises(RequestRefused, match="no decision this server's front end made"):
             engine.engine_core.add_request(forged)
+        with pytest.raises(RequestRefused, match="no decision this server's front end made"):
+            engine.add_request(forged.request_id, forged, forged.sampling_params)
     done: dict[str, list[int]] = {}
     while engine.has_unfinished_requests():
         for out in engine.step():

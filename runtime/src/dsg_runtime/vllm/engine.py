@@ -123,6 +123,8 @@ def patch_front_end() -> None:
     _wrap(BeamSearchOfflineMixin, "beam_search", _refused_beam_search)
     _wrap(BeamSearchOnlineMixin, "beam_search", _refused_beam_search)
     _wrap(LLMEngine, "__init__", _checked_llm_engine)
+    _wrap(LLMEngine, "add_request", _checked_engine_core_request)
+    _wrap(AsyncLLM, "add_request", _checked_engine_core_request)
     _wrap(AsyncLLM, "get_supported_tasks", _checked_async)  # the server asks it at start-up
     _wrap(AsyncLLM, "_add_request", _checked_async)  # every request of every entry point
 
@@ -187,6 +189,23 @@ def _refused_beam_search(original: Any) -> Any:
         )
 
     return beam_search
+
+
+def _checked_engine_core_request(original: Any) -> Any:
+    """``add_request`` also takes a ready ``EngineCoreRequest``, which skips the input
+    processor: its seal is checked here, before vLLM registers it for output (a request the
+    engine core refused after that would stay unfinished in an in-process engine)."""
+
+    def add_request(self: Any, request_id: str, *args: Any, **kwargs: Any) -> Any:
+        from vllm.v1.engine import EngineCoreRequest
+
+        prompt = kwargs.get("prompt", args[0] if args else None)
+        if isinstance(prompt, EngineCoreRequest):
+            processor = self.input_processor
+            check_request(prompt, processor._dsg_key, processor._dsg_digest)
+        return original(self, request_id, *args, **kwargs)
+
+    return add_request
 
 
 def _checked_llm_engine(original: Any) -> Any:
