@@ -49,7 +49,8 @@ class TokenClamp:
         if self.fired.device.type == "cuda":
             # two pinned slots used in turn, each with the event recorded after its last copy
             self._staging = [
-                (torch.zeros(max_tokens, dtype=torch.bool, pin_memory=True), None) for _ in range(2)
+                (torch.zeros(max_tokens, dtype=torch.bool, pin_memory=True), torch.cuda.Event())
+                for _ in range(2)
             ]
         self._turn = 0
 
@@ -89,15 +90,12 @@ class TokenClamp:
         # - the device side: the copy is enqueued on the current stream, the stream vLLM's
         #   runner prepares inputs and runs the forward pass on, so step N's reads of `fired`
         #   are ordered before step N+1's copy overwrites it.
-        host, done = self._staging[self._turn]
-        if done is not None:
-            done.synchronize()
+        host, copied = self._staging[self._turn]
+        copied.synchronize()  # returns at once while the event was never recorded
         host[:n] = torch.from_numpy(per_token)
         host[n:] = False
         self.fired.copy_(host, non_blocking=True)
-        copied = torch.cuda.Event()
         copied.record()
-        self._staging[self._turn] = (host, copied)
         self._turn = (self._turn + 1) % len(self._staging)
 
     def residual(
