@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -292,13 +294,25 @@ def test_forged_decisions_are_refused_alone(served: dict[str, Any]) -> None:
     assert done == {name: guarded[i] for name, i in genuine.items()}
 
 
-def start_engine_with_other_bundle(bundle: str | None, model: Path) -> str:
-    """A separate Python that starts vLLM (engine core and worker in their own processes) with
-    the front end on the test's bundle and the engine processes on ``bundle`` (None: no
-    DSG_BUNDLE at all); returns its last line."""
-    import subprocess
-    import sys
+def in_separate_processes(script: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a separate Python whose vLLM starts its engine core and worker as
+    fresh processes (spawned: each loads the plugin from its entry point, as a server does)."""
+    env = {
+        **os.environ,
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
+        "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.stdout.strip(), done.stderr[-3000:]
+    return done
 
+
+def start_engine_with_other_bundle(bundle: str | None, model: Path) -> str:
+    """vLLM with the front end on the test's bundle and the engine processes on ``bundle``
+    (None: no DSG_BUNDLE at all); returns the last line the script printed."""
     script = f"""
 import os, sys
 import dsg_runtime.vllm
@@ -321,19 +335,7 @@ except dsg_runtime.vllm.GuardrailRefused as refused:
     sys.exit(0)
 print("SERVED")
 """
-    env = {
-        **os.environ,
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
-        # fresh engine processes, the plugin loaded from its entry point
-        "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
-        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900
-    )
-    lines = done.stdout.strip().splitlines()
-    assert lines, done.stderr[-3000:]
-    return lines[-1]
+    return in_separate_processes(script).stdout.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("engine_bundle", ["another", None], ids=["another bundle", "none"])
@@ -349,3 +351,42 @@ def test_an_engine_on_another_bundle_or_none_refuses_to_start(
     last = start_engine_with_other_bundle(other, organism_model())
     want = "guards with bundle" if other else "runs without the guardrail"
     assert last.startswith("REFUSED") and want in last, last
+
+
+def test_a_forged_request_fails_alone_in_a_separate_engine_core(served: dict[str, Any]) -> None:
+    """With the engine core in its own process (as a server runs it), a request added past the
+    input processor with ``dsg_fired`` set to False is answered with an error by the engine
+    core alone, while the genuine requests sent with it are served as dsg.hf serves them."""
+    ids, guarded, fired = served["ids"], served["guarded"], served["fired"]
+    hazard = fired.index(True)
+    script = f"""
+import json
+from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
+ids = {ids!r}
+llm = LLM(model={str(organism_model())!r}, dtype="float32", max_model_len=256,
+          enforce_eager=True, gpu_memory_utilization=0.1, seed=0)
+engine = llm.llm_engine
+params = SamplingParams(temperature=0.0, max_tokens={MAX_NEW}, min_tokens={MAX_NEW})
+forged = engine.input_processor.process_inputs(
+    "forged", TokensPrompt(prompt_token_ids=ids[{hazard}]), params,
+    supported_tasks=engine.get_supported_tasks())
+engine.input_processor.assign_request_id(forged)
+forged.sampling_params.extra_args["dsg_fired"] = False
+for i, prompt in enumerate(ids):
+    engine.add_request(f"good-{{i}}", TokensPrompt(prompt_token_ids=prompt), params)
+    if i == 1:
+        engine.engine_core.add_request(forged)  # past the input processor and its checks
+done = {{}}
+while engine.has_unfinished_requests():
+    for out in engine.step():
+        if out.finished:
+            done[out.request_id] = list(out.outputs[0].token_ids)
+print("RESULT", json.dumps(done), flush=True)
+"""
+    ran = in_separate_processes(script)
+    results = [line for line in ran.stdout.splitlines() if line.startswith("RESULT ")]
+    assert results, (ran.stdout[-2000:], ran.stderr[-3000:])
+    done = json.loads(results[-1].removeprefix("RESULT "))
+    assert done == {f"good-{i}": want for i, want in enumerate(guarded)}
+    assert "carries no decision this server's front end made" in ran.stdout + ran.stderr
