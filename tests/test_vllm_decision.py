@@ -1,6 +1,7 @@
 """The decision taken before vLLM's engine, and the bookkeeping that carries it: the same
-decisions as dsg.hf's guarded generate, a cache salt per decision, requests without a decision
-refused, untested set-ups refused. No vLLM needed."""
+decisions as dsg.hf's guarded generate, a cache salt per decision, sealed decisions that cannot
+be forged or moved to another prompt or bundle, engine processes that must prove their bundle
+and key, untested set-ups refused. No vLLM needed."""
 
 from __future__ import annotations
 
@@ -17,11 +18,18 @@ from dsg.api.interfaces import LoadedSAE
 from dsg.bundle import Bundle, from_sae
 from dsg.core.errors import UserError
 from dsg_runtime.vllm.checks import GuardrailRefused, check_config, check_version
-from dsg_runtime.vllm.decision import FIRED_KEY, PromptDecider, cache_salt
-from dsg_runtime.vllm.engine import RequestRefused, decide_request, request_decisions
+from dsg_runtime.vllm.decision import PromptDecider, cache_salt
+from dsg_runtime.vllm.engine import (
+    RequestRefused,
+    check_request,
+    decide_request,
+    request_decisions,
+)
+from dsg_runtime.vllm.seal import FIRED_KEY, SEAL_KEY, check_proofs, prove, seal
 
 torch.set_num_threads(1)
 HIDDEN, VOCAB, LAYERS = 32, 96, 3
+KEY, DIGEST = b"k" * 32, "d" * 64
 
 
 def write_model(path: Path) -> Path:
@@ -127,7 +135,7 @@ def engine_request(ids: list[int], extra: dict[str, Any] | None = None, **over: 
     params = SimpleNamespace(extra_args=extra)
     fields = dict(
         sampling_params=params, pooling_params=None, prompt_embeds=None, mm_features=None,
-        prompt_token_ids=ids, cache_salt=None,
+        prompt_token_ids=ids, cache_salt=None, request_id="r", resumable=False,
     )  # fmt: skip
     return SimpleNamespace(**{**fields, **over})
 
@@ -137,10 +145,64 @@ def test_decide_request_overwrites_a_client_decision_and_salts(model_dir: Path) 
     decider = PromptDecider.load(bundle, model_dir, torch.float32, "cpu")
     for ids in prompts():
         truth = decider.decide(ids)
-        forged = engine_request(ids, {FIRED_KEY: not truth, "other": 1}, cache_salt="t")
-        decide_request(decider, "digest", forged)
-        assert forged.sampling_params.extra_args == {FIRED_KEY: truth, "other": 1}
-        assert forged.cache_salt == cache_salt("t", "digest", truth)
+        client = {FIRED_KEY: not truth, SEAL_KEY: "0" * 64, "other": 1}
+        forged = engine_request(ids, client, cache_salt="t")
+        decide_request(decider, DIGEST, KEY, forged)
+        tag = seal(KEY, ids, truth, DIGEST)
+        assert forged.sampling_params.extra_args == {FIRED_KEY: truth, SEAL_KEY: tag, "other": 1}
+        assert forged.cache_salt == cache_salt("t", DIGEST, truth)
+        assert check_request(forged, KEY, DIGEST) is truth  # the engine core accepts it
+
+
+def sealed(ids: list[int], fired: bool, digest: str = DIGEST, **over: Any) -> Any:
+    extra = {FIRED_KEY: fired, SEAL_KEY: seal(KEY, ids, fired, digest)}
+    return engine_request(ids, extra, cache_salt=cache_salt("t", digest, fired), **over)
+
+
+def test_the_engine_core_refuses_forged_moved_and_unsealed_decisions() -> None:
+    ids, other = [2, 7, 9, 11], [2, 7, 9, 12]
+    assert check_request(sealed(ids, False), KEY, DIGEST) is False
+    assert check_request(sealed(ids, True), KEY, DIGEST) is True
+    flipped = sealed(ids, True)
+    flipped.sampling_params.extra_args[FIRED_KEY] = False  # a forged "not fired"
+    moved = sealed(other, False)
+    moved.prompt_token_ids = ids  # a seal taken from another prompt
+    salted = sealed(ids, True)
+    salted.cache_salt = cache_salt("t", DIGEST, False)  # KV blocks of the other decision
+    forged = engine_request(ids, {FIRED_KEY: False, SEAL_KEY: seal(b"x" * 32, ids, False, DIGEST)})
+    refused = {
+        "flipped": flipped,
+        "moved": moved,
+        "salted": salted,
+        "another key": forged,
+        "another bundle": sealed(ids, False, digest="e" * 64),
+        "no decision": engine_request(ids, None),
+        "a bare bool": engine_request(ids, {FIRED_KEY: False}),
+        "streamed": sealed(ids, False, resumable=True),
+        "embeddings": sealed(ids, False, prompt_embeds=torch.zeros(4, HIDDEN)),
+        "pooling": sealed(ids, False, pooling_params=object()),
+    }
+    for name, request in refused.items():
+        with pytest.raises(RequestRefused) as error:
+            check_request(request, KEY, DIGEST)
+        assert "\n" not in str(error.value), name
+
+
+def test_engine_proofs_must_name_the_front_ends_bundle_and_key() -> None:
+    nonce = "n1"
+    good = [prove(KEY, nonce, "engine core", DIGEST), prove(KEY, nonce, "worker", DIGEST)]
+    check_proofs(KEY, nonce, DIGEST, good)
+    bad = {
+        "another bundle": [good[0], prove(KEY, nonce, "worker", "e" * 64)],
+        "another key": [good[0], prove(b"x" * 32, nonce, "worker", DIGEST)],
+        "an old answer": [good[0], prove(KEY, "n0", "worker", DIGEST)],
+        "no answer": [],
+        "not a proof": ["worker"],
+    }
+    for name, proofs in bad.items():
+        with pytest.raises(GuardrailRefused) as error:
+            check_proofs(KEY, nonce, DIGEST, proofs)
+        assert "\n" not in str(error.value), name
 
 
 def test_requests_that_cannot_be_decided_are_refused(model_dir: Path) -> None:
@@ -152,21 +214,34 @@ def test_requests_that_cannot_be_decided_are_refused(model_dir: Path) -> None:
         engine_request([2, 5], pooling_params=object()),
     ):
         with pytest.raises(RequestRefused):
-            decide_request(decider, "digest", bad)
+            decide_request(decider, DIGEST, KEY, bad)
 
 
-def test_batch_decisions_follow_batch_order_and_refuse_undecided_requests() -> None:
+def worker_state(ids: list[int], extra: dict[str, Any] | None) -> Any:
+    return SimpleNamespace(prompt_token_ids=ids, sampling_params=SimpleNamespace(extra_args=extra))
+
+
+def test_batch_decisions_follow_batch_order_and_clamp_unverified_requests() -> None:
+    """The worker reads verified decisions only; one without a seal for its prompt and this
+    worker's bundle is clamped as if it fired (guarded, not refused: the others in the step
+    must not fail with it), so a forged "not fired" still runs guarded."""
     requests = {
-        name: SimpleNamespace(sampling_params=SimpleNamespace(extra_args={FIRED_KEY: fired}))
-        for name, fired in (("a", True), ("b", False), ("c", True))
+        name: worker_state(ids, {FIRED_KEY: fired, SEAL_KEY: seal(KEY, ids, fired, DIGEST)})
+        for name, ids, fired in (("a", [2, 3], True), ("b", [2, 4], False), ("c", [2], True))
     }
-    assert request_decisions(requests, ["b", "c", "a"]).tolist() == [False, True, True]
-    requests["d"] = SimpleNamespace(sampling_params=SimpleNamespace(extra_args=None))
-    requests["e"] = SimpleNamespace(sampling_params=SimpleNamespace(extra_args={FIRED_KEY: 1}))
-    for undecided in ("d", "e"):
-        with pytest.raises(GuardrailRefused, match="without a decision"):
-            request_decisions(requests, ["a", undecided])
-    assert request_decisions(requests, []).dtype == np.bool_
+    assert request_decisions(requests, ["b", "c", "a"], KEY, DIGEST).tolist() == [
+        False,
+        True,
+        True,
+    ]
+    requests["d"] = worker_state([2, 5], None)
+    requests["e"] = worker_state([2, 5], {FIRED_KEY: False})
+    requests["f"] = worker_state([2, 5], {**requests["b"].sampling_params.extra_args})  # moved
+    requests["g"] = worker_state([2, 4], {**requests["b"].sampling_params.extra_args})  # same
+    got = request_decisions(requests, ["b", "d", "e", "f", "g"], KEY, DIGEST)
+    assert got.tolist() == [False, True, True, True, False]
+    assert request_decisions(requests, ["b"], KEY, "e" * 64).tolist() == [False]  # cached once
+    assert request_decisions(requests, [], KEY, DIGEST).dtype == np.bool_
 
 
 def vllm_config(**over: Any) -> Any:
@@ -175,13 +250,23 @@ def vllm_config(**over: Any) -> Any:
         pipeline_parallel_size=over.pop("pp", 1),
         data_parallel_size=1,
     )
+    parallel.worker_extension_cls = over.pop("extension", "")
     model = SimpleNamespace(
         architectures=over.pop("arch", ["Gemma2ForCausalLM"]),
         runner_type=over.pop("runner", "generate"),
+        quantization=over.pop("quantization", None),
+        quantization_config=None,
+        hf_overrides=over.pop("hf_overrides", {}),
+        model_class_overrides={},
+        hf_config_path=None,
+        model_weights=over.pop("model_weights", ""),
+        model_impl=over.pop("model_impl", "auto"),
     )
+    load = SimpleNamespace(load_format=over.pop("load_format", "auto"), download_dir=None)
     fields = dict(
-        parallel_config=parallel, model_config=model, speculative_config=None,
-        kv_transfer_config=None, use_v2_model_runner=False,
+        parallel_config=parallel, model_config=model, load_config=load, speculative_config=None,
+        kv_transfer_config=None, use_v2_model_runner=False, lora_config=None,
+        weight_transfer_config=None,
     )  # fmt: skip
     return SimpleNamespace(**{**fields, **over})
 
@@ -196,6 +281,14 @@ def vllm_config(**over: Any) -> Any:
         ({"use_v2_model_runner": True}, "V2 model runner"),
         ({"runner": "pooling"}, "'pooling' runner"),
         ({"arch": ["LlamaForCausalLM"]}, "LlamaForCausalLM"),
+        ({"lora_config": object()}, "LoRA adapters"),
+        ({"quantization": "fp8"}, "quantization"),
+        ({"hf_overrides": {"num_hidden_layers": 2}}, "hf_overrides"),
+        ({"model_weights": "/elsewhere"}, "weights from another path"),
+        ({"model_impl": "transformers"}, "model_impl transformers"),
+        ({"load_format": "dummy"}, "load format dummy"),
+        ({"weight_transfer_config": object()}, "weight transfer"),
+        ({"extension": "my.Extension"}, "worker extension"),
     ],
 )
 def test_untested_setups_are_refused_in_one_line(over: dict[str, Any], what: str) -> None:

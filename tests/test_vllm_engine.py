@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -206,3 +208,185 @@ def test_without_the_decision_in_the_salt_prefix_caching_would_mix(
         vllm_generations(llm, [ids[first]])
         mixed.append(vllm_generations(llm, [ids[second]])[0] != guarded[second])
     assert any(mixed)
+
+
+def test_beam_search_is_refused(served: dict[str, Any]) -> None:
+    """Beam search resubmits prompt + beam tokens as new requests, each decided again (a prompt
+    that fires alone stopped firing after a few beam tokens): refused, not served unguarded."""
+    from vllm.inputs import TokensPrompt
+    from vllm.sampling_params import BeamSearchParams
+
+    from dsg_runtime.vllm.engine import RequestRefused
+
+    prompt = TokensPrompt(prompt_token_ids=served["ids"][0])
+    with pytest.raises(RequestRefused, match="beam search"):
+        served["llm"].beam_search([prompt], BeamSearchParams(beam_width=2, max_tokens=4))
+
+
+def test_weight_updates_are_refused(served: dict[str, Any]) -> None:
+    """The front end decides on the weights it loaded: reloading or reconfiguring the served
+    weights through the worker is refused, and the engine still serves as dsg.hf does."""
+    from dsg_runtime.vllm import GuardrailRefused
+
+    llm = served["llm"]
+    updates = [
+        ("reload_weights", ()),
+        ("update_config", ({"load_config": {"load_format": "dummy"}},)),
+        ("reset_weights", ()),
+    ]
+    for method, args in updates:
+        with pytest.raises(GuardrailRefused, match="would change the served weights"):
+            llm.collective_rpc(method, args=args)
+    ids = served["ids"]
+    assert vllm_generations(llm, ids[:2]) == served["guarded"][:2]
+
+
+def engine_core_request(engine: Any, request_id: str, ids: list[int]) -> Any:
+    """A request as the input processor makes it (decided and sealed), not yet in the engine."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, min_tokens=MAX_NEW)
+    request = engine.input_processor.process_inputs(
+        request_id,
+        TokensPrompt(prompt_token_ids=ids),
+        params,
+        supported_tasks=engine.get_supported_tasks(),
+    )
+    engine.input_processor.assign_request_id(request)
+    return request
+
+
+def test_forged_decisions_are_refused_alone(served: dict[str, Any]) -> None:
+    """Requests handed to the engine core past the input processor, with a hand-set
+    ``dsg_fired = False``, a seal moved from another prompt, or no seal, are refused one by one;
+    the genuine requests beside them are served as dsg.hf serves them."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from dsg_runtime.vllm.engine import RequestRefused
+    from dsg_runtime.vllm.seal import FIRED_KEY
+
+    engine = served["llm"].llm_engine
+    ids, guarded, fired = served["ids"], served["guarded"], served["fired"]
+    hazard = fired.index(True)
+    calm = fired.index(False)
+    flipped = engine_core_request(engine, "flipped", ids[hazard])
+    flipped.sampling_params.extra_args[FIRED_KEY] = False
+    moved = engine_core_request(engine, "moved", ids[calm])
+    moved.prompt_token_ids = ids[hazard]
+    bare = engine_core_request(engine, "bare", ids[hazard])
+    bare.sampling_params.extra_args = {FIRED_KEY: False}
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, min_tokens=MAX_NEW)
+    genuine = {f"good-{i}": i for i in (hazard, calm)}
+    for name, i in genuine.items():
+        engine.add_request(name, TokensPrompt(prompt_token_ids=ids[i]), params)
+    for forged in (flipped, moved, bare):
+        with pytest.raises(RequestRefused, match="no decision this server's front end made"):
+            engine.engine_core.add_request(forged)
+        with pytest.raises(RequestRefused, match="no decision this server's front end made"):
+            engine.add_request(forged.request_id, forged, forged.sampling_params)
+    done: dict[str, list[int]] = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = list(out.outputs[0].token_ids)
+    assert done == {name: guarded[i] for name, i in genuine.items()}
+
+
+def in_separate_processes(script: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a separate Python whose vLLM starts its engine core and worker as
+    fresh processes (spawned: each loads the plugin from its entry point, as a server does)."""
+    env = {
+        **os.environ,
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
+        "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.stdout.strip(), done.stderr[-3000:]
+    return done
+
+
+def start_engine_with_other_bundle(bundle: str | None, model: Path) -> str:
+    """vLLM with the front end on the test's bundle and the engine processes on ``bundle``
+    (None: no DSG_BUNDLE at all); returns the last line the script printed."""
+    script = f"""
+import os, sys
+import dsg_runtime.vllm
+from vllm.v1.engine.core_client import EngineCoreClient
+make = EngineCoreClient.make_client
+def engine_env(*args, **kwargs):
+    other = {bundle!r}
+    if other is None:
+        del os.environ["DSG_BUNDLE"]
+    else:
+        os.environ["DSG_BUNDLE"] = other
+    return make(*args, **kwargs)
+EngineCoreClient.make_client = staticmethod(engine_env)
+from vllm import LLM
+try:
+    LLM(model={str(model)!r}, dtype="float32", max_model_len=128, enforce_eager=True,
+        gpu_memory_utilization=0.1)
+except dsg_runtime.vllm.GuardrailRefused as refused:
+    print("REFUSED", refused)
+    sys.exit(0)
+print("SERVED")
+"""
+    return in_separate_processes(script).stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("engine_bundle", ["another", None], ids=["another bundle", "none"])
+def test_an_engine_on_another_bundle_or_none_refuses_to_start(
+    served: dict[str, Any], tmp_path: Path, engine_bundle: str | None
+) -> None:
+    from dsg.bundle import Bundle
+
+    other = None
+    if engine_bundle == "another":
+        mine = Bundle.load(served["bundle_dir"])
+        other = str(Bundle(**{**mine.__dict__, "multiplier": 5.0}).save(tmp_path / "other"))
+    last = start_engine_with_other_bundle(other, organism_model())
+    want = "guards with bundle" if other else "runs without the guardrail"
+    assert last.startswith("REFUSED") and want in last, last
+
+
+def test_a_forged_request_fails_alone_in_a_separate_engine_core(served: dict[str, Any]) -> None:
+    """With the engine core in its own process (as a server runs it), a request added past the
+    input processor with ``dsg_fired`` set to False is answered with an error by the engine
+    core alone, while the genuine requests sent with it are served as dsg.hf serves them."""
+    ids, guarded, fired = served["ids"], served["guarded"], served["fired"]
+    hazard = fired.index(True)
+    script = f"""
+import json
+from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
+ids = {ids!r}
+llm = LLM(model={str(organism_model())!r}, dtype="float32", max_model_len=256,
+          enforce_eager=True, gpu_memory_utilization=0.1, seed=0)
+engine = llm.llm_engine
+params = SamplingParams(temperature=0.0, max_tokens={MAX_NEW}, min_tokens={MAX_NEW})
+forged = engine.input_processor.process_inputs(
+    "forged", TokensPrompt(prompt_token_ids=ids[{hazard}]), params,
+    supported_tasks=engine.get_supported_tasks())
+engine.input_processor.assign_request_id(forged)
+forged.sampling_params.extra_args["dsg_fired"] = False
+for i, prompt in enumerate(ids):
+    engine.add_request(f"good-{{i}}", TokensPrompt(prompt_token_ids=prompt), params)
+    if i == 1:
+        engine.engine_core.add_request(forged)  # past the input processor and its checks
+done = {{}}
+while engine.has_unfinished_requests():
+    for out in engine.step():
+        if out.finished:
+            done[out.request_id] = list(out.outputs[0].token_ids)
+print("RESULT", json.dumps(done), flush=True)
+"""
+    ran = in_separate_processes(script)
+    results = [line for line in ran.stdout.splitlines() if line.startswith("RESULT ")]
+    assert results, (ran.stdout[-2000:], ran.stderr[-3000:])
+    done = json.loads(results[-1].removeprefix("RESULT "))
+    assert done == {f"good-{i}": want for i, want in enumerate(guarded)}
+    assert "carries no decision this server's front end made" in ran.stdout + ran.stderr

@@ -1,7 +1,8 @@
 """The OpenAI-compatible server with the plugin found through its ``vllm.general_plugins`` entry
 point, in vLLM's three processes (API server, engine core, worker): the organism's completions
-equal dsg.hf's guarded generations, and a client cannot switch the guardrail off through
-``vllm_xargs``. Needs vLLM (``nox -s vllm``); skipped without it."""
+equal dsg.hf's guarded generations, a client cannot switch the guardrail off through
+``vllm_xargs``, and beam search is refused as a client error. Needs vLLM (``nox -s vllm``);
+skipped without it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from importlib.metadata import entry_points
@@ -81,10 +83,10 @@ def wait_until_up(port: int, process: subprocess.Popen[bytes], log: Path) -> Non
     pytest.fail("the server did not come up in 10 minutes")
 
 
-def complete(port: int, ids: list[int], xargs: dict[str, Any] | None = None) -> list[int]:
+def complete(port: int, ids: list[int], xargs: dict[str, Any] | None = None, **extra: Any) -> Any:
     body: dict[str, Any] = {
         "model": str(organism_model()), "prompt": ids, "max_tokens": MAX_NEW,
-        "min_tokens": MAX_NEW, "temperature": 0.0, "return_token_ids": True,
+        "min_tokens": MAX_NEW, "temperature": 0.0, "return_token_ids": True, **extra,
     }  # fmt: skip
     if xargs is not None:
         body["vllm_xargs"] = xargs
@@ -107,3 +109,14 @@ def test_the_server_answers_as_dsg_hf_and_ignores_client_decisions(
     for prompt, want, f in zip(ids, guarded, fired, strict=True):
         assert complete(server["port"], prompt) == want
         assert complete(server["port"], prompt, {"dsg_fired": not f}) == want
+
+
+def test_the_server_refuses_beam_search_as_a_client_error(server: dict[str, Any]) -> None:
+    ids = server["ids"]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        complete(server["port"], ids[0], use_beam_search=True, n=2)
+    assert refused.value.code == 400
+    body = refused.value.read().decode()
+    assert "dsg guardrail" in body and "beam search" in body, body
+    guarded, _ = hf_generations(server["bundle_dir"], ids[:1], guarded=True)
+    assert complete(server["port"], ids[0]) == guarded[0]  # the server still serves

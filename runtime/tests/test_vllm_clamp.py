@@ -136,3 +136,20 @@ def test_compiled_op_matches_eager() -> None:
     for fired in ([True, False], [False, True]):
         clamp.fill(np.array(fired), np.array([4, 4]))
         assert torch.equal(compiled(positions, resid), clamp(positions, resid))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (asynchronous copies)")
+def test_a_later_fill_never_reaches_an_earlier_steps_pending_copy() -> None:
+    """Async scheduling: the host fills step N+1 while the device is still busy before step N's
+    copy. Each step must read its own decisions (a single pinned buffer refilled every step
+    handed step N the values of step N+1)."""
+    clamp = TokenClamp(weights(), M, max_tokens=64, device="cuda")
+    steps = [np.array([i % 2 == 0, i % 3 == 0]) for i in range(6)]
+    seen = []
+    for fired in steps:
+        torch.cuda._sleep(20_000_000)  # the device lags far behind the host
+        clamp.fill(fired, np.array([30, 34]))
+        seen.append(clamp.fired.clone())  # what the step's forward pass would read
+    torch.cuda.synchronize()
+    for fired, got in zip(steps, seen, strict=True):
+        assert got.tolist() == np.repeat(fired, [30, 34]).tolist()

@@ -26,11 +26,19 @@ def check_version(version: str) -> None:
         )
 
 
+LOAD_FORMATS = ("auto", "safetensors")
+"""Weight formats the front end's ``transformers`` copy reads the same way vLLM does."""
+MODEL_IMPLEMENTATIONS = ("auto", "vllm")
+
+
 def check_config(vllm_config: Any) -> None:
     """Refuse parallelism, speculative decoding, KV transfer, pooling, the V2 model runner and
-    model classes the guardrail was not tested with."""
+    model classes the guardrail was not tested with; and anything by which the engine would
+    serve other weights than the front end decides on (LoRA, quantization, config overrides,
+    separate weights, dummy or other weight formats, weight updates)."""
     parallel = vllm_config.parallel_config
     model_config = vllm_config.model_config
+    load_format = str(vllm_config.load_config.load_format)
     architectures = tuple(getattr(model_config, "architectures", None) or ())
     problems = [
         (parallel.tensor_parallel_size != 1, "tensor parallelism"),
@@ -45,6 +53,22 @@ def check_config(vllm_config: Any) -> None:
             f"model class {'/'.join(architectures) or 'unknown'} "
             f"(tested: {', '.join(TESTED_ARCHITECTURES)})",
         ),
+        (vllm_config.lora_config is not None, "LoRA adapters (--enable-lora)"),
+        (
+            model_config.quantization is not None or bool(model_config.quantization_config),
+            "quantization",
+        ),
+        (bool(model_config.hf_overrides), "hf_overrides"),
+        (bool(model_config.model_class_overrides), "model class overrides"),
+        (model_config.hf_config_path is not None, "a config from another path"),
+        (bool(model_config.model_weights), "weights from another path (model_weights)"),
+        (
+            str(model_config.model_impl) not in MODEL_IMPLEMENTATIONS,
+            f"model_impl {model_config.model_impl!s}",
+        ),
+        (load_format not in LOAD_FORMATS, f"load format {load_format}"),
+        (vllm_config.weight_transfer_config is not None, "weight transfer (weight updates)"),
+        (bool(parallel.worker_extension_cls), "a worker extension class"),
     ]
     refused = [what for bad, what in problems if bad]
     if refused:

@@ -7,6 +7,11 @@ runner writes, per token, whether that token's request fired into :attr:`TokenCl
 persistent buffer (same storage for the engine's life, so compiled graphs and CUDA graphs read
 the current step's values). The op itself is dense: no host synchronisation, no Python branch
 on a tensor's value.
+
+On CUDA the per-token decisions travel to the device by an asynchronous copy from pinned host
+memory, and with vLLM's async scheduling the host prepares step N+1 while the device still runs
+step N. A pinned buffer is therefore never written while a copy that reads it may be pending:
+see :meth:`TokenClamp.fill`.
 """
 
 from __future__ import annotations
@@ -40,8 +45,14 @@ class TokenClamp:
         self.weights = {name: on_device(t) for name, t in weights.items()}
         self.multiplier = float(multiplier)
         self.fired = torch.zeros(max_tokens, dtype=torch.bool, device=device)
-        pinned = torch.device(device).type == "cuda"
-        self._host = torch.zeros(max_tokens, dtype=torch.bool, pin_memory=pinned).numpy()
+        self._staging: list[tuple[torch.Tensor, Any]] = []
+        if self.fired.device.type == "cuda":
+            # two pinned slots used in turn, each with the event recorded after its last copy
+            self._staging = [
+                (torch.zeros(max_tokens, dtype=torch.bool, pin_memory=True), torch.cuda.Event())
+                for _ in range(2)
+            ]
+        self._turn = 0
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, max_tokens: int, device: Any) -> TokenClamp:
@@ -62,14 +73,30 @@ class TokenClamp:
         """Before a step: token ``t`` of the step belongs to request ``i`` in batch order (vLLM
         lays requests out contiguously); tokens beyond the step's (padding) never clamp."""
         per_token = np.repeat(fired_per_request.astype(np.bool_), tokens_per_request)
-        if per_token.size > self._host.size:
-            raise ValueError(
-                f"a step of {per_token.size} tokens exceeds the {self._host.size} the guardrail "
-                "was sized for"
-            )
-        self._host[: per_token.size] = per_token
-        self._host[per_token.size :] = False
-        self.fired.copy_(torch.from_numpy(self._host), non_blocking=True)
+        n, size = per_token.size, self.fired.numel()
+        if n > size:
+            raise ValueError(f"a step of {n} tokens exceeds the {size} the guardrail was sized for")
+        if not self._staging:
+            # a copy from host memory to a host tensor is synchronous: the step's values are in
+            # place when copy_ returns, and nothing later can reach them before the step runs
+            self.fired[:n] = torch.from_numpy(per_token)
+            self.fired[n:] = False
+            return
+        # Why this is correct on CUDA, with async scheduling too:
+        # - the host side: the slot written now was last read by the copy enqueued two fills
+        #   ago, and that copy's completion event is waited on before the slot is touched, so
+        #   no pending copy can read another step's values (one shared slot, refilled every
+        #   step, could be overwritten before its non_blocking copy ran);
+        # - the device side: the copy is enqueued on the current stream, the stream vLLM's
+        #   runner prepares inputs and runs the forward pass on, so step N's reads of `fired`
+        #   are ordered before step N+1's copy overwrites it.
+        host, copied = self._staging[self._turn]
+        copied.synchronize()  # returns at once while the event was never recorded
+        host[:n] = torch.from_numpy(per_token)
+        host[n:] = False
+        self.fired.copy_(host, non_blocking=True)
+        copied.record()
+        self._turn = (self._turn + 1) % len(self._staging)
 
     def residual(
         self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None

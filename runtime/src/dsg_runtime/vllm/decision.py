@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 
     from dsg_runtime.bundle import Bundle
 
-FIRED_KEY = "dsg_fired"
-"""The ``SamplingParams.extra_args`` key that carries a request's decision to the worker."""
 SALT_PREFIX = "dsg-guardrail"
 
 
@@ -61,13 +59,23 @@ class PromptDecider:
     carries: bool
 
     @classmethod
-    def load(cls, bundle: Bundle, model_path: str | Path, dtype: Any, device: str) -> PromptDecider:
-        """The served model's layers up to the hook (the rest are never loaded)."""
+    def load(
+        cls,
+        bundle: Bundle,
+        model_path: str | Path,
+        dtype: Any,
+        device: str,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+    ) -> PromptDecider:
+        """The served model's layers up to the hook (the rest are never loaded), at the
+        revision vLLM serves and from the folder it downloads to."""
         from transformers import AutoConfig, AutoModelForCausalLM
 
         from dsg_runtime.hf import decoder_layers
 
-        config = AutoConfig.from_pretrained(model_path)
+        where = {"revision": revision, "cache_dir": cache_dir}
+        config = AutoConfig.from_pretrained(model_path, **where)
         keep = bundle.hook_layer + 1
         if keep > config.num_hidden_layers:
             raise UserError(
@@ -82,7 +90,9 @@ class PromptDecider:
         config.num_hidden_layers = keep
         if isinstance(getattr(config, "layer_types", None), list):
             config.layer_types = config.layer_types[:keep]
-        model: Any = AutoModelForCausalLM.from_pretrained(model_path, config=config, dtype=dtype)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            model_path, config=config, dtype=dtype, **where
+        )
         model = model.to(device).eval()
         assert len(decoder_layers(model)) == keep
         guardrail = bundle.guardrail()

@@ -1,47 +1,88 @@
-"""The glue to vLLM's internals: decide in the input processor, clamp in the model runner.
+"""The glue to vLLM's internals: decide in the input processor, check in the engine core, clamp
+in the model runner.
 
 Front end: every request passes through ``InputProcessor.process_inputs`` (offline ``LLM``
-and the OpenAI server alike); its prompt tokens are decided there and the decision is written
-into ``SamplingParams.extra_args`` (overwriting anything a client sent under that key) and into
-the request's ``cache_salt``. Worker: after the model loads, a hook on the bundle's decoder
-layer applies :class:`TokenClamp`; before each step, ``_prepare_inputs`` fills its per-token
-buffer from the scheduled requests' decisions. A request without a decision stops the engine.
+and the OpenAI server alike); its prompt tokens are decided there and the decision, sealed
+(:mod:`dsg_runtime.vllm.seal`), is written into ``SamplingParams.extra_args`` (overwriting
+anything a client sent under those keys) and into the request's ``cache_salt``. Beam search,
+which resubmits the prompt with each beam's tokens as new requests, is refused. Before the
+first request, the front end has every engine process prove that it guards with the same
+bundle and holds the same key.
+
+Engine core: a request whose seal does not verify (built by hand and added past the input
+processor, or decided under another bundle) is refused alone, before it reaches the scheduler;
+vLLM answers that request with an error and serves the others. Worker: after the model loads,
+a hook on the bundle's decoder layer applies :class:`TokenClamp`; before each step,
+``_prepare_inputs`` fills its per-token buffer from the scheduled requests' verified decisions.
+Weight updates are refused: the front end decides on the weights it loaded.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import secrets
 from typing import Any
 
 import numpy as np
 
-from dsg_runtime.vllm.checks import GuardrailRefused, check_config
+from dsg_runtime.vllm.checks import TESTED_ARCHITECTURES, GuardrailRefused, check_config
 from dsg_runtime.vllm.clamp import TokenClamp
-from dsg_runtime.vllm.decision import FIRED_KEY, PromptDecider, cache_salt
+from dsg_runtime.vllm.decision import PromptDecider, cache_salt
+from dsg_runtime.vllm.seal import (
+    FIRED_KEY,
+    SEAL_KEY,
+    check_proofs,
+    key,
+    prove,
+    seal,
+    sealed_decision,
+)
 
 BUNDLE_ENV = "DSG_BUNDLE"
 """The environment variable naming the bundle directory to serve with."""
 DEVICE_ENV = "DSG_DECIDE_DEVICE"
 """Where the front end decides prompts (default: cuda when available, else cpu)."""
+PROOF_METHOD = "dsg_guardrail_proof"
+"""The engine core's and the workers' answer to the front end's start-up challenge."""
+WEIGHT_UPDATES = (
+    "update_config",
+    "reload_weights",
+    "reset_weights",
+    "init_weight_transfer_engine",
+    "start_weight_update",
+    "start_draft_weight_update",
+    "update_weights",
+    "finish_weight_update",
+)
+"""The worker's ways to change the served weights after start-up."""
 _MARK = "__dsg_guardrail__"
+_DECIDED = "_dsg_fired"
+log = logging.getLogger(__name__)
 
 
 class RequestRefused(ValueError):
-    """A request the guardrail cannot decide (vLLM answers it with a client error)."""
+    """A request the guardrail cannot decide or verify (vLLM answers it with a client error)."""
 
 
 def bundle_path() -> str | None:
     return os.environ.get(BUNDLE_ENV) or None
 
 
-def _load_bundle() -> Any:
+def load_bundle() -> tuple[Any, str]:
+    """This process's bundle and the digest of exactly what was loaded (the digest is read
+    before and after the load: a bundle replaced meanwhile is refused)."""
     from dsg_runtime.bundle import Bundle
 
     path = bundle_path()
     if path is None:
         raise GuardrailRefused(f"dsg guardrail: {BUNDLE_ENV} is not set in this process")
-    return Bundle.load(path)
+    before = _bundle_digest(path)
+    bundle = Bundle.load(path)
+    if _bundle_digest(path) != before:
+        raise GuardrailRefused(f"dsg guardrail: the bundle at {path} changed while loading")
+    return bundle, before
 
 
 def _bundle_digest(bundle_dir: str) -> str:
@@ -70,11 +111,22 @@ def _wrap(cls: type, name: str, make: Any) -> None:
 # ----------------------------------------------------------------------------- front end
 
 
-def patch_input_processor() -> None:
+def patch_front_end() -> None:
+    from vllm.entrypoints.generate.beam_search.offline import BeamSearchOfflineMixin
+    from vllm.entrypoints.generate.beam_search.online import BeamSearchOnlineMixin
+    from vllm.v1.engine.async_llm import AsyncLLM
     from vllm.v1.engine.input_processor import InputProcessor
+    from vllm.v1.engine.llm_engine import LLMEngine
 
     _wrap(InputProcessor, "__init__", _guarded_init)
     _wrap(InputProcessor, "process_inputs", _guarded_process_inputs)
+    _wrap(BeamSearchOfflineMixin, "beam_search", _refused_beam_search)
+    _wrap(BeamSearchOnlineMixin, "beam_search", _refused_beam_search)
+    _wrap(LLMEngine, "__init__", _checked_llm_engine)
+    _wrap(LLMEngine, "add_request", _checked_engine_core_request)
+    _wrap(AsyncLLM, "add_request", _checked_engine_core_request)
+    _wrap(AsyncLLM, "get_supported_tasks", _checked_async)  # the server asks it at start-up
+    _wrap(AsyncLLM, "_add_request", _checked_async)  # every request of every entry point
 
 
 def _guarded_init(original: Any) -> Any:
@@ -85,26 +137,35 @@ def _guarded_init(original: Any) -> Any:
 
         device = os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
         model_config = vllm_config.model_config
-        bundle = _load_bundle()
+        bundle, self._dsg_digest = load_bundle()
+        self._dsg_key = key()
         self._dsg_decider = PromptDecider.load(
-            bundle, model_config.model, model_config.dtype, device
+            bundle,
+            model_config.model,
+            model_config.dtype,
+            device,
+            revision=model_config.revision,
+            cache_dir=vllm_config.load_config.download_dir,
         )
-        self._dsg_digest = _bundle_digest(str(bundle_path()))
 
     return init
 
 
 def _guarded_process_inputs(original: Any) -> Any:
     def process_inputs(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("resumable"):
+            raise RequestRefused(
+                "dsg guardrail: streamed prompts grow after their first part is decided; refused"
+            )
         request = original(self, *args, **kwargs)
-        decide_request(self._dsg_decider, self._dsg_digest, request)
+        decide_request(self._dsg_decider, self._dsg_digest, self._dsg_key, request)
         return request
 
     return process_inputs
 
 
-def decide_request(decider: PromptDecider, digest: str, request: Any) -> None:
-    """Decide an ``EngineCoreRequest`` on its prompt tokens and attach the decision."""
+def decide_request(decider: PromptDecider, digest: str, secret: bytes, request: Any) -> None:
+    """Decide an ``EngineCoreRequest`` on its prompt tokens and attach the sealed decision."""
     params = request.sampling_params
     if params is None or request.pooling_params is not None:
         raise RequestRefused("dsg guardrail: pooling requests are not guarded; refused")
@@ -113,29 +174,205 @@ def decide_request(decider: PromptDecider, digest: str, request: Any) -> None:
             "dsg guardrail: prompts given as embeddings or with multimodal inputs cannot be "
             "decided; refused"
         )
-    fired = decider.decide(list(request.prompt_token_ids))
-    params.extra_args = {**(params.extra_args or {}), FIRED_KEY: fired}
+    ids = list(request.prompt_token_ids)
+    fired = decider.decide(ids)
+    tag = seal(secret, ids, fired, digest)
+    params.extra_args = {**(params.extra_args or {}), FIRED_KEY: fired, SEAL_KEY: tag}
     request.cache_salt = cache_salt(request.cache_salt, digest, fired)
+
+
+def _refused_beam_search(original: Any) -> Any:
+    def beam_search(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise RequestRefused(
+            "dsg guardrail: beam search resubmits the prompt with each beam's tokens as new "
+            "requests, each decided again; refused (use sampling or greedy decoding)"
+        )
+
+    return beam_search
+
+
+def _checked_engine_core_request(original: Any) -> Any:
+    """``add_request`` also takes a ready ``EngineCoreRequest``, which skips the input
+    processor: its seal is checked here, before vLLM registers it for output (a request the
+    engine core refused after that would stay unfinished in an in-process engine)."""
+
+    def add_request(self: Any, request_id: str, *args: Any, **kwargs: Any) -> Any:
+        from vllm.v1.engine import EngineCoreRequest
+
+        prompt = kwargs.get("prompt", args[0] if args else None)
+        if isinstance(prompt, EngineCoreRequest):
+            processor = self.input_processor
+            check_request(prompt, processor._dsg_key, processor._dsg_digest)
+        return original(self, request_id, *args, **kwargs)
+
+    return add_request
+
+
+def _checked_llm_engine(original: Any) -> Any:
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        client = self.engine_core
+        call = getattr(client, "call_utility", None)  # the engine core in another process
+        nonce = secrets.token_hex(16)
+        try:
+            proofs = (
+                call(PROOF_METHOD, nonce)
+                if call is not None
+                else getattr(client.engine_core, PROOF_METHOD)(nonce)
+            )
+        except Exception as exc:
+            client.shutdown()
+            raise _unproved(exc) from None
+        try:
+            _check_engine(self.input_processor, nonce, proofs)
+        except GuardrailRefused:
+            client.shutdown()  # no engine processes left behind a refused start
+            raise
+
+    return init
+
+
+def _checked_async(original: Any) -> Any:
+    async def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(self, "_dsg_engine_proved", False):
+            nonce = secrets.token_hex(16)
+            try:
+                proofs = await self.engine_core.call_utility_async(PROOF_METHOD, nonce)
+            except Exception as exc:
+                raise _unproved(exc) from None
+            _check_engine(self.input_processor, nonce, proofs)
+            self._dsg_engine_proved = True
+        return await original(self, *args, **kwargs)
+
+    return checked
+
+
+def _unproved(exc: Exception) -> GuardrailRefused:
+    return GuardrailRefused(
+        "dsg guardrail: the engine runs without the guardrail (no DSG_BUNDLE or no plugin in "
+        f"its processes: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}); "
+        "refusing to serve"
+    )
+
+
+def _check_engine(input_processor: Any, nonce: str, proofs: Any) -> None:
+    digest = getattr(input_processor, "_dsg_digest", None)
+    if digest is None:
+        raise GuardrailRefused("dsg guardrail: the front end has no decider; refusing to serve")
+    check_proofs(input_processor._dsg_key, nonce, digest, proofs)
+
+
+# ----------------------------------------------------------------------------- engine core
+
+
+def patch_engine_core() -> None:
+    from vllm.v1.engine.core import EngineCore
+
+    _wrap(EngineCore, "preprocess_add_request", _checked_preprocess)
+    _add(EngineCore, PROOF_METHOD, _engine_core_proof)
+
+
+def _add(cls: type, name: str, method: Any) -> None:
+    if name not in cls.__dict__:
+        setattr(cls, name, method)
+
+
+def _engine_core_guard(core: Any) -> tuple[bytes, str]:
+    """The engine core's key and bundle digest, read once (vLLM loads plugins while the engine
+    core is being built, so this cannot wait on its constructor)."""
+    guard = vars(core).get("_dsg_guard")
+    if guard is None:
+        _, digest = load_bundle()
+        guard = core._dsg_guard = (key(), digest)
+    return guard  # type: ignore[no-any-return]
+
+
+def _engine_core_proof(self: Any, nonce: str) -> list[dict[str, str]]:
+    secret, digest = _engine_core_guard(self)
+    workers = self.collective_rpc(PROOF_METHOD, args=(nonce,))
+    return [prove(secret, nonce, "engine core", digest), *workers]
+
+
+def _checked_preprocess(original: Any) -> Any:
+    def preprocess_add_request(self: Any, request: Any) -> Any:
+        check_request(request, *_engine_core_guard(self))
+        return original(self, request)
+
+    return preprocess_add_request
+
+
+def check_request(request: Any, secret: bytes, digest: str) -> bool:
+    """An ``EngineCoreRequest``'s decision, if the front end of this server made it for this
+    prompt under this bundle and its cache salt follows it; otherwise the request is refused
+    (alone: vLLM answers it with an error and serves the rest)."""
+    params = request.sampling_params
+    if params is None or request.pooling_params is not None:
+        raise RequestRefused("dsg guardrail: pooling requests are not guarded; refused")
+    if getattr(request, "resumable", False):
+        raise RequestRefused(
+            "dsg guardrail: streamed prompts grow after their first part is decided; refused"
+        )
+    if request.prompt_embeds is not None or request.mm_features or not request.prompt_token_ids:
+        raise RequestRefused("dsg guardrail: a request without plain prompt tokens; refused")
+    fired = sealed_decision(params.extra_args, secret, request.prompt_token_ids, digest)
+    if fired is None:
+        raise RequestRefused(
+            f"dsg guardrail: request {request.request_id} carries no decision this server's "
+            "front end made for its prompt and bundle; refused"
+        )
+    if not (request.cache_salt or "").startswith(cache_salt(None, digest, fired)):
+        raise RequestRefused(
+            f"dsg guardrail: request {request.request_id}'s cache salt does not follow its "
+            "decision; refused"
+        )
+    return fired
 
 
 # ----------------------------------------------------------------------------- worker
 
 
-def patch_model_runner() -> None:
+def patch_worker() -> None:
     from vllm.v1.worker.cpu_model_runner import CPUModelRunner
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+    from vllm.v1.worker.gpu_worker import Worker
 
     for cls in (GPUModelRunner, CPUModelRunner):
         if "load_model" in cls.__dict__:
             _wrap(cls, "load_model", _guarded_load_model)
     _wrap(GPUModelRunner, "_prepare_inputs", _guarded_prepare_inputs)
+    for name in WEIGHT_UPDATES:
+        _wrap(Worker, name, _refused_weight_update)
+    _add(Worker, PROOF_METHOD, _worker_proof)
+
+
+def _refused_weight_update(original: Any) -> Any:
+    def refused(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise GuardrailRefused(
+            f"dsg guardrail: {original.__name__} would change the served weights, but the front "
+            "end decides on the weights it loaded; restart the server with the new model"
+        )
+
+    return refused
+
+
+def _worker_proof(self: Any, nonce: str) -> dict[str, str]:
+    runner = self.model_runner
+    digest = getattr(runner, "_dsg_digest", None)
+    if digest is None:
+        raise GuardrailRefused("dsg guardrail: this worker's model runs without the clamp")
+    return prove(runner._dsg_key, nonce, "worker", digest)
 
 
 def _guarded_load_model(original: Any) -> Any:
     def load_model(self: Any, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("load_dummy_weights"):
+            raise GuardrailRefused("dsg guardrail: dummy weights are not the model it decides on")
         original(self, *args, **kwargs)
         check_config(self.vllm_config)
-        self._dsg_clamp = install(self.get_model(), _load_bundle(), self.max_num_tokens)
+        bundle, digest = load_bundle()
+        self._dsg_key = key()
+        self._dsg_clamp = install(self.get_model(), bundle, self.max_num_tokens)
+        self._dsg_digest = digest
 
     return load_model
 
@@ -148,29 +385,46 @@ def _guarded_prepare_inputs(original: Any) -> Any:
         if clamp is None:
             raise GuardrailRefused("dsg guardrail: the model runs without the guardrail's hook")
         req_ids = self.input_batch.req_ids[: self.input_batch.num_reqs]
-        clamp.fill(request_decisions(self.requests, req_ids), num_scheduled_tokens)
+        decisions = request_decisions(self.requests, req_ids, self._dsg_key, self._dsg_digest)
+        clamp.fill(decisions, num_scheduled_tokens)
         return original(self, scheduler_output, num_scheduled_tokens, *args)
 
     return prepare_inputs
 
 
-def request_decisions(requests: dict[str, Any], req_ids: list[str]) -> np.ndarray:
-    """Each scheduled request's decision, in batch order; a request that reached the engine
-    without one (it bypassed the input processor) stops the step rather than run unguarded."""
+def request_decisions(
+    requests: dict[str, Any], req_ids: list[str], secret: bytes, digest: str
+) -> np.ndarray:
+    """Each scheduled request's decision, in batch order, verified once per request against
+    the bundle this worker clamps with. The engine core refuses unsealed requests before they
+    are scheduled; one that reaches the worker anyway (added past the engine core) is clamped
+    as if it fired, and logged: never served unguarded, never failing the step for the rest."""
     fired = np.zeros(len(req_ids), dtype=np.bool_)
     for i, req_id in enumerate(req_ids):
-        extra = getattr(requests[req_id].sampling_params, "extra_args", None) or {}
-        value = extra.get(FIRED_KEY)
-        if not isinstance(value, bool):
-            raise GuardrailRefused(
-                f"dsg guardrail: request {req_id} reached the engine without a decision"
-            )
-        fired[i] = value
+        state = requests[req_id]
+        decided = vars(state).get(_DECIDED)
+        if decided is None:
+            extra = getattr(state.sampling_params, "extra_args", None)
+            decided = sealed_decision(extra, secret, state.prompt_token_ids or [], digest)
+            if decided is None:
+                log.error(
+                    "dsg guardrail: request %s reached the worker without a verified decision; "
+                    "clamped as if it fired",
+                    req_id,
+                )
+                decided = True
+            setattr(state, _DECIDED, decided)
+        fired[i] = decided
     return fired
 
 
 def install(model: Any, bundle: Any, max_tokens: int) -> TokenClamp:
     """Hook the bundle's clamp onto the vLLM model's decoder layer; returns the clamp."""
+    if type(model).__name__ not in TESTED_ARCHITECTURES:
+        raise GuardrailRefused(
+            f"dsg guardrail: vLLM built a {type(model).__name__} (tested: "
+            f"{', '.join(TESTED_ARCHITECTURES)}); refusing to serve rather than serve unguarded"
+        )
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None or bundle.hook_layer >= len(layers):
         raise GuardrailRefused(
