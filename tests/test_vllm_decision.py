@@ -67,7 +67,7 @@ def bundle_for(model_dir: Path, hook: str, strategy: str = "dynamic") -> Bundle:
     sae = random_sae(int(hook.split(".")[1]))
     loaded = LoadedSAE(sae, "random", hook, int(hook.split(".")[1]), fingerprint="r")
     probe = from_sae(loaded, [0, 1, 2, 3], threshold=0.5, multiplier=20.0)
-    decider = PromptDecider.load(probe, model_dir, torch.float32, "cpu")
+    decider = PromptDecider.load(probe, model_dir, torch.float32, "cpu", allow_mismatch=True)
     rates = []
     for ids in prompts():
         guard = probe.guardrail()
@@ -77,7 +77,18 @@ def bundle_for(model_dir: Path, hook: str, strategy: str = "dynamic") -> Bundle:
     low, high = sorted(rates)[len(rates) // 2 - 1 : len(rates) // 2 + 1]
     assert low < high, rates
     threshold = (low + high) / 2 if strategy == "dynamic" else None
-    return from_sae(loaded, [0, 1, 2, 3], threshold=threshold, multiplier=20.0, strategy=strategy)
+    bundle = from_sae(loaded, [0, 1, 2, 3], threshold=threshold, multiplier=20.0, strategy=strategy)
+    return bound_to(bundle, model_dir)
+
+
+def bound_to(bundle: Bundle, model_dir: Path) -> Bundle:
+    """``bundle`` with the binding record of the model in ``model_dir``."""
+    from transformers import AutoModelForCausalLM
+
+    from dsg_runtime.binding import record_binding
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return dataclasses.replace(bundle, binding=record_binding(model, bundle.hook_name))
 
 
 @pytest.fixture(scope="module")
@@ -90,15 +101,13 @@ def test_decisions_equal_dsg_hf_guarded_generate(model_dir: Path, hook: str) -> 
     from transformers import AutoModelForCausalLM
 
     from dsg.hf import attach
-    from dsg_runtime.binding import record_binding
 
     bundle = bundle_for(model_dir, hook)
     decider = PromptDecider.load(bundle, model_dir, torch.float32, "cpu")
     assert len(decider.model.model.layers) == bundle.hook_layer + 1  # later layers not loaded
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     ours, theirs = [], []
-    bound = dataclasses.replace(bundle, binding=record_binding(model, hook))
-    with attach(model, bound) as handle:
+    with attach(model, bundle) as handle:
         for ids in prompts():
             model.generate(torch.tensor([ids]), max_new_tokens=2, do_sample=False)
             theirs.append(bool(handle.fired[0]))  # type: ignore[index]
@@ -118,6 +127,25 @@ def test_the_decider_refuses_a_bundle_for_another_model(model_dir: Path, tmp_pat
     deep = Bundle(**{**bundle.__dict__, "hook_name": f"blocks.{LAYERS}.hook_resid_post"})
     with pytest.raises(UserError, match="has 3 layers"):
         PromptDecider.load(deep, model_dir, torch.float32, "cpu")
+
+
+def test_the_decider_refuses_a_bundle_not_bound_to_the_served_model(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    bundle = bundle_for(model_dir, "blocks.1.hook_resid_post")
+    unbound = dataclasses.replace(bundle, binding=None)
+    with pytest.raises(UserError, match="records no model binding"):
+        PromptDecider.load(unbound, model_dir, torch.float32, "cpu")
+    from transformers import AutoModelForCausalLM
+
+    drifted = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():  # a fine-tuned copy: the layer below the hook moved
+        for p in drifted.model.layers[0].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    drifted.save_pretrained(tmp_path / "drifted")
+    with pytest.raises(UserError, match="calibrated on another model"):
+        PromptDecider.load(bundle, tmp_path / "drifted", torch.float32, "cpu")
+    PromptDecider.load(bundle, model_dir, torch.bfloat16, "cpu")  # another dtype: the same model
 
 
 def test_cache_salt_separates_decisions_bundles_and_tenants() -> None:

@@ -5,6 +5,7 @@ without it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -41,9 +42,10 @@ def organism_bundle(directory: Path, pair: list[list[int]]) -> Path:
     reference's calibration) and between the rates of ``pair``, two prompts that share a prefix
     with hits: one fires, the other does not, and their shared KV blocks differ."""
     from dsg_organism import OrganismSAELoader
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dsg.bundle import from_sae
+    from dsg_runtime.binding import record_binding
     from dsg_runtime.guardrail import (
         calibrate_threshold,
         select_features,
@@ -56,7 +58,7 @@ def organism_bundle(directory: Path, pair: list[list[int]]) -> Path:
     loaded = OrganismSAELoader().load("organism", device="cpu", dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(model_dir)
     probe = from_sae(loaded, list(range(8)), threshold=0.5, multiplier=20.0)
-    decider = PromptDecider.load(probe, model_dir, torch.float32, "cpu")
+    decider = PromptDecider.load(probe, model_dir, torch.float32, "cpu", allow_mismatch=True)
 
     def residuals(corpus: list[str]) -> list[torch.Tensor]:
         return [decider.residual(torch.tensor([tok(t)["input_ids"]]))[0] for t in corpus]
@@ -77,7 +79,9 @@ def organism_bundle(directory: Path, pair: list[list[int]]) -> Path:
     assert calibrate_threshold([rate(r) for r in retain], 95.0) < low < high, (low, high)
     bundle_threshold = (low + high) / 2
     bundle = from_sae(loaded, features, threshold=bundle_threshold, multiplier=20.0)
-    return bundle.save(directory)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    binding = record_binding(model, bundle.hook_name)
+    return dataclasses.replace(bundle, binding=binding).save(directory)
 
 
 def prompt_ids() -> list[list[int]]:
@@ -360,6 +364,7 @@ def test_a_forged_request_fails_alone_in_a_separate_engine_core(served: dict[str
     ids, guarded, fired = served["ids"], served["guarded"], served["fired"]
     hazard = fired.index(True)
     script = f"""
+import dataclasses
 import json
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt

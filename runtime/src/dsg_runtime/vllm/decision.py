@@ -67,11 +67,15 @@ class PromptDecider:
         device: str,
         revision: str | None = None,
         cache_dir: str | None = None,
+        allow_mismatch: bool = False,
     ) -> PromptDecider:
         """The served model's layers up to the hook (the rest are never loaded), at the
-        revision vLLM serves and from the folder it downloads to."""
+        revision vLLM serves and from the folder it downloads to; refused when they are not
+        the model the bundle was calibrated on (``allow_mismatch``: for measuring, not serving).
+        """
         from transformers import AutoConfig, AutoModelForCausalLM
 
+        from dsg_runtime.binding import check_model_matches
         from dsg_runtime.hf import decoder_layers
 
         where = {"revision": revision, "cache_dir": cache_dir}
@@ -95,6 +99,7 @@ class PromptDecider:
         )
         model = model.to(device).eval()
         assert len(decoder_layers(model)) == keep
+        check_model_matches(bundle, model, allow_mismatch=allow_mismatch)
         guardrail = bundle.guardrail()
         return cls(bundle, model, guardrail, gate_carries_decision(bundle, guardrail.gate))
 
