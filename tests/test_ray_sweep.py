@@ -145,8 +145,11 @@ def test_ray_shares_model_work_and_reports_a_failed_job(
         assert entries[name]["l0"] == float(name.rsplit("_", 1)[1])  # from average_l0_N
         report = json.loads(by_name[name].paths[0].read_text())
         assert entries[name]["unlearning_score"] == report["unlearning_score"]
+        # the tiny world's model answers no target question right, so the `correct` subset
+        # leaves nothing to score: no number, and no plot of numbers that do not exist
+        assert report["unlearning_score"] is None
     assert entries[KILLER]["l0"] is None
-    assert (out / SUMMARY_PLOT).stat().st_size > 0
+    assert not (out / SUMMARY_PLOT).exists()
 
 
 def test_a_worker_killed_mid_job_is_finished_by_a_rerun(
