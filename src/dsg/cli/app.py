@@ -249,7 +249,8 @@ def generate(
     if bundle is not None:
         gen.refuse_options_a_bundle_fixes(given.settings, given.config)
         guard, device, dtype = _bundle_guardrail(bundle, given)
-        reference, origin = gen.bundle_model(given.settings.get("model"), guard)
+        named = given.settings.get("model")
+        reference, origin = gen.bundle_model(named and gen.transformers_reference(named), guard)
     else:
         guard, device, dtype = _built_guardrail(given)
         reference = guard.base_model.get("hf")
@@ -259,6 +260,7 @@ def generate(
             "no transformers model is known for this guardrail; pass --model with a model "
             "directory or hub id"
         )
+    reference = gen.transformers_reference(reference)
     gen.say(f"model: {reference} ({origin})")
     hf_model, tokenizer = gen.load_model(reference, device=device, dtype=dtype)
     if compare:

@@ -77,6 +77,14 @@ def say(line: str) -> None:
     stderr.print(f"[dsg] {line}", highlight=False, markup=False, soft_wrap=True)
 
 
+def transformers_reference(reference: str) -> str:
+    """The folder a model loader makes for a name it owns (``smollm2-135m-instruct``: the
+    converted GGUF), else ``reference`` unchanged (a folder or a hub id)."""
+    from dsg.api.plugins import registry
+
+    return registry().transformers_reference(reference)
+
+
 GENERATE_FIX = "Pass --model with a local model directory or a hub id that is cached"
 
 
