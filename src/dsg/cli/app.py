@@ -202,6 +202,19 @@ def muse_export(given: Given) -> None:
     _each_sae(given, "muse-export", tuple(given.settings.get("strategies") or ("dynamic",)))
 
 
+@app.command("train-sae")
+@user_errors
+@setting_options("train-sae")
+def train_sae(given: Given) -> None:
+    """Train a sparse autoencoder on the model's residual stream at --sae-hook (only the blocks
+    before it run) and write a sae_lens folder with held-out metrics (docs/train-sae.md)."""
+    from dsg.engine.session import Session
+    from dsg.stages.train_sae.stage import run
+
+    session = Session.open(given.settings, config_file=given.config)
+    typer.echo(str(run(session)))
+
+
 GENERATION = "Generation"
 GenBundle = Annotated[
     Path | None,
