@@ -112,3 +112,5 @@ def test_a_hook_beyond_the_model_is_one_line(tmp_path: Path) -> None:
         stage.run(open_session(tmp_path, sae_hook="blocks.9.hook_resid_post"))
     with pytest.raises(UserError, match="--sae-hook"):
         stage.run(open_session(tmp_path, sae_hook=None))
+    with pytest.raises(UserError, match="residual stream, not 'blocks.1.hook_attn_out'"):
+        stage.run(open_session(tmp_path, sae_hook="blocks.1.hook_attn_out"))

@@ -25,6 +25,7 @@ from dsg.core.progress import Tracker
 from dsg.engine.backends.base import split_layer
 from dsg.stages.corpus import filter_docs, load_documents, tokenize_and_concat
 from dsg.stages.train_sae import export, measure, sae_math
+from dsg_runtime.hook_names import resid_hook
 
 if TYPE_CHECKING:
     import torch
@@ -48,6 +49,11 @@ def run(session: Session) -> Path:
     if not s.sae_hook:
         raise UserError(
             "train-sae needs the hook to train on: pass --sae-hook blocks.N.hook_resid_post"
+        )
+    if resid_hook(s.sae_hook) is None:
+        raise UserError(
+            f"train-sae trains on the residual stream, not {s.sae_hook!r}: pass --sae-hook "
+            "blocks.N.hook_resid_pre or blocks.N.hook_resid_post"
         )
     split = split_layer(s.sae_hook)
     if s.seq_len < 2:
