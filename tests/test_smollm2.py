@@ -196,3 +196,32 @@ def test_dsg_hf_guards_smollm2_as_the_single_prompt_reference(
     with torch.no_grad():  # and the clamp did change the prompt that fired
         plain = hf(input_ids=tokens[:1], attention_mask=mask[:1]).logits
     assert (plain[0] - logits[0]).abs().max() > 1.0
+
+
+def test_dsg_generate_answers_on_smollm2_by_name(smol: dict[str, Any], tmp_path: Path) -> None:
+    """``dsg generate --model smollm2-135m-instruct`` loads the converted folder by its name; a
+    bundle whose gate cannot fire leaves the answer the model's own."""
+    from typer.testing import CliRunner
+
+    from dsg.cli.app import app
+
+    sae = topic_sae(smol["hf"], smol["tokenizer"])
+    loaded = LoadedSAE(sae, "topic-sae", HOOK, LAYER, fingerprint="t")
+    bundle = from_sae(loaded, [0, 1, 2], threshold=1.0, multiplier=20.0)  # rates never exceed 1
+    bundle_dir = bundle.save(tmp_path / "bundle")
+    ran = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "What is the capital of France?",
+            "--model",
+            NAME,
+            "--bundle",
+            str(bundle_dir),
+            "--max-new-tokens",
+            "8",
+        ],  # fmt: skip
+        catch_exceptions=False,
+    )
+    assert ran.exit_code == 0, ran.output
+    assert "Paris" in ran.output and "guardrail did not fire" in ran.output
