@@ -40,7 +40,7 @@ def spliced_loss(model: Any, sae: Any, rows: torch.Tensor, hook: str, batch_size
 
     def splice(resid: torch.Tensor, hook: Any) -> torch.Tensor:
         out = resid.clone()
-        out[:, 1:] = sae.decode(sae.encode(resid[:, 1:])).to(resid.dtype)
+        out[:, 1:] = sae.decode(sae.encode(resid[:, 1:].float())).to(resid.dtype)
         return out
 
     clean = spliced = 0.0

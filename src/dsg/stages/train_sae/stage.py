@@ -95,7 +95,7 @@ def run(session: Session) -> Path:
         weights, s.sae_architecture, s.sae_k, s.sae_hook, model.spec, s.seq_len
     )
     with tracker.timed("train-sae held-out metrics"):
-        held_out = _resid(model.model, eval_rows, split, s.batch_size).float()
+        held_out = _resid(model.model, eval_rows, split, s.batch_size).float()  # on the CPU
         metrics = measure.reconstruction(weights, held_out, s.sae_architecture, s.sae_k)
         full = session.model()
         metrics |= measure.spliced_loss(
@@ -212,9 +212,9 @@ def _train(session: Session, acts: torch.Tensor, work: Path, tracker: Tracker) -
     s = session.settings
     scale = _scale(acts)
     mean = acts[:65536].double().mean(0).float() * scale
+    device = torch.device(session.device)
     params = sae_math.init_params(acts.shape[1], s.sae_width, s.sae_architecture, mean, s.seed)
-    for tensor in params.values():
-        tensor.requires_grad_(True)
+    params = {name: value.to(device).requires_grad_(True) for name, value in params.items()}
     optimizer = torch.optim.Adam(params.values(), lr=s.sae_lr)
     steps = math.ceil(s.sae_tokens / s.sae_batch)
     first, curve = _resume(work / CHECKPOINT, params, optimizer)
@@ -226,7 +226,7 @@ def _train(session: Session, acts: torch.Tensor, work: Path, tracker: Tracker) -
             for group in optimizer.param_groups:
                 group["lr"] = s.sae_lr * min(1.0, (steps - step) / max(1.0, 0.2 * steps))
             ramp = min(1.0, step / max(1.0, 0.1 * steps))
-            x = acts[_batch(s.seed, step, acts.shape[0], s.sae_batch)].float() * scale
+            x = acts[_batch(s.seed, step, acts.shape[0], s.sae_batch)].to(device).float() * scale
             loss, stats = sae_math.loss(
                 params, x, s.sae_architecture, s.sae_k, s.sae_sparsity * ramp
             )
@@ -240,7 +240,8 @@ def _train(session: Session, acts: torch.Tensor, work: Path, tracker: Tracker) -
             if step + 1 < steps and time.monotonic() - last_save >= s.sae_checkpoint_seconds:
                 _checkpoint(work / CHECKPOINT, params, optimizer, step + 1, curve)
                 last_save = time.monotonic()
-    return sae_math.unscaled(params, scale), curve
+    weights = sae_math.unscaled(params, scale)
+    return {name: value.cpu() for name, value in weights.items()}, curve
 
 
 CURVE_FIELDS = ("step", "tokens", "fvu", "l0")
@@ -250,11 +251,11 @@ def _checkpoint(path: Path, params: dict, optimizer: Any, next_step: int, curve:
     """Weights, Adam's moments and step counts, the next step and the curve, in one file."""
     import torch
 
-    tensors = {f"param.{name}": value.detach() for name, value in params.items()}
+    tensors = {f"param.{name}": value.detach().cpu() for name, value in params.items()}
     for name, value in params.items():
         state = optimizer.state[value]
         for moment in ("exp_avg", "exp_avg_sq", "step"):
-            tensors[f"adam.{name}.{moment}"] = torch.as_tensor(state[moment]).reshape(-1)
+            tensors[f"adam.{name}.{moment}"] = torch.as_tensor(state[moment]).reshape(-1).cpu()
     tensors["next_step"] = torch.tensor([next_step])
     table = [[float(point[field]) for field in CURVE_FIELDS] for point in curve]
     tensors["curve"] = torch.tensor(table, dtype=torch.float64).reshape(-1, len(CURVE_FIELDS))
@@ -272,11 +273,11 @@ def _resume(path: Path, params: dict, optimizer: Any) -> tuple[int, list]:
         with torch.no_grad():
             for name, value in params.items():
                 value.copy_(saved[f"param.{name}"])
-                optimizer.state[value] = {
-                    "exp_avg": saved[f"adam.{name}.exp_avg"].reshape(value.shape).clone(),
-                    "exp_avg_sq": saved[f"adam.{name}.exp_avg_sq"].reshape(value.shape).clone(),
-                    "step": saved[f"adam.{name}.step"].reshape(()).clone(),
-                }
+                moments = {
+                    moment: saved[f"adam.{name}.{moment}"].reshape(value.shape).to(value.device)
+                    for moment in ("exp_avg", "exp_avg_sq")
+                }  # Adam keeps its step count on the CPU
+                optimizer.state[value] = {**moments, "step": saved[f"adam.{name}.step"][0].clone()}
         first = int(saved["next_step"][0])
         table = saved["curve"].tolist()
     except (KeyError, RuntimeError):
