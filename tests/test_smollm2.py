@@ -225,3 +225,20 @@ def test_dsg_generate_answers_on_smollm2_by_name(smol: dict[str, Any], tmp_path:
     )
     assert ran.exit_code == 0, ran.output
     assert "Paris" in ran.output and "guardrail did not fire" in ran.output
+
+
+def test_a_bundle_made_elsewhere_finds_smollm2_by_its_name(smollm2_folder: Path) -> None:
+    """A bundle's base_model.hf is the converted folder of the machine that exported it; where
+    that folder is missing, its base_model.spec (the packaged model's name) is converted here."""
+    from dsg.stages.generate import bundle_model
+
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=576, d_sae=4))
+    loaded = LoadedSAE(sae, "s", HOOK, LAYER, fingerprint="t")
+    elsewhere = {"spec": NAME, "hf": "/nowhere/dsg/gguf/smollm2-135m-instruct-0123456789abcdef"}
+    bundle = from_sae(loaded, [0], threshold=0.5, multiplier=1.0, base_model=elsewhere)
+    reference, origin = bundle_model(None, bundle)
+    assert reference == str(smollm2_folder) and "base_model.spec" in origin
+    here = from_sae(
+        loaded, [0], threshold=0.5, multiplier=1.0, base_model={"hf": "/x", "spec": "m"}
+    )
+    assert bundle_model(None, here)[0] == "/x"  # a name no loader makes stays the folder given

@@ -89,7 +89,7 @@ def run(session: Session) -> Path:
     tracker = Tracker(session.console)
     acts = _activations(model.model, train_rows, split, s.batch_size, work, tracker)
     started = time.perf_counter()
-    weights, curve = _train(session, acts, work, tracker)
+    weights, curve, trained_now = _train(session, acts, work, tracker)
     train_seconds = time.perf_counter() - started
     sae = export.sae_lens_sae(
         weights, s.sae_architecture, s.sae_k, s.sae_hook, model.spec, s.seq_len
@@ -110,7 +110,7 @@ def run(session: Session) -> Path:
         "training_tokens": curve[-1]["tokens"],
         "distinct_training_tokens": int(acts.shape[0]),
         "held_out": metrics,
-        "training_tokens_per_second": curve[-1]["tokens"] / max(train_seconds, 1e-9),
+        "training_tokens_per_second": trained_now / max(train_seconds, 1e-9),  # this process
         "curve": curve,
     }
     with run_dir.building(STAGE, key) as folder:
@@ -205,8 +205,11 @@ def _scale(acts: torch.Tensor) -> float:
     return math.sqrt(acts.shape[1] * acts.shape[0] / total)
 
 
-def _train(session: Session, acts: torch.Tensor, work: Path, tracker: Tracker) -> tuple[dict, list]:
-    """The trained weights (at the raw activations' scale) and the training curve."""
+def _train(
+    session: Session, acts: torch.Tensor, work: Path, tracker: Tracker
+) -> tuple[dict, list, int]:
+    """The trained weights (at the raw activations' scale), the training curve and the tokens
+    trained on in this process (fewer than the total after a resume)."""
     import torch
 
     s = session.settings
@@ -241,7 +244,8 @@ def _train(session: Session, acts: torch.Tensor, work: Path, tracker: Tracker) -
                 _checkpoint(work / CHECKPOINT, params, optimizer, step + 1, curve)
                 last_save = time.monotonic()
     weights = sae_math.unscaled(params, scale)
-    return {name: value.cpu() for name, value in weights.items()}, curve
+    trained_now = (steps - first) * s.sae_batch
+    return {name: value.cpu() for name, value in weights.items()}, curve, trained_now
 
 
 CURVE_FIELDS = ("step", "tokens", "fvu", "l0")
