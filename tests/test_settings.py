@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from dsg.cli.options import Given, setting_options
 from dsg.config.docs import tables, with_tables
 from dsg.config.resolve import validate_config
-from dsg.config.settings import EVERY_COMMAND, declared, for_command
+from dsg.config.settings import WITH_TRAINING, declared, for_command
 from dsg.config.values import CaseDefaults
 from dsg.core.errors import UserError
 
@@ -75,7 +75,11 @@ def test_a_command_takes_only_its_settings() -> None:
     assert code == 2 and given is None
     code, given, _ = capture("select", "--forget-percentile", "3")
     assert code == 0 and given is not None and given.settings["forget_percentile"] == 3.0
-    assert set(EVERY_COMMAND) == {c for s in declared().values() for c in s.spec.commands}
+    code, given, _ = capture("train-sae", "--ratio-percentile", "90")
+    assert code == 2 and given is None
+    code, given, _ = capture("train-sae", "--sae-width", "64", "--seq-len", "32")
+    assert code == 0 and given is not None and given.settings["sae_width"] == 64
+    assert set(WITH_TRAINING) == {c for s in declared().values() for c in s.spec.commands}
 
 
 def test_every_key_round_trips_through_the_config_check() -> None:

@@ -1,6 +1,7 @@
 """dsg plugin: model loaders for TransformerLens.
 
-``local`` reads a transformers model directory (a fine-tuned or offline Gemma-2 checkpoint);
+``local`` reads a transformers model directory (a Gemma-2 or Llama checkpoint: fine-tuned,
+offline or converted);
 ``transformer-lens`` loads any model TransformerLens knows by name (``gemma-2-2b-it``).
 """
 

@@ -1,7 +1,8 @@
 """A local Hugging Face model directory as a TransformerLens model.
 
-TransformerLens recognises Gemma models by their hub name, so a local directory (a fine-tuned
-checkpoint, an offline copy) cannot go through ``from_pretrained``. This module builds the same
+TransformerLens recognises models by their hub name, so a local directory (a fine-tuned
+checkpoint, an offline copy, a converted GGUF) cannot go through ``from_pretrained``; Gemma-2 and
+Llama directories are read here. This module builds the same
 ``HookedTransformerConfig`` TransformerLens uses for the architecture from the directory's
 ``config.json`` and converts the weights with TransformerLens's own converter, without any weight
 processing (as ``from_pretrained_no_processing``).
@@ -82,9 +83,56 @@ def gemma2_cfg_dict(hf: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def llama_cfg_dict(hf: dict[str, Any]) -> dict[str, Any]:
+    """TransformerLens's Llama ``cfg_dict``, read from an HF ``LlamaConfig`` dict. Rotary
+    scaling (Llama 3.1's) is refused rather than run unscaled; no attention bias, no softcap."""
+    scaling = hf.get("rope_scaling") or {}
+    kind = scaling.get("rope_type") or scaling.get("type") or "default"
+    kind = (hf.get("rope_parameters") or {}).get("rope_type", kind)
+    if kind != "default" or hf.get("attention_bias") or hf.get("mlp_bias"):
+        raise UserError(
+            f"the local loader converts plain Llama models, not this variant (rope type {kind}, "
+            f"attention bias {hf.get('attention_bias')}, mlp bias {hf.get('mlp_bias')}); "
+            "pass a model TransformerLens knows by name"
+        )
+    d_head = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    n_kv = hf.get("num_key_value_heads") or hf["num_attention_heads"]
+    return {
+        "d_model": hf["hidden_size"],
+        "d_head": d_head,
+        "n_heads": hf["num_attention_heads"],
+        "d_mlp": hf["intermediate_size"],
+        "n_layers": hf["num_hidden_layers"],
+        "n_ctx": hf["max_position_embeddings"],
+        "eps": hf["rms_norm_eps"],
+        "d_vocab": hf["vocab_size"],
+        "act_fn": hf.get("hidden_act", "silu"),
+        "initializer_range": hf.get("initializer_range", 0.02),
+        "n_key_value_heads": n_kv if n_kv != hf["num_attention_heads"] else None,
+        "normalization_type": "RMS",
+        "positional_embedding_type": "rotary",
+        "rotary_adjacent_pairs": False,
+        "rotary_dim": d_head,
+        "rotary_base": _rope_theta(hf),
+        "final_rms": True,
+        "gated_mlp": True,
+        "original_architecture": "LlamaForCausalLM",
+    }
+
+
 CONFIG_BUILDERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "Gemma2ForCausalLM": gemma2_cfg_dict,
+    "LlamaForCausalLM": llama_cfg_dict,
 }
+
+
+def convert_weights(architecture: str, hf_model: Any, cfg: Any) -> dict[str, Any]:
+    """TransformerLens's own converter for the architecture (no weight processing after it)."""
+    from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
+    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+
+    converters = {"Gemma2ForCausalLM": convert_gemma_weights}
+    return converters.get(architecture, convert_llama_weights)(hf_model, cfg)
 
 
 def fingerprint_dir(path: Path) -> str:
@@ -115,7 +163,6 @@ def load_local_model(
 ) -> LoadedModel:
     """A transformers model directory as a HookedTransformer (only ``n_layers`` blocks if set)."""
     from transformer_lens import HookedTransformer
-    from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
 
     path = Path(path)
     if not is_model_dir(str(path)):
@@ -125,9 +172,10 @@ def load_local_model(
     # Only the blocks the TL model has are read from disk: transformers skips the others.
     if cfg.n_layers < total_layers:
         hf_config.num_hidden_layers = cfg.n_layers
-        hf_config.layer_types = hf_config.layer_types[: cfg.n_layers]
+        if getattr(hf_config, "layer_types", None):
+            hf_config.layer_types = hf_config.layer_types[: cfg.n_layers]
     hf_model, tokenizer = _read_weights(path, hf_config, dtype)
-    state_dict = convert_gemma_weights(hf_model, cfg)
+    state_dict = convert_weights(architecture, hf_model, cfg)
     del hf_model
 
     model = HookedTransformer(cfg, tokenizer, move_to_device=False)
@@ -171,7 +219,8 @@ def _tl_config(
         total_layers = cfg_dict["n_layers"]
         if n_layers is not None:
             cfg_dict["n_layers"] = min(n_layers, total_layers)
-            cfg_dict["attn_types"] = cfg_dict["attn_types"][: cfg_dict["n_layers"]]
+            if "attn_types" in cfg_dict:
+                cfg_dict["attn_types"] = cfg_dict["attn_types"][: cfg_dict["n_layers"]]
         cfg = HookedTransformerConfig.from_dict(
             {
                 **cfg_dict,

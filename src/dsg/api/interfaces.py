@@ -155,6 +155,17 @@ class ModelLoader(Protocol):
 
 
 @runtime_checkable
+class FolderModelLoader(ModelLoader, Protocol):
+    """A :class:`ModelLoader` whose models are transformers folders it makes itself (a packaged
+    GGUF model converted once), optional: ``dsg generate --model NAME`` and the transformers
+    backend load the folder ``transformers_folder`` returns for a spec it accepts."""
+
+    def transformers_folder(self, spec: str) -> str:
+        """The transformers model folder for ``spec`` (made on first use)."""
+        ...
+
+
+@runtime_checkable
 class Intervention(Protocol):
     """Edits the residual stream at the SAE's hook point.
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -28,6 +29,7 @@ from dsg.api.interfaces import (
     Attack,
     Case,
     ExpandingSAELoader,
+    FolderModelLoader,
     ModelLoader,
     SAELoader,
     Strategy,
@@ -102,6 +104,22 @@ class Registry:
                 f"unknown {KIND_LABEL[kind]} {excerpt(name)}; choose one of: {choices}{hint}"
             )
         return table[name]
+
+    def transformers_reference(self, reference: str) -> str:
+        """What transformers loads for a ``--model`` reference: the folder of a model loader
+        that makes its own folders (:class:`FolderModelLoader`, a packaged GGUF model) when one
+        accepts the name; an existing path or any other name (a hub id) unchanged."""
+        if Path(reference).exists():
+            return reference
+        loaders = self.entries["model_loaders"]
+        head, sep, rest = reference.partition(":")
+        if sep and isinstance(loaders.get(head), FolderModelLoader):
+            return loaders[head].transformers_folder(rest)
+        for name in sorted(loaders):
+            loader = loaders[name]
+            if isinstance(loader, FolderModelLoader) and loader.can_load(reference):
+                return loader.transformers_folder(reference)
+        return reference
 
     def expand_saes(self, release_pattern: str, id_pattern: str) -> list[str]:
         """The SAE specs the patterns (full match) select, as ``LOADER:spec``, from every loader

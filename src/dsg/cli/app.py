@@ -207,6 +207,19 @@ def muse_export(given: Given) -> None:
     _each_sae(given, "muse-export", tuple(given.settings.get("strategies") or ("dynamic",)))
 
 
+@app.command("train-sae")
+@user_errors
+@setting_options("train-sae")
+def train_sae(given: Given) -> None:
+    """Train a sparse autoencoder on the model's residual stream at --sae-hook (only the blocks
+    before it run) and write a sae_lens folder with held-out metrics (docs/train-sae.md)."""
+    from dsg.engine.session import Session
+    from dsg.stages.train_sae.stage import run
+
+    session = Session.open(given.settings, config_file=given.config)
+    typer.echo(str(run(session)))
+
+
 GENERATION = "Generation"
 GenBundle = Annotated[
     Path | None,
@@ -254,7 +267,8 @@ def generate(
     if bundle is not None:
         gen.refuse_options_a_bundle_fixes(given.settings, given.config)
         guard, device, dtype = _bundle_guardrail(bundle, given)
-        reference, origin = gen.bundle_model(given.settings.get("model"), guard)
+        named = given.settings.get("model")
+        reference, origin = gen.bundle_model(named and gen.transformers_reference(named), guard)
     else:
         guard, device, dtype = _built_guardrail(given)
         reference = guard.base_model.get("hf")
@@ -264,6 +278,7 @@ def generate(
             "no transformers model is known for this guardrail; pass --model with a model "
             "directory or hub id"
         )
+    reference = gen.transformers_reference(reference)
     gen.say(f"model: {reference} ({origin})")
     hf_model, tokenizer = gen.load_model(reference, device=device, dtype=dtype)
     if compare:

@@ -21,6 +21,7 @@ from dsg.config.settings import (
     DATA,
     EVALUATION,
     RUN,
+    SAE_TRAINING,
     SCALE_OUT,
     SELECTION,
     Declared,
@@ -38,6 +39,7 @@ PANEL_OF_GROUP = {
     EVALUATION: "Evaluation",
     ATTACKS: "Attack",
     SCALE_OUT: "Scale-out",
+    SAE_TRAINING: "SAE training",
 }
 PANELS = (*PANEL_OF_GROUP.values(), OUTPUT)
 """The help panels in the order a run flows; a command's own options follow."""

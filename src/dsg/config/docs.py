@@ -57,7 +57,9 @@ def _default(setting: Declared) -> str:
 
 def _commands(setting: Declared) -> str:
     commands = setting.spec.commands
-    return "all" if commands == EVERY_COMMAND else ", ".join(commands)
+    if commands[: len(EVERY_COMMAND)] == EVERY_COMMAND:
+        return ", ".join(["all", *commands[len(EVERY_COMMAND) :]])
+    return ", ".join(commands)
 
 
 def tables() -> str:

@@ -25,20 +25,25 @@ EXECUTORS = ("local", "ray")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 BACKENDS = ("auto", "transformer_lens", "transformers")
 # Settings that choose where or how a run goes, not what it computes: no artifact key holds them.
-NOT_KEYED = ("executor", "ray_address", "force")
+NOT_KEYED = ("executor", "ray_address", "force", "sae_checkpoint_seconds")
 
 # Which commands take a setting, in pipeline order; `generate` builds one guardrail, `attack`
 # runs the evaluate engine on one SAE under an attack.
 STAGES = ("sparsity", "select", "evaluate", "muse-export")
 ATTACK = "attack"
 EVERY_COMMAND = (*STAGES, "generate", ATTACK)
+TRAIN_SAE = "train-sae"
+# The settings of every command that train-sae also takes (the model, its corpus, the run dir).
+WITH_TRAINING = (*EVERY_COMMAND, TRAIN_SAE)
+SAE_ARCHITECTURES = ("topk", "jumprelu")
 SELECTING = ("select", "evaluate", "muse-export", "generate", ATTACK)
 CLAMPING = ("evaluate", "muse-export", "generate", ATTACK)
 
 # Sections of docs/config.md, in order.
 RUN, DATA, SELECTION = "What to run", "Data", "Selection and threshold"
 EVALUATION, ATTACKS, SCALE_OUT = "Evaluation", "Attacks", "Scale-out"
-GROUPS = (RUN, DATA, SELECTION, EVALUATION, ATTACKS, SCALE_OUT)
+SAE_TRAINING = "SAE training"
+GROUPS = (RUN, DATA, SELECTION, EVALUATION, ATTACKS, SCALE_OUT, SAE_TRAINING)
 
 
 @dataclass(frozen=True)
@@ -91,12 +96,12 @@ class Settings:
     """Every knob of a run, fully resolved. One field per setting; see the module docstring."""
 
     case: str = setting(
-        NONE, "Case to run (see `dsg plugins`).", RUN, EVERY_COMMAND,
+        NONE, "Case to run (see `dsg plugins`).", RUN, WITH_TRAINING,
         docs_default="the one installed case marked as default",
     )  # fmt: skip
     model: str = setting(
         NONE, "Model spec, e.g. gemma-2-2b-it or a model directory; LOADER:spec picks a loader "
-        "(default: the case's).", RUN, EVERY_COMMAND, case_may_set=True, docs_default=CASES,
+        "(default: the case's).", RUN, WITH_TRAINING, case_may_set=True, docs_default=CASES,
     )  # fmt: skip
     sae: str = setting(
         NONE, "SAE spec, e.g. gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_142 or an SAE "
@@ -113,11 +118,11 @@ class Settings:
     )  # fmt: skip
     device: str = setting(
         "cpu", "Torch device: cpu, cuda, cuda:N or mps; checked against this machine first.",
-        RUN, EVERY_COMMAND,
+        RUN, WITH_TRAINING,
     )  # fmt: skip
     dtype: str = setting(
         "float32", "Model and SAE dtype; the statistics are accumulated in float64 regardless.",
-        RUN, EVERY_COMMAND, choices=DTYPES, case_may_set=True,
+        RUN, WITH_TRAINING, choices=DTYPES, case_may_set=True,
     )  # fmt: skip
     backend: str = setting(
         "auto", "What runs the forward passes of sparsity and the MCQ engine; auto is "
@@ -126,34 +131,34 @@ class Settings:
     )  # fmt: skip
     batch_size: int = setting(
         8, "Rows or prompts per forward pass; changes speed and memory, never results.", RUN,
-        EVERY_COMMAND, bounds=POSITIVE, case_may_set=True,
+        WITH_TRAINING, bounds=POSITIVE, case_may_set=True,
     )  # fmt: skip
     seed: int = setting(
-        0, "Seeds the forget-document sample and the row shuffles.", RUN, EVERY_COMMAND,
+        0, "Seeds the forget-document sample and the row shuffles.", RUN, WITH_TRAINING,
         bounds=NON_NEGATIVE,
     )  # fmt: skip
-    out: Path = setting(Path("dsg-runs"), "The run directory.", RUN, EVERY_COMMAND)
+    out: Path = setting(Path("dsg-runs"), "The run directory.", RUN, WITH_TRAINING)
     force: bool = setting(
         False, "Recompute artifacts even when they exist for the same inputs.", RUN,
-        (*STAGES, ATTACK),
+        (*STAGES, ATTACK, TRAIN_SAE),
     )  # fmt: skip
     data_dir: Path | None = setting(
         None, "An offline mirror of the hub datasets, made by `dsg data mirror`.", DATA,
-        EVERY_COMMAND,
+        WITH_TRAINING,
     )  # fmt: skip
     forget_corpus: Path | None = setting(
         None, "Replaces the case's forget corpus: JSONL/JSON with a 'text' field per line, or "
-        "plain text with one document per line.", DATA, EVERY_COMMAND,
+        "plain text with one document per line.", DATA, WITH_TRAINING,
     )  # fmt: skip
     retain_corpus: Path | None = setting(
-        None, "Replaces the case's retain corpus, same formats.", DATA, EVERY_COMMAND
+        None, "Replaces the case's retain corpus, same formats.", DATA, WITH_TRAINING
     )
     min_chars: int = setting(
-        50, "Documents are kept only if longer than this many characters.", DATA, EVERY_COMMAND,
+        50, "Documents are kept only if longer than this many characters.", DATA, WITH_TRAINING,
         bounds=NON_NEGATIVE, case_may_set=True,
     )  # fmt: skip
     seq_len: int = setting(
-        1024, "Tokens per row.", DATA, EVERY_COMMAND, bounds=POSITIVE, case_may_set=True
+        1024, "Tokens per row.", DATA, WITH_TRAINING, bounds=POSITIVE, case_may_set=True
     )
     dataset_size: int = setting(
         1024, "Forget documents sampled, and upper bound on rows per corpus.", DATA,
@@ -277,6 +282,53 @@ class Settings:
     ray_address: str | None = setting(
         None, "The Ray cluster the ray executor joins: auto (the running one), HOST:PORT or "
         "ray://HOST:PORT; none starts a Ray instance on this machine.", SCALE_OUT, STAGES,
+    )  # fmt: skip
+    sae_hook: str | None = setting(
+        None, "train-sae: the residual-stream hook the SAE reads, blocks.N.hook_resid_pre or "
+        "blocks.N.hook_resid_post; only the blocks before it run.", SAE_TRAINING, (TRAIN_SAE,),
+        docs_default="none (required)",
+    )  # fmt: skip
+    sae_architecture: str = setting(
+        "topk", "train-sae: topk (the k largest latents per token) or jumprelu (a learned "
+        "threshold per latent and an L0 penalty).", SAE_TRAINING, (TRAIN_SAE,),
+        choices=SAE_ARCHITECTURES,
+    )  # fmt: skip
+    sae_width: int = setting(
+        4096, "train-sae: latents of the SAE.", SAE_TRAINING, (TRAIN_SAE,), bounds=POSITIVE
+    )
+    sae_k: int = setting(
+        32, "train-sae, topk: latents kept per token.", SAE_TRAINING, (TRAIN_SAE,),
+        bounds=POSITIVE,
+    )  # fmt: skip
+    sae_sparsity: float = setting(
+        1.0, "train-sae, jumprelu: the weight of the L0 penalty (on activations scaled to a "
+        "mean squared norm of d_model), ramped up over the first tenth of the steps.",
+        SAE_TRAINING, (TRAIN_SAE,), bounds=NON_NEGATIVE,
+    )  # fmt: skip
+    sae_tokens: int = setting(
+        2_000_000, "train-sae: training tokens (steps times the batch); a corpus with fewer "
+        "tokens is gone over again.", SAE_TRAINING, (TRAIN_SAE,), bounds=POSITIVE,
+    )  # fmt: skip
+    sae_batch: int = setting(
+        4096, "train-sae: tokens per optimizer step.", SAE_TRAINING, (TRAIN_SAE,),
+        bounds=POSITIVE,
+    )  # fmt: skip
+    sae_lr: float = setting(
+        1e-3, "train-sae: Adam's learning rate, decayed linearly to 0 over the last fifth of "
+        "the steps.", SAE_TRAINING, (TRAIN_SAE,), bounds=POSITIVE,
+    )  # fmt: skip
+    sae_eval_tokens: int = setting(
+        8192, "train-sae: held-out tokens (rows kept out of training) the metrics are measured "
+        "on.", SAE_TRAINING, (TRAIN_SAE,), bounds=POSITIVE,
+    )  # fmt: skip
+    sae_corpus: Path | None = setting(
+        None, "train-sae: the text to train on, same formats as --retain-corpus (default: the "
+        "case's retain and forget corpora).", SAE_TRAINING, (TRAIN_SAE,),
+    )  # fmt: skip
+    sae_checkpoint_seconds: float = setting(
+        60.0, "train-sae: seconds between two checkpoints; a run that was stopped (even by kill "
+        "-9) resumes from the last one with the same result.", SAE_TRAINING, (TRAIN_SAE,),
+        bounds=NON_NEGATIVE,
     )  # fmt: skip
 
 

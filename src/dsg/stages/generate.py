@@ -65,6 +65,12 @@ def bundle_model(given: str | None, bundle: Bundle) -> tuple[str | None, str]:
     if given:
         differs = bool(hint) and not _same_model(given, str(hint))
         return given, f"--model; the bundle's base_model.hf is {hint}" if differs else "--model"
+    spec = bundle.base_model.get("spec")
+    if hint and Path(str(hint)).is_absolute() and not Path(str(hint)).exists() and spec:
+        # a folder of another machine (a converted GGUF's cache): the model's name may make it here
+        made = transformers_reference(str(spec))
+        if made != spec:
+            return made, f"the bundle's base_model.spec {spec} ({hint} is not on this machine)"
     if hint:
         return str(hint), "the bundle's base_model.hf; pass --model to run another"
     return None, ""
@@ -75,6 +81,14 @@ def say(line: str) -> None:
     from dsg.engine.session import stderr
 
     stderr.print(f"[dsg] {line}", highlight=False, markup=False, soft_wrap=True)
+
+
+def transformers_reference(reference: str) -> str:
+    """The folder a model loader makes for a name it owns (``smollm2-135m-instruct``: the
+    converted GGUF), else ``reference`` unchanged (a folder or a hub id)."""
+    from dsg.api.plugins import registry
+
+    return registry().transformers_reference(reference)
 
 
 GENERATE_FIX = "Pass --model with a local model directory or a hub id that is cached"

