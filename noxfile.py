@@ -105,7 +105,8 @@ def transformers_cell(session: nox.Session, version: str) -> None:
 def runtime_oldest(session: nox.Session) -> None:
     """dsg-runtime alone (no dsg, TransformerLens, sae_lens or datasets) with open-unlearning's
     pins, transformers 4.45.1 (torch stays at the pinned CPU build, the oldest torch built for
-    this Python here), and the runtime's tests, guarded generation included."""
+    this Python here), and the runtime's tests, guarded generation included: the shipped model
+    organism's folder loads and gives the newest release's token ids and generations."""
     session.install(TORCH)
     session.install("-e", RUNTIME_EXTRAS, *OPEN_UNLEARNING_PINS, TORCH)
     session.run("python", "-m", "pip", "freeze", "--exclude-editable")
