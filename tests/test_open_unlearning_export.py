@@ -132,3 +132,15 @@ def test_bundles_without_a_model_to_load_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="transformers model"):
         export(_session(tmp_path, OrganismCase(), "organism"), [bundle])
     assert not (tmp_path / "run" / "open-unlearning").exists()
+
+
+def test_the_open_unlearning_session_uses_the_organisms_template(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``nox -s open_unlearning`` runs without dsg, so it names the template itself."""
+    import importlib
+
+    folder = Path(__file__).parents[1] / "runtime" / "tests_open_unlearning"
+    monkeypatch.syspath_prepend(str(folder))
+    session_test = importlib.import_module("test_muse_organism")
+    assert dataclasses.asdict(session_test.TEMPLATE) == MUSE_TEMPLATE
