@@ -129,9 +129,11 @@ OPEN_UNLEARNING_STACK = [
     "hydra-core==1.3.0",
     "numpy==2.2.3",
     "rouge-score==0.1.2",
+    "lm-eval==0.4.8",
 ]
-"""open-unlearning's pins for what its MUSE evaluation runs (its requirements.txt; torch 2.4.1
-has no build for this Python: the pinned CPU torch stands in)."""
+"""open-unlearning's pins for what its MUSE evaluation runs (its requirements.txt, and lm-eval
+from its lm-eval extra; torch 2.4.1 has no build for this Python: the pinned CPU torch stands
+in)."""
 
 
 @nox.session
@@ -139,9 +141,10 @@ def open_unlearning(session: nox.Session) -> None:
     """The guardrail in open-unlearning's MUSE evaluation of the model organism, on
     open-unlearning's pinned stack with dsg-runtime alone: its data call on the shipped MUSE
     data, its model and tokenizer loading (GuardedModel and the plain model) and its generation
-    metrics, written in the test since open-unlearning is not on PyPI."""
+    metrics, written in the test since open-unlearning is not on PyPI; and the dsg lm-eval model
+    type under open-unlearning's lm-eval 0.4.8."""
     session.install(TORCH)
-    session.install("-e", RUNTIME_EXTRAS, *OPEN_UNLEARNING_STACK, TORCH)
+    session.install("-e", "./runtime[lm-eval,test]", *OPEN_UNLEARNING_STACK, TORCH)
     session.run("python", "-m", "pip", "freeze", "--exclude-editable")
     beside = tuple(m for m in NOT_THE_RUNTIME if m != "datasets")  # open-unlearning's own
     session.run("python", "-c", only_the_runtime(beside))
