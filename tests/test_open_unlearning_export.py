@@ -35,6 +35,7 @@ def _session(tmp_path: Path, case: Any, name: str) -> Any:
         case=case,
         settings=SimpleNamespace(case=name),
         run_dir=SimpleNamespace(root=tmp_path / "run"),
+        registry=SimpleNamespace(entries={"strategies": {}}),
     )
 
 
@@ -125,12 +126,14 @@ def test_a_case_without_muse_data_gets_configs_for_its_own_model(
     assert hasattr(guarded, "dsg_guardrail")
 
 
-def test_bundles_without_a_model_to_load_are_refused(tmp_path: Path) -> None:
-    from dsg.core.errors import UserError
+def test_bundles_without_a_model_to_load_get_no_folder_and_a_warning(tmp_path: Path) -> None:
+    from rich.console import Console
 
     bundle = _bundle(tmp_path, None)
-    with pytest.raises(UserError, match="transformers model"):
-        export(_session(tmp_path, OrganismCase(), "organism"), [bundle])
+    session = _session(tmp_path, OrganismCase(), "organism")
+    session.console = Console(record=True, width=200)
+    assert export(session, [bundle]) is None
+    assert "no open-unlearning model configs" in session.console.export_text()
     assert not (tmp_path / "run" / "open-unlearning").exists()
 
 

@@ -63,7 +63,8 @@ def _muse_export(session: Session, strategies: tuple[str, ...]) -> list[Path]:
     from dsg.stages import muse_export, open_unlearning_export
 
     bundles = [b.path for b in muse_export.export(session, strategies)]
-    return [*bundles, open_unlearning_export.export(session, bundles)]
+    configs = open_unlearning_export.export(session, bundles)
+    return bundles if configs is None else [*bundles, configs]
 
 
 def stage_action(stage: str, strategies: tuple[str, ...] = ()) -> Callable[[Session], list[Path]]:

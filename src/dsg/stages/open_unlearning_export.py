@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dsg.api.interfaces import MuseCase
 from dsg.bundle import Bundle
 from dsg.core.artifacts import check_kind, write_failed
-from dsg.core.errors import UserError
 
 if TYPE_CHECKING:
     from dsg.engine.session import Session
@@ -54,19 +54,14 @@ def model_config(model: str, template: dict[str, str], bundle: str | None) -> st
     return "\n".join(lines) + "\n"
 
 
-def base_model(bundles: list[Path]) -> str:
-    """The transformers model the bundles were made for (a directory or a hub id)."""
-    refs = {Bundle.load(path).base_model.get("hf") for path in bundles}
-    if len(refs) != 1 or None in refs:
-        raise UserError(
-            "the bundles do not name one transformers model to load, so no open-unlearning "
-            "model config can be written; export them from a model directory or hub id"
-        )
-    return str(refs.pop())
+def base_model(bundles: list[Path], strategies: Mapping[str, Any]) -> str | None:
+    """The transformers model the bundles were made for (a directory or a hub id), or None when
+    they name none or several; ``strategies`` are the plugin strategies a bundle may name."""
+    refs = {Bundle.load(path, strategies).base_model.get("hf") for path in bundles}
+    return str(refs.pop()) if len(refs) == 1 and None not in refs else None
 
 
-def _fill(folder: Path, session: Session, bundles: list[Path]) -> None:
-    model = base_model(bundles)
+def _fill(folder: Path, session: Session, bundles: list[Path], model: str) -> None:
     template = BASE_TEMPLATE
     case = session.case
     if isinstance(case, MuseCase):
@@ -87,15 +82,23 @@ def _fill(folder: Path, session: Session, bundles: list[Path]) -> None:
         )
 
 
-def export(session: Session, bundles: list[Path]) -> Path:
+def export(session: Session, bundles: list[Path]) -> Path | None:
     """Write ``{run dir}/open-unlearning/`` for ``bundles``, replacing the last one whole: it is
-    built beside and renamed into place, so a failure leaves the old folder or none."""
+    built beside and renamed into place, so a failure leaves the old folder or none. Bundles of
+    a model transformers cannot load by name get no folder, and a warning says so."""
     root = session.run_dir.root / OPEN_UNLEARNING_DIR
     check_kind(root, folder=True)
+    model = base_model(bundles, session.registry.entries["strategies"])
+    if model is None:
+        session.console.print(
+            "[yellow]warning:[/] no open-unlearning model configs: the bundles name no "
+            "transformers model to load (export from a model directory or hub id)"
+        )
+        return None
     building = root.with_name(f".{root.name}.{os.getpid()}.building")
     shutil.rmtree(building, ignore_errors=True)
     try:
-        _fill(building, session, bundles)
+        _fill(building, session, bundles, model)
         shutil.rmtree(root, ignore_errors=True)
         building.rename(root)
     except OSError as exc:
