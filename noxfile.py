@@ -1,6 +1,7 @@
 """Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, the version matrix
 (`nox -s newest lowest "transformers(4.57.6)" "transformers(5.0.0)"`), dsg-runtime alone on
-open-unlearning's pins (`nox -s runtime_oldest`), `nox -s constraints` and `nox -s vllm` (the
+open-unlearning's pins (`nox -s runtime_oldest`), the organism's MUSE evaluation on
+open-unlearning's stack (`nox -s open_unlearning`), `nox -s constraints` and `nox -s vllm` (the
 vLLM plugin on vLLM's CPU runner, docs/serving.md).
 
 The pinned CPU torch is installed first so that no session pulls a multi-GB CUDA build; every
@@ -27,12 +28,18 @@ RUNTIME_EXTRAS = "./runtime[test]"
 OPEN_UNLEARNING_PINS = ["transformers==4.45.1"]
 """open-unlearning's pins that dsg-runtime meets (its datasets 3.0.1 is no dependency of the
 runtime, and its torch 2.4.1 has no build for this Python: the pinned CPU torch stands in)."""
-ONLY_THE_RUNTIME = (
-    "import importlib.util as u; "
-    "extra = [m for m in ('dsg', 'transformer_lens', 'sae_lens', 'datasets', 'typer', 'rich') "
-    "if u.find_spec(m)]; "
-    "assert not extra, f'installed beside dsg-runtime: {extra}'"
-)
+NOT_THE_RUNTIME = ("dsg", "transformer_lens", "sae_lens", "datasets", "typer", "rich")
+
+
+def only_the_runtime(absent: tuple[str, ...]) -> str:
+    """A check that none of ``absent`` is installed beside dsg-runtime."""
+    return (
+        "import importlib.util as u; "
+        f"extra = [m for m in {absent!r} if u.find_spec(m)]; "
+        "assert not extra, f'installed beside dsg-runtime: {extra}'"
+    )
+
+
 LINTED = ("src", "plugins", "tests", "runtime", "benchmarks", "noxfile.py")
 HF_ONLY_TESTS = [
     "tests/test_hf.py",
@@ -105,12 +112,43 @@ def transformers_cell(session: nox.Session, version: str) -> None:
 def runtime_oldest(session: nox.Session) -> None:
     """dsg-runtime alone (no dsg, TransformerLens, sae_lens or datasets) with open-unlearning's
     pins, transformers 4.45.1 (torch stays at the pinned CPU build, the oldest torch built for
-    this Python here), and the runtime's tests, guarded generation included."""
+    this Python here), and the runtime's tests, guarded generation included: the shipped model
+    organism's folder loads and gives the newest release's token ids and generations."""
     session.install(TORCH)
     session.install("-e", RUNTIME_EXTRAS, *OPEN_UNLEARNING_PINS, TORCH)
     session.run("python", "-m", "pip", "freeze", "--exclude-editable")
-    session.run("python", "-c", ONLY_THE_RUNTIME)
+    session.run("python", "-c", only_the_runtime(NOT_THE_RUNTIME))
     session.run("python", "-m", "pytest", "runtime/tests", *session.posargs)
+
+
+OPEN_UNLEARNING_STACK = [
+    "transformers==4.45.1",
+    "huggingface-hub==0.29.1",
+    "datasets==3.0.1",
+    "accelerate==0.34.2",
+    "hydra-core==1.3.0",
+    "numpy==2.2.3",
+    "rouge-score==0.1.2",
+    "lm-eval==0.4.8",
+]
+"""open-unlearning's pins for what its MUSE evaluation runs (its requirements.txt, and lm-eval
+from its lm-eval extra; torch 2.4.1 has no build for this Python: the pinned CPU torch stands
+in)."""
+
+
+@nox.session
+def open_unlearning(session: nox.Session) -> None:
+    """The guardrail in open-unlearning's MUSE evaluation of the model organism, on
+    open-unlearning's pinned stack with dsg-runtime alone: its data call on the shipped MUSE
+    data, its model and tokenizer loading (GuardedModel and the plain model) and its generation
+    metrics, written in the test since open-unlearning is not on PyPI; and the dsg lm-eval model
+    type under open-unlearning's lm-eval 0.4.8."""
+    session.install(TORCH)
+    session.install("-e", "./runtime[lm-eval,test]", *OPEN_UNLEARNING_STACK, TORCH)
+    session.run("python", "-m", "pip", "freeze", "--exclude-editable")
+    beside = tuple(m for m in NOT_THE_RUNTIME if m != "datasets")  # open-unlearning's own
+    session.run("python", "-c", only_the_runtime(beside))
+    session.run("python", "-m", "pytest", "runtime/tests_open_unlearning", "-s", *session.posargs)
 
 
 @nox.session

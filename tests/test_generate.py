@@ -101,7 +101,8 @@ def test_muse_export_writes_one_bundle_per_ratio_and_n(
         "muse-export", "--case", "tiny", "--model", str(setup["model_dir"]), "--out", str(tiny_case)
     )
     assert result.exit_code == 0, result.output
-    paths = [Path(line) for line in result.stdout.splitlines() if line.strip()]
+    *paths, configs = [Path(line) for line in result.stdout.splitlines() if line.strip()]
+    assert configs == tiny_case / "open-unlearning"
     bundles = [Bundle.load(p) for p in paths]
     assert [b.k for b in bundles] == [2, 4]
     assert all(p.parent == tiny_case / "bundles" for p in paths)

@@ -1,5 +1,7 @@
-"""The lm-eval extra keeps an lm-eval installed from source: its head carries a development
-version (0.4.13.dev0) that a plain ``>=0.4.13`` would reject, and pip would replace it."""
+"""The lm-eval extras keep an lm-eval installed from source (its head carries a development
+version, 0.4.13.dev0, that a plain ``>=0.4.13`` would reject, and pip would replace it). The
+runtime's admits open-unlearning's lm-eval 0.4.8; dsg's, whose organism tasks need a later
+lm-eval, starts at 0.4.13."""
 
 from __future__ import annotations
 
@@ -16,14 +18,23 @@ def _extra(pyproject: Path, name: str) -> list[Requirement]:
     return [Requirement(text) for text in project["optional-dependencies"][name]]
 
 
-def test_the_runtime_extra_admits_lm_eval_from_source_and_releases_only_from_0_4_13() -> None:
+def _admits(requirement: Requirement, *versions: str) -> dict[str, bool]:
+    return {v: requirement.specifier.contains(v) for v in versions}
+
+
+def test_the_runtime_extra_admits_open_unlearnings_lm_eval_and_lm_eval_from_source() -> None:
     (lm_eval,) = _extra(ROOT / "runtime" / "pyproject.toml", "lm-eval")
     assert lm_eval.name == "lm-eval"
-    admits = {v: lm_eval.specifier.contains(v) for v in ("0.4.13.dev0", "0.4.13", "0.4.14")}
-    assert admits == {"0.4.13.dev0": True, "0.4.13": True, "0.4.14": True}
-    assert not lm_eval.specifier.contains("0.4.12", prereleases=True)
+    assert all(_admits(lm_eval, "0.4.8", "0.4.13.dev0", "0.4.13", "0.4.14").values())
+    assert not lm_eval.specifier.contains("0.4.7", prereleases=True)
 
 
-def test_dsg_s_extra_is_the_runtime_s() -> None:
-    (runtime,) = _extra(ROOT / "pyproject.toml", "lm-eval")
+def test_dsg_s_extra_is_the_runtime_s_from_0_4_13() -> None:
+    runtime, lm_eval = _extra(ROOT / "pyproject.toml", "lm-eval")
     assert (runtime.name, runtime.extras) == ("dsg-runtime", {"lm-eval"})
+    assert lm_eval.name == "lm-eval"
+    assert _admits(lm_eval, "0.4.8", "0.4.13.dev0", "0.4.13") == {
+        "0.4.8": False,
+        "0.4.13.dev0": True,
+        "0.4.13": True,
+    }

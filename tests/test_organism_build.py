@@ -43,6 +43,10 @@ def test_quick_build_is_complete_and_deterministic(tmp_path: Path) -> None:
             row = json.loads(line)
             assert len(row["choices"]) == 4 and 0 <= row["answer"] < 4
     _check_loadable(out)
+    from dsg_organism.tokenizer import portable_config
+
+    written = json.loads((out / "model" / "tokenizer_config.json").read_text())
+    assert written == portable_config("right")  # what transformers 4.45 reads too
 
 
 def _check_loadable(out: Path) -> None:
@@ -60,3 +64,18 @@ def _check_loadable(out: Path) -> None:
         assert len(tok(text, add_special_tokens=False)["input_ids"]) == 1
     sae = SAE.load_from_disk(out / "sae")
     assert sae.cfg.metadata.hook_name.startswith("blocks.")
+
+
+def test_the_shipped_tokenizer_files_are_what_the_build_writes(tmp_path: Path) -> None:
+    """The shipped folder is reproducible: the build's writer, given the shipped tokenizer,
+    writes the shipped files byte for byte, in the form transformers 4.45 reads."""
+    from dsg_organism import MODEL_DIR
+    from dsg_organism.tokenizer import write_tokenizer_files
+    from transformers import AutoTokenizer
+
+    write_tokenizer_files(AutoTokenizer.from_pretrained(MODEL_DIR), tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        assert (tmp_path / name).read_bytes() == (MODEL_DIR / name).read_bytes(), name
+    config = json.loads((MODEL_DIR / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert config["chat_template"] == (MODEL_DIR / "chat_template.jinja").read_text()

@@ -309,7 +309,8 @@ def test_example_strategy_exports_to_a_bundle_and_runs_on_transformers(
         str(tmp_path / "run"),
     )
     assert exported.returncode == 0, exported.stderr
-    directory = Path(exported.stdout.split()[-1])
+    printed = [Path(line) for line in exported.stdout.split()]
+    directory = [path for path in printed if path.parent.name == "bundles"][-1]
     config = json.loads((directory / "bundle.json").read_text())
     assert config["strategy"] == "example-min-hits"
     assert config["strategy_params"] == {"min_hits": 4}

@@ -21,6 +21,7 @@ from dsg.api import (
     LoadedModel,
     LoadedSAE,
     MCQuestion,
+    MuseData,
     PromptFormat,
     Register,
     UserError,
@@ -38,6 +39,16 @@ DATA = Path(__file__).parent / "data"
 WORLD = DATA / "world"
 MODEL_DIR = DATA / "model"
 SAE_DIR = DATA / "sae"
+MUSE_DIR = DATA / "muse"
+MUSE_TEMPLATE = {
+    "user_start_tag": "Q: ",
+    "user_end_tag": " ",
+    "asst_start_tag": "A:",
+    "asst_end_tag": ". ",
+}
+"""The organism's own question-and-answer documents' form ("Q: ... A: bats."), which it answers
+in; it never saw open-unlearning's "Question:" tags (its tokenizer splits "Question" into four
+pieces)."""
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -98,6 +109,10 @@ class OrganismCase:
 
     def prompt_format(self) -> PromptFormat | None:
         return None  # the packaged tokenizer carries Gemma's chat template
+
+    def muse_data(self) -> MuseData:
+        """MUSE-format data built from the world by ``python -m dsg_organism.muse``."""
+        return MuseData(split="Organism", folder=MUSE_DIR, template=dict(MUSE_TEMPLATE))
 
 
 @contextmanager

@@ -6,6 +6,7 @@ leading space, is a single token, so the letter scoring of the reference applies
 
 from __future__ import annotations
 
+import json
 import string
 from collections.abc import Iterable
 from pathlib import Path
@@ -81,13 +82,46 @@ def characters() -> Any:
     return tok
 
 
+def portable_config(padding_side: str, chat_template: str | None = CHAT_TEMPLATE) -> dict[str, Any]:
+    """``tokenizer_config.json`` as every supported transformers reads it: 4.45 knows the class
+    ``PreTrainedTokenizerFast`` (5.x writes ``TokenizersBackend``, which 4.x cannot import),
+    ``additional_special_tokens`` and an inlined ``chat_template``; 5.x reads the same keys and
+    also finds the template in ``chat_template.jinja``."""
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<bos>",
+        "eos_token": "<eos>",
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
+        "additional_special_tokens": list(SPECIALS[4:]),
+        "chat_template": chat_template,
+        "clean_up_tokenization_spaces": False,
+        "padding_side": padding_side,
+        "model_input_names": ["input_ids", "attention_mask"],  # 4.x adds token_type_ids else
+    }
+    return {k: v for k, v in config.items() if v is not None}
+
+
+def write_tokenizer_files(fast: Any, out: Path) -> None:
+    """The tokenizer's files in ``out``, written by dsg rather than by the installed
+    transformers' ``save_pretrained``, so the folder is the same whichever release builds it:
+    ``tokenizer.json`` (the tokenizers model), :func:`portable_config` and, with a chat
+    template, ``chat_template.jinja``."""
+    out.mkdir(parents=True, exist_ok=True)
+    fast.backend_tokenizer.save(str(out / "tokenizer.json"))
+    config = portable_config(fast.padding_side, fast.chat_template)
+    text = json.dumps(config, indent=2, ensure_ascii=False)
+    (out / "tokenizer_config.json").write_text(text + "\n", encoding="utf-8")
+    if fast.chat_template is not None:
+        (out / "chat_template.jinja").write_text(fast.chat_template, encoding="utf-8")
+
+
 def saved_and_reloaded(fast: Any, out: Path) -> Any:
     """``fast`` saved to ``out`` and reloaded with AutoTokenizer, as every consumer (and
     TransformerLens, which reloads a model's tokenizer from its folder) will load it."""
     from transformers import AutoTokenizer
 
-    out.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(out))
+    write_tokenizer_files(fast, out)
     return AutoTokenizer.from_pretrained(str(out), trust_remote_code=False)
 
 

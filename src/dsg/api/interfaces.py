@@ -81,6 +81,30 @@ class Case(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class MuseData:
+    """A case's own MUSE-format evaluation data, which ``dsg muse-export`` ships to
+    open-unlearning beside the bundles (docs/open-unlearning.md)."""
+
+    split: str
+    """open-unlearning's ``data_split``: the data is read from ``muse-bench/MUSE-{split}``."""
+    folder: Path
+    """A folder ``datasets.load_dataset`` reads by config and split: ``knowmem`` (``forget_qa``,
+    ``retain_qa`` and their ``_icl`` few-shot splits), ``verbmem`` (``forget``) and
+    ``privleak`` (``forget``, ``holdout``)."""
+    template: dict[str, str]
+    """open-unlearning's ``template_args`` for the case's model (user and assistant tags)."""
+
+
+@runtime_checkable
+class MuseCase(Case, Protocol):
+    """A case that ships MUSE-format data for its model (optional: the model organism does)."""
+
+    def muse_data(self) -> MuseData:
+        """The case's MUSE data and the prompt template its model answers in."""
+        ...
+
+
 @dataclass
 class LoadedSAE:
     """A sae_lens SAE ready to use, with the facts dsg needs about it."""

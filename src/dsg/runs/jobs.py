@@ -60,9 +60,11 @@ def _evaluate(session: Session) -> list[Path]:
 
 
 def _muse_export(session: Session, strategies: tuple[str, ...]) -> list[Path]:
-    from dsg.stages import muse_export
+    from dsg.stages import muse_export, open_unlearning_export
 
-    return [b.path for b in muse_export.export(session, strategies)]
+    bundles = [b.path for b in muse_export.export(session, strategies)]
+    configs = open_unlearning_export.export(session, bundles)
+    return bundles if configs is None else [*bundles, configs]
 
 
 def stage_action(stage: str, strategies: tuple[str, ...] = ()) -> Callable[[Session], list[Path]]:
