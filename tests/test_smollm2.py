@@ -20,6 +20,7 @@ from dsg.bundle import Bundle, from_sae
 from dsg.core.errors import UserError
 from dsg.guardrail import DynamicClamp
 from dsg.hf import attach
+from dsg_runtime.binding import record_binding
 
 NAME = "smollm2-135m-instruct"
 LAYER = 3
@@ -177,7 +178,8 @@ def test_dsg_hf_guards_smollm2_as_the_single_prompt_reference(
     assert rates[0] > rates[1], rates  # the biology prompt hits the topic features more
     alpha = (rates[0] + rates[1]) / 2
     loaded = LoadedSAE(sae, "topic-sae", HOOK, LAYER, fingerprint="t")
-    bundle = from_sae(loaded, features, threshold=alpha, multiplier=multiplier)
+    bound = record_binding(hf, HOOK)
+    bundle = from_sae(loaded, features, threshold=alpha, multiplier=multiplier, binding=bound)
     bundle_dir = bundle.save(tmp_path / "bundle")
     width = max(map(len, rows))
     tokens = torch.full((len(rows), width), 2)
@@ -207,7 +209,10 @@ def test_dsg_generate_answers_on_smollm2_by_name(smol: dict[str, Any], tmp_path:
 
     sae = topic_sae(smol["hf"], smol["tokenizer"])
     loaded = LoadedSAE(sae, "topic-sae", HOOK, LAYER, fingerprint="t")
-    bundle = from_sae(loaded, [0, 1, 2], threshold=1.0, multiplier=20.0)  # rates never exceed 1
+    bound = record_binding(smol["hf"], HOOK)
+    bundle = from_sae(
+        loaded, [0, 1, 2], threshold=1.0, multiplier=20.0, binding=bound
+    )  # never fires
     bundle_dir = bundle.save(tmp_path / "bundle")
     ran = CliRunner().invoke(
         app,
