@@ -59,6 +59,9 @@ def test_no_configuration_passes() -> None:
 
 def test_empty_target_does_not_count() -> None:
     assert unlearning_score([Point(Count(0, 0), Count(100, 100), Count(100, 100))]) == 0.0
+    # a target of one question counts: forgetting it is a score of 1
+    assert best([Point(Count(0, 0), FULL, FULL), Point(Count(0, 1), FULL, FULL)]) == 1
+    assert unlearning_score([Point(Count(0, 1), FULL, FULL)]) == 1.0
     assert Count(0, 0).accuracy is None
 
 
