@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from dsg_runtime.bundle import JUMP_THRESHOLD, Bundle
 from dsg_runtime.guardrail import FeatureColumns, Guardrail, ThresholdGate
 from dsg_runtime.vllm.clamp import TokenClamp
 
@@ -136,3 +137,45 @@ def test_compiled_op_matches_eager() -> None:
     for fired in ([True, False], [False, True]):
         clamp.fill(np.array(fired), np.array([4, 4]))
         assert torch.equal(compiled(positions, resid), clamp(positions, resid))
+
+
+@pytest.mark.parametrize("b_dec_in", [True, False])
+def test_a_bundle_s_clamp_is_its_guardrail_s_edit(b_dec_in: bool) -> None:
+    """From a JumpReLU bundle whose decoder bias is (or is not) subtracted from the input: the
+    clamp edits each fired token as the bundle's own guardrail does."""
+    w = weights(6)
+    bundle = Bundle(
+        hook_name="blocks.0.hook_resid_post",
+        features=(0, 1, 2, 3),
+        threshold=0.5,
+        multiplier=M,
+        strategy="dynamic",
+        activation="jumprelu",
+        apply_b_dec_to_input=b_dec_in,
+        d_sae=K,
+        tensors={
+            "W_enc": w["w_enc"],
+            "b_enc": w["b_enc"],
+            "W_dec": w["w_dec"],
+            "b_dec": torch.randn(D, generator=torch.Generator().manual_seed(7)),
+            JUMP_THRESHOLD: w["jump"],
+        },
+    )
+    clamp = TokenClamp.from_bundle(bundle, max_tokens=8, device="cpu")
+    assert (clamp.weights["b_dec_in"] is not None) is b_dec_in
+    resid, positions = (
+        torch.randn(6, D, generator=torch.Generator().manual_seed(8)) * 2,
+        torch.arange(6),
+    )
+    clamp.fill(np.array([True]), np.array([6]))
+    want = expected(bundle.guardrail(), resid, positions, True)
+    assert not torch.equal(want, resid)
+    torch.testing.assert_close(clamp(positions, resid), want, rtol=1e-6, atol=1e-5)
+
+
+def test_weights_are_kept_in_float32_and_a_full_step_fits() -> None:
+    low = {name: t.to(torch.bfloat16) for name, t in weights(9).items() if t is not None}
+    clamp = TokenClamp(low, M, max_tokens=6, device="cpu")
+    assert {t.dtype for t in clamp.weights.values() if t is not None} == {torch.float32}
+    clamp.fill(np.array([True, False]), np.array([4, 2]))  # exactly max_tokens
+    assert clamp.fired.tolist() == [True] * 4 + [False] * 2
