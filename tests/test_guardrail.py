@@ -22,11 +22,15 @@ import dsg
 from dsg.core.errors import UserError
 from dsg.guardrail import DynamicClamp, StaticClamp, feature_activations
 from dsg_runtime.guardrail import (
+    ThresholdGate,
+    WindowGate,
     calibrate_threshold,
+    feature_index,
     rate_gate,
     select_features,
     sequence_rates,
     token_hits,
+    window_rates,
 )
 
 torch.set_num_threads(1)
@@ -168,6 +172,20 @@ def test_select_features_rejects_mismatched_or_bad_statistics() -> None:
         select_features(TOY_F, TOY_R[:-1])
     with pytest.raises(UserError, match="NaN"):
         select_features([0.1, float("nan")], [0.0, 0.0])
+    for empty_or_not_a_vector in ([], [[0.1, 0.2]]):
+        with pytest.raises(UserError, match=r"forget_mean must be a non-empty 1-D vector"):
+            select_features(empty_or_not_a_vector, [0.0, 0.0])
+    assert select_features([0.3], [0.1]).tolist() == [0]  # one feature is a vector
+    assert select_features(torch.tensor([0.3, 0.0]), [0.1, 0.1]).tolist() == [0]
+
+
+def test_feature_index_range() -> None:
+    assert feature_index([63, 0], 64).tolist() == [63, 0]
+    assert feature_index(torch.tensor([5]), 64).dtype == torch.int64
+    assert feature_index([], 64).numel() == 0
+    for outside in ([64], [-1], [3, -2], [10**30]):
+        with pytest.raises(UserError, match=r"feature indices must lie in \[0, 64\)"):
+            feature_index(outside, 64)
 
 
 # --------------------------------------------------------------------------- rates
@@ -179,6 +197,42 @@ def test_sequence_rates_by_hand() -> None:
     rates = sequence_rates(hits, mask)
     assert rates.dtype == torch.float64
     assert rates.tolist() == [2 / 4, 2 / 3, 0.0]
+
+
+def test_a_row_of_one_attended_token() -> None:
+    # sequence_rates counts whatever hits it is given: one hit in one attended position is 1
+    hits = torch.tensor([[False, True], [True, False]])
+    mask = torch.tensor([[False, True], [True, False]])
+    assert sequence_rates(hits, mask).tolist() == [1.0, 1.0]
+
+
+def test_rates_refuse_hits_and_masks_of_other_shapes() -> None:
+    for hits, mask in [
+        (torch.zeros(2, 3, dtype=torch.bool), torch.ones(2, 4, dtype=torch.bool)),
+        (torch.zeros(3, dtype=torch.bool), torch.ones(3, dtype=torch.bool)),
+    ]:
+        with pytest.raises(ValueError, match=r"must both be \[B, T\]"):
+            sequence_rates(hits, mask)
+    with pytest.raises(ValueError, match="window must be at least 1, got 0"):
+        window_rates(torch.zeros(1, 3, dtype=torch.bool), torch.ones(1, 3, dtype=torch.bool), 0)
+
+
+def test_gate_thresholds_are_rates() -> None:
+    assert ThresholdGate(0.0).threshold == 0.0 and ThresholdGate(1).threshold == 1.0
+    for bad in (1.0000001, -1e-9):
+        with pytest.raises(UserError, match=r"threshold must be within \[0, 1\]"):
+            ThresholdGate(bad)
+    with pytest.raises(UserError, match="the guardrail threshold is NaN; recalibrate it"):
+        ThresholdGate(float("nan"))
+    with pytest.raises(UserError, match=r"window_threshold must be within \[0, 1\]"):
+        WindowGate(4, 1.5, 0.5)
+    gate = WindowGate(1, 0.0, 1.0)  # a window of one token: any hit after a longer row's BOS
+    hits = torch.tensor([[False, False, True], [False, False, False]])
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    assert gate.decide(sequence_rates(hits, mask), hits, mask).tolist() == [True, False]
+    for bad in (0, -3, True, 2.0, "3"):
+        with pytest.raises(UserError, match="the guardrail window must be a positive integer"):
+            WindowGate(bad, 0.5, 0.5)  # type: ignore[arg-type]
 
 
 def test_calibration_in_float64_decides_a_prompt_between_the_float32_steps() -> None:
@@ -271,6 +325,15 @@ def hand_sae() -> Any:
 # t3 has feature 0 at 0.4, below its JumpReLU threshold, so it is no hit.
 HAND_X = torch.tensor([[[2.0, 0.0], [1.0, 0.0], [0.0, 0.8], [0.4, 0.0]]])
 ALL = torch.ones(1, 4, dtype=torch.bool)
+
+
+def test_jumprelu_threshold_is_strict() -> None:
+    """A pre-activation exactly at the JumpReLU threshold is off, as in sae_lens's encode."""
+    sae = hand_sae()
+    x = torch.tensor([[[0.5, 0.0], [0.0, 0.5], [0.0, 0.5001]]])
+    acts = feature_activations(sae, x, [0, 1])
+    assert acts[0].tolist() == [[0.0, 0.0], [0.0, 0.0], [0.0, pytest.approx(0.5001)]]
+    assert torch.equal(acts, sae.encode(x)[..., [0, 1]])
 
 
 def test_dynamic_clamp_by_hand() -> None:
