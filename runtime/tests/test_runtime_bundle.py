@@ -117,9 +117,10 @@ def test_bundle_strategy_takes_the_caller_s_strategies_first() -> None:
     assert bundle_strategy("at-least", {"at-least": plugin}) is plugin
     assert bundle_strategy("dynamic", {"dynamic": plugin}) is plugin  # the registry decides
     assert bundle_strategy("windowed", {"at-least": plugin}) is BUILT_IN["windowed"]
-    assert refused(bundle_strategy, "nope", {"at-least": plugin, "dynamic": plugin}) == (
+    passed = {"dynamic": plugin, "b": plugin, "at-least": plugin}
+    assert refused(bundle_strategy, "nope", passed) == (
         "strategy 'nope' is not installed (built in: dynamic, static, windowed; from plugins: "
-        "at-least); install the plugin that provides it and pass its strategies"
+        "at-least, b); install the plugin that provides it and pass its strategies"
     )
     assert "; from plugins: none passed in); install" in refused(bundle_strategy, "nope")
     assert refused(bundle_strategy, "bare", {"bare": object()}) == (
