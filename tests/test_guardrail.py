@@ -20,11 +20,12 @@ from sae_lens import (
 
 import dsg
 from dsg.core.errors import UserError
-from dsg.guardrail import DynamicClamp, StaticClamp, feature_activations
+from dsg.guardrail import DynamicClamp, StaticClamp, WindowedClamp, feature_activations
 from dsg_runtime.guardrail import (
     ThresholdGate,
     WindowGate,
     calibrate_threshold,
+    countable_positions,
     feature_index,
     rate_gate,
     select_features,
@@ -519,3 +520,65 @@ def test_clamp_works_in_the_residual_dtype() -> None:
     assert clamped.any() and not clamped.all()
     assert torch.equal(out[~clamped], x[~clamped])
     assert not torch.equal(out[clamped], x[clamped])
+
+
+# --------------------------------------------------------------------------- decided elsewhere
+
+
+def prompt_and_continuation(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Four left-padded prompts of 5 to 8 tokens in 8 positions, then 4 generated positions."""
+    gen = torch.Generator().manual_seed(seed)
+    resid = torch.randn(4, 12, 16, generator=gen) * 1.5
+    prompt = torch.arange(12)[None, :] >= (8 - torch.tensor([8, 5, 7, 6]))[:, None]
+    prompt[:, 8:] = False
+    full = prompt.clone()
+    full[:, 8:] = True
+    return resid, prompt, full
+
+
+def guards(sae: Any, threshold: float) -> list[Any]:
+    features = [3, 11, 40, 7, 25, 60]
+    return [
+        DynamicClamp(sae, features, threshold, 40.0),
+        StaticClamp(sae, features, 40.0),
+        WindowedClamp(sae, features, 1.0, 40.0, window=3, window_threshold=threshold),
+    ]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_deciding_on_the_prefix_is_a_prefill_then_decode_steps(seed: int) -> None:
+    """decide_on_prefix (a prompt and its continuation in one pass) equals the prompt's own pass
+    followed by continue_rows on the generated positions; apply_decision with that decision
+    edits the same positions; decide_prompt decides as the prompt's pass and edits nothing."""
+    sae = random_sae("jumprelu")
+    resid, prompt, full = prompt_and_continuation(seed)
+    threshold = float(np.median(rates_of_rows(sae, resid[:, :8], prompt[:, :8])))
+    for guard in guards(sae, threshold):
+        name = type(guard).__name__
+        head = guard(resid[:, :8], prompt[:, :8])
+        fired, row_rates = guard.fired.clone(), guard.rates.clone()
+        if name == "DynamicClamp":
+            assert 0 < int(fired.sum()) < 4
+        tail = guard.continue_rows(resid[:, 8:], full[:, 8:], fired)
+        both = guard.decide_on_prefix(resid, prompt, full)
+        assert torch.equal(guard.fired, fired) and torch.equal(guard.rates, row_rates), name
+        assert torch.equal(both, torch.cat([head, tail], dim=1)), name
+        later = full & ~prompt
+        assert torch.equal(
+            guard.apply_decision(resid, countable_positions(prompt), later, fired), both
+        )
+        guard.fired = guard.rates = None
+        assert guard.decide_prompt(resid[:, :8], prompt[:, :8]) is None
+        assert torch.equal(guard.fired, fired) and torch.equal(guard.rates, row_rates), name
+
+
+def rates_of_rows(sae: Any, x: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    acts = feature_activations(sae, x, [3, 11, 40, 7, 25, 60])
+    return sequence_rates(token_hits(acts, mask), mask).tolist()
+
+
+def test_the_windowed_gate_alone_is_refused() -> None:
+    gate = WindowGate(3, 0.5, 0.5)
+    with pytest.raises(TypeError) as caught:
+        gate(torch.zeros(1), torch.zeros(1, 4, dtype=torch.bool))
+    assert str(caught.value) == "the windowed gate needs the attention mask; call decide()"
