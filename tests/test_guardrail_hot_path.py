@@ -13,7 +13,7 @@ from test_bundle import batch, loaded
 from test_guardrail import random_sae
 
 from dsg.bundle import from_sae
-from dsg.guardrail import DynamicClamp, StaticClamp
+from dsg.guardrail import DynamicClamp, StaticClamp, WindowedClamp
 from dsg_runtime.guardrail import Guardrail
 
 torch.set_num_threads(1)
@@ -106,6 +106,33 @@ def test_weights_are_cast_once_per_device_and_dtype() -> None:
     assert guard.selected.directions(half) is first
     assert guard.selected.directions(resid) is not first  # float32 has its own copy
     assert guard.selected.directions(resid).dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ["dynamic", "static", "windowed"])
+def test_masks_and_decisions_follow_the_residual_to_its_device(name: str) -> None:
+    """A harness hands the masks and decisions on the host while the residual sits on the
+    accelerator: every entry point moves them to the residual's device. Checked with the meta
+    device, which refuses any operation that mixes it with the CPU as an accelerator would."""
+    sae = random_sae("jumprelu", d_sae=48, apply_b_dec_to_input=True)
+    guard = {**guardrails(), "windowed": WindowedClamp(sae, FEATURES, 0.3, 50.0, window=2,
+                                                       window_threshold=0.5)}[name]  # fmt: skip
+    resid, mask = batch()
+    resid = resid.to("meta")
+    prompt = mask & (torch.arange(mask.shape[1]) < mask.shape[1] - 2)
+    fired = torch.tensor([True, False] * (mask.shape[0] // 2))
+    outputs = [
+        guard(resid, mask),
+        guard.continue_rows(resid[:, -1:], mask[:, -1:], fired),
+        guard.apply_decision(resid, prompt, mask & ~prompt, fired),
+        guard.decide_on_prefix(resid, prompt, mask),
+    ]
+    assert all(out.device.type == "meta" and out.shape == resid[:, : out.shape[1]].shape
+               for out in outputs)  # fmt: skip
+    guard.fired = guard.rates = None
+    guard.decide_prompt(resid, prompt)
+    assert guard.fired is not None and guard.fired.device.type == "meta"
+    with pytest.raises(RuntimeError):  # what the moves avoid
+        torch.ones(2, device="meta") & torch.ones(2).bool()
 
 
 def test_unclamped_positions_are_returned_bit_for_bit() -> None:
