@@ -204,6 +204,13 @@ only those of the shard's tests that reach the mutated function, fastest first."
 UNMEASURED_SHARDS = ("hf",)
 """Shards run only by name: ``hf`` has no measured kill rate and no baseline yet
 (docs/testing.md)."""
+MUTANTS_DESELECT = (
+    "not compile and not calibrates_once and not guarded_generation_equals and not imports_no_dsg"
+)
+"""Tests left out of every shard: torch.compile(fullgraph=True) cannot trace mutmut's
+trampolines; the others (a `dsg evaluate` run, generation on a model a module fixture builds, a
+subprocess import check) spend seconds of setup per mutant on code the shard's unit tests reach
+directly."""
 KILLED = {"killed", "timeout"}
 """A mutant that makes a test fail, or run past mutmut's time limit, is detected."""
 
@@ -229,8 +236,7 @@ def _stage(shard: str) -> Path:
         "only_mutate": [_staged(m) for m in modules],
         "also_copy": ["runtime/tests"],
         "pytest_add_cli_args_test_selection": list(tests),
-        # torch.compile(fullgraph=True) cannot trace mutmut's trampolines: those tests stay out
-        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-W", "ignore", "-k", "not compile"],
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-W", "ignore", "-k", MUTANTS_DESELECT],
         # torch's thread pools do not survive a fork from a process that has used them
         "process_isolation": "forkserver",
     }

@@ -26,6 +26,7 @@ from dsg_runtime.guardrail import (
     WindowGate,
     calibrate_threshold,
     countable_positions,
+    encode_columns,
     feature_index,
     rate_gate,
     select_features,
@@ -326,6 +327,21 @@ def hand_sae() -> Any:
 # t3 has feature 0 at 0.4, below its JumpReLU threshold, so it is no hit.
 HAND_X = torch.tensor([[[2.0, 0.0], [1.0, 0.0], [0.0, 0.8], [0.4, 0.0]]])
 ALL = torch.ones(1, 4, dtype=torch.bool)
+
+
+def test_encode_columns_computes_in_the_residual_s_dtype() -> None:
+    """Weights of another dtype (a bundle's float64, a bfloat16 SAE) are cast to the residual's
+    dtype first: the activations equal those of weights cast by hand."""
+    gen = torch.Generator().manual_seed(9)
+    resid = torch.randn(2, 3, 16, generator=gen)
+    w_enc, b_enc = torch.randn(16, 4, generator=gen), torch.randn(4, generator=gen)
+    b_dec, jump = torch.randn(16, generator=gen), torch.rand(4, generator=gen)
+    for dtype in (torch.float64, torch.bfloat16):
+        cast = [t.to(dtype).float() for t in (w_enc, b_enc, b_dec, jump)]
+        got = encode_columns(resid, *(t.to(dtype) for t in (w_enc, b_enc, b_dec, jump)))
+        assert got.dtype == torch.float32
+        assert torch.equal(got, encode_columns(resid, *cast))
+        assert (got > 0).any() and (got == 0).any()
 
 
 def test_jumprelu_threshold_is_strict() -> None:
