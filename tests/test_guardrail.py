@@ -226,8 +226,13 @@ def test_gate_thresholds_are_rates() -> None:
             ThresholdGate(bad)
     with pytest.raises(UserError, match="the guardrail threshold is NaN; recalibrate it"):
         ThresholdGate(float("nan"))
-    with pytest.raises(UserError, match=r"window_threshold must be within \[0, 1\]"):
+    for make in (ThresholdGate, lambda t: WindowGate(4, 0.5, t)):
+        with pytest.raises(UserError) as caught:
+            make(1.5)
+        assert str(caught.value) == "threshold must be within [0, 1], got 1.5"
+    with pytest.raises(UserError) as caught:
         WindowGate(4, 1.5, 0.5)
+    assert str(caught.value) == "window_threshold must be within [0, 1], got 1.5"
     gate = WindowGate(1, 0.0, 1.0)  # a window of one token: any hit after a longer row's BOS
     hits = torch.tensor([[False, False, True], [False, False, False]])
     mask = torch.ones(2, 3, dtype=torch.bool)

@@ -14,7 +14,7 @@ from test_guardrail import random_sae
 
 from dsg.bundle import from_sae
 from dsg.guardrail import DynamicClamp, StaticClamp, WindowedClamp
-from dsg_runtime.guardrail import Guardrail
+from dsg_runtime.guardrail import Guardrail, apply_clamp
 
 torch.set_num_threads(1)
 
@@ -97,6 +97,24 @@ def test_no_host_sync_on_the_forward_or_decode_path(name: str, dtype: torch.dtyp
     assert guard.rates is not None and guard.rates.dtype == torch.float64
 
 
+def test_apply_clamp_takes_directions_of_any_dtype() -> None:
+    """The closed form by hand, with float64 directions on a float32 residual: the edit is
+    computed in the residual's dtype, where the mask is set, and nowhere else."""
+    resid = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    acts = torch.tensor([[[0.5, 0.0], [1.0, 2.0]]])
+    directions = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    where = torch.tensor([[False, True]])
+    out = apply_clamp(resid, acts, where, directions, 3.0)
+    # t1: x + (-3 - 1) * [1, 0] + (-3 - 2) * [1, 1] = [3 - 4 - 5, 4 - 5]
+    assert out.dtype == torch.float32
+    assert out.tolist() == [[[1.0, 2.0], [-6.0, -1.0]]]
+
+
+def test_a_guardrail_describes_no_batch_before_its_first() -> None:
+    guard = guardrails()["dynamic"]
+    assert guard.fired is None and guard.rates is None
+
+
 def test_weights_are_cast_once_per_device_and_dtype() -> None:
     guard = guardrails()["bundle"]
     resid, _ = batch()
@@ -131,6 +149,12 @@ def test_masks_and_decisions_follow_the_residual_to_its_device(name: str) -> Non
     guard.fired = guard.rates = None
     guard.decide_prompt(resid, prompt)
     assert guard.fired is not None and guard.fired.device.type == "meta"
+    assert guard.selected.directions(resid).device.type == "meta"  # cached where it is used
+    acts = guard.activations(resid)
+    assert acts.device.type == "meta"
+    cpu_directions = torch.randn(acts.shape[-1], resid.shape[-1], dtype=torch.float64)
+    edited = apply_clamp(resid, acts, mask.to("meta"), cpu_directions, 5.0)
+    assert edited.device.type == "meta" and edited.dtype == resid.dtype
     with pytest.raises(RuntimeError):  # what the moves avoid
         torch.ones(2, device="meta") & torch.ones(2).bool()
 
