@@ -181,6 +181,41 @@ def test_select_features_rejects_mismatched_or_bad_statistics() -> None:
     assert select_features(torch.tensor([0.3, 0.0]), [0.1, 0.1]).tolist() == [0]
 
 
+def test_select_features_defaults_are_the_paper_s() -> None:
+    rng = np.random.default_rng(7)
+    f = rng.random(1000)
+    r = f * rng.random(1000)  # the ratio ignores f: the forget cut matters
+    default = select_features(f, r).tolist()
+    assert default == python_select(f.tolist(), r.tolist(), 95.0, 5.0)
+    assert default != python_select(f.tolist(), r.tolist(), 96.0, 5.0)
+    assert default != python_select(f.tolist(), r.tolist(), 95.0, 6.0)
+
+
+def refusal(call: Any, *args: Any, **kwargs: Any) -> str:
+    with pytest.raises(UserError) as caught:
+        call(*args, **kwargs)
+    return str(caught.value)
+
+
+def test_selection_and_calibration_refusals_name_the_value() -> None:
+    assert refusal(select_features, TOY_F, TOY_R, ratio_percentile=101.0) == (
+        "ratio_percentile must be within [0, 100], got 101.0"
+    )
+    assert refusal(select_features, TOY_F, TOY_R, forget_percentile=-1.0) == (
+        "forget_percentile must be within [0, 100], got -1.0"
+    )
+    assert refusal(select_features, TOY_F, [0.1, float("inf")]) == (
+        "retain_mean contains NaN or infinite values"
+    )
+    assert refusal(select_features, TOY_F, TOY_R[:-1]) == (
+        "forget and retain statistics differ in shape: (8,) vs (7,); they must come from the "
+        "same SAE"
+    )
+    assert refusal(calibrate_threshold, [0.1], 100.5) == (
+        "percentile must be within [0, 100], got 100.5"
+    )
+
+
 def test_feature_index_range() -> None:
     assert feature_index([63, 0], 64).tolist() == [63, 0]
     assert feature_index(torch.tensor([5]), 64).dtype == torch.int64
