@@ -214,6 +214,23 @@ def test_selection_and_calibration_refusals_name_the_value() -> None:
     assert refusal(calibrate_threshold, [0.1], 100.5) == (
         "percentile must be within [0, 100], got 100.5"
     )
+    assert refusal(calibrate_threshold, [], 95.0) == (
+        "rates must be a non-empty 1-D vector, got shape (0,)"
+    )
+
+
+def test_calibration_is_in_float64_whatever_the_rates_dtype() -> None:
+    """float32 rates (a float32 array or tensor) are widened before the percentile: the
+    threshold is the float64 interpolation of their values, not a float32 one."""
+    rates32 = np.random.default_rng(3).random(101).astype(np.float32)
+    as64 = [float(x) for x in rates32]
+    for p in (37.3, 95.0, 99.0):
+        want = linear_percentile(as64, p)
+        assert calibrate_threshold(rates32, p) == pytest.approx(want, rel=1e-15, abs=0)
+        assert calibrate_threshold(torch.from_numpy(rates32), p) == pytest.approx(
+            want, rel=1e-15, abs=0
+        )
+    assert calibrate_threshold(rates32, 37.3) != float(np.percentile(rates32, 37.3))
 
 
 def test_feature_index_range() -> None:
