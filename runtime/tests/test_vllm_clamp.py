@@ -98,8 +98,9 @@ def test_the_buffer_keeps_its_storage_and_padding_never_fires() -> None:
     clamp.fill(np.array([True, False]), np.array([2, 1]))
     assert clamp.fired.data_ptr() == address
     assert clamp.fired.tolist() == [True, True, False] + [False] * 7
-    with pytest.raises(ValueError, match="exceeds"):
+    with pytest.raises(ValueError) as caught:
         clamp.fill(np.array([True]), np.array([11]))
+    assert str(caught.value) == "a step of 11 tokens exceeds the 10 the guardrail was sized for"
 
 
 def test_the_split_residual_is_clamped_whole() -> None:
@@ -144,6 +145,7 @@ def test_a_bundle_s_clamp_is_its_guardrail_s_edit(b_dec_in: bool) -> None:
     """From a JumpReLU bundle whose decoder bias is (or is not) subtracted from the input: the
     clamp edits each fired token as the bundle's own guardrail does."""
     w = weights(6)
+    w["jump"] = torch.full((K,), 4.0)  # many pre-activations below it: JumpReLU is not ReLU
     bundle = Bundle(
         hook_name="blocks.0.hook_resid_post",
         features=(0, 1, 2, 3),
@@ -179,3 +181,27 @@ def test_weights_are_kept_in_float32_and_a_full_step_fits() -> None:
     assert {t.dtype for t in clamp.weights.values() if t is not None} == {torch.float32}
     clamp.fill(np.array([True, False]), np.array([4, 2]))  # exactly max_tokens
     assert clamp.fired.tolist() == [True] * 4 + [False] * 2
+
+
+def test_a_fired_token_without_an_active_feature_is_untouched() -> None:
+    """Only tokens where a selected feature is active are edited, in a request that fired too:
+    the clamp of an inactive token would add -multiplier times every direction."""
+    w = weights(10)
+    clamp = TokenClamp(w, M, max_tokens=8, device="cpu")
+    x = torch.randn(4, D, generator=torch.Generator().manual_seed(11)) * 2
+    assert torch.equal(clamp(torch.arange(4), x), x)  # nothing fired yet: bit for bit
+    w_enc, b_enc, b_dec = w["w_enc"], w["b_enc"], w["b_dec_in"]
+    assert w_enc is not None and b_enc is not None and b_dec is not None
+    quiet = torch.linalg.lstsq(w_enc.T, (-5.0 - b_enc)[:, None]).solution[:, 0]
+    x[2] = quiet + b_dec  # every pre-activation -5 here: no feature active
+    clamp.fill(np.array([True]), np.array([4]))
+    out = clamp(torch.arange(4), x)
+    assert torch.equal(out[2], x[2])
+    assert not torch.equal(out[1], x[1]) or not torch.equal(out[3], x[3])
+
+
+def test_weights_and_the_buffer_live_on_the_engine_s_device() -> None:
+    """Cast once onto the device the engine runs on (the meta device stands in for a GPU)."""
+    clamp = TokenClamp(weights(12), M, max_tokens=8, device="meta")
+    assert {t.device.type for t in clamp.weights.values() if t is not None} == {"meta"}
+    assert clamp.fired.device.type == "meta"
