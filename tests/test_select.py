@@ -153,6 +153,7 @@ def test_the_artifact_is_keyed_by_every_input_and_force_remakes_it(
         "n_features": [1, 2],
     }
     assert artifacts.read_json(made.path)["inputs"] == inputs
+    assert artifacts.read_json(made.path.parent / "meta.json")["inputs"] == inputs
     assert made.path.parent.name == artifacts.artifact_key("select", 1, inputs)
     assert made.path.parent.parent.name == "select"
     import dsg_runtime.guardrail
@@ -194,6 +195,34 @@ def test_top_takes_one_to_all_of_the_selected_features(tmp_path: Path) -> None:
     for n in (0, 4):
         with pytest.raises(UserError, match=f"n = {n} features requested but 3 were selected"):
             sel.top(n)
+
+
+def test_a_found_selection_does_not_stop_the_others(
+    toy: sparsity.SparsityStats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sessions: list[Any] = []
+
+    def ensure(session: Any) -> sparsity.SparsityStats:
+        sessions.append(session)
+        return toy
+
+    monkeypatch.setattr(select.sparsity, "ensure", ensure)
+    first = session(tmp_path, ratio_percentiles=(50.0,), n_features=(1,))
+    (half,) = select.ensure(first)
+    assert sessions == [first]  # the statistics of this session, not another's
+    both = select.ensure(session(tmp_path, ratio_percentiles=(50.0, 95.0), n_features=(1,)))
+    assert [s.ratio_percentile for s in both] == [50.0, 95.0]  # found, then made
+    assert both[0].path == half.path and both[1].features.tolist() == [0]
+
+
+def test_the_calibration_percentile_is_the_one_set(
+    toy: sparsity.SparsityStats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(select.sparsity, "ensure", lambda session: toy)
+    sess = session(tmp_path, ratio_percentiles=(50.0,), n_features=(1,), calibration_percentile=50)
+    (sel,) = select.ensure(sess)
+    # the median (linear) of feature 0's rates .2 .1 .4 .1 .2 .1: (.1 + .2) / 2
+    assert sel.thresholds == {1: pytest.approx(0.15, abs=1e-15)}
 
 
 def test_every_n_up_to_the_selection_fits() -> None:
