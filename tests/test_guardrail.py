@@ -238,6 +238,7 @@ def test_feature_index_range() -> None:
     assert feature_index(torch.tensor([5]), 64).dtype == torch.int64
     assert feature_index([], 64).numel() == 0
     assert feature_index([[4, 2], [9, 1]], 64).tolist() == [4, 2, 9, 1]  # always a vector
+    assert refusal(feature_index, [3, 5, 3], 64) == "feature indices contain duplicates"
     for outside in ([64], [-1], [3, -2], [10**30]):
         with pytest.raises(UserError, match=r"feature indices must lie in \[0, 64\)"):
             feature_index(outside, 64)
