@@ -1,8 +1,9 @@
 """Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, the version matrix
 (`nox -s newest lowest "transformers(4.57.6)" "transformers(5.0.0)"`), dsg-runtime alone on
 open-unlearning's pins (`nox -s runtime_oldest`), the organism's MUSE evaluation on
-open-unlearning's stack (`nox -s open_unlearning`), `nox -s constraints` and `nox -s vllm` (the
-vLLM plugin on vLLM's CPU runner, docs/serving.md).
+open-unlearning's stack (`nox -s open_unlearning`), `nox -s constraints`, `nox -s vllm` (the
+vLLM plugin on vLLM's CPU runner, docs/serving.md) and `nox -s mutants` (mutation testing of the
+guardrail's decision path, docs/testing.md; slow, so in no default session and not in CI).
 
 The pinned CPU torch is installed first so that no session pulls a multi-GB CUDA build; every
 cell of the matrix keeps that torch. `tests` installs the tested set in constraints.txt, as the
@@ -10,7 +11,10 @@ README and CI do; the matrix cells show what a fresh install without it gets. do
 records which cells ran green.
 """
 
+import json
 import re
+import shutil
+import time
 import tomllib
 from pathlib import Path
 
@@ -192,6 +196,166 @@ def vllm(session: nox.Session) -> None:
     session.run("python", "-m", "pip", "freeze", "--exclude-editable")
     env = {"VLLM_CPU_KVCACHE_SPACE": "1"}
     session.run("python", "-m", "pytest", *VLLM_TESTS, *session.posargs, env=env)
+
+
+MUTMUT = "mutmut==3.8.1"
+MUTANTS_STAGE = Path(".nox/mutants-stage")
+MUTANTS_BASELINE = Path("tests/mutants-baseline.txt")
+RUNTIME_SRC = "runtime/src/dsg_runtime"
+GUARDRAIL_TESTS = (
+    "tests/test_guardrail.py",
+    "tests/test_windowed.py",
+    "tests/test_window_stretches.py",
+    "tests/test_bad_input_windowed.py",
+    "tests/test_guardrail_hot_path.py",
+    "runtime/tests/test_runtime_bundle.py",
+    "runtime/tests/test_vllm_clamp.py",
+)
+HF_TESTS = (
+    "tests/test_hf.py",
+    "tests/test_hf_state.py",
+    "tests/test_hf_modes.py",
+    "runtime/tests/test_runtime_generation.py",
+)
+MUTANT_SHARDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "guardrail": ((f"{RUNTIME_SRC}/guardrail.py",), GUARDRAIL_TESTS),
+    "strategies": (
+        (f"{RUNTIME_SRC}/strategies.py",),
+        (
+            "runtime/tests/test_runtime_bundle.py",
+            "tests/test_gate_strategy.py",
+            "tests/test_bad_input_windowed.py",
+        ),
+    ),
+    "checks": (
+        (f"{RUNTIME_SRC}/checks.py",),
+        ("runtime/tests/test_checks.py", "tests/test_bad_input_values.py"),
+    ),
+    "vllm_clamp": ((f"{RUNTIME_SRC}/vllm/clamp.py",), ("runtime/tests/test_vllm_clamp.py",)),
+    "select": (("src/dsg/stages/select.py",), ("tests/test_select.py",)),
+    "score": (
+        ("src/dsg/stages/evaluate/score.py", "src/dsg/stages/evaluate/heldout.py"),
+        ("tests/test_score.py", "tests/test_heldout.py"),
+    ),
+    "hf": ((f"{RUNTIME_SRC}/hf.py", f"{RUNTIME_SRC}/hf_generation.py"), HF_TESTS),
+}
+"""Each shard: the modules it mutates and the tests that cover them. For each mutant mutmut runs
+only those of the shard's tests that reach the mutated function, fastest first."""
+UNMEASURED_SHARDS = ("hf",)
+"""Shards run only by name: ``hf`` has no measured kill rate and no baseline yet
+(docs/testing.md)."""
+MUTANTS_DESELECT = (
+    "not compile and not calibrates_once and not guarded_generation_equals and not imports_no_dsg"
+)
+"""Tests left out of every shard: torch.compile(fullgraph=True) cannot trace mutmut's
+trampolines; the others (a `dsg evaluate` run, generation on a model a module fixture builds, a
+subprocess import check) spend seconds of setup per mutant on code the shard's unit tests reach
+directly."""
+KILLED = {"killed", "timeout"}
+"""A mutant that makes a test fail, or run past mutmut's time limit, is detected."""
+
+
+def _staged(path: str) -> str:
+    """Where a source file lies in the stage: dsg and dsg_runtime side by side under src/, the
+    one layout in which mutmut names a file's mutants by its module."""
+    return "src/" + path.removeprefix("runtime/").removeprefix("src/")
+
+
+def _stage(shard: str) -> Path:
+    """A fresh copy of the sources and tests for one shard, with its mutmut configuration."""
+    modules, tests = MUTANT_SHARDS[shard]
+    stage = MUTANTS_STAGE / shard
+    shutil.rmtree(stage, ignore_errors=True)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for tree in ("src/dsg", RUNTIME_SRC):
+        shutil.copytree(tree, stage / _staged(tree), ignore=skip)
+    for tree in ("tests", "runtime/tests"):
+        shutil.copytree(tree, stage / tree, ignore=skip)
+    config = {
+        "source_paths": ["src"],
+        "only_mutate": [_staged(m) for m in modules],
+        "also_copy": ["runtime/tests"],
+        "pytest_add_cli_args_test_selection": list(tests),
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-W", "ignore", "-k", MUTANTS_DESELECT],
+        # torch's thread pools do not survive a fork from a process that has used them
+        "process_isolation": "forkserver",
+    }
+    lines = ["[tool.mutmut]", *(f"{k} = {json.dumps(v)}" for k, v in config.items())]
+    (stage / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    return stage
+
+
+def _function(mutant: str) -> str:
+    """A mutant's function by name: ``dsg_runtime.guardrail.xǁGuardrailǁdecide__mutmut_3`` is
+    ``dsg_runtime.guardrail.Guardrail.decide``."""
+    module, _, name = mutant.partition("__mutmut_")[0].rpartition(".")
+    name = name.removeprefix("x_") if not name.startswith("xǁ") else name[2:].replace("ǁ", ".")
+    return f"{module}.{name}"
+
+
+def _mutated_lines(diff: str) -> str:
+    """The lines a mutant's diff adds, whitespace collapsed: with the function, its baseline key."""
+    added = [line[1:] for line in diff.splitlines() if line.startswith("+") and line[:3] != "+++"]
+    return " / ".join(" ".join(line.split()) for line in added)
+
+
+def _baseline() -> dict[str, str]:
+    """Survivors explained: ``function: mutated line  # why no test can kill it``."""
+    explained = {}
+    for line in MUTANTS_BASELINE.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, why = line.rpartition("  # ")
+            explained[" ".join(key.split())] = why
+    return explained
+
+
+@nox.session(default=False)
+def mutants(session: nox.Session) -> None:
+    """Mutation testing of the guardrail's decision path with mutmut (docs/testing.md): per shard
+    (``nox -s mutants -- guardrail score``; all measured ones by default) each module's kill
+    rate, and every surviving mutant not explained in tests/mutants-baseline.txt, which fail
+    the session."""
+    named = [a for a in session.posargs if not a.startswith("-")]
+    shards = named or [s for s in MUTANT_SHARDS if s not in UNMEASURED_SHARDS]
+    unknown = sorted(set(shards) - set(MUTANT_SHARDS))
+    if unknown:
+        session.error(f"no shard {unknown}; the shards are {', '.join(MUTANT_SHARDS)}")
+    run_args = [a for a in session.posargs if a.startswith("-")]
+    session.install(TORCH)
+    session.install("-e", RUNTIME, "-e", EXTRAS, MUTMUT, "-c", CONSTRAINTS)
+    explained, seen, lines, new = _baseline(), set(), [], []
+    for shard in shards:
+        stage, start = _stage(shard), time.monotonic()
+        with session.chdir(stage):
+            session.run("mutmut", "run", *run_args)
+            session.log(f"shard {shard}: {(time.monotonic() - start) / 60:.1f} minutes")
+            results = str(session.run("mutmut", "results", "--all", "true", silent=True))
+            status = dict(
+                line.strip().rsplit(": ", 1) for line in results.splitlines() if "__mutmut_" in line
+            )
+            survivors = {}
+            for mutant in sorted(m for m, s in status.items() if s not in KILLED):
+                diff = str(session.run("mutmut", "show", mutant, silent=True))
+                key = f"{_function(mutant)}: {_mutated_lines(diff)}"
+                survivors[mutant] = " ".join(key.split())
+        for module in sorted({m.partition("__mutmut_")[0].rpartition(".")[0] for m in status}):
+            mine = [m for m in status if m.startswith(module + ".")]
+            killed = sum(status[m] in KILLED for m in mine)
+            lines.append(
+                f"{module}: {killed}/{len(mine)} killed ({100 * killed / len(mine):.1f}%), "
+                f"{sum(survivors[m] in explained for m in mine if m in survivors)} survivors "
+                "explained in the baseline"
+            )
+        for mutant, key in survivors.items():
+            seen.add(key)
+            if key not in explained:
+                new.append(f"{status[mutant]}: {mutant}\n    {key}")
+    session.log("kill rate per module:\n  " + "\n  ".join(lines))
+    stale = sorted(set(explained) - seen)
+    if stale and not named:
+        session.log("baseline entries no survivor matches (remove them):\n  " + "\n  ".join(stale))
+    if new:
+        session.error(f"{len(new)} surviving mutants not in {MUTANTS_BASELINE}:\n" + "\n".join(new))
 
 
 @nox.session

@@ -20,13 +20,19 @@ from sae_lens import (
 
 import dsg
 from dsg.core.errors import UserError
-from dsg.guardrail import DynamicClamp, StaticClamp, feature_activations
+from dsg.guardrail import DynamicClamp, StaticClamp, WindowedClamp, feature_activations
 from dsg_runtime.guardrail import (
+    ThresholdGate,
+    WindowGate,
     calibrate_threshold,
+    countable_positions,
+    encode_columns,
+    feature_index,
     rate_gate,
     select_features,
     sequence_rates,
     token_hits,
+    window_rates,
 )
 
 torch.set_num_threads(1)
@@ -168,6 +174,74 @@ def test_select_features_rejects_mismatched_or_bad_statistics() -> None:
         select_features(TOY_F, TOY_R[:-1])
     with pytest.raises(UserError, match="NaN"):
         select_features([0.1, float("nan")], [0.0, 0.0])
+    for empty_or_not_a_vector in ([], [[0.1, 0.2]]):
+        with pytest.raises(UserError, match=r"forget_mean must be a non-empty 1-D vector"):
+            select_features(empty_or_not_a_vector, [0.0, 0.0])
+    assert select_features([0.3], [0.1]).tolist() == [0]  # one feature is a vector
+    assert select_features(torch.tensor([0.3, 0.0]), [0.1, 0.1]).tolist() == [0]
+
+
+def test_select_features_defaults_are_the_paper_s() -> None:
+    rng = np.random.default_rng(7)
+    f = rng.random(1000)
+    r = f * rng.random(1000)  # the ratio ignores f: the forget cut matters
+    default = select_features(f, r).tolist()
+    assert default == python_select(f.tolist(), r.tolist(), 95.0, 5.0)
+    assert default != python_select(f.tolist(), r.tolist(), 96.0, 5.0)
+    assert default != python_select(f.tolist(), r.tolist(), 95.0, 6.0)
+
+
+def refusal(call: Any, *args: Any, **kwargs: Any) -> str:
+    with pytest.raises(UserError) as caught:
+        call(*args, **kwargs)
+    return str(caught.value)
+
+
+def test_selection_and_calibration_refusals_name_the_value() -> None:
+    assert refusal(select_features, TOY_F, TOY_R, ratio_percentile=101.0) == (
+        "ratio_percentile must be within [0, 100], got 101.0"
+    )
+    assert refusal(select_features, TOY_F, TOY_R, forget_percentile=-1.0) == (
+        "forget_percentile must be within [0, 100], got -1.0"
+    )
+    assert refusal(select_features, TOY_F, [0.1, float("inf")]) == (
+        "retain_mean contains NaN or infinite values"
+    )
+    assert refusal(select_features, TOY_F, TOY_R[:-1]) == (
+        "forget and retain statistics differ in shape: (8,) vs (7,); they must come from the "
+        "same SAE"
+    )
+    assert refusal(calibrate_threshold, [0.1], 100.5) == (
+        "percentile must be within [0, 100], got 100.5"
+    )
+    assert refusal(calibrate_threshold, [], 95.0) == (
+        "rates must be a non-empty 1-D vector, got shape (0,)"
+    )
+
+
+def test_calibration_is_in_float64_whatever_the_rates_dtype() -> None:
+    """float32 rates (a float32 array or tensor) are widened before the percentile: the
+    threshold is the float64 interpolation of their values, not a float32 one."""
+    rates32 = np.random.default_rng(3).random(101).astype(np.float32)
+    as64 = [float(x) for x in rates32]
+    for p in (37.3, 95.0, 99.0):
+        want = linear_percentile(as64, p)
+        assert calibrate_threshold(rates32, p) == pytest.approx(want, rel=1e-15, abs=0)
+        assert calibrate_threshold(torch.from_numpy(rates32), p) == pytest.approx(
+            want, rel=1e-15, abs=0
+        )
+    assert calibrate_threshold(rates32, 37.3) != float(np.percentile(rates32, 37.3))
+
+
+def test_feature_index_range() -> None:
+    assert feature_index([63, 0], 64).tolist() == [63, 0]
+    assert feature_index(torch.tensor([5]), 64).dtype == torch.int64
+    assert feature_index([], 64).numel() == 0
+    assert feature_index([[4, 2], [9, 1]], 64).tolist() == [4, 2, 9, 1]  # always a vector
+    assert refusal(feature_index, [3, 5, 3], 64) == "feature indices contain duplicates"
+    for outside in ([64], [-1], [3, -2], [10**30]):
+        with pytest.raises(UserError, match=r"feature indices must lie in \[0, 64\)"):
+            feature_index(outside, 64)
 
 
 # --------------------------------------------------------------------------- rates
@@ -179,6 +253,47 @@ def test_sequence_rates_by_hand() -> None:
     rates = sequence_rates(hits, mask)
     assert rates.dtype == torch.float64
     assert rates.tolist() == [2 / 4, 2 / 3, 0.0]
+
+
+def test_a_row_of_one_attended_token() -> None:
+    # sequence_rates counts whatever hits it is given: one hit in one attended position is 1
+    hits = torch.tensor([[False, True], [True, False]])
+    mask = torch.tensor([[False, True], [True, False]])
+    assert sequence_rates(hits, mask).tolist() == [1.0, 1.0]
+
+
+def test_rates_refuse_hits_and_masks_of_other_shapes() -> None:
+    for hits, mask in [
+        (torch.zeros(2, 3, dtype=torch.bool), torch.ones(2, 4, dtype=torch.bool)),
+        (torch.zeros(3, dtype=torch.bool), torch.ones(3, dtype=torch.bool)),
+    ]:
+        with pytest.raises(ValueError, match=r"must both be \[B, T\]"):
+            sequence_rates(hits, mask)
+    with pytest.raises(ValueError, match="window must be at least 1, got 0"):
+        window_rates(torch.zeros(1, 3, dtype=torch.bool), torch.ones(1, 3, dtype=torch.bool), 0)
+
+
+def test_gate_thresholds_are_rates() -> None:
+    assert ThresholdGate(0.0).threshold == 0.0 and ThresholdGate(1).threshold == 1.0
+    for bad in (1.0000001, -1e-9):
+        with pytest.raises(UserError, match=r"threshold must be within \[0, 1\]"):
+            ThresholdGate(bad)
+    with pytest.raises(UserError, match="the guardrail threshold is NaN; recalibrate it"):
+        ThresholdGate(float("nan"))
+    for make in (ThresholdGate, lambda t: WindowGate(4, 0.5, t)):
+        with pytest.raises(UserError) as caught:
+            make(1.5)
+        assert str(caught.value) == "threshold must be within [0, 1], got 1.5"
+    with pytest.raises(UserError) as caught:
+        WindowGate(4, 1.5, 0.5)
+    assert str(caught.value) == "window_threshold must be within [0, 1], got 1.5"
+    gate = WindowGate(1, 0.0, 1.0)  # a window of one token: any hit after a longer row's BOS
+    hits = torch.tensor([[False, False, True], [False, False, False]])
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    assert gate.decide(sequence_rates(hits, mask), hits, mask).tolist() == [True, False]
+    for bad in (0, -3, True, 2.0, "3"):
+        with pytest.raises(UserError, match="the guardrail window must be a positive integer"):
+            WindowGate(bad, 0.5, 0.5)  # type: ignore[arg-type]
 
 
 def test_calibration_in_float64_decides_a_prompt_between_the_float32_steps() -> None:
@@ -271,6 +386,30 @@ def hand_sae() -> Any:
 # t3 has feature 0 at 0.4, below its JumpReLU threshold, so it is no hit.
 HAND_X = torch.tensor([[[2.0, 0.0], [1.0, 0.0], [0.0, 0.8], [0.4, 0.0]]])
 ALL = torch.ones(1, 4, dtype=torch.bool)
+
+
+def test_encode_columns_computes_in_the_residual_s_dtype() -> None:
+    """Weights of another dtype (a bundle's float64, a bfloat16 SAE) are cast to the residual's
+    dtype first: the activations equal those of weights cast by hand."""
+    gen = torch.Generator().manual_seed(9)
+    resid = torch.randn(2, 3, 16, generator=gen)
+    w_enc, b_enc = torch.randn(16, 4, generator=gen), torch.randn(4, generator=gen)
+    b_dec, jump = torch.randn(16, generator=gen), torch.rand(4, generator=gen)
+    for dtype in (torch.float64, torch.bfloat16):
+        cast = [t.to(dtype).float() for t in (w_enc, b_enc, b_dec, jump)]
+        got = encode_columns(resid, *(t.to(dtype) for t in (w_enc, b_enc, b_dec, jump)))
+        assert got.dtype == torch.float32
+        assert torch.equal(got, encode_columns(resid, *cast))
+        assert (got > 0).any() and (got == 0).any()
+
+
+def test_jumprelu_threshold_is_strict() -> None:
+    """A pre-activation exactly at the JumpReLU threshold is off, as in sae_lens's encode."""
+    sae = hand_sae()
+    x = torch.tensor([[[0.5, 0.0], [0.0, 0.5], [0.0, 0.5001]]])
+    acts = feature_activations(sae, x, [0, 1])
+    assert acts[0].tolist() == [[0.0, 0.0], [0.0, 0.0], [0.0, pytest.approx(0.5001)]]
+    assert torch.equal(acts, sae.encode(x)[..., [0, 1]])
 
 
 def test_dynamic_clamp_by_hand() -> None:
@@ -456,3 +595,65 @@ def test_clamp_works_in_the_residual_dtype() -> None:
     assert clamped.any() and not clamped.all()
     assert torch.equal(out[~clamped], x[~clamped])
     assert not torch.equal(out[clamped], x[clamped])
+
+
+# --------------------------------------------------------------------------- decided elsewhere
+
+
+def prompt_and_continuation(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Four left-padded prompts of 5 to 8 tokens in 8 positions, then 4 generated positions."""
+    gen = torch.Generator().manual_seed(seed)
+    resid = torch.randn(4, 12, 16, generator=gen) * 1.5
+    prompt = torch.arange(12)[None, :] >= (8 - torch.tensor([8, 5, 7, 6]))[:, None]
+    prompt[:, 8:] = False
+    full = prompt.clone()
+    full[:, 8:] = True
+    return resid, prompt, full
+
+
+def guards(sae: Any, threshold: float) -> list[Any]:
+    features = [3, 11, 40, 7, 25, 60]
+    return [
+        DynamicClamp(sae, features, threshold, 40.0),
+        StaticClamp(sae, features, 40.0),
+        WindowedClamp(sae, features, 1.0, 40.0, window=3, window_threshold=threshold),
+    ]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_deciding_on_the_prefix_is_a_prefill_then_decode_steps(seed: int) -> None:
+    """decide_on_prefix (a prompt and its continuation in one pass) equals the prompt's own pass
+    followed by continue_rows on the generated positions; apply_decision with that decision
+    edits the same positions; decide_prompt decides as the prompt's pass and edits nothing."""
+    sae = random_sae("jumprelu")
+    resid, prompt, full = prompt_and_continuation(seed)
+    threshold = float(np.median(rates_of_rows(sae, resid[:, :8], prompt[:, :8])))
+    for guard in guards(sae, threshold):
+        name = type(guard).__name__
+        head = guard(resid[:, :8], prompt[:, :8])
+        fired, row_rates = guard.fired.clone(), guard.rates.clone()
+        if name == "DynamicClamp":
+            assert 0 < int(fired.sum()) < 4
+        tail = guard.continue_rows(resid[:, 8:], full[:, 8:], fired)
+        both = guard.decide_on_prefix(resid, prompt, full)
+        assert torch.equal(guard.fired, fired) and torch.equal(guard.rates, row_rates), name
+        assert torch.equal(both, torch.cat([head, tail], dim=1)), name
+        later = full & ~prompt
+        assert torch.equal(
+            guard.apply_decision(resid, countable_positions(prompt), later, fired), both
+        )
+        guard.fired = guard.rates = None
+        assert guard.decide_prompt(resid[:, :8], prompt[:, :8]) is None
+        assert torch.equal(guard.fired, fired) and torch.equal(guard.rates, row_rates), name
+
+
+def rates_of_rows(sae: Any, x: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    acts = feature_activations(sae, x, [3, 11, 40, 7, 25, 60])
+    return sequence_rates(token_hits(acts, mask), mask).tolist()
+
+
+def test_the_windowed_gate_alone_is_refused() -> None:
+    gate = WindowGate(3, 0.5, 0.5)
+    with pytest.raises(TypeError) as caught:
+        gate(torch.zeros(1), torch.zeros(1, 4, dtype=torch.bool))
+    assert str(caught.value) == "the windowed gate needs the attention mask; call decide()"

@@ -13,8 +13,8 @@ from test_bundle import batch, loaded
 from test_guardrail import random_sae
 
 from dsg.bundle import from_sae
-from dsg.guardrail import DynamicClamp, StaticClamp
-from dsg_runtime.guardrail import Guardrail
+from dsg.guardrail import DynamicClamp, StaticClamp, WindowedClamp
+from dsg_runtime.guardrail import Guardrail, apply_clamp
 
 torch.set_num_threads(1)
 
@@ -97,6 +97,24 @@ def test_no_host_sync_on_the_forward_or_decode_path(name: str, dtype: torch.dtyp
     assert guard.rates is not None and guard.rates.dtype == torch.float64
 
 
+def test_apply_clamp_takes_directions_of_any_dtype() -> None:
+    """The closed form by hand, with float64 directions on a float32 residual: the edit is
+    computed in the residual's dtype, where the mask is set, and nowhere else."""
+    resid = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    acts = torch.tensor([[[0.5, 0.0], [1.0, 2.0]]])
+    directions = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    where = torch.tensor([[False, True]])
+    out = apply_clamp(resid, acts, where, directions, 3.0)
+    # t1: x + (-3 - 1) * [1, 0] + (-3 - 2) * [1, 1] = [3 - 4 - 5, 4 - 5]
+    assert out.dtype == torch.float32
+    assert out.tolist() == [[[1.0, 2.0], [-6.0, -1.0]]]
+
+
+def test_a_guardrail_describes_no_batch_before_its_first() -> None:
+    guard = guardrails()["dynamic"]
+    assert guard.fired is None and guard.rates is None
+
+
 def test_weights_are_cast_once_per_device_and_dtype() -> None:
     guard = guardrails()["bundle"]
     resid, _ = batch()
@@ -106,6 +124,39 @@ def test_weights_are_cast_once_per_device_and_dtype() -> None:
     assert guard.selected.directions(half) is first
     assert guard.selected.directions(resid) is not first  # float32 has its own copy
     assert guard.selected.directions(resid).dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ["dynamic", "static", "windowed"])
+def test_masks_and_decisions_follow_the_residual_to_its_device(name: str) -> None:
+    """A harness hands the masks and decisions on the host while the residual sits on the
+    accelerator: every entry point moves them to the residual's device. Checked with the meta
+    device, which refuses any operation that mixes it with the CPU as an accelerator would."""
+    sae = random_sae("jumprelu", d_sae=48, apply_b_dec_to_input=True)
+    guard = {**guardrails(), "windowed": WindowedClamp(sae, FEATURES, 0.3, 50.0, window=2,
+                                                       window_threshold=0.5)}[name]  # fmt: skip
+    resid, mask = batch()
+    resid = resid.to("meta")
+    prompt = mask & (torch.arange(mask.shape[1]) < mask.shape[1] - 2)
+    fired = torch.tensor([True, False] * (mask.shape[0] // 2))
+    outputs = [
+        guard(resid, mask),
+        guard.continue_rows(resid[:, -1:], mask[:, -1:], fired),
+        guard.apply_decision(resid, prompt, mask & ~prompt, fired),
+        guard.decide_on_prefix(resid, prompt, mask),
+    ]
+    assert all(out.device.type == "meta" and out.shape == resid[:, : out.shape[1]].shape
+               for out in outputs)  # fmt: skip
+    guard.fired = guard.rates = None
+    guard.decide_prompt(resid, prompt)
+    assert guard.fired is not None and guard.fired.device.type == "meta"
+    assert guard.selected.directions(resid).device.type == "meta"  # cached where it is used
+    acts = guard.activations(resid)
+    assert acts.device.type == "meta"
+    cpu_directions = torch.randn(acts.shape[-1], resid.shape[-1], dtype=torch.float64)
+    edited = apply_clamp(resid, acts, mask.to("meta"), cpu_directions, 5.0)
+    assert edited.device.type == "meta" and edited.dtype == resid.dtype
+    with pytest.raises(RuntimeError):  # what the moves avoid
+        torch.ones(2, device="meta") & torch.ones(2).bool()
 
 
 def test_unclamped_positions_are_returned_bit_for_bit() -> None:

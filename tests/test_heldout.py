@@ -6,11 +6,18 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 from tiny import tiny_questions
 
-from dsg.api.interfaces import MCQuestion
-from dsg.stages.evaluate.heldout import SplitSets, in_selection_part, section
-from dsg.stages.evaluate.results import Config, ConfigResult
+from dsg.api.interfaces import EvalSet, MCQuestion
+from dsg.stages.evaluate.heldout import (
+    SplitSets,
+    in_selection_part,
+    part_count,
+    section,
+    split_sets,
+)
+from dsg.stages.evaluate.results import Config, ConfigResult, SetPrompts
 from dsg.stages.evaluate.score import Count, point, unlearning_score
 
 QUESTIONS = tiny_questions("q", 400)
@@ -37,6 +44,39 @@ def test_split_is_pinned() -> None:
     """Which questions are held out must not change between releases for the same seed."""
     q = MCQuestion("Which vex number is 0?", ("vex0", "vex1", "vex2", "vex3"), 0)
     assert [in_selection_part(q, seed) for seed in range(8)] == [1, 1, 0, 0, 1, 1, 1, 1]
+
+
+def test_the_cut_lies_between_hash_bytes_127_and_128() -> None:
+    """The selection part is the first byte of the hash in [0, 128): exactly half of its 256
+    values. For this question seed 133 hashes to a first byte of 127 and seed 506 to 128."""
+    q = MCQuestion("Which vex number is 0?", ("vex0", "vex1", "vex2", "vex3"), 0)
+    assert in_selection_part(q, 133) and not in_selection_part(q, 506)
+
+
+def test_split_sets_follows_each_set_s_question_ids() -> None:
+    """Each set's gold and baseline answers in its prompt order, and its questions' parts looked
+    up by the question ids the subset kept (not by prompt position)."""
+    questions = tiny_questions("q", 8)
+    prompts = [
+        SetPrompts(
+            EvalSet("t", "x", questions), [5, 0, 7], [[1], [2], [3]], torch.tensor([1, 0, 3])
+        ),
+        SetPrompts(EvalSet("s", "x", questions[:3]), [2, 1], [[4], [5]], torch.tensor([2, 1])),
+    ]
+    baselines = {"t": torch.tensor([1, 2, 3]), "s": torch.tensor([0, 1]), "u": torch.tensor([9])}
+    split = split_sets(prompts, baselines, seed=4)
+    assert split.gold == {"t": [1, 0, 3], "s": [2, 1]}
+    assert split.baseline == {"t": [1, 2, 3], "s": [0, 1]}
+    part = [in_selection_part(q, 4) for q in questions]
+    assert split.selection == {"t": [part[5], part[0], part[7]], "s": [part[2], part[1]]}
+    assert len(set(part)) == 2  # both parts occur among these questions
+
+
+def test_part_count_counts_right_answers_where_the_mask_is_set() -> None:
+    assert part_count([0, 1, 2, 3], [0, 1, 0, 3], [True, True, True, False]) == Count(2, 3)
+    assert part_count([], [], []) == Count(0, 0)
+    with pytest.raises(ValueError):  # answers of another prompt list: never silently cut
+        part_count([0, 1], [0, 1, 2], [True, True, True])
 
 
 SETS = ["t", "s"]
@@ -118,6 +158,26 @@ def test_gate_is_relative_on_each_part() -> None:
     assert found["selection"]["baseline_side_effect_accuracy"] == 0.5
     assert found["report"]["baseline_side_effect_accuracy"] == 1.0
     assert found["score"] == pytest.approx(0.5)
+
+
+def test_a_single_report_question_is_scored() -> None:
+    # one target question in the report part (the fourth): the choice forgets it, score 1 - 0/1
+    one_left = split_with({"t": [True, True, True, False]})
+    found = section(one_left, results(([1, 1, 1, 1], RIGHT)), SETS, seed=0)
+    assert found["questions"]["t"] == {"selection": 3, "report": 1}
+    assert found["score"] == 1.0
+
+
+def test_no_target_question_in_the_report_part_gives_no_score() -> None:
+    found = section(split_with({"t": [True] * 4}), results(([1, 1, 1, 1], RIGHT)), SETS, seed=0)
+    assert found["questions"]["t"] == {"selection": 4, "report": 0}
+    assert found["chosen"] is None and found["report"] is None
+    assert found["score"] is None and "report part" in found["no_score"]
+
+
+def split_with(selection: dict[str, list[bool]]) -> SplitSets:
+    base = split()
+    return SplitSets(base.gold, base.baseline, {**base.selection, **selection})
 
 
 def test_nothing_passes_on_the_selection_part() -> None:

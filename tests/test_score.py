@@ -62,6 +62,9 @@ def test_no_target_question_gives_no_score() -> None:
     empty = Point(Count(0, 0), Count(100, 100), Count(100, 100))
     assert unlearning_score([empty, empty]) is None
     assert unlearning_score([]) is None
+    # a target of one question counts: forgetting it is a score of 1
+    assert best([Point(Count(0, 0), FULL, FULL), Point(Count(0, 1), FULL, FULL)]) == 1
+    assert unlearning_score([Point(Count(0, 1), FULL, FULL)]) == 1.0
     assert Count(0, 0).accuracy is None
     # one configuration with target questions makes the score a number again, 0 if it fails
     failing = Point(Count(3, 4), Count(0, 100), Count(100, 100))

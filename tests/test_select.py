@@ -138,6 +138,103 @@ def test_selection_is_written_and_reloaded(
     assert other.path != made.path
 
 
+def test_the_artifact_is_keyed_by_every_input_and_force_remakes_it(
+    toy: sparsity.SparsityStats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(select.sparsity, "ensure", lambda session: toy)
+    settings = {"ratio_percentiles": (50.0,), "n_features": (2, 1, 2), "stat_decimals": 4}
+    (made,) = select.ensure(session(tmp_path, **settings))
+    inputs = {
+        "sparsity": "toystats",
+        "ratio_percentile": 50.0,
+        "forget_percentile": 5.0,
+        "calibration_percentile": 95.0,
+        "stat_decimals": 4,
+        "n_features": [1, 2],
+    }
+    assert artifacts.read_json(made.path)["inputs"] == inputs
+    assert artifacts.read_json(made.path.parent / "meta.json")["inputs"] == inputs
+    assert made.path.parent.name == artifacts.artifact_key("select", 1, inputs)
+    assert made.path.parent.parent.name == "select"
+    import dsg_runtime.guardrail
+
+    calls: list[int] = []
+    original = dsg_runtime.guardrail.select_features
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dsg_runtime.guardrail, "select_features", counted)
+    select.ensure(session(tmp_path, **settings))
+    assert calls == []  # found
+    (again,) = select.ensure(session(tmp_path, **settings, force=True))
+    assert calls == [1] and again.path == made.path  # made again, in the same place
+
+
+def test_a_corrupted_selection_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "selection.json"
+    good = {"ratio_percentile": 50, "features": [3, 1], "thresholds": {"2": 0.25}}
+    artifacts.write_json(path, good)
+    loaded = select.load(path)
+    assert (loaded.ratio_percentile, loaded.features.tolist(), loaded.thresholds) == (
+        50.0,
+        [3, 1],
+        {2: 0.25},
+    )
+    assert loaded.features.dtype == torch.long
+    for bad in ({**good, "features": None}, {**good, "thresholds": {"x": 0.1}}, {"features": []}):
+        artifacts.write_json(path, bad)
+        with pytest.raises(UserError, match=r"selection.json is corrupted; delete its folder"):
+            select.load(path)
+
+
+def test_top_takes_one_to_all_of_the_selected_features(tmp_path: Path) -> None:
+    sel = select.Selection(tmp_path, 50.0, torch.tensor([4, 2, 9]), {})
+    assert sel.top(3).tolist() == [4, 2, 9] and sel.top(1).tolist() == [4]
+    for n in (0, 4):
+        with pytest.raises(UserError, match=f"n = {n} features requested but 3 were selected"):
+            sel.top(n)
+
+
+def test_a_found_selection_does_not_stop_the_others(
+    toy: sparsity.SparsityStats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sessions: list[Any] = []
+
+    def ensure(session: Any) -> sparsity.SparsityStats:
+        sessions.append(session)
+        return toy
+
+    monkeypatch.setattr(select.sparsity, "ensure", ensure)
+    first = session(tmp_path, ratio_percentiles=(50.0,), n_features=(1,))
+    (half,) = select.ensure(first)
+    assert sessions == [first]  # the statistics of this session, not another's
+    both = select.ensure(session(tmp_path, ratio_percentiles=(50.0, 95.0), n_features=(1,)))
+    assert [s.ratio_percentile for s in both] == [50.0, 95.0]  # found, then made
+    assert both[0].path == half.path and both[1].features.tolist() == [0]
+
+
+def test_the_calibration_percentile_is_the_one_set(
+    toy: sparsity.SparsityStats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(select.sparsity, "ensure", lambda session: toy)
+    sess = session(tmp_path, ratio_percentiles=(50.0,), n_features=(1,), calibration_percentile=50)
+    (sel,) = select.ensure(sess)
+    # the median (linear) of feature 0's rates .2 .1 .4 .1 .2 .1: (.1 + .2) / 2
+    assert sel.thresholds == {1: pytest.approx(0.15, abs=1e-15)}
+
+
+def test_every_n_up_to_the_selection_fits() -> None:
+    select.check_counts((1, 4), 4, 50.0)  # n equal to the selection is allowed
+    with pytest.raises(UserError) as caught:
+        select.check_counts((5, 2, 7), 4, 50.0)
+    assert str(caught.value) == (
+        "n features 5, 7 exceeds the 4 features selected at ratio percentile 50; use n <= 4 "
+        "or a lower ratio percentile"
+    )
+
+
 def test_n_beyond_the_selection_is_an_error(
     toy: sparsity.SparsityStats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -151,6 +248,8 @@ def test_rounding_follows_percent_f() -> None:
     rounded = select.round_stats(values, 6).tolist()
     assert rounded == [0.007812, 0.0, 1e-06, float(f"{0.1234565:f}"), 1.0]
     assert torch.equal(select.round_stats(values, -1), values)
+    assert select.round_stats(values, 0).tolist() == [0.0, 0.0, 0.0, 0.0, 1.0]
+    assert select.round_stats(values.float(), -1).dtype == torch.float64
 
 
 def test_rounding_changes_the_selection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

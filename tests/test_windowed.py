@@ -87,6 +87,41 @@ def test_an_empty_row_has_rate_zero() -> None:
     assert window_rates(hits, mask, 2).tolist() == [0.0, 0.5]
 
 
+def test_the_first_full_window_of_a_row_counts() -> None:
+    # window_rates takes any hits: here the first attended position is one. The densest 2-window
+    # is the row's first (2 of 2); every later one holds at most 1, with or without left padding.
+    row = [1, 1, 0, 1, 0, 0]
+    assert window_rates(bools(row), bools([1] * 6), 2).tolist() == [1.0]
+    assert window_rates(bools([0, 0, *row]), bools([0, 0] + [1] * 6), 2).tolist() == [1.0]
+    # 3 hits in the first 4 of 9 attended positions, at most 2 in any later 4
+    row = [1, 1, 0, 1, 0, 0, 0, 1, 0]
+    assert window_rates(bools(row), bools([1] * 9), 4).tolist() == [0.75]
+
+
+def test_hits_under_padding_never_count() -> None:
+    # real tokens at 0-2 and 5-7, two pads between them marked as hits: the real row is
+    # [0, 1, 0, 0, 1, 0], whose densest 2-window holds 1 hit. Counting the pads' hits would
+    # give the window of real positions 2-3 (5 with the pads between) 2 hits of 2.
+    mask = bools([1, 1, 1, 0, 0, 1, 1, 1])
+    assert window_rates(bools([0, 1, 0, 1, 1, 0, 1, 0]), mask, 2).tolist() == [0.5]
+    assert window_rates(bools([0, 0, 0, 1, 1, 0, 0, 0]), mask, 2).tolist() == [0.0]
+    assert sequence_rates(bools([0, 0, 0, 1, 1, 0, 0, 0]), mask).tolist() == [0.0]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_window_rates_equal_an_enumeration_of_the_attended_positions(seed: int) -> None:
+    """Padding anywhere, hits under it and at each row's first attended position: every row's
+    rate is the enumeration over its attended positions (brute_densest), exactly."""
+    gen = torch.Generator().manual_seed(seed)
+    hits = torch.rand(24, 13, generator=gen) < 0.4
+    mask = torch.rand(24, 13, generator=gen) < 0.7
+    for window in (1, 2, 3, 5, 9, 13):
+        got = window_rates(hits, mask, window).tolist()
+        for b in range(24):
+            real = [h for h, m in zip(hits[b].tolist(), mask[b].tolist(), strict=True) if m]
+            assert got[b] == (brute_densest(real, window) if real else 0.0), (b, window)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_equals_the_dynamic_gate_when_the_window_covers_the_row(seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)

@@ -15,7 +15,14 @@ from tiny_llama import tiny_bundle
 from dsg_runtime.bundle import CONFIG_FILE, Bundle
 from dsg_runtime.errors import UserError
 from dsg_runtime.guardrail import AnyHitGate, ThresholdGate, WindowGate
-from dsg_runtime.strategies import BUILT_IN
+from dsg_runtime.strategies import BUILT_IN, bundle_strategy
+
+
+def refused(call: Any, *args: Any) -> str:
+    """The one line of the UserError ``call(*args)`` raises."""
+    with pytest.raises(UserError) as caught:
+        call(*args)
+    return str(caught.value)
 
 
 def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
@@ -58,6 +65,68 @@ def test_built_in_gates_refuse_foreign_parameters() -> None:
         tiny_bundle("windowed", 0.5, params={"window": 3})
     with pytest.raises(UserError, match="threshold 0.5 contradicts strategy 'static'"):
         tiny_bundle("static", 0.5)
+
+
+def test_built_in_gates_by_hand() -> None:
+    dynamic, static, windowed = (BUILT_IN[n] for n in ("dynamic", "static", "windowed"))
+    assert (dynamic.uses_threshold, static.uses_threshold, windowed.uses_threshold) == (
+        True,
+        False,
+        True,
+    )
+    assert [s.bundle_params(0.3) for s in (dynamic, static, windowed)] == [{}, {}, {}]
+    gate = dynamic.bundle_gate(0.25, {})
+    assert type(gate) is ThresholdGate and gate.threshold == 0.25
+    assert type(static.bundle_gate(None, {})) is AnyHitGate
+    window = windowed.bundle_gate(0.25, {"window": 3, "window_threshold": 0.5})
+    assert type(window) is WindowGate
+    assert (window.window, window.window_threshold, window.threshold) == (3, 0.5, 0.25)
+
+
+def test_built_in_gates_refuse_with_one_line() -> None:
+    dynamic, static, windowed = (BUILT_IN[n] for n in ("dynamic", "static", "windowed"))
+    calibrated = {"window": 3, "window_threshold": 0.5}
+    assert refused(dynamic.bundle_gate, None, {}) == (
+        "a dynamic bundle needs a threshold; export it again"
+    )
+    assert refused(windowed.bundle_gate, None, calibrated) == (
+        "a windowed bundle needs a threshold; export it again"
+    )
+    assert refused(static.bundle_gate, None, {"b": 1, "a": 2}) == (
+        "strategy 'static' takes no strategy_params, got ['a', 'b']"
+    )
+    assert refused(dynamic.bundle_gate, 0.2, {"window": 3}) == (
+        "strategy 'dynamic' takes no strategy_params, got ['window']"
+    )
+    assert refused(windowed.bundle_gate, 0.2, {**calibrated, "stride": 2}) == (
+        "strategy 'windowed' takes strategy_params window, window_threshold, got "
+        "['stride', 'window', 'window_threshold']"
+    )
+    for missing in ("window", "window_threshold"):
+        params = {k: v for k, v in calibrated.items() if k != missing}
+        assert refused(windowed.bundle_gate, 0.2, params) == (
+            "a windowed bundle needs a calibrated window: strategy_params window and "
+            "window_threshold"
+        )
+
+
+def test_bundle_strategy_takes_the_caller_s_strategies_first() -> None:
+    assert bundle_strategy("dynamic") is BUILT_IN["dynamic"]
+    assert bundle_strategy("static", None) is BUILT_IN["static"]
+    plugin = AtLeastHitsStrategy()
+    assert bundle_strategy("at-least", {"at-least": plugin}) is plugin
+    assert bundle_strategy("dynamic", {"dynamic": plugin}) is plugin  # the registry decides
+    assert bundle_strategy("windowed", {"at-least": plugin}) is BUILT_IN["windowed"]
+    passed = {"dynamic": plugin, "b": plugin, "at-least": plugin}
+    assert refused(bundle_strategy, "nope", passed) == (
+        "strategy 'nope' is not installed (built in: dynamic, static, windowed; from plugins: "
+        "at-least, b); install the plugin that provides it and pass its strategies"
+    )
+    assert "; from plugins: none passed in); install" in refused(bundle_strategy, "nope")
+    assert refused(bundle_strategy, "bare", {"bare": object()}) == (
+        "strategy 'bare' cannot be exported to a bundle: its plugin defines no "
+        "bundle_params/bundle_gate (see docs/plugins.md)"
+    )
 
 
 class AtLeastHits:

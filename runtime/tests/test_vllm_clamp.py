@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from dsg_runtime.bundle import JUMP_THRESHOLD, Bundle
 from dsg_runtime.guardrail import FeatureColumns, Guardrail, ThresholdGate
 from dsg_runtime.vllm.clamp import TokenClamp
 
@@ -97,8 +98,9 @@ def test_the_buffer_keeps_its_storage_and_padding_never_fires() -> None:
     clamp.fill(np.array([True, False]), np.array([2, 1]))
     assert clamp.fired.data_ptr() == address
     assert clamp.fired.tolist() == [True, True, False] + [False] * 7
-    with pytest.raises(ValueError, match="exceeds"):
+    with pytest.raises(ValueError) as caught:
         clamp.fill(np.array([True]), np.array([11]))
+    assert str(caught.value) == "a step of 11 tokens exceeds the 10 the guardrail was sized for"
 
 
 def test_the_split_residual_is_clamped_whole() -> None:
@@ -136,6 +138,73 @@ def test_compiled_op_matches_eager() -> None:
     for fired in ([True, False], [False, True]):
         clamp.fill(np.array(fired), np.array([4, 4]))
         assert torch.equal(compiled(positions, resid), clamp(positions, resid))
+
+
+@pytest.mark.parametrize("b_dec_in", [True, False])
+def test_a_bundle_s_clamp_is_its_guardrail_s_edit(b_dec_in: bool) -> None:
+    """From a JumpReLU bundle whose decoder bias is (or is not) subtracted from the input: the
+    clamp edits each fired token as the bundle's own guardrail does."""
+    w = weights(6)
+    w["jump"] = torch.full((K,), 4.0)  # many pre-activations below it: JumpReLU is not ReLU
+    bundle = Bundle(
+        hook_name="blocks.0.hook_resid_post",
+        features=(0, 1, 2, 3),
+        threshold=0.5,
+        multiplier=M,
+        strategy="dynamic",
+        activation="jumprelu",
+        apply_b_dec_to_input=b_dec_in,
+        d_sae=K,
+        tensors={
+            "W_enc": w["w_enc"],
+            "b_enc": w["b_enc"],
+            "W_dec": w["w_dec"],
+            "b_dec": torch.randn(D, generator=torch.Generator().manual_seed(7)),
+            JUMP_THRESHOLD: w["jump"],
+        },
+    )
+    clamp = TokenClamp.from_bundle(bundle, max_tokens=8, device="cpu")
+    assert (clamp.weights["b_dec_in"] is not None) is b_dec_in
+    resid, positions = (
+        torch.randn(6, D, generator=torch.Generator().manual_seed(8)) * 2,
+        torch.arange(6),
+    )
+    clamp.fill(np.array([True]), np.array([6]))
+    want = expected(bundle.guardrail(), resid, positions, True)
+    assert not torch.equal(want, resid)
+    torch.testing.assert_close(clamp(positions, resid), want, rtol=1e-6, atol=1e-5)
+
+
+def test_weights_are_kept_in_float32_and_a_full_step_fits() -> None:
+    low = {name: t.to(torch.bfloat16) for name, t in weights(9).items() if t is not None}
+    clamp = TokenClamp(low, M, max_tokens=6, device="cpu")
+    assert {t.dtype for t in clamp.weights.values() if t is not None} == {torch.float32}
+    clamp.fill(np.array([True, False]), np.array([4, 2]))  # exactly max_tokens
+    assert clamp.fired.tolist() == [True] * 4 + [False] * 2
+
+
+def test_a_fired_token_without_an_active_feature_is_untouched() -> None:
+    """Only tokens where a selected feature is active are edited, in a request that fired too:
+    the clamp of an inactive token would add -multiplier times every direction."""
+    w = weights(10)
+    clamp = TokenClamp(w, M, max_tokens=8, device="cpu")
+    x = torch.randn(4, D, generator=torch.Generator().manual_seed(11)) * 2
+    assert torch.equal(clamp(torch.arange(4), x), x)  # nothing fired yet: bit for bit
+    w_enc, b_enc, b_dec = w["w_enc"], w["b_enc"], w["b_dec_in"]
+    assert w_enc is not None and b_enc is not None and b_dec is not None
+    quiet = torch.linalg.lstsq(w_enc.T, (-5.0 - b_enc)[:, None]).solution[:, 0]
+    x[2] = quiet + b_dec  # every pre-activation -5 here: no feature active
+    clamp.fill(np.array([True]), np.array([4]))
+    out = clamp(torch.arange(4), x)
+    assert torch.equal(out[2], x[2])
+    assert not torch.equal(out[1], x[1]) or not torch.equal(out[3], x[3])
+
+
+def test_weights_and_the_buffer_live_on_the_engine_s_device() -> None:
+    """Cast once onto the device the engine runs on (the meta device stands in for a GPU)."""
+    clamp = TokenClamp(weights(12), M, max_tokens=8, device="meta")
+    assert {t.device.type for t in clamp.weights.values() if t is not None} == {"meta"}
+    assert clamp.fired.device.type == "meta"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (asynchronous copies)")
