@@ -51,18 +51,29 @@ def _rope_theta(hf: dict[str, Any]) -> float:
     return float((hf.get("rope_parameters") or {}).get("rope_theta", 10000.0))
 
 
-def gemma2_cfg_dict(hf: dict[str, Any]) -> dict[str, Any]:
-    """TransformerLens's gemma-2 ``cfg_dict``, read from an HF ``Gemma2Config`` dict."""
-    d_head = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+def _head_dim(hf: dict[str, Any]) -> int:
+    return int(hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"])
+
+
+def _shape(hf: dict[str, Any]) -> dict[str, Any]:
+    """The ``cfg_dict`` entries every decoder shares: sizes, depth, context, norm epsilon."""
     return {
         "d_model": hf["hidden_size"],
-        "d_head": d_head,
+        "d_head": _head_dim(hf),
         "n_heads": hf["num_attention_heads"],
         "d_mlp": hf["intermediate_size"],
         "n_layers": hf["num_hidden_layers"],
         "n_ctx": hf["max_position_embeddings"],
         "eps": hf["rms_norm_eps"],
         "d_vocab": hf["vocab_size"],
+    }
+
+
+def gemma2_cfg_dict(hf: dict[str, Any]) -> dict[str, Any]:
+    """TransformerLens's gemma-2 ``cfg_dict``, read from an HF ``Gemma2Config`` dict."""
+    d_head = _head_dim(hf)
+    return {
+        **_shape(hf),
         "act_fn": hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh",
         "initializer_range": hf.get("initializer_range", 0.02),
         "normalization_type": "RMS",
@@ -95,24 +106,16 @@ def llama_cfg_dict(hf: dict[str, Any]) -> dict[str, Any]:
             f"attention bias {hf.get('attention_bias')}, mlp bias {hf.get('mlp_bias')}); "
             "pass a model TransformerLens knows by name"
         )
-    d_head = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
     n_kv = hf.get("num_key_value_heads") or hf["num_attention_heads"]
     return {
-        "d_model": hf["hidden_size"],
-        "d_head": d_head,
-        "n_heads": hf["num_attention_heads"],
-        "d_mlp": hf["intermediate_size"],
-        "n_layers": hf["num_hidden_layers"],
-        "n_ctx": hf["max_position_embeddings"],
-        "eps": hf["rms_norm_eps"],
-        "d_vocab": hf["vocab_size"],
+        **_shape(hf),
         "act_fn": hf.get("hidden_act", "silu"),
         "initializer_range": hf.get("initializer_range", 0.02),
         "n_key_value_heads": n_kv if n_kv != hf["num_attention_heads"] else None,
         "normalization_type": "RMS",
         "positional_embedding_type": "rotary",
         "rotary_adjacent_pairs": False,
-        "rotary_dim": d_head,
+        "rotary_dim": _head_dim(hf),
         "rotary_base": _rope_theta(hf),
         "final_rms": True,
         "gated_mlp": True,
@@ -131,8 +134,11 @@ def convert_weights(architecture: str, hf_model: Any, cfg: Any) -> dict[str, Any
     from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
     from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
 
-    converters = {"Gemma2ForCausalLM": convert_gemma_weights}
-    return converters.get(architecture, convert_llama_weights)(hf_model, cfg)
+    converters = {
+        "Gemma2ForCausalLM": convert_gemma_weights,
+        "LlamaForCausalLM": convert_llama_weights,
+    }
+    return converters[architecture](hf_model, cfg)
 
 
 def fingerprint_dir(path: Path) -> str:
