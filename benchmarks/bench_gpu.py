@@ -358,18 +358,32 @@ def load_hf(paths: dict[str, Path], dtype: str, device: str) -> Any:
     return model.to(device).eval()
 
 
-def make_bundle(paths: dict[str, Path], k: int, strategy: str = "dynamic") -> Any:
+def make_bundle(
+    paths: dict[str, Path], k: int, strategy: str = "dynamic", bind_on: str | None = None
+) -> Any:
     """A k-feature bundle with threshold 0: every row with a hit fires (worst case). ``windowed``
-    adds a 32-token densest-window gate at threshold 0, so its window sums run on every pass."""
+    adds a 32-token densest-window gate at threshold 0, so its window sums run on every pass.
+    ``bind_on``: the device on which the model in ``paths["model"]`` records the bundle's binding
+    (None: an unbound bundle, which only a caller that overrides the check can use)."""
     import torch
     from dsg_sae_lens.local_dir import load_sae_dir
 
     from dsg.bundle import from_sae
+    from dsg_runtime.binding import record_binding
 
     loaded = load_sae_dir(str(paths["sae"]), device="cpu", dtype=torch.float32)
     params = {"window": 32, "window_threshold": 0.0} if strategy == "windowed" else None
+    binding = None
+    if bind_on is not None:
+        binding = record_binding(load_hf(paths, "float32", bind_on), loaded.hook_name)
     return from_sae(
-        loaded, torch.arange(k), threshold=0.0, multiplier=500.0, strategy=strategy, params=params
+        loaded,
+        torch.arange(k),
+        threshold=0.0,
+        multiplier=500.0,
+        strategy=strategy,
+        params=params,
+        binding=binding,
     )
 
 
@@ -589,7 +603,7 @@ def main() -> None:
         f"seq_len = 128\ndataset_size = 32\nn_features = [{n_features}]\n", encoding="utf-8"
     )
     results.put("fixtures", {"seconds": time.perf_counter() - start, "sets": sets})
-    bundle = make_bundle(paths, 20, args.strategy)
+    bundle = make_bundle(paths, 20, args.strategy, bind_on=args.device)
 
     if "overhead" not in skip:
         overhead_dtype = "bfloat16" if on_gpu else "float32"

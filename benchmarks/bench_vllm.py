@@ -73,10 +73,12 @@ def median_bundle(out: Path, k: int, ids: list[list[int]], dtype: str, device: s
     from dsg_sae_lens.local_dir import load_sae_dir
 
     from dsg.bundle import from_sae
+    from dsg_runtime.binding import record_binding
     from dsg_runtime.vllm.decision import PromptDecider
 
-    probe = make_bundle({"sae": out / "sae"}, k)
-    decider = PromptDecider.load(probe, out / "model", getattr(torch, dtype), device)
+    probe = make_bundle({"sae": out / "sae"}, k)  # unbound: it only measures the residuals
+    model = out / "model"
+    decider = PromptDecider.load(probe, model, getattr(torch, dtype), device, allow_mismatch=True)
     resid = [decider.residual(torch.tensor([p]))[0].float().cpu() for p in ids]
     loaded = load_sae_dir(str(out / "sae"), device="cpu", dtype=torch.float32)
     w_enc, b_enc = probe.tensors["W_enc"], probe.tensors["b_enc"]
@@ -91,7 +93,10 @@ def median_bundle(out: Path, k: int, ids: list[list[int]], dtype: str, device: s
         rates.append(float(guard.rates[0]))  # type: ignore[index]
     ordered = sorted(rates)
     threshold = (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
-    bundle = from_sae(loaded, torch.arange(k), threshold=threshold, multiplier=probe.multiplier)
+    binding = record_binding(decider.model, probe.hook_name)
+    bundle = from_sae(
+        loaded, torch.arange(k), threshold=threshold, multiplier=probe.multiplier, binding=binding
+    )
     return bundle.save(out / "bundle")
 
 
