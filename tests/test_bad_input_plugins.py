@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,18 @@ def test_a_plugin_that_ends_the_process_at_import_is_skipped(
     assert reg.names("strategies") == ["dynamic"]  # the others still load
 
 
+@pytest.fixture
+def terminal_sigint() -> Iterator[None]:
+    """Ctrl-C handled as Python does from a terminal, also when the test run was started with
+    SIGINT ignored (as a shell's background job is)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("terminal_sigint")
 def test_the_users_ctrl_c_while_plugins_load_still_stops_dsg(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -100,8 +114,6 @@ def test_the_users_ctrl_c_while_plugins_load_still_stops_dsg(
     with pytest.raises(KeyboardInterrupt):
         plugins.build_registry()
     assert time.perf_counter() - start < 4
-    import signal
-
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 

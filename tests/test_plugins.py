@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import types
@@ -223,7 +224,9 @@ def example_installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_dsg(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``dsg ARGS`` in a fresh process that sees the distributions in ``site``."""
+    """``dsg ARGS`` in a fresh process that sees the distributions in ``site``, with Ctrl-C
+    delivered as from a terminal even when the test run was started with SIGINT ignored (as a
+    shell's background job is)."""
     env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", "COLUMNS": "250"}
     return subprocess.run(
         [sys.executable, "-m", "dsg.cli.app", *args],
@@ -232,6 +235,7 @@ def run_dsg(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[st
         capture_output=True,
         text=True,
         timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
