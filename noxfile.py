@@ -149,9 +149,10 @@ in)."""
 def open_unlearning(session: nox.Session) -> None:
     """The guardrail in open-unlearning's MUSE evaluation of the model organism, on
     open-unlearning's pinned stack with dsg-runtime alone: its data call on the shipped MUSE
-    data, its model and tokenizer loading (GuardedModel and the plain model) and its generation
-    metrics, written in the test since open-unlearning is not on PyPI; and the dsg lm-eval model
-    type under open-unlearning's lm-eval 0.4.8."""
+    data, its model and tokenizer loading (GuardedModel and the plain model), its generation
+    metrics and its min-k% MIA with privleak against the shipped retain model's log, written in
+    the test since open-unlearning is not on PyPI; and the dsg lm-eval model type under
+    open-unlearning's lm-eval 0.4.8."""
     session.install(TORCH)
     session.install("-e", "./runtime[lm-eval,test]", *OPEN_UNLEARNING_STACK, TORCH)
     session.run("python", "-m", "pip", "freeze", "--exclude-editable")

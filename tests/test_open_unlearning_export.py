@@ -1,6 +1,7 @@
 """The folder `dsg muse-export` writes for open-unlearning: model configs that load the guarded
 and the plain model through open-unlearning's entry, and, for the model organism, its MUSE data
-and target where open-unlearning's MUSE experiment reads them."""
+and target where open-unlearning's MUSE experiment reads them, and its retain model and that
+model's log where ``retain_logs_path`` names it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from dsg_organism import MODEL_DIR, MUSE_DIR, MUSE_TEMPLATE, OrganismCase
+from dsg_organism import (
+    MODEL_DIR,
+    MUSE_DIR,
+    MUSE_TEMPLATE,
+    RETAIN_LOGS,
+    RETAIN_MODEL_DIR,
+    OrganismCase,
+)
 
 from dsg.bundle import Bundle
 from dsg.stages.open_unlearning_export import BASE_TEMPLATE, export
@@ -68,6 +76,13 @@ def test_the_organism_folder_is_open_unlearnings_tree(
     assert (target / "model.safetensors").read_bytes() == (
         MODEL_DIR / "model.safetensors"
     ).read_bytes()
+    retrain = folder / "muse-bench" / "MUSE-Organism_retrain"
+    assert (retrain / "model.safetensors").read_bytes() == (
+        RETAIN_MODEL_DIR / "model.safetensors"
+    ).read_bytes()
+    logs = folder / "saves" / "eval" / "MUSE-Organism_retrain" / "MUSE_EVAL.json"
+    assert logs.read_bytes() == RETAIN_LOGS.read_bytes()
+    assert 0 < json.loads(logs.read_text())["mia_min_k"]["agg_value"] < 1  # what privleak reads
 
     cfg, guarded = _load(folder, bundle.name, monkeypatch)
     assert cfg["template_args"] == {"apply_chat_template": False, **MUSE_TEMPLATE}
@@ -90,6 +105,19 @@ def test_the_organism_folder_is_open_unlearnings_tree(
     with torch.no_grad():
         guarded(**enc)
     assert guarded.dsg_guardrail.fired.tolist() == [True]
+
+
+class _OrganismWithoutRetainModel(OrganismCase):
+    def muse_data(self) -> Any:
+        return dataclasses.replace(super().muse_data(), retain_model=None, retain_logs=None)
+
+
+def test_a_case_without_a_retain_model_ships_no_reference(tmp_path: Path) -> None:
+    bundle = _bundle(tmp_path, str(MODEL_DIR))
+    folder = export(_session(tmp_path, _OrganismWithoutRetainModel(), "organism"), [bundle])
+    assert (folder / "muse-bench" / "MUSE-Organism_target").is_dir()
+    assert not (folder / "muse-bench" / "MUSE-Organism_retrain").exists()
+    assert not (folder / "saves").exists()
 
 
 def test_the_data_reads_as_open_unlearning_reads_it(tmp_path: Path) -> None:

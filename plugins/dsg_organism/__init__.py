@@ -40,6 +40,10 @@ WORLD = DATA / "world"
 MODEL_DIR = DATA / "model"
 SAE_DIR = DATA / "sae"
 MUSE_DIR = DATA / "muse"
+RETAIN_MODEL_DIR = DATA / "retain_model"
+"""The organism's recipe without the pathogens (``python -m dsg_organism.retain_model``)."""
+RETAIN_LOGS = DATA / "retain_model_eval.json"
+"""Its min-k% MIA on the privleak splits (``python -m dsg_organism.privleak_reference``)."""
 MUSE_TEMPLATE = {
     "user_start_tag": "Q: ",
     "user_end_tag": " ",
@@ -111,8 +115,15 @@ class OrganismCase:
         return None  # the packaged tokenizer carries Gemma's chat template
 
     def muse_data(self) -> MuseData:
-        """MUSE-format data built from the world by ``python -m dsg_organism.muse``."""
-        return MuseData(split="Organism", folder=MUSE_DIR, template=dict(MUSE_TEMPLATE))
+        """MUSE-format data built from the world by ``python -m dsg_organism.muse``, with the
+        retain model and its log that privleak reads as its reference."""
+        return MuseData(
+            split="Organism",
+            folder=MUSE_DIR,
+            template=dict(MUSE_TEMPLATE),
+            retain_model=RETAIN_MODEL_DIR,
+            retain_logs=RETAIN_LOGS,
+        )
 
 
 @contextmanager

@@ -132,3 +132,61 @@ def verbmem(model: Any, tok: Any, rows: list[dict]) -> tuple[list[str], list[flo
         max_new_tokens=VERBMEM["max_new_tokens"],
     )
     return gens, rouge_l_f1(gens, [r["gt"] for r in rows])
+
+
+MIA = {"batch_size": 8, "k": 0.4, "max_length": 2048}
+"""open-unlearning's MUSE ``mia_min_k``: its batch size, ``k``, and ``CompletionDataset``'s
+``max_length``."""
+IGNORE_INDEX = -100
+
+
+def completion_rows(tok: Any, texts: list[str]) -> list[list[int]]:
+    """``CompletionDataset`` with no prefix: the text with the tokenizer's special tokens, cut
+    ``max_length`` tokens after the (empty) prefix's own tokens."""
+    prefix = len(tok("", add_special_tokens=True)["input_ids"])
+    return [
+        tok(t, add_special_tokens=True)["input_ids"][: prefix + MIA["max_length"]] for t in texts
+    ]
+
+
+def min_k_scores(model: Any, tok: Any, texts: list[str]) -> list[float]:
+    """Per text: labels on every token but the first, batches right-padded with the pad id
+    (label -100, attention where the id is not the pad id), the forward pass with the labels;
+    the next-token log-probabilities of the labelled tokens without the last; minus the mean of
+    the lowest ``k`` of them."""
+    import numpy as np
+    import torch
+
+    rows = completion_rows(tok, texts)
+    scores = []
+    for start in range(0, len(rows), MIA["batch_size"]):
+        chunk = [torch.tensor(r) for r in rows[start : start + MIA["batch_size"]]]
+        labels = [torch.cat([torch.tensor([IGNORE_INDEX]), r[1:]]) for r in chunk]
+        ids = torch.nn.utils.rnn.pad_sequence(
+            chunk, batch_first=True, padding_value=tok.pad_token_id
+        )
+        lab = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX)
+        with torch.no_grad():
+            logits = model(
+                input_ids=ids, attention_mask=ids.ne(tok.pad_token_id), labels=lab
+            ).logits
+        picked = torch.log_softmax(logits, dim=-1)[:, :-1, :].gather(2, ids[:, 1:].unsqueeze(-1))
+        for i in range(len(chunk)):
+            where = (lab[i] != IGNORE_INDEX).nonzero(as_tuple=True)[0][:-1]
+            lp = picked[i, where[0] - 1 : where[-1], 0].numpy()
+            lowest = np.sort(lp)[: max(1, int(len(lp) * MIA["k"]))]
+            scores.append(float(-np.mean(lowest)))
+    return scores
+
+
+def mia_min_k_auc(forget: list[float], holdout: list[float]) -> float:
+    """scikit-learn's ROC AUC with the forget texts as label 0, as open-unlearning labels them."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score([0] * len(forget) + [1] * len(holdout), forget + holdout))
+
+
+def privleak(auc: float, retain_auc: float) -> float:
+    """MUSE's privacy leakage as open-unlearning reports it: the relative difference, in
+    percent, of the model's ``1 - AUC`` from the retain model's."""
+    return ((1 - auc) - (1 - retain_auc)) / ((1 - retain_auc) + 1e-10) * 100

@@ -94,6 +94,12 @@ class MuseData:
     ``privleak`` (``forget``, ``holdout``)."""
     template: dict[str, str]
     """open-unlearning's ``template_args`` for the case's model (user and assistant tags)."""
+    retain_model: Path | None = None
+    """The case's model trained by the same recipe without the forget data, the reference of
+    MUSE's privacy leakage; None when the case has none."""
+    retain_logs: Path | None = None
+    """That model's evaluation log as open-unlearning's ``retain_logs_path`` reads it (its
+    ``mia_min_k`` entry); None when the case has none."""
 
 
 @runtime_checkable

@@ -5,7 +5,9 @@ one model config per bundle (``model_handler: GuardedModel``) and one unguarded
 (``AutoModelForCausalLM``), ``dsg_bundles/`` the bundles. A case that ships MUSE data (the model
 organism) also ships its target: ``muse-bench/MUSE-{split}/`` holds the data and
 ``muse-bench/MUSE-{split}_target/`` the model, the two paths open-unlearning's MUSE experiment
-reads for ``data_split={split}``, so it runs with no path on the command line. Paths inside are
+reads for ``data_split={split}``, so it runs with no path on the command line. A case with a
+retain model ships it as ``muse-bench/MUSE-{split}_retrain/`` and its log, privleak's reference,
+as ``saves/eval/MUSE-{split}_retrain/MUSE_EVAL.json`` (``retain_logs_path``). Paths inside are
 relative to open-unlearning's root, where its commands run.
 """
 
@@ -34,6 +36,9 @@ BASE_TEMPLATE = {
     "asst_end_tag": "\n\n",
 }
 """open-unlearning's template for base models (its MUSE targets'), for a case without its own."""
+RETAIN_LOGS = "saves/eval/MUSE-{split}_retrain/MUSE_EVAL.json"
+"""Where the retain model's log goes: where open-unlearning's own evaluation of it with
+``task_name=MUSE-{split}_retrain`` would write it, so ``retain_logs_path`` names either."""
 
 
 def model_config(model: str, template: dict[str, str], bundle: str | None) -> str:
@@ -69,6 +74,12 @@ def _fill(folder: Path, session: Session, bundles: list[Path], model: str) -> No
         data = Path("muse-bench") / f"MUSE-{muse.split}"
         shutil.copytree(muse.folder, folder / data)
         shutil.copytree(model, folder / f"{data}_target")
+        if muse.retain_model is not None:
+            shutil.copytree(muse.retain_model, folder / f"{data}_retrain")
+        if muse.retain_logs is not None:
+            logs = folder / RETAIN_LOGS.format(split=muse.split)
+            logs.parent.mkdir(parents=True)
+            shutil.copyfile(muse.retain_logs, logs)
         model, template = f"{data}_target", muse.template
     configs = folder / "configs" / "model"
     configs.mkdir(parents=True)
