@@ -34,13 +34,19 @@ def test_vllm_s_llama_and_gemma_layers_take_what_the_hooks_read() -> None:
         check_layer(cls.__new__(cls))
 
 
+HOOKS = {
+    "blocks.3.hook_resid_post": 3,  # the layer's output: the hook on its return value
+    "blocks.4.hook_resid_pre": 4,  # the same stream as the next layer's input: its arguments
+}
+
+
 def smollm2_bundle(
-    folder: Path, directory: Path, rows: list[list[int]]
+    folder: Path, directory: Path, rows: list[list[int]], hook: str
 ) -> tuple[Path, list[float]]:
-    """A topic SAE at SmolLM2's layer 3 (as tests/test_smollm2.py builds it), bound to the
-    model, with its threshold halfway between the rates of ``rows[0]`` (higher) and
-    ``rows[1]``; returns the bundle and the rates."""
-    from test_smollm2 import HOOK, LAYER, topic_sae
+    """A topic SAE read from the residual after SmolLM2's layer 3 (as tests/test_smollm2.py
+    builds it) at ``hook``, bound to the model, with its threshold halfway between the rates
+    of ``rows[0]`` (higher) and ``rows[1]``; returns the bundle and the rates."""
+    from test_smollm2 import topic_sae
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dsg.api.interfaces import LoadedSAE
@@ -50,8 +56,8 @@ def smollm2_bundle(
 
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     sae = topic_sae(hf, AutoTokenizer.from_pretrained(folder))
-    loaded = LoadedSAE(sae, "topic-sae", HOOK, LAYER, fingerprint="t")
-    binding = record_binding(hf, HOOK)
+    loaded = LoadedSAE(sae, "topic-sae", hook, HOOKS[hook], fingerprint="t")
+    binding = record_binding(hf, hook)
     probe = from_sae(loaded, FEATURES, threshold=1.0, multiplier=MULTIPLIER, binding=binding)
     rates = []
     with attach(hf, Bundle.load(probe.save(directory / "probe"))) as handle, torch.no_grad():
@@ -121,8 +127,9 @@ print("RESULT", json.dumps([list(o.outputs[0].token_ids) for o in outs]), flush=
     return json.loads(results[-1].removeprefix("RESULT "))  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize("hook", list(HOOKS))
 def test_served_smollm2_generations_equal_dsg_hf_guarded(
-    smollm2_folder: Path, tmp_path: Path
+    smollm2_folder: Path, tmp_path: Path, hook: str
 ) -> None:
     from test_smollm2 import FORGET, MIXED, RETAIN, chat_ids
     from transformers import AutoTokenizer
@@ -131,7 +138,7 @@ def test_served_smollm2_generations_equal_dsg_hf_guarded(
     # the pair that sets the threshold, then more of each topic: chat-templated, as dsg
     # generate sends prompts (their first token is the template's BOS, position 0)
     rows = [chat_ids(tokenizer, text) for text in [*MIXED, FORGET[0], RETAIN[0]]]
-    bundle_dir, rates = smollm2_bundle(smollm2_folder, tmp_path, rows[:2])
+    bundle_dir, rates = smollm2_bundle(smollm2_folder, tmp_path, rows[:2], hook)
     guarded, fired = hf_generations(smollm2_folder, bundle_dir, rows)
     plain, _ = hf_generations(smollm2_folder, None, rows)
     assert fired[:2] == [True, False], (fired, rates)
