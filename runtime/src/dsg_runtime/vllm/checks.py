@@ -10,8 +10,11 @@ from typing import Any
 
 TESTED_VLLM = ("0.32.0",)
 """vLLM releases whose internals (input processor, model runner, decoder layers) were tested."""
-TESTED_ARCHITECTURES = ("Gemma2ForCausalLM",)
-"""Model classes whose decoder layers take ``(positions, hidden_states, residual)``, tested."""
+TESTED_ARCHITECTURES = ("Gemma2ForCausalLM", "LlamaForCausalLM")
+"""Model classes whose decoder layers take ``(positions, hidden_states, residual)`` and return
+``(hidden_states, residual)`` with the stream their sum (vLLM's fused add-norm), tested."""
+LAYER_PARAMETERS = ("self", "positions", "hidden_states", "residual")
+"""The decoder layer's ``forward`` parameters the clamp's hooks read and rewrite."""
 
 
 class GuardrailRefused(RuntimeError):

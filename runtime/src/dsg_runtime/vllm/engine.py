@@ -27,7 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from dsg_runtime.vllm.checks import TESTED_ARCHITECTURES, GuardrailRefused, check_config
+from dsg_runtime.vllm.checks import (
+    LAYER_PARAMETERS,
+    TESTED_ARCHITECTURES,
+    GuardrailRefused,
+    check_config,
+)
 from dsg_runtime.vllm.clamp import TokenClamp
 from dsg_runtime.vllm.decision import PromptDecider, cache_salt
 from dsg_runtime.vllm.seal import (
@@ -437,14 +442,30 @@ def install(model: Any, bundle: Any, max_tokens: int) -> TokenClamp:
             f"dsg guardrail: the bundle reads vectors of size {bundle.d_model} but the model's "
             f"hidden size is {hidden}"
         )
+    layer = layers[bundle.hook_layer]
+    check_layer(layer)
     device = next(model.parameters()).device
     clamp = TokenClamp.from_bundle(bundle, max_tokens, device)
-    layer = layers[bundle.hook_layer]
     if bundle.hook_point == "hook_resid_post":
         layer.register_forward_hook(_post_hook(clamp))
     else:
         layer.register_forward_pre_hook(_pre_hook(clamp))
     return clamp
+
+
+def check_layer(layer: Any) -> None:
+    """Refuse a decoder layer whose ``forward`` is not ``(positions, hidden_states, residual)``:
+    the hooks would read the wrong tensors as the residual stream."""
+    import inspect
+
+    forward = getattr(type(layer), "forward", None)
+    names = () if forward is None else tuple(inspect.signature(forward).parameters)
+    if names != LAYER_PARAMETERS:
+        raise GuardrailRefused(
+            f"dsg guardrail: the decoder layer {type(layer).__name__}.forward takes "
+            f"({', '.join(names)}), not ({', '.join(LAYER_PARAMETERS)}); refusing to serve "
+            "rather than serve unguarded"
+        )
 
 
 def _pre_hook(clamp: TokenClamp) -> Any:
