@@ -4,13 +4,13 @@ loads models."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+from direction_sae import direction_sae
+from sae_lens import JumpReLUSAE
 from tiny_gemma import write_tiny_gemma
 
 from dsg.api.interfaces import LoadedSAE
@@ -58,29 +58,10 @@ def layer_resid(model: Any, tokenizer: Any, texts: list[str]) -> tuple[torch.Ten
 def topic_sae(model: Any, tokenizer: Any, d_sae: int = 24, k: int = 3) -> JumpReLUSAE:
     """A JumpReLU SAE whose first k features point from retain-like to forget-like residuals, so
     they fire far more often on the forget-like prompts; the other features are random."""
-    gen = torch.Generator().manual_seed(0)
-    d = model.config.hidden_size
     f_resid, f_mask = layer_resid(model, tokenizer, FORGET_PROMPTS)
     r_resid, r_mask = layer_resid(model, tokenizer, RETAIN_PROMPTS)
     f_mean, r_mean = f_resid[f_mask].mean(0), r_resid[r_mask].mean(0)
-    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d, d_sae=d_sae, apply_b_dec_to_input=False))
-    with torch.no_grad():
-        w_enc = torch.randn(d, d_sae, generator=gen) / math.sqrt(d)
-        b_enc = torch.zeros(d_sae)
-        for j in range(k):
-            direction = (f_mean - r_mean) + 0.2 * torch.randn(d, generator=gen) * (
-                f_mean - r_mean
-            ).norm() / math.sqrt(d)
-            direction = direction / direction.norm()
-            w_enc[:, j] = direction
-            b_enc[j] = -float(((f_mean + r_mean) / 2) @ direction)
-        w_dec = torch.randn(d_sae, d, generator=gen)
-        sae.W_enc.copy_(w_enc)
-        sae.b_enc.copy_(b_enc)
-        sae.W_dec.copy_(w_dec / w_dec.norm(dim=1, keepdim=True))
-        sae.b_dec.zero_()
-        sae.threshold.fill_(0.0)
-    return sae
+    return direction_sae(f_mean, r_mean, d_sae, k, noise=0.2, other_bias=0.0)
 
 
 def separating_threshold(sae: Any, features: list[int], model: Any, tokenizer: Any) -> float:

@@ -6,13 +6,13 @@ per module. Where the wheel is missing these tests skip, naming the install comm
 
 from __future__ import annotations
 
-import math
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from direction_sae import direction_sae
 from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 
 from dsg.api.interfaces import LoadedSAE
@@ -131,27 +131,10 @@ def layer_resid(model: Any, rows: list[list[int]]) -> torch.Tensor:
 
 def topic_sae(hf: Any, tokenizer: Any, d_sae: int = 16, k: int = 3) -> JumpReLUSAE:
     """Features 0..k-1 read the direction from the retain prompts' residuals to the forget
-    prompts'; the rest are random."""
-    gen = torch.Generator().manual_seed(0)
+    prompts'; the rest are random and never fire."""
     f = layer_resid(hf, [chat_ids(tokenizer, t) for t in FORGET]).mean(0)
     r = layer_resid(hf, [chat_ids(tokenizer, t) for t in RETAIN]).mean(0)
-    d = hf.config.hidden_size
-    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d, d_sae=d_sae, apply_b_dec_to_input=False))
-    with torch.no_grad():
-        w_enc = torch.randn(d, d_sae, generator=gen) / math.sqrt(d)
-        b_enc = torch.full((d_sae,), -1e4)  # the random features never fire
-        for j in range(k):
-            direction = (f - r) + 0.1 * (f - r).norm() * torch.randn(d, generator=gen) / d**0.5
-            direction = direction / direction.norm()
-            w_enc[:, j] = direction
-            b_enc[j] = -float((f + r) / 2 @ direction)
-        w_dec = torch.randn(d_sae, d, generator=gen)
-        sae.W_enc.copy_(w_enc)
-        sae.b_enc.copy_(b_enc)
-        sae.W_dec.copy_(w_dec / w_dec.norm(dim=1, keepdim=True))
-        sae.b_dec.zero_()
-        sae.threshold.fill_(0.0)
-    return sae
+    return direction_sae(f, r, d_sae, k, noise=0.1, other_bias=-1e4)
 
 
 def test_dsg_hf_guards_smollm2_as_the_single_prompt_reference(
