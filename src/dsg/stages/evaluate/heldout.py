@@ -93,7 +93,7 @@ def section(
     score: float | None = None if no_score else 0.0
     if chosen is not None:
         held = points["report"][chosen]
-        if held.passes_gate and held.target.total > 0:
+        if held.passes_gate:  # the report part holds target questions (no_score is None)
             score = 1.0 - held.target.correct / held.target.total
     return {
         "score": score,
