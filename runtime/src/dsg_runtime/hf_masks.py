@@ -54,8 +54,7 @@ def read_prompt(
     """The tokens of a pass with no cached positions, from whichever mask it carried."""
     import torch
 
-    if isinstance(mask, dict):
-        mask = mask.get("full_attention", next(iter(mask.values()), None))
+    mask = _full_attention(mask)
     if mask is None:
         _refuse_unmasked(input_ids, position_ids, pad_ids)
         view = PromptView(torch.ones(batch, length, dtype=torch.bool, device=device))
@@ -88,8 +87,7 @@ def new_positions(
     its row's sequence (attend a cached position) and see no later key."""
     import torch
 
-    if isinstance(mask, dict):
-        mask = mask.get("full_attention", next(iter(mask.values()), None))
+    mask = _full_attention(mask)
     if mask is None:
         return torch.ones(batch, length, dtype=torch.bool, device=device)
     if isinstance(mask, torch.Tensor) and mask.dim() == 2:
@@ -104,6 +102,14 @@ def new_positions(
             "no cached one); the guardrail decides sequences on their prompt only"
         )
     return own.to(device)
+
+
+def _full_attention(mask: Any) -> Any:
+    """transformers 5 passes one mask per attention type: the full-attention one says which
+    tokens a position may read (a sliding window only narrows it further)."""
+    if isinstance(mask, dict):
+        return mask.get("full_attention", next(iter(mask.values()), None))
+    return mask
 
 
 def refuse_masked_out(new: torch.Tensor) -> None:
