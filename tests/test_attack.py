@@ -20,9 +20,9 @@ from tiny import TinyPlugin, TinyWorld
 from dsg.api.hookspecs import hookimpl
 from dsg.api.interfaces import AttackPrompt, AttackRow, EvalSet, MCQuestion
 from dsg.api.plugins import build_registry
+from dsg.api.prompts import ChatTemplateFormat
 from dsg.stages.attack import attack
 from dsg.stages.evaluate import evaluate
-from dsg.stages.evaluate.prompts import ChatTemplateFormat
 
 TURN = "<bos><start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"
 

@@ -29,7 +29,7 @@ OVERRIDE_NOTE = (
 
 def evaluated_prompts(target: AttackTarget) -> dict[str, list[AttackPrompt]]:
     """Every question of every set as ``dsg evaluate`` renders it."""
-    from dsg.stages.evaluate.prompts import render_question
+    from dsg.api.prompts import render_question
 
     out = {}
     for e in target.eval_sets:

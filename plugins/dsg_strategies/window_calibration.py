@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dsg.core.errors import UserError
+from dsg.api import UserError
 
 if TYPE_CHECKING:
     import torch
