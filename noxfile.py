@@ -246,7 +246,10 @@ MUTANT_SHARDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("src/dsg/stages/evaluate/score.py", "src/dsg/stages/evaluate/heldout.py"),
         ("tests/test_score.py", "tests/test_heldout.py"),
     ),
-    "hf": ((f"{RUNTIME_SRC}/hf.py", f"{RUNTIME_SRC}/hf_generation.py"), HF_TESTS),
+    "hf": (
+        (f"{RUNTIME_SRC}/hf.py", f"{RUNTIME_SRC}/hf_generation.py", f"{RUNTIME_SRC}/hf_cache.py"),
+        HF_TESTS,
+    ),
 }
 """Each shard: the modules it mutates and the tests that cover them. For each mutant mutmut runs
 only those of the shard's tests that reach the mutated function, fastest first."""

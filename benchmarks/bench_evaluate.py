@@ -130,7 +130,7 @@ def reference_predict(model: Any, answer_ids: Any, ids: list[int], hook: Any = N
 
 def reference_subsets(model: Any, scorer: Any, fmt: Any, eval_set: Any) -> dict[str, list[int]]:
     """As the reference: all 24 orders, with and without the question, for every question."""
-    from dsg.stages.evaluate.prompts import render_question
+    from dsg.api.prompts import render_question
     from dsg.stages.evaluate.subsets import PERMUTATIONS, is_tricky
 
     verdicts = {}
@@ -166,12 +166,12 @@ def run_mode(args: argparse.Namespace) -> dict:
     """Subsets and sweep in one mode; returns results, timings and memory."""
     import torch
 
+    from dsg.api.prompts import choose_format, render_question
     from dsg.core.artifacts import RunDir
     from dsg.engine.backends.transformer_lens import TransformerLensBackend
     from dsg.stages import select
     from dsg.stages.evaluate import evaluate, subsets
     from dsg.stages.evaluate.mcq import Scorer
-    from dsg.stages.evaluate.prompts import choose_format, render_question
 
     torch.set_num_threads(1)
     mode, questions = args.mode, args.questions

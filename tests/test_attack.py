@@ -20,9 +20,9 @@ from tiny import TinyPlugin, TinyWorld
 from dsg.api.hookspecs import hookimpl
 from dsg.api.interfaces import AttackPrompt, AttackRow, EvalSet, MCQuestion
 from dsg.api.plugins import build_registry
+from dsg.api.prompts import ChatTemplateFormat
 from dsg.stages.attack import attack
 from dsg.stages.evaluate import evaluate
-from dsg.stages.evaluate.prompts import ChatTemplateFormat
 
 TURN = "<bos><start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"
 
@@ -288,8 +288,8 @@ class TwinAttack:
     description = "the run's model, then the same model handed in"
     axis = "model"
 
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
+    def __init__(self, model: Any) -> None:
+        self.model = model
 
     def check(self, target: Any) -> None:
         pass
@@ -313,8 +313,8 @@ class TwinAttack:
         }
         yield AttackRow({"model": "run"}, target.score(rows))
         with pytest.raises(ValueError, match="model_key"):
-            target.score(rows, model=self.backend)
-        copy = target.score(rows, model=self.backend, model_key={"copy": 1})
+            target.score(rows, model=self.model)
+        copy = target.score(rows, model=self.model, model_key={"copy": 1})
         yield AttackRow({"model": "handed in"}, copy)
 
 
@@ -325,7 +325,7 @@ def test_an_attack_scores_a_model_it_hands_in(world: TinyWorld, tmp_path: Path) 
     class Plugin:
         @hookimpl
         def register_attacks(self, register: Any) -> None:
-            register(TwinAttack(session.backend()))
+            register(TwinAttack(session.model().model))
 
     reg = build_registry(extra_plugins=[("tiny", TinyPlugin(world)), ("twin", Plugin())])
     data = json.loads(attack.run(open_session(reg, tmp_path / "run"), "twin").read_text())

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import dsg_attacks.relearn
 import pytest
 import torch
 from test_attack import counts
@@ -69,7 +70,7 @@ def relearned(registry: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     out = tmp_path_factory.mktemp("run")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(out)
-        mp.setattr(relearn, "check_learning_rates", list)  # let 0 through, as a control
+        mp.setattr(dsg_attacks.relearn, "check_learning_rates", list)  # 0 as a control
         session = open_session(registry, out, relearn_holdout=HOLDOUT)
         report = json.loads(evaluate.run(session).read_text())
         before = {k: v.clone() for k, v in session.model().model.state_dict().items()}

@@ -18,6 +18,7 @@ from tiny import TinyWorld, build_sae
 from tiny_gemma import padded_batch, write_tiny_gemma
 
 from dsg.api.interfaces import EvalSet, LoadedModel
+from dsg.api.prompts import choose_format, render_question
 from dsg.config.settings import Settings
 from dsg.config.values import check
 from dsg.core.errors import UserError
@@ -25,7 +26,6 @@ from dsg.engine.backends import open_backend, resolve_backend
 from dsg.guardrail import DynamicClamp, StaticClamp
 from dsg.stages.evaluate import subsets
 from dsg.stages.evaluate.mcq import Scorer
-from dsg.stages.evaluate.prompts import choose_format, render_question
 
 RESID_TOLERANCE = {"atol": 1e-5, "rtol": 1e-4}
 

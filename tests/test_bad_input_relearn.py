@@ -1,16 +1,25 @@
-"""Bad relearning arguments: refused with one UserError line before anything loads or is
-written (the attack command turns it into exit code 2)."""
+"""Bad relearning arguments: the `relearn` attack's check refuses them with one UserError line
+before it asks for any data (the attack command turns it into exit code 2)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from dsg_attacks.relearn import RelearnAttack
 
 from dsg.core.errors import UserError
-from dsg.engine.session import Session
-from dsg.stages.attack import relearn
+
+
+class SettingsOnly:
+    """A target that holds the settings and fails on any request for data."""
+
+    def __init__(self, rates: list[float], epochs: int) -> None:
+        self.settings = SimpleNamespace(learning_rates=rates, epochs=epochs)
+
+    def held_out_forget(self) -> None:
+        raise AssertionError("the settings are checked before any data is read")
 
 
 @pytest.mark.parametrize(
@@ -24,13 +33,7 @@ from dsg.stages.attack import relearn
         ([1e-5], 0, "at least 1 epoch, got 0"),
     ],
 )
-def test_refused_before_anything_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rates: list[float], epochs: int, fragment: str
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    out = tmp_path / "runs"
-    session = Session.open({"out": out})
+def test_refused_before_anything_runs(rates: list[float], epochs: int, fragment: str) -> None:
     with pytest.raises(UserError, match="^[^\n]*$") as raised:
-        relearn.relearn(session, [], rates, epochs)
+        RelearnAttack().check(SettingsOnly(rates, epochs))  # type: ignore[arg-type]
     assert fragment in str(raised.value)
-    assert not out.exists()

@@ -1,7 +1,8 @@
 """The wings of src/dsg stay layered: the import-linter contracts in pyproject.toml hold.
 
 A new import from a lower wing to a higher one (type-checking imports included), an import
-circle, or a plugin importing another plugin fails this test with import-linter's report.
+circle, a plugin importing another plugin, or a first-party plugin importing dsg's internals
+instead of ``dsg.api`` fails this test with import-linter's report.
 """
 
 import sys

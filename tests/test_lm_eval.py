@@ -23,12 +23,12 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from dsg.api.data import DataSource  # noqa: E402
+from dsg.api.prompts import ChatTemplateFormat, render_question  # noqa: E402
 from dsg.bundle import Bundle  # noqa: E402
 from dsg.cli.app import app  # noqa: E402
 from dsg.core.errors import UserError  # noqa: E402
 from dsg.hf import GuardrailStateError, attach  # noqa: E402
 from dsg.lm_eval_model import GuardedLM, context_lengths, main, row_masks  # noqa: E402
-from dsg.stages.evaluate.prompts import ChatTemplateFormat, render_question  # noqa: E402
 
 TASKS_DIR = MODEL_DIR.parent / "lm_eval"
 SETS = ("pathogens", "cities", "scholars", "plants")

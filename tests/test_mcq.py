@@ -8,11 +8,12 @@ import pytest
 import torch
 from tiny import TinyWorld, build_model, build_sae
 
+from dsg.api.prompts import answer_token_ids
 from dsg.core.errors import UserError
 from dsg.engine.backends.base import split_layer
 from dsg.engine.backends.transformer_lens import TransformerLensBackend
 from dsg.guardrail import DynamicClamp, StaticClamp
-from dsg.stages.evaluate.mcq import Scorer, answer_token_ids
+from dsg.stages.evaluate.mcq import Scorer
 
 PROMPTS = [
     "<bos>The pathogen vex3 spreads by spores. Answer: (",

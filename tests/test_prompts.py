@@ -6,9 +6,7 @@ import pytest
 from tiny_gemma import write_tokenizer
 
 from dsg.api.interfaces import EvalSet, MCQuestion
-from dsg.core.errors import UserError
-from dsg.stages.evaluate.mcq import encode
-from dsg.stages.evaluate.prompts import (
+from dsg.api.prompts import (
     ChatTemplateFormat,
     PlainFormat,
     choose_format,
@@ -16,6 +14,8 @@ from dsg.stages.evaluate.prompts import (
     format_fingerprint,
     render_question,
 )
+from dsg.core.errors import UserError
+from dsg.stages.evaluate.mcq import encode
 
 BIO = EvalSet("wmdp-bio", "biology", ())
 QUESTION = MCQuestion("What is X?", ("alpha", "beta", "gamma", "delta"), 2)

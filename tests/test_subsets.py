@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from dsg.api.interfaces import EvalSet, MCQuestion
+from dsg.api.prompts import LETTERS, PlainFormat
 from dsg.core.artifacts import RunDir
-from dsg.stages.evaluate.prompts import LETTERS, PlainFormat
 from dsg.stages.evaluate.subsets import PERMUTATIONS, compute, ensure, is_tricky
 
 
@@ -140,7 +140,7 @@ def test_rounds_give_the_exhaustive_answer() -> None:
     """Dropping a question at its first wrong order must not change any subset."""
     import hashlib
 
-    from dsg.stages.evaluate.prompts import render_question
+    from dsg.api.prompts import render_question
 
     questions = tuple(
         MCQuestion(f"Q{i} known", (f"a{i}", f"b{i}", f"c{i}", f"d{i}"), i % 4) for i in range(40)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dsg_strategies.window_calibration import calibrate_window, stretches
 
 from dsg.core.errors import UserError
-from dsg.stages.window_calibration import calibrate_window, stretches
 
 
 def rows(*bits: str) -> torch.Tensor:

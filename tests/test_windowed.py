@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from dsg_strategies.window_calibration import calibrate_window, diluted
 from test_bundle import loaded
 from test_cli_errors import run
 from test_guardrail import random_sae
@@ -31,7 +32,6 @@ from dsg.guardrail import WindowedClamp
 from dsg.hf import attach
 from dsg.stages import sparsity
 from dsg.stages.generate import Completion, describe
-from dsg.stages.window_calibration import calibrate_window, diluted
 from dsg_runtime.binding import record_binding
 from dsg_runtime.guardrail import (
     ThresholdGate,

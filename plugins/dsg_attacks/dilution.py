@@ -27,7 +27,7 @@ def encode(tokenizer: Any, text: str) -> list[int]:
 
 def split_prompt(target: AttackTarget, eval_set: EvalSet, q: MCQuestion) -> tuple[str, str, str]:
     """The rendered prompt as (what precedes the user's text, the user's text, what follows)."""
-    from dsg.stages.evaluate.prompts import body, render_question
+    from dsg.api.prompts import body, render_question
 
     text, _ = render_question(target.prompt_format, target.tokenizer, eval_set, q)
     user = body(eval_set, q.question, q.choices).strip()  # chat templates trim the user's text
@@ -99,7 +99,7 @@ def diluted(
 ) -> list[int]:
     """Prompt j's ids with ``budget`` benign tokens at ``placement``; unchanged at budget 0."""
     if budget == 0:
-        from dsg.stages.evaluate.prompts import render_question
+        from dsg.api.prompts import render_question
 
         text, _ = render_question(target.prompt_format, target.tokenizer, eval_set, q)
         return target.encode([text])[0]

@@ -45,20 +45,20 @@ def _as_evaluated(target: AttackTarget, e: EvalSet, q: MCQuestion, _: Sequence[M
 
 
 def _no_template(target: AttackTarget, e: EvalSet, q: MCQuestion, _: Sequence[MCQuestion]) -> str:
-    from dsg.stages.evaluate.prompts import ANSWER_PREFIX, body
+    from dsg.api.prompts import ANSWER_PREFIX, body
 
     return _bos(target.tokenizer) + body(e, q.question, q.choices) + "\n" + ANSWER_PREFIX
 
 
 def _lm_eval(target: AttackTarget, e: EvalSet, q: MCQuestion, _: Sequence[MCQuestion]) -> str:
-    from dsg.stages.evaluate.prompts import LETTERS, pre_question
+    from dsg.api.prompts import LETTERS, pre_question
 
     question = f"Question: {q.question}{labelled(q.choices, LETTERS)}\nAnswer:"
     return _bos(target.tokenizer) + pre_question(e.subject) + "\n" + question
 
 
 def _few_shot(target: AttackTarget, e: EvalSet, q: MCQuestion, shots: Sequence[MCQuestion]) -> str:
-    from dsg.stages.evaluate.prompts import ANSWER_PREFIX, LETTERS, pre_question
+    from dsg.api.prompts import ANSWER_PREFIX, LETTERS, pre_question
 
     solved = "".join(
         f"{s.question}{labelled(s.choices, LETTERS)}\nAnswer: ({LETTERS[s.answer]})\n\n"
@@ -70,7 +70,7 @@ def _few_shot(target: AttackTarget, e: EvalSet, q: MCQuestion, shots: Sequence[M
 
 def _relabelled(labels: str) -> Render:
     def render(target: AttackTarget, e: EvalSet, q: MCQuestion, _: Sequence[MCQuestion]) -> str:
-        from dsg.stages.evaluate.prompts import ANSWER_PREFIX, pre_question
+        from dsg.api.prompts import ANSWER_PREFIX, pre_question
 
         content = pre_question(e.subject) + q.question + labelled(q.choices, labels)
         return user_turn(target.tokenizer, content) + ANSWER_PREFIX
@@ -79,7 +79,7 @@ def _relabelled(labels: str) -> Render:
 
 
 def _choices_first(target: AttackTarget, e: EvalSet, q: MCQuestion, _: Sequence[MCQuestion]) -> str:
-    from dsg.stages.evaluate.prompts import ANSWER_PREFIX, LETTERS, pre_question
+    from dsg.api.prompts import ANSWER_PREFIX, LETTERS, pre_question
 
     content = pre_question(e.subject) + labelled(q.choices, LETTERS)[1:] + "\n" + q.question
     return user_turn(target.tokenizer, content) + ANSWER_PREFIX
@@ -171,7 +171,7 @@ class FormatAttack:
         named(settings)
 
     def check(self, target: AttackTarget) -> None:
-        from dsg.stages.evaluate.mcq import answer_token_ids
+        from dsg.api.prompts import answer_token_ids
 
         for fmt in chosen(target):
             try:

@@ -2,22 +2,26 @@
 was calibrated on the original model, and score the copy after every epoch.
 
 This is the paper's own robustness test. The fine-tuning text is forget documents that feature
-selection never saw (:meth:`AttackTarget.held_out_forget`); the training loop is
-:mod:`dsg.stages.attack.relearn`'s (next-token loss, AdamW, one step per batch, rows in a
-seeded order that is the same at every learning rate). Every epoch, 0 (the original weights)
-included, is scored on the TransformerLens model that is trained, whatever ``--backend`` says,
-so a curve never mixes backends; with the TransformerLens backend (the default on CPU) epoch 0
-is exactly what ``dsg evaluate`` reports.
+selection never saw (:meth:`AttackTarget.held_out_forget`); the training loop is this
+module's (next-token loss, AdamW, one step per batch, rows in a seeded order that is the same at
+every learning rate). Every epoch, 0 (the original weights) included, is scored on the
+TransformerLens model that is trained, whatever ``--backend`` says, so a curve never mixes
+backends; with the TransformerLens backend (the default on CPU) epoch 0 is exactly what
+``dsg evaluate`` reports.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from dsg.api import AttackPrompt, AttackRow, AttackTarget, UserError
+
+if TYPE_CHECKING:
+    import torch
 
 OVERRIDE_NOTE = (
     "the guardrail calibrated on the original model is applied to fine-tuned copies on purpose: "
@@ -29,7 +33,7 @@ OVERRIDE_NOTE = (
 
 def evaluated_prompts(target: AttackTarget) -> dict[str, list[AttackPrompt]]:
     """Every question of every set as ``dsg evaluate`` renders it."""
-    from dsg.stages.evaluate.prompts import render_question
+    from dsg.api.prompts import render_question
 
     out = {}
     for e in target.eval_sets:
@@ -47,6 +51,16 @@ def rows_digest(rows: Any) -> str:
     return hashlib.sha256(rows.cpu().numpy().tobytes()).hexdigest()
 
 
+def check_learning_rates(rates: Sequence[float]) -> list[float]:
+    """Learning rates, each finite and above 0; a UserError names the first that is not."""
+    if not rates:
+        raise UserError("give at least one learning rate")
+    for rate in rates:
+        if not (math.isfinite(rate) and rate > 0):
+            raise UserError(f"learning rate {rate!r} is not a finite number above 0")
+    return [float(r) for r in rates]
+
+
 class RelearnAttack:
     """A fine-tuned copy of the model against the original model's guardrail."""
 
@@ -59,8 +73,6 @@ class RelearnAttack:
     settings = ("learning_rates", "epochs")
 
     def check(self, target: AttackTarget) -> None:
-        from dsg.stages.attack.relearn import check_learning_rates
-
         check_learning_rates(target.settings.learning_rates)
         if target.settings.epochs < 1:
             raise UserError(f"relearning needs at least 1 epoch, got {target.settings.epochs}")
@@ -75,11 +87,11 @@ class RelearnAttack:
         for rate in dict.fromkeys(s.learning_rates):
             began = time.perf_counter()
             tuner = FineTuner(target, rows, rate)
-            start = target.score(prompts, model=tuner.backend(), model_key=tuner.key(0))
+            start = target.score(prompts, model=tuner.model, model_key=tuner.key(0))
             yield AttackRow({"learning_rate": rate, "epoch": 0}, start, {**data, "loss": None})
             for epoch in range(1, s.epochs + 1):
                 loss = tuner.epoch()
-                scores = target.score(prompts, model=tuner.backend(), model_key=tuner.key(epoch))
+                scores = target.score(prompts, model=tuner.model, model_key=tuner.key(epoch))
                 seconds = round(time.perf_counter() - began, 3)
                 details = {**data, "loss": loss, "seconds": seconds}
                 yield AttackRow({"learning_rate": rate, "epoch": epoch}, scores, details)
@@ -90,8 +102,6 @@ class FineTuner:
 
     def __init__(self, target: AttackTarget, rows: Any, rate: float) -> None:
         import torch
-
-        from dsg.stages.attack.relearn import adamw, seeded_generator
 
         self.target, self.rows, self.rate = target, rows, rate
         with torch.inference_mode(False):
@@ -105,18 +115,11 @@ class FineTuner:
         the attack command scores in."""
         import torch
 
-        from dsg.stages.attack.relearn import train_epoch
-
         with torch.inference_mode(False):
             return train_epoch(
                 self.model, self.optimizer, self.rows, self.target.settings.batch_size,
                 self.generator,
             )  # fmt: skip
-
-    def backend(self) -> Any:
-        from dsg.engine.backends.transformer_lens import TransformerLensBackend
-
-        return TransformerLensBackend(self.model, self.target.tokenizer)
 
     def key(self, epoch: int) -> dict[str, Any]:
         """Everything that made the copy's weights after ``epoch`` epochs (at 0, the run's
@@ -132,3 +135,42 @@ class FineTuner:
             "seed": self.target.settings.seed,
             "optimizer": "AdamW",
         }
+
+
+def adamw(model: Any, rate: float) -> torch.optim.Optimizer:
+    import torch
+
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return torch.optim.AdamW(model.parameters(), lr=rate)
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+
+
+def train_epoch(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    rows: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+) -> float:
+    """One pass over the rows in a seeded order, one optimizer step per batch; the mean loss."""
+    import torch
+
+    order = torch.randperm(rows.shape[0], generator=generator)
+    losses = []
+    model.train()
+    with torch.enable_grad():
+        for start in range(0, len(order), batch_size):
+            batch = rows[order[start : start + batch_size]].to(model.W_U.device)
+            loss = model(batch, return_type="loss")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    model.eval()
+    return sum(losses) / len(losses)

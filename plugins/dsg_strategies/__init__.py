@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dsg.api import Register, hookimpl
+from dsg.api import Register, UserError, hookimpl
 from dsg_runtime.strategies import Dynamic, Static, Windowed
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class StaticStrategy(Static):
 class WindowedStrategy(Windowed):
     """The dynamic gate plus a densest-window gate for rows longer than the window: the window
     length w and its threshold tau_w are calibrated from the corpora
-    (:mod:`dsg.stages.window_calibration`); ``threshold`` is the dynamic alpha."""
+    (:mod:`dsg_strategies.window_calibration`); ``threshold`` is the dynamic alpha."""
 
     description = (
         "dynamic, and rows longer than w tokens also fire when some w-token window's hit rate "
@@ -69,7 +69,6 @@ class WindowedStrategy(Windowed):
         window: int | None = None,
         window_threshold: float | None = None,
     ) -> Intervention:
-        from dsg.core.errors import UserError
         from dsg.guardrail import WindowedClamp
 
         if window is None or window_threshold is None:
@@ -82,7 +81,7 @@ class WindowedStrategy(Windowed):
         )
 
     def calibrate(self, data: CalibrationData) -> tuple[float, dict[str, Any], dict[str, Any]]:
-        from dsg.stages.window_calibration import calibrate_window
+        from dsg_strategies.window_calibration import calibrate_window
 
         return calibrate_window(
             data.retain_hits,

@@ -1,6 +1,10 @@
 """The open-unlearning model handler: :mod:`dsg_runtime.open_unlearning`, at the path dsg has
-always offered it."""
+always offered it.
 
-from dsg_runtime.open_unlearning import BUNDLE_KWARG, BUNDLE_SUBDIR, GuardedModel
+An alias module, one line per name: each is the runtime's own object. dsg's own code imports
+:mod:`dsg_runtime.open_unlearning`; this path is for users.
+"""
 
-__all__ = ["BUNDLE_KWARG", "BUNDLE_SUBDIR", "GuardedModel"]
+from dsg_runtime.open_unlearning import BUNDLE_KWARG as BUNDLE_KWARG
+from dsg_runtime.open_unlearning import BUNDLE_SUBDIR as BUNDLE_SUBDIR
+from dsg_runtime.open_unlearning import GuardedModel as GuardedModel

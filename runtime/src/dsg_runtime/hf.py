@@ -49,6 +49,8 @@ from typing import TYPE_CHECKING, Any
 
 from dsg_runtime.decoder import decoder_layers, decoder_of
 from dsg_runtime.errors import GuardrailStateError, UserError
+from dsg_runtime.hf_cache import cache_length
+from dsg_runtime.hf_generation import generation_plan
 from dsg_runtime.hf_masks import decide_segments, new_positions, read_prompt, refuse_masked_out
 
 if TYPE_CHECKING:
@@ -61,37 +63,11 @@ __all__ = [
     "GuardrailHandle",
     "GuardrailStateError",
     "attach",
+    "cache_length",
     "decoder_layers",
     "decoder_of",
     "guardrails_on",
 ]
-
-
-def _is_legacy_cache(value: Any) -> bool:
-    """transformers 4.x's legacy cache: one ``(key, value)`` pair of ``[B, H, S, D]`` per layer."""
-    import torch
-
-    return (
-        isinstance(value, tuple)
-        and len(value) > 0
-        and all(
-            isinstance(pair, tuple | list)
-            and len(pair) >= 2
-            and all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in pair[:2])
-            for pair in value
-        )
-    )
-
-
-def cache_length(value: Any) -> int | None:
-    """Positions already held by a KV cache argument, or None when ``value`` is no cache."""
-    from transformers.cache_utils import Cache
-
-    if isinstance(value, Cache):
-        return int(value.get_seq_length())
-    if _is_legacy_cache(value):
-        return int(value[0][0].shape[-2])
-    return None
 
 
 @dataclass(frozen=True)
@@ -394,8 +370,6 @@ class GuardrailHandle:
         """One ``generate`` call: a fresh record, the prompt noted (and decided first when
         generation will run it in pieces), the modes the guardrail cannot follow refused."""
         import torch
-
-        from dsg_runtime.hf_generation import generation_plan
 
         state = self._state
         if state.generation is not None:

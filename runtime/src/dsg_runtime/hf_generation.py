@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from dsg_runtime.errors import GuardrailStateError
+from dsg_runtime.hf_cache import cache_length
 
 SUPPORTED_MODES = frozenset(
     {"greedy_search", "sample", "beam_search", "beam_sample", "assisted_generation"}
@@ -121,8 +122,6 @@ def _generation_mode(model: Any, bound: dict[str, Any], extra: dict[str, Any]) -
 
 
 def _refuse_filled_caches(bound: dict[str, Any], extra: dict[str, Any]) -> None:
-    from dsg_runtime.hf import cache_length
-
     for name, value in {**bound, **extra}.items():
         if name == "self":
             continue

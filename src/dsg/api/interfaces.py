@@ -369,9 +369,9 @@ class AttackTarget(Protocol):
     ) -> dict[str, SetScores]:
         """Each set's prompts answered unguarded and under every configuration, reading the
         probabilities of ``letters`` at the last token. Results are cached in the run directory,
-        keyed by the prompts and all that made the answers. ``model``: a model backend to score
-        instead of the run's (a fine-tuned copy, same tokenizer and hook); ``model_key`` then
-        identifies its weights and is required."""
+        keyed by the prompts and all that made the answers. ``model``: a TransformerLens model to
+        score instead of the run's (a fine-tuned copy from :meth:`trainable_model`, same
+        tokenizer and hook); ``model_key`` then identifies its weights and is required."""
         ...
 
 

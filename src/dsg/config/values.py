@@ -1,7 +1,7 @@
 """One value's way in: its conversion and checks, and the case defaults built from them.
 
-A value from a config file, an option, a case default or a bundle passes the same rules, declared
-once in :mod:`dsg.config.settings`.
+A value from a config file, an option or a case default passes the same rules, declared once in
+:mod:`dsg.config.settings`.
 """
 
 from __future__ import annotations
@@ -112,13 +112,6 @@ def check(s: Settings) -> None:
                 f"lm-eval tasks {excerpt(item)} names no task; pass task names such as "
                 "wmdp_bio,mmlu, or leave --lm-eval-tasks off"
             )
-
-
-def check_setting(name: str, value: Any) -> Any:
-    """``value`` if setting ``name`` may hold it (one item of a list setting): the rules a value
-    from elsewhere, such as a bundle's multiplier, shares with the options and config keys."""
-    check_value(declared()[name], value)
-    return value
 
 
 def check_value(setting: Declared, value: Any) -> None:

@@ -182,7 +182,7 @@ def completion(
 ) -> Completion:
     """The completion of ``prompt``: guarded by ``bundle`` (with the prompt's decision) or, with
     no bundle, the base model's, for comparison."""
-    from dsg.hf import GuardrailStateError, attach
+    from dsg_runtime.hf import GuardrailStateError, attach
 
     inputs = encode(tokenizer, prompt, chat=chat)
     if bundle is None:

@@ -10,8 +10,8 @@ the calibration data of each corpus is the sparse set of firing (position, featu
 positions >= 1, stored as flat ``position * d_sae + feature`` indices in safetensors chunks.
 That is all a threshold needs to find a row's hit positions for any ordered feature prefix
 exactly, at 4 bytes per firing pair (about 0.6 MB per row at L0 ~ 142). The dynamic threshold
-reads the retain rows; the ``windowed`` strategy also reads the forget rows, to choose its window
-(see :mod:`dsg.stages.window_calibration`).
+reads the retain rows; a strategy that calibrates its own gate (``windowed``) also reads the
+forget rows, through :mod:`dsg.stages.gate_parameters`.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ class TransformersBackend:
     name = NAME
 
     def __init__(self, model: Any, tokenizer: Any) -> None:
-        from dsg.hf import decoder_layers
+        from dsg_runtime.decoder import decoder_layers
 
         self.model = model
         self.tokenizer = tokenizer

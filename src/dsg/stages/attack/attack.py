@@ -26,17 +26,16 @@ from dsg.api.interfaces import (
     PromptFormat,
     SetScores,
 )
+from dsg.api.prompts import LETTERS, answer_token_ids, choose_format
 from dsg.core.artifacts import META_FILE, RunDir, artifact_key, canonical_json, read_json
 from dsg.core.errors import UserError, excerpt
 from dsg.core.progress import Tracker
 from dsg.stages import select
 from dsg.stages.evaluate import evaluate
-from dsg.stages.evaluate.mcq import Scorer, answer_token_ids
-from dsg.stages.evaluate.prompts import LETTERS, choose_format
+from dsg.stages.evaluate.mcq import Scorer
 
 if TYPE_CHECKING:
     from dsg.config.settings import Settings
-    from dsg.engine.backends import ModelBackend
     from dsg.engine.session import Session
 
 STAGE = "attack-set"
@@ -118,14 +117,17 @@ class Target:
         prompts: Mapping[str, Sequence[AttackPrompt]],
         *,
         letters: Sequence[str] = LETTERS,
-        model: ModelBackend | None = None,
+        model: Any = None,
         model_key: dict[str, Any] | None = None,
     ) -> dict[str, SetScores]:
         if model is not None and model_key is None:
             raise ValueError("score(model=...) needs the model_key that identifies its weights")
         scorer = self.scorer
         if model is not None:
-            scorer = Scorer(model, self.session.sae().hook_name, self.settings.batch_size)
+            from dsg.engine.backends.transformer_lens import TransformerLensBackend
+
+            backend = TransformerLensBackend(model, self.tokenizer)
+            scorer = Scorer(backend, self.session.sae().hook_name, self.settings.batch_size)
             scorer.on_rows = self.scorer.on_rows
         common = {**self.common, "letters": list(letters)}
         if model_key is not None:

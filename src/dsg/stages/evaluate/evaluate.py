@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsg.api.interfaces import EvalSet, Intervention, LoadedSAE, PromptFormat
+from dsg.api.prompts import choose_format, format_fingerprint, render_question
 from dsg.core.artifacts import META_FILE, RunDir, artifact_key, read_json
 from dsg.core.errors import UserError
 from dsg.core.progress import Tracker
 from dsg.stages import select
 from dsg.stages.evaluate import subsets
 from dsg.stages.evaluate.mcq import Outcome, Scorer
-from dsg.stages.evaluate.prompts import choose_format, format_fingerprint, render_question
 from dsg.stages.evaluate.results import Config, ConfigResult, SetPrompts
 from dsg.stages.evaluate.score import Count
 

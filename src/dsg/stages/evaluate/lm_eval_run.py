@@ -22,9 +22,9 @@ from dsg.core.errors import UserError
 
 if TYPE_CHECKING:
     from dsg.engine.session import Session
-    from dsg.lm_eval_model import GuardedLM
     from dsg.stages.evaluate.results import Config
     from dsg.stages.select import Selection
+    from dsg_runtime.lm_eval_model import GuardedLM
 
 STAGE = "lm-eval"
 VERSION = 1
@@ -123,7 +123,7 @@ class Harness:
                 " (or pass --lm-eval-include-path for a folder of task YAMLs)"
             )
         if self._lm is None:
-            from dsg.lm_eval_model import GuardedLM
+            from dsg_runtime.lm_eval_model import GuardedLM
 
             self._lm = GuardedLM(
                 pretrained=self.reference,

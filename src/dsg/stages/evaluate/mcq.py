@@ -15,27 +15,9 @@ from typing import Any
 import torch
 
 from dsg.api.interfaces import Intervention
+from dsg.api.prompts import LETTERS, answer_token_ids
 from dsg.core.errors import UserError
 from dsg.engine.backends.base import ModelBackend, split_layer
-from dsg.stages.evaluate.prompts import LETTERS
-
-
-def answer_token_ids(tokenizer: Any, letters: Sequence[str] = LETTERS) -> torch.Tensor:
-    """``[2, 4]`` ids of ``A``-``D`` and `` A``-`` D`` (or of other ``letters``, for prompts
-    that label their choices otherwise). A spaced letter that is not a single token is replaced
-    by the bare letter, so the max over the two rows is unaffected."""
-    rows: list[list[int]] = [[], []]
-    for letter in letters:
-        bare = tokenizer.encode(letter, add_special_tokens=False)
-        if len(bare) != 1:
-            raise UserError(
-                f"the tokenizer splits the answer letter {letter!r} into {len(bare)} tokens; "
-                "MCQ scoring needs each letter to be one token"
-            )
-        spaced = tokenizer.encode(" " + letter, add_special_tokens=False)
-        rows[0].append(bare[0])
-        rows[1].append(spaced[0] if len(spaced) == 1 else bare[0])
-    return torch.tensor(rows, dtype=torch.long)
 
 
 def encode(tokenizer: Any, texts: Sequence[str], n_ctx: int) -> list[list[int]]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dsg.api.interfaces import EvalSet, MCQuestion, PromptFormat
+from dsg.api.prompts import render_question
 from dsg.core.artifacts import (
     META_FILE,
     RunDir,
@@ -23,7 +24,6 @@ from dsg.core.artifacts import (
     fingerprint_texts,
     read_json,
 )
-from dsg.stages.evaluate.prompts import render_question
 
 STAGE = "subsets"
 VERSION = 1

@@ -3,16 +3,21 @@
 The body is the pre-question line, the question and the choice block; the default format wraps
 it in the tokenizer's chat template and appends ``Answer: (`` so the next token is the letter.
 A case can supply its own :class:`~dsg.api.interfaces.PromptFormat`, which then wins.
+:func:`answer_token_ids` says which tokens answer such a prompt. It sits in ``dsg.api`` so that
+an attack renders and reads questions exactly as ``dsg evaluate`` does.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsg.api.interfaces import EvalSet, MCQuestion, PromptFormat
 from dsg.core.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 LETTERS = ("A", "B", "C", "D")
 ANSWER_PREFIX = "Answer: ("
@@ -116,3 +121,23 @@ def render_question(
     choices, gold = permuted(question, order)
     text = fmt.render(tokenizer, eval_set, question.question if with_question else None, choices)
     return text, gold
+
+
+def answer_token_ids(tokenizer: Any, letters: Sequence[str] = LETTERS) -> torch.Tensor:
+    """``[2, 4]`` ids of ``A``-``D`` and `` A``-`` D`` (or of other ``letters``, for prompts
+    that label their choices otherwise). A spaced letter that is not a single token is replaced
+    by the bare letter, so the max over the two rows is unaffected."""
+    import torch
+
+    rows: list[list[int]] = [[], []]
+    for letter in letters:
+        bare = tokenizer.encode(letter, add_special_tokens=False)
+        if len(bare) != 1:
+            raise UserError(
+                f"the tokenizer splits the answer letter {letter!r} into {len(bare)} tokens; "
+                "MCQ scoring needs each letter to be one token"
+            )
+        spaced = tokenizer.encode(" " + letter, add_special_tokens=False)
+        rows[0].append(bare[0])
+        rows[1].append(spaced[0] if len(spaced) == 1 else bare[0])
+    return torch.tensor(rows, dtype=torch.long)

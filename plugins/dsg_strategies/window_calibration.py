@@ -7,7 +7,8 @@ For every candidate length w (the ``window_lengths`` setting; lengths longer tha
 row are skipped, since no row could tell them from the whole-row rate):
 
 1. ``tau_w`` is the calibration percentile of the retain rows' densest-window rates
-   (:func:`dsg.guardrail.window_rates` over whole rows; position 0, the BOS, is never a hit).
+   (:func:`dsg_runtime.guardrail.window_rates` over whole rows; position 0, the BOS, is never a
+   hit).
    With ``stretch_tokens`` longer than a row, it is the percentile over stretches of that many
    tokens of the retain rows laid end to end (after their BOS), one starting every w tokens:
    a longer prompt has more windows to pass tau_w by chance, so a threshold meant for prompts
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dsg.core.errors import UserError
+from dsg.api import UserError
 
 if TYPE_CHECKING:
     import torch
