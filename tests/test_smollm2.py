@@ -138,7 +138,7 @@ def topic_sae(hf: Any, tokenizer: Any, d_sae: int = 16, k: int = 3) -> JumpReLUS
 
 
 def test_dsg_hf_guards_smollm2_as_the_single_prompt_reference(
-    smol: dict[str, Any], tmp_path: Path
+    smol: dict[str, Any], smollm2_folder: Path, tmp_path: Path
 ) -> None:
     hf, tl, tokenizer = smol["hf"], smol["tl"], smol["tokenizer"]
     sae = topic_sae(hf, tokenizer)
@@ -181,6 +181,14 @@ def test_dsg_hf_guards_smollm2_as_the_single_prompt_reference(
     with torch.no_grad():  # and the clamp did change the prompt that fired
         plain = hf(input_ids=tokens[:1], attention_mask=mask[:1]).logits
     assert (plain[0] - logits[0]).abs().max() > 1.0
+    # open-unlearning's model handler loads the Llama folder with the same guardrail
+    from dsg.open_unlearning import GuardedModel
+
+    handled = GuardedModel.from_pretrained(str(smollm2_folder), dsg_bundle=str(bundle_dir))
+    with torch.no_grad():
+        again = handled(input_ids=tokens, attention_mask=mask).logits
+    assert handled.dsg_guardrail.fired.tolist() == [True, False]
+    assert (again - logits).abs().max() <= ATOL
 
 
 def test_dsg_generate_answers_on_smollm2_by_name(smol: dict[str, Any], tmp_path: Path) -> None:
