@@ -61,7 +61,7 @@ def declare(obj: Any, owner: str, taken: Mapping[str, Declared]) -> Declared:
             f"({type(obj).__name__})"
         )
     name = obj.name
-    where = f"plugin {owner!r}'s setting {excerpt(name)}"
+    where = f"setting {excerpt(name)} of plugin {owner!r}"
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise UserError(f"{where}: a setting is named in lowercase words joined by _")
     try:
@@ -100,8 +100,9 @@ def declare(obj: Any, owner: str, taken: Mapping[str, Declared]) -> Declared:
 def _refuse_taken(setting: Declared, where: str, taken: Mapping[str, Declared]) -> None:
     for other in taken.values():
         if setting.name == other.name or setting.option == other.option:
-            owner = f"plugin {other.spec.plugin!r}'s" if other.spec.plugin else "one of dsg's own"
+            plugin = other.spec.plugin
+            whose = f"plugin {plugin!r}'s setting" if plugin else "dsg's own setting"
             clash = "name" if setting.name == other.name else f"option {setting.option}"
             raise UserError(
-                f"refused: {where} has the {clash} of {owner} settings ({other.name!r}); rename it"
+                f"refused: {where} takes the {clash} of {whose} {other.name!r}; rename it"
             )
