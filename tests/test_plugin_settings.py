@@ -11,7 +11,15 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from dsg.api import AttackRow, AttackTarget, Bounds, PluginSetting, UserError, hookimpl
+from dsg.api import (
+    AttackPrompt,
+    AttackRow,
+    AttackTarget,
+    Bounds,
+    PluginSetting,
+    UserError,
+    hookimpl,
+)
 from dsg.api.plugins import Registry, build_registry
 from dsg.cli.options import Given, setting_options
 from dsg.config.resolve import find_config, refuse_unselected, resolve
@@ -29,7 +37,19 @@ class RepeatAttack:
     def check(self, target: AttackTarget) -> None: ...
 
     def run(self, target: AttackTarget) -> Iterator[AttackRow]:
-        yield from ()
+        render = target.prompt_format.render
+        for copies in target.settings.repeats:  # the plugin's own setting
+            prompts = {}
+            for s in target.eval_sets:
+                texts = [
+                    render(target.tokenizer, s, " ".join([q.question] * copies), q.choices)
+                    for q in s.questions
+                ]
+                prompts[s.name] = [
+                    AttackPrompt(tuple(ids), q.answer)
+                    for q, ids in zip(s.questions, target.encode(texts), strict=True)
+                ]
+            yield AttackRow({"repeats": copies}, target.score(prompts))
 
 
 class RepeatPlugin:
