@@ -37,8 +37,8 @@ def _loaded_registry() -> Registry | None:
         raise SystemExit(130) from None
 
 
-_registry = _loaded_registry()
-PLUGIN_SETTINGS = _registry.settings if _registry is not None else []
+PLUGIN_SETTINGS = getattr(_loaded_registry(), "settings", [])
+"""The settings the installed plugins declare, offered as options beside dsg's own."""
 
 app = typer.Typer(
     help="Dynamic SAE Guardrails: unlearn with sparse-autoencoder features at inference time.",

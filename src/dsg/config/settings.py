@@ -6,6 +6,10 @@ keys and their validation (:mod:`dsg.config.resolve`, :mod:`dsg.config.values`),
 command-line options (:mod:`dsg.cli.options`), what a case may set
 (:class:`dsg.config.values.CaseDefaults`) and the tables of docs/config.md (:mod:`dsg.config.docs`)
 are all derived from these fields. Adding a setting is adding a field.
+
+A plugin's own settings (an attack's budgets, a strategy's window lengths) are declared by the
+plugin (:mod:`dsg.config.plugin_settings`) as the same :class:`Declared` and derived alike;
+:func:`with_plugins` lists both, and a run holds the plugins' values in ``plugin_values``.
 """
 
 from __future__ import annotations
