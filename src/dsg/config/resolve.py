@@ -155,7 +155,9 @@ def refuse_unselected(
     owners = dict.fromkeys(f"{kinds.get(n, 'plugin')} {n!r}" for s in stray for n in s.spec.used_by)
     whose = f"{'it is an option' if len(stray) == 1 else 'they are options'} of {', '.join(owners)}"
     if attack is None:
-        subject = f"strategies {', '.join(map(repr, settings.strategies))} do"
+        names = ", ".join(map(repr, settings.strategies))
+        one = len(settings.strategies) == 1
+        subject = f"strategy {names} does" if one else f"strategies {names} do"
         own = ""
     else:
         subject = f"attack {attack!r} does"
