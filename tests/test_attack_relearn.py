@@ -4,7 +4,6 @@ the run's model, and bad options are one error line."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from test_cli_errors import one_error, run
 from test_evaluate import _no_config_file, open_session  # noqa: F401  (autouse fixture)
 from tiny import FORGET_TEXTS, TinyWorld, UseWorld, tiny_registry
 
+from dsg.config.settings import replaced
 from dsg.stages.attack import attack, relearn
 from dsg.stages.corpus import is_held_out, load_documents, sample_forget
 from dsg.stages.evaluate import evaluate
@@ -61,7 +61,7 @@ def test_held_out_documents_never_reach_the_statistics(registry: Any, tmp_path: 
 def relearn_run(registry: Any, out: Path, rates: tuple[float, ...], epochs: int) -> dict[str, Any]:
     """The attack with ``rates`` as given (0 included, which the option refuses)."""
     session = open_session(registry, out, relearn_holdout=HOLDOUT, epochs=epochs)
-    session.settings = dataclasses.replace(session.settings, learning_rates=rates)
+    session.settings = replaced(session.settings, learning_rates=rates)
     return json.loads(attack.run(session, "relearn").read_text())
 
 

@@ -304,6 +304,7 @@ def test_context_check_boundary() -> None:
         (["--ratio-percentile", "50"], "--ratio-percentile"),
         (["--sae", "x", "--case", "tiny"], "--case, --sae"),
         (["--out", "elsewhere", "--seq-len", "9"], "--out, --seq-len"),
+        (["--window-lengths", "4"], "--window-lengths"),  # a plugin's setting
     ],
 )
 def test_generate_refuses_options_a_bundle_fixes(

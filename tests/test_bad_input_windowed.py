@@ -32,6 +32,21 @@ def test_a_window_length_must_be_positive(world: TinyWorld, use_world: UseWorld)
     assert not Path("runs").exists()
 
 
+def test_a_window_option_without_the_windowed_strategy_is_refused(
+    world: TinyWorld, use_world: UseWorld
+) -> None:
+    """The option would change nothing the run computes; in a config file the key is kept for
+    the runs that use the windowed strategy."""
+    use_world(world)
+    args = ["evaluate", "--case", "tiny", "--out", "runs", "--strategy", "dynamic"]
+    one_error(
+        run(*args, "--window-lengths", "4"),
+        "strategy 'dynamic' does not read --window-lengths: it is an option of strategy "
+        "'windowed'; leave it off",
+    )
+    assert not Path("runs").exists()
+
+
 @pytest.mark.parametrize(
     ("params", "fragment"),
     [

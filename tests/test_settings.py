@@ -10,6 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from dsg.api.plugins import registry
 from dsg.cli.options import Given, setting_options
 from dsg.config.docs import tables, with_tables
 from dsg.config.resolve import validate_config
@@ -40,9 +41,10 @@ def capture(command: str, *args: str) -> tuple[int, Given | None, str]:
 
 def test_docs_tables_match_the_declarations() -> None:
     text = DOCS.read_text()
-    assert with_tables(text) == text, "run `python -m dsg.config.docs docs/config.md`"
-    for name in declared():
-        assert f"| `{name}` |" in tables()
+    plugin = registry().settings
+    assert with_tables(text, plugin) == text, "run `python -m dsg.cli.config_docs docs/config.md`"
+    for name in [*declared(), *(s.name for s in plugin)]:
+        assert f"| `{name}` |" in tables(plugin)
 
 
 def test_options_reach_the_command_under_their_setting_names() -> None:

@@ -3,15 +3,86 @@
 ``dilution`` pads each question with benign text; ``format`` asks the same questions in the
 prompt formats a user might type; ``relearn`` fine-tunes a copy of the model on hazard text.
 Each hands its prompts (and, for ``relearn``, its model) to dsg's engine, which answers them
-unguarded and under every configuration. See docs/robustness.md.
+unguarded and under every configuration. Their options (``--budget``, ``--learning-rate``,
+``--format``, ...) are declared here, each owned by the attack that reads it. See
+docs/robustness.md.
 """
 
 from __future__ import annotations
 
-from dsg.api import Register, hookimpl
+from pathlib import Path
+from typing import Any
+
+from dsg.api import Bounds, PluginSetting, Register, hookimpl
 from dsg_attacks.dilution import DilutionAttack
 from dsg_attacks.formats import FormatAttack
 from dsg_attacks.relearn import RelearnAttack
+
+ATTACK = ("attack",)
+SECTION = "Attacks"
+
+
+def _setting(
+    name: str, attack: str, kind: Any, default: Any, help: str, **more: Any
+) -> PluginSetting:
+    """A setting of the ``attack`` command that only ``attack`` reads."""
+    return PluginSetting(
+        name, kind, default, f"{attack}: {help}", ATTACK, SECTION, used_by=(attack,), **more
+    )
+
+
+@hookimpl
+def register_settings(register: Register) -> None:
+    register(
+        _setting(
+            "budgets", "dilution", tuple[int, ...], (0, 25, 50, 100, 200, 400),
+            "benign tokens inserted into each prompt. A budget that does not fit the model's "
+            "context beside the longest prompt is refused, naming the largest that fits.",
+            option="--budget", bounds=Bounds(0, None),
+        )
+    )  # fmt: skip
+    register(
+        _setting(
+            "placements", "dilution", tuple[str, ...], ("before", "after", "around"),
+            "where the benign text goes: before the question, after its choices, or half on "
+            "each side.", option="--placement",
+        )
+    )  # fmt: skip
+    register(
+        _setting(
+            "benign_corpus", "dilution", Path | None, None,
+            "the benign text, same formats as --retain-corpus (default: the case's retain "
+            "corpus).",
+        )
+    )  # fmt: skip
+    register(
+        _setting(
+            "benign_questions", "dilution", str | None, None,
+            "the benign text is the question text of this eval set of the case (e.g. cities) "
+            "instead of a corpus: benign text that looks like the questions.",
+        )
+    )  # fmt: skip
+    register(
+        _setting(
+            "learning_rates", "relearn", tuple[float, ...], (1e-6, 1e-5, 1e-4),
+            "AdamW learning rates; a copy of the model is fine-tuned at each.",
+            option="--learning-rate", bounds=Bounds(0, None, above_minimum=True),
+        )
+    )  # fmt: skip
+    register(
+        _setting(
+            "epochs", "relearn", int, 2,
+            "passes over the held-out forget rows; the copy is scored after each.",
+            bounds=Bounds(0, None, above_minimum=True),
+        )
+    )  # fmt: skip
+    register(
+        _setting(
+            "formats", "format", tuple[str, ...], (),
+            "the prompt formats to try (docs/robustness.md lists them; an unknown name is "
+            "refused with the list).", option="--format", docs_default="all",
+        )
+    )  # fmt: skip
 
 
 @hookimpl

@@ -129,7 +129,6 @@ class DilutionAttack:
         "benign text inserted before, after or around each question, at growing token budgets"
     )
     axis = "budget"
-    settings = ("budgets", "placements", "benign_corpus", "benign_questions")
 
     def check_settings(self, settings: Any) -> None:
         unknown = [p for p in settings.placements if p not in PLACEMENTS]

@@ -165,7 +165,6 @@ class FormatAttack:
         "relabelled, or with the choices first"
     )
     axis = "format"
-    settings = ("formats",)
 
     def check_settings(self, settings: Any) -> None:
         named(settings)

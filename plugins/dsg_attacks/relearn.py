@@ -70,7 +70,6 @@ class RelearnAttack:
         "rates; score it after each epoch with the original guardrail"
     )
     axis = "epoch"
-    settings = ("learning_rates", "epochs")
 
     def check(self, target: AttackTarget) -> None:
         check_learning_rates(target.settings.learning_rates)

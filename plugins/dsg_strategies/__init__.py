@@ -7,14 +7,16 @@ not dilute its decision. They differ only in their gate: the hits, rates and cla
 :class:`dsg_runtime.guardrail.Guardrail`'s. How each travels in a bundle (its gate) is the
 runtime's built-in strategy of the same name, so a bundle reader needs no plugin; this plugin
 adds how dsg builds, describes and calibrates them. torch is imported only when a strategy is
-built, so listing plugins stays cheap.
+built, so listing plugins stays cheap. The windowed strategy's settings (its candidate window
+lengths and the length of its calibration stretches) are declared here, through
+``register_settings``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dsg.api import Register, UserError, hookimpl
+from dsg.api import Bounds, PluginSetting, Register, UserError, hookimpl
 from dsg_runtime.strategies import Dynamic, Static, Windowed
 
 if TYPE_CHECKING:
@@ -90,6 +92,48 @@ class WindowedStrategy(Windowed):
             window_lengths=tuple(data.options["window_lengths"]),
             stretch_tokens=int(data.options.get("window_calibration_tokens", 0)),
         )
+
+
+# The commands that build guardrails, and the docs section the window settings are listed in.
+CLAMPING = ("evaluate", "muse-export", "generate", "attack")
+SELECTION = "Selection and threshold"
+
+
+def check_calibration_tokens(settings: Any) -> None:
+    """A stretch shorter than the rows would silently mean the rows themselves."""
+    tokens, seq_len = settings.window_calibration_tokens, settings.seq_len
+    if 0 < tokens < seq_len:
+        raise UserError(
+            f"window_calibration_tokens {tokens} is shorter than the rows of seq_len {seq_len} "
+            "tokens that tau_w is calibrated on at the least; pass 0 (the rows themselves) or "
+            "the length of the longest prompt the gate will judge, at least seq_len"
+        )
+
+
+@hookimpl
+def register_settings(register: Register) -> None:
+    register(
+        PluginSetting(
+            "window_lengths", tuple[int, ...], (8, 16, 24, 32, 48, 64, 96, 128),
+            "Candidate window lengths (tokens) of the windowed strategy; the one whose gate "
+            "keeps firing on forget text diluted with retain text is chosen "
+            "(docs/evaluate.md#the-windowed-strategy).",
+            CLAMPING, SELECTION, used_by=("windowed",), bounds=Bounds(0, None, above_minimum=True),
+            after="calibration_percentile",
+        )
+    )  # fmt: skip
+    register(
+        PluginSetting(
+            "window_calibration_tokens", int, 0,
+            "Length (tokens) of the retain stretches the windowed strategy's tau_w is "
+            "calibrated on: the retain rows laid end to end, a stretch starting every window "
+            "length. A longer prompt has more windows, so set it to the longest prompt the gate "
+            "will judge; 0: the rows themselves (seq_len). A value from 1 to below seq_len, or "
+            "beyond the model's context, is refused.",
+            CLAMPING, SELECTION, used_by=("windowed",), bounds=Bounds(0, None),
+            within_context=True, after="window_lengths", check=check_calibration_tokens,
+        )
+    )  # fmt: skip
 
 
 @hookimpl

@@ -36,6 +36,8 @@ from dsg.api.interfaces import (
     Strategy,
 )
 from dsg.api.mirror import HubDataset
+from dsg.config.plugin_settings import PluginSetting
+from dsg.config.settings import Bounds
 from dsg.config.values import CaseDefaults
 from dsg.core.errors import UserError, one_line_reason, unreadable_file_errors
 from dsg.core.loading import hub_lookups, no_progress_bars, refuse_custom_code
@@ -48,6 +50,7 @@ __all__ = [
     "AttackPrompt",
     "AttackRow",
     "AttackTarget",
+    "Bounds",
     "CalibratedStrategy",
     "CalibrationData",
     "Case",
@@ -66,6 +69,7 @@ __all__ = [
     "ModelLoader",
     "MuseCase",
     "MuseData",
+    "PluginSetting",
     "PromptFormat",
     "Register",
     "SAELoader",

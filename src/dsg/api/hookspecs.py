@@ -23,6 +23,14 @@ Register = Callable[[Any], None]
 
 
 @hookspec
+def register_settings(register: Register) -> None:
+    """Register :class:`dsg.api.PluginSetting` objects: settings of the plugin's attacks,
+    strategies or cases, each a config-file key and an option of the commands it names, checked
+    like dsg's own. Its name (and option) may not be one of dsg's settings or another plugin's:
+    the plugin is then refused. dsg collects every plugin's settings before anything else."""
+
+
+@hookspec
 def register_sae_loaders(register: Register) -> None:
     """Register :class:`dsg.api.interfaces.SAELoader` objects: they turn an ``--sae`` spec into a
     sae_lens SAE and its hook point."""

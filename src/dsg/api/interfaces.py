@@ -322,7 +322,8 @@ class AttackTarget(Protocol):
     evaluate engine unguarded and under every configuration at once."""
 
     settings: Any
-    """The run's resolved :class:`dsg.config.settings.Settings` (``budgets``, ``formats``, ...)."""
+    """The run's resolved :class:`dsg.config.settings.Settings`: dsg's settings and the ones
+    plugins declare, as attributes (``budgets``, ``formats``, ...)."""
     tokenizer: Any
     n_ctx: int
     prompt_format: PromptFormat
@@ -380,10 +381,10 @@ class Attack(Protocol):
     """A way to get around a guardrail, measured: ``dsg attack NAME`` runs it on every
     configuration and on the unguarded model, side by side.
 
-    Two members are optional (not part of the protocol's check): ``settings``, the settings of
-    the attacks' group it reads, so that an option of another attack is refused rather than
-    ignored; and ``check_settings(settings)``, its checks that need no model, run before any
-    model loads."""
+    One member is optional (not part of the protocol's check): ``check_settings(settings)``,
+    its checks that need no model, run before any model loads. Its own options are settings its
+    plugin declares (``register_settings``) with the attack in ``used_by``: given to another
+    attack they are refused rather than ignored."""
 
     name: str
     description: str

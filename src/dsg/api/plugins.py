@@ -7,7 +7,9 @@ the loading. dsg's own plugins come first: a third-party entry point with one of
 a third-party object with the name of one of theirs, is refused, not loaded in their place. Two
 third-party plugins registering one name in the same registry is a
 :class:`~dsg.core.errors.PluginConflict`. What a plugin registers is checked against its Protocol in
-:mod:`dsg.api.interfaces` as it registers.
+:mod:`dsg.api.interfaces` as it registers. A plugin's settings are collected first, checked as
+dsg's own are (:mod:`dsg.config.plugin_settings`); one whose name or option is taken refuses
+the plugin, which then registers nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from dsg.api.interfaces import (
     SAELoader,
     Strategy,
 )
+from dsg.config.plugin_settings import declare
+from dsg.config.settings import Declared, declared
 from dsg.config.values import CaseDefaults
 from dsg.core.errors import PluginConflict, UserError, excerpt, one_line
 
@@ -44,8 +48,10 @@ FIRST_PARTY = "dsg"
 COMMAND_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 """What a plugin command may be called: lowercase words of letters and digits joined by ``-``."""
 
-# registry name -> hook that fills it
+# registry name -> hook that fills it; settings first, as a plugin refused for its settings
+# registers nothing else
 REGISTRIES = {
+    "settings": "register_settings",
     "sae_loaders": "register_sae_loaders",
     "model_loaders": "register_model_loaders",
     "cases": "register_cases",
@@ -55,6 +61,7 @@ REGISTRIES = {
 }
 
 KIND_LABEL = {
+    "settings": "setting",
     "sae_loaders": "SAE loader",
     "model_loaders": "model loader",
     "cases": "case",
@@ -146,14 +153,22 @@ class Registry:
             )
         return list(dict.fromkeys(specs))
 
+    @property
+    def settings(self) -> list[Declared]:
+        """The settings plugins declared, in the order they registered them."""
+        return list(self.entries["settings"].values())
+
     def names(self, kind: str) -> list[str]:
         return sorted(self.entries[kind])
 
     def description(self, kind: str, name: str) -> str:
         """What ``dsg plugins`` says of a registered object: its ``description`` (a command's is
-        the first line of its docstring)."""
+        the first line of its docstring, a setting's of its help)."""
         obj = self.entries[kind][name]
-        text = obj.__doc__ if kind == "commands" else obj.description
+        if kind == "commands":
+            text = obj.__doc__
+        else:
+            text = obj.spec.help if kind == "settings" else obj.description
         return (text or "").strip().split("\n")[0]
 
     def reject(self, kind: str, name: str, reason: str) -> None:
@@ -193,11 +208,17 @@ def build_registry(extra_plugins: Iterable[tuple[str, Any]] = ()) -> Registry:
             entries={kind: {} for kind in REGISTRIES},
             owners={kind: {} for kind in REGISTRIES},
         )
+        refused_settings: set[str] = set()
         for kind, hook_name in REGISTRIES.items():
             impls = getattr(pm.hook, hook_name).get_hookimpls()
             # dsg's own first, whatever order pluggy (or a plugin's tryfirst) gives
             for impl in sorted(impls, key=lambda i: not infos[i.plugin_name].first_party):
-                _run_register_hook(reg, kind, impl, infos[impl.plugin_name], user_pressed_ctrl_c)
+                info = infos[impl.plugin_name]
+                if info.name in refused_settings:
+                    continue
+                _run_register_hook(reg, kind, impl, info, user_pressed_ctrl_c)
+                if kind == "settings" and info.error is not None:
+                    refused_settings.add(info.name)
     return reg
 
 
@@ -287,14 +308,23 @@ def _run_register_hook(
     """Call one plugin's hook for ``kind``. What it registers is checked as it comes and kept
     only if the whole hook succeeds, so a plugin is never half registered."""
     pending: list[tuple[str, Any]] = []
+    taken = {**declared(), **reg.entries["settings"]}
 
     def register(obj: Any) -> None:
+        if kind == "settings":
+            setting = declare(obj, info.name, taken)
+            taken[setting.name] = setting
+            pending.append((setting.name, setting))
+            return
         pending.append((checked_name(kind, obj, info.name), obj))
 
     try:
         impl.function(register=register)
     except BaseException as exc:
-        info.error = f"{impl.function.__name__} failed: {_failure(exc, user_pressed_ctrl_c)}"
+        reason = _failure(exc, user_pressed_ctrl_c)
+        # a setting whose name is taken refuses the whole plugin, as a taken name does below
+        taken_name = kind == "settings" and reason.startswith("refused: ")
+        info.error = reason if taken_name else f"{impl.function.__name__} failed: {reason}"
         return
     label = KIND_LABEL[kind]
     ours = [n for n, _ in pending if _owned_by_dsg(reg, kind, n)]

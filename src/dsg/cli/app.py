@@ -17,7 +17,28 @@ from dsg.cli.options import FLAG, MODEL_AND_SAE, Given, setting_options
 from dsg.core.errors import UserError, shortened
 
 if TYPE_CHECKING:
+    from dsg.api.plugins import Registry
     from dsg.bundle import Bundle
+
+
+def _loaded_registry() -> Registry | None:
+    """The plugins, whose settings and commands the command line offers; None when the registry
+    cannot be built, which the command that needs it then reports as one line."""
+    from dsg.api.plugins import registry
+
+    try:
+        return registry()
+    except UserError:
+        return None
+    except KeyboardInterrupt:  # the user's Ctrl-C while plugins load (a plugin's own is contained)
+        from dsg.engine.session import stderr
+
+        stderr.print("interrupted while loading plugins")
+        raise SystemExit(130) from None
+
+
+PLUGIN_SETTINGS = getattr(_loaded_registry(), "settings", [])
+"""The settings the installed plugins declare, offered as options beside dsg's own."""
 
 app = typer.Typer(
     help="Dynamic SAE Guardrails: unlearn with sparse-autoencoder features at inference time.",
@@ -68,6 +89,7 @@ def _each_sae(given: Given, stage: str, strategies: tuple[str, ...] = ()) -> Non
     from dsg.runs.sweep_summary import summarise
 
     plan = make_plan(stage, given.settings, config_file=given.config, strategies=strategies)
+    plan.session.refuse_unread_options(given.settings)
     if not plan.swept and plan.session.settings.executor == "local":
         for path in stage_action(stage, strategies)(plan.session):
             typer.echo(str(path))
@@ -128,7 +150,7 @@ def plugins() -> None:
 
 @app.command()
 @user_errors
-@setting_options("sparsity")
+@setting_options("sparsity", PLUGIN_SETTINGS)
 def sparsity(given: Given) -> None:
     """Per-feature mean activations on the forget and retain corpora, and calibration data."""
     _each_sae(given, "sparsity")
@@ -136,7 +158,7 @@ def sparsity(given: Given) -> None:
 
 @app.command()
 @user_errors
-@setting_options("select")
+@setting_options("select", PLUGIN_SETTINGS)
 def select(given: Given) -> None:
     """Select features and calibrate per-n thresholds (runs `sparsity` if needed)."""
     _each_sae(given, "select")
@@ -144,7 +166,7 @@ def select(given: Given) -> None:
 
 @app.command()
 @user_errors
-@setting_options("evaluate")
+@setting_options("evaluate", PLUGIN_SETTINGS)
 def evaluate(given: Given) -> None:
     """Sweep every configuration on the case's MCQ sets; write report.json and tradeoff.png."""
     _each_sae(given, "evaluate")
@@ -152,7 +174,7 @@ def evaluate(given: Given) -> None:
 
 @app.command()
 @user_errors
-@setting_options("attack")
+@setting_options("attack", PLUGIN_SETTINGS)
 def attack(
     name: Annotated[str, typer.Argument(metavar="ATTACK", help="The attack (`dsg plugins`).")],
     given: Given,
@@ -163,10 +185,7 @@ def attack(
     from dsg.stages.attack import attack as attacks
 
     session = Session.open(given.settings, config_file=given.config)
-    chosen = session.registry.get("attacks", name)
-    attacks.refuse_other_attacks_options(
-        chosen, [key for key, value in given.settings.items() if value is not None]
-    )
+    session.refuse_unread_options(given.settings, attack=name)
     if session.settings.sae_release_pattern or session.settings.sae_id_pattern:
         raise UserError(
             "attack runs on one SAE, but the config selects SAEs by pattern; pass --sae"
@@ -200,7 +219,7 @@ def data_mirror(
 
 @app.command("muse-export")
 @user_errors
-@setting_options("muse-export")
+@setting_options("muse-export", PLUGIN_SETTINGS)
 def muse_export(given: Given) -> None:
     """Write one guardrail bundle per (ratio percentile, n) for transformers-based harnesses."""
     # The config's and the case's strategies are for sweeps; a bundle is dynamic unless asked.
@@ -209,7 +228,7 @@ def muse_export(given: Given) -> None:
 
 @app.command("train-sae")
 @user_errors
-@setting_options("train-sae")
+@setting_options("train-sae", PLUGIN_SETTINGS)
 def train_sae(given: Given) -> None:
     """Train a sparse autoencoder on the model's residual stream at --sae-hook (only the blocks
     before it run) and write a sae_lens folder with held-out metrics (docs/train-sae.md)."""
@@ -252,7 +271,7 @@ Chat = Annotated[
 
 @app.command()
 @user_errors
-@setting_options("generate")
+@setting_options("generate", PLUGIN_SETTINGS)
 def generate(
     prompt: Annotated[str, typer.Argument(help="The prompt to complete.")],
     given: Given,
@@ -315,6 +334,7 @@ def _built_guardrail(given: Given) -> tuple[Bundle, str, str]:
     from dsg.stages.select import ensure
 
     session = Session.open(given.settings, config_file=given.config)
+    session.refuse_unread_options(given.settings)
     if session.settings.sae_release_pattern or session.settings.sae_id_pattern:
         raise UserError(
             "generate runs one guardrail, but the config selects SAEs by pattern; "
@@ -327,17 +347,9 @@ def _built_guardrail(given: Given) -> tuple[Bundle, str, str]:
 def _add_plugin_commands() -> None:
     """Give each command a plugin registers its place beside dsg's own. A registry that cannot
     be built is left to fail, as one line, in the command that needs it."""
-    from dsg.api.plugins import registry
-
-    try:
-        reg = registry()
-    except UserError:
+    reg = _loaded_registry()
+    if reg is None:
         return
-    except KeyboardInterrupt:  # the user's Ctrl-C while plugins load (a plugin's own is contained)
-        from dsg.engine.session import stderr
-
-        stderr.print("interrupted while loading plugins")
-        raise SystemExit(130) from None
     own = {
         info.name or getattr(info.callback, "__name__", "").replace("_", "-")
         for info in app.registered_commands

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -119,11 +119,13 @@ def _entered(settings: list[Declared], kwargs: dict[str, Any]) -> Given:
     return Given(None if config is None else Path(check_not_empty("--config", config)), given)
 
 
-def setting_options(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def setting_options(
+    command: str, plugin: Sequence[Declared] = ()
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a command whose parameter ``given: Given`` receives the settings ``command``
-    takes (see ``commands`` in :mod:`dsg.config.settings`); its other parameters stay as they
-    are."""
-    settings = for_command(command)
+    takes (see ``commands`` in :mod:`dsg.config.settings`), dsg's and those the ``plugin``
+    declarations add; its other parameters stay as they are."""
+    settings = for_command(command, plugin)
     names = {s.name for s in settings}
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.config.settings import Settings, declared
+from dsg.config.settings import Declared, Settings, declared, with_plugins
 from dsg.config.values import check, convert
 from dsg.core.errors import UserError, excerpt
 from dsg.core.files import file_problem
@@ -25,8 +26,11 @@ SAE_PATTERN_KEYS = ("sae_release_pattern", "sae_id_pattern")
 ENV_VARIABLE = "DSG_CONFIG"
 
 
-def find_config(explicit: Path | None) -> tuple[Path | None, dict[str, Any]]:
-    """The config file in force and its raw table (empty when there is none)."""
+def find_config(
+    explicit: Path | None, plugin: Sequence[Declared] = ()
+) -> tuple[Path | None, dict[str, Any]]:
+    """The config file in force and its checked table (empty when there is none); its keys are
+    dsg's settings and those the ``plugin`` declarations add."""
     import tomli
 
     candidates: list[tuple[Path, bool]] = []
@@ -79,14 +83,17 @@ def find_config(explicit: Path | None) -> tuple[Path | None, dict[str, Any]]:
             raise UserError(
                 f"{path}: [tool.dsg] must be a table of settings, not {excerpt(settings)}"
             )
-        return path, validate_config(settings, path)
+        return path, validate_config(settings, path, plugin)
     return None, {}
 
 
-def validate_config(table: dict[str, Any], source: Path) -> dict[str, Any]:
+def validate_config(
+    table: dict[str, Any], source: Path, plugin: Sequence[Declared] = ()
+) -> dict[str, Any]:
     """Check keys, types and values; return values converted to what :class:`Settings` holds.
-    Two spellings of one key (``n-features`` and ``n_features``) are refused, not merged."""
-    known = declared()
+    Two spellings of one key (``n-features`` and ``n_features``) are refused, not merged. A
+    plugin's key is checked whatever the run: one file may serve several commands and attacks."""
+    known = with_plugins(plugin)
     clean: dict[str, Any] = {}
     spelled: dict[str, str] = {}
     for key, value in table.items():
@@ -105,12 +112,17 @@ def validate_config(table: dict[str, Any], source: Path) -> dict[str, Any]:
 
 
 def resolve(
-    defaults: CaseDefaults, case: str, config: dict[str, Any], cli: dict[str, Any]
+    defaults: CaseDefaults,
+    case: str,
+    config: dict[str, Any],
+    cli: dict[str, Any],
+    plugin: Sequence[Declared] = (),
 ) -> Settings:
-    """Merge case defaults, config and CLI values (None / empty means "not given")."""
+    """Merge case defaults, config and CLI values (None / empty means "not given"), dsg's
+    settings and the ``plugin`` declarations' alike."""
     merged: dict[str, Any] = {
         name: setting.default
-        for name, setting in declared().items()
+        for name, setting in with_plugins(plugin).items()
         if setting.default is not dataclasses.MISSING
     }
     merged.update(defaults.values, case=case)
@@ -120,9 +132,40 @@ def resolve(
             if value is None or (isinstance(value, tuple | list) and not value):
                 continue
             merged[key] = tuple(value) if isinstance(value, list) else value
-    settings = Settings(**merged)
+    own = {name: value for name, value in merged.items() if name in declared()}
+    settings = Settings(**own, plugin_values=tuple((s, merged[s.name]) for s in plugin))
     check(settings)
     return settings
+
+
+def refuse_unselected(
+    given: dict[str, Any], settings: Settings, kinds: Mapping[str, str], attack: str | None
+) -> None:
+    """Options given on the command line that only attacks or strategies the run leaves out
+    read (``dsg attack format --learning-rate 0.5``) are refused rather than ignored, naming
+    whose options they are (``kinds``: ``attack`` or ``strategy`` by name). A config file's
+    keys are not: one file may serve other runs."""
+    from dsg.config.settings import plugin_settings
+
+    used = {*settings.strategies, *([attack] if attack else [])}
+    owned = [s for s in plugin_settings(settings) if s.spec.used_by]
+    stray = [s for s in owned if given.get(s.name) is not None and not used & set(s.spec.used_by)]
+    if not stray:
+        return
+    owners = dict.fromkeys(f"{kinds.get(n, 'plugin')} {n!r}" for s in stray for n in s.spec.used_by)
+    whose = f"{'it is an option' if len(stray) == 1 else 'they are options'} of {', '.join(owners)}"
+    if attack is None:
+        names = ", ".join(map(repr, settings.strategies))
+        one = len(settings.strategies) == 1
+        subject = f"strategy {names} does" if one else f"strategies {names} do"
+        own = ""
+    else:
+        subject = f"attack {attack!r} does"
+        mine = [s.option for s in owned if attack in s.spec.used_by]
+        own = f" (its options: {', '.join(mine) or 'none'})"
+    raise UserError(
+        f"{subject} not read {', '.join(s.option for s in stray)}{own}: {whose}; leave it off"
+    )
 
 
 def _one_sae_choice(config: dict[str, Any], cli: dict[str, Any]) -> dict[str, Any]:

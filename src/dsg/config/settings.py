@@ -6,6 +6,10 @@ keys and their validation (:mod:`dsg.config.resolve`, :mod:`dsg.config.values`),
 command-line options (:mod:`dsg.cli.options`), what a case may set
 (:class:`dsg.config.values.CaseDefaults`) and the tables of docs/config.md (:mod:`dsg.config.docs`)
 are all derived from these fields. Adding a setting is adding a field.
+
+A plugin's own settings (an attack's budgets, a strategy's window lengths) are declared by the
+plugin (:mod:`dsg.config.plugin_settings`) as the same :class:`Declared` and derived alike;
+:func:`with_plugins` lists both, and a run holds the plugins' values in ``plugin_values``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -78,6 +83,12 @@ class Setting:
     regex: bool = False
     case_may_set: bool = False
     docs_default: str | None = None  # the docs table's default column, when not the default
+    within_context: bool = False  # a token count that must fit in the model's context
+    plugin: str = ""  # the plugin that declared it; "" for dsg's own
+    used_by: tuple[str, ...] = ()  # the attacks or strategies that read it; () for every run
+    after: str | None = None  # the setting it is listed after in its group (default: the end)
+    check: Callable[[Any], None] | None = dataclasses.field(default=None, compare=False)
+    """A plugin's check of the resolved settings (the value against others), run with dsg's."""
 
 
 def setting(default: Any, help: str, group: str, commands: tuple[str, ...], **more: Any) -> Any:
@@ -158,8 +169,9 @@ class Settings:
         bounds=NON_NEGATIVE, case_may_set=True,
     )  # fmt: skip
     seq_len: int = setting(
-        1024, "Tokens per row.", DATA, WITH_TRAINING, bounds=POSITIVE, case_may_set=True
-    )
+        1024, "Tokens per row.", DATA, WITH_TRAINING, bounds=POSITIVE, case_may_set=True,
+        within_context=True,
+    )  # fmt: skip
     dataset_size: int = setting(
         1024, "Forget documents sampled, and upper bound on rows per corpus.", DATA,
         EVERY_COMMAND, bounds=POSITIVE, case_may_set=True,
@@ -190,20 +202,6 @@ class Settings:
     calibration_percentile: float = setting(
         95.0, "The threshold for n is this percentile of the retain rows' hit rates.",
         SELECTION, SELECTING, bounds=PERCENTILE, case_may_set=True,
-    )  # fmt: skip
-    window_lengths: tuple[int, ...] = setting(
-        (8, 16, 24, 32, 48, 64, 96, 128), "Candidate window lengths (tokens) of the windowed "
-        "strategy; the one whose gate keeps firing on forget text diluted with retain text is "
-        "chosen (docs/evaluate.md#the-windowed-strategy).", SELECTION, CLAMPING, bounds=POSITIVE,
-        case_may_set=True,
-    )  # fmt: skip
-    window_calibration_tokens: int = setting(
-        0, "Length (tokens) of the retain stretches the windowed strategy's tau_w is calibrated "
-        "on: the retain rows laid end to end, a stretch starting every window length. A longer "
-        "prompt has more windows, so set it to the longest prompt the gate will judge; 0: "
-        "the rows themselves (seq_len). A value from 1 to below seq_len, or beyond the model's "
-        "context, is refused.", SELECTION, CLAMPING, bounds=NON_NEGATIVE,
-        case_may_set=True,
     )  # fmt: skip
     stat_decimals: int = setting(
         6, "Round the per-feature means to this many decimals before selecting, as the "
@@ -240,39 +238,6 @@ class Settings:
     lm_eval_include_path: Path | None = setting(
         None, "A folder of extra lm-eval task YAMLs (lm-eval's --include_path).", EVALUATION,
         ("evaluate",),
-    )  # fmt: skip
-    budgets: tuple[int, ...] = setting(
-        (0, 25, 50, 100, 200, 400), "dilution: benign tokens inserted into each prompt. A budget "
-        "that does not fit the model's context beside the longest prompt is refused, naming the "
-        "largest that fits.", ATTACKS, (ATTACK,), option="--budget",
-        bounds=NON_NEGATIVE,
-    )  # fmt: skip
-    placements: tuple[str, ...] = setting(
-        ("before", "after", "around"), "dilution: where the benign text goes: before the "
-        "question, after its choices, or half on each side.", ATTACKS, (ATTACK,),
-        option="--placement",
-    )  # fmt: skip
-    benign_corpus: Path | None = setting(
-        None, "dilution: the benign text, same formats as --retain-corpus (default: the case's "
-        "retain corpus).", ATTACKS, (ATTACK,),
-    )  # fmt: skip
-    benign_questions: str | None = setting(
-        None, "dilution: the benign text is the question text of this eval set of the case "
-        "(e.g. cities) instead of a corpus: benign text that looks like the questions.",
-        ATTACKS, (ATTACK,),
-    )  # fmt: skip
-    learning_rates: tuple[float, ...] = setting(
-        (1e-6, 1e-5, 1e-4), "relearn: AdamW learning rates; a copy of the model is fine-tuned "
-        "at each.", ATTACKS, (ATTACK,), option="--learning-rate", bounds=POSITIVE,
-    )  # fmt: skip
-    epochs: int = setting(
-        2, "relearn: passes over the held-out forget rows; the copy is scored after each.",
-        ATTACKS, (ATTACK,), bounds=POSITIVE,
-    )  # fmt: skip
-    formats: tuple[str, ...] = setting(
-        (), "format: the prompt formats to try (docs/robustness.md lists them; an unknown "
-        "name is refused with the list).", ATTACKS, (ATTACK,), option="--format",
-        docs_default="all",
     )  # fmt: skip
     executor: str = setting(
         "local", "Where the SAE jobs run: local (one after another in this process) or ray (one "
@@ -330,6 +295,18 @@ class Settings:
         "-9) resumes from the last one with the same result.", SAE_TRAINING, (TRAIN_SAE,),
         bounds=NON_NEGATIVE,
     )  # fmt: skip
+    plugin_values: tuple[tuple[Declared, Any], ...] = ()
+    """The settings plugins declare (:mod:`dsg.config.plugin_settings`), each with its value;
+    read one as an attribute, ``settings.budgets``, like dsg's own."""
+
+    def __getattr__(self, name: str) -> Any:
+        for setting, value in self.__dict__.get(PLUGIN_VALUES, ()):
+            if setting.name == name:
+                return value
+        raise AttributeError(name)
+
+
+PLUGIN_VALUES = "plugin_values"
 
 
 @dataclass(frozen=True)
@@ -359,7 +336,7 @@ class Declared:
         return self.option.removeprefix("--").replace("-", " ")
 
 
-def _split_type(hint: Any) -> tuple[type, bool, bool]:
+def split_type(hint: Any) -> tuple[type, bool, bool]:
     """``tuple[int, ...]`` -> (int, repeated, not optional); ``Path | None`` -> (Path, ...)."""
     args = typing.get_args(hint)
     if isinstance(hint, types.UnionType):
@@ -372,15 +349,54 @@ def _split_type(hint: Any) -> tuple[type, bool, bool]:
 
 @cache
 def declared() -> dict[str, Declared]:
-    """Every setting by name, in declaration order."""
+    """dsg's own settings by name, in declaration order."""
     hints = typing.get_type_hints(Settings)
     table = {}
     for f in dataclasses.fields(Settings):
-        kind, repeated, optional = _split_type(hints[f.name])
+        if f.name == PLUGIN_VALUES:
+            continue
+        kind, repeated, optional = split_type(hints[f.name])
         table[f.name] = Declared(f.name, kind, repeated, optional, f.default, f.metadata["setting"])
     return table
 
 
-def for_command(command: str) -> list[Declared]:
+def with_plugins(plugin: Iterable[Declared] = ()) -> dict[str, Declared]:
+    """dsg's settings and the plugins' by name: each plugin setting is listed in its group,
+    after the one it names in ``after`` or else at the group's end."""
+    order = list(declared().values())
+    for setting in plugin:
+        group = [i for i, s in enumerate(order) if s.spec.group == setting.spec.group]
+        named = [i for i, s in enumerate(order) if s.name == setting.spec.after]
+        last = named or group[-1:]
+        at = last[0] + 1 if last else _group_start(order, setting.spec.group)
+        order.insert(at, setting)
+    return {s.name: s for s in order}
+
+
+def _group_start(order: list[Declared], group: str) -> int:
+    """Where a group with no setting yet begins: before the first setting of a later group."""
+    later = GROUPS[GROUPS.index(group) + 1 :]
+    return next((i for i, s in enumerate(order) if s.spec.group in later), len(order))
+
+
+def for_command(command: str, plugin: Iterable[Declared] = ()) -> list[Declared]:
     """The settings a command takes as options."""
-    return [d for d in declared().values() if command in d.spec.commands]
+    return [d for d in with_plugins(plugin).values() if command in d.spec.commands]
+
+
+def values_of(settings: Settings) -> dict[str, Any]:
+    """Every setting of a run by name, dsg's and its plugins', in :func:`with_plugins` order."""
+    values = {name: getattr(settings, name) for name in declared()}
+    values.update((s.name, value) for s, value in settings.plugin_values)
+    return {name: values[name] for name in with_plugins(plugin_settings(settings))}
+
+
+def replaced(settings: Settings, **changes: Any) -> Settings:
+    """``dataclasses.replace`` for dsg's settings and the plugins' alike."""
+    plugin = tuple((s, changes.pop(s.name, value)) for s, value in settings.plugin_values)
+    return dataclasses.replace(settings, **changes, plugin_values=plugin)
+
+
+def plugin_settings(settings: Settings) -> list[Declared]:
+    """The plugins' declarations a run's settings hold."""
+    return [s for s, _ in settings.plugin_values]

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from dsg.config.settings import Declared, Settings, declared
+from dsg.config.settings import Declared, Settings, declared, plugin_settings, values_of
 from dsg.core.errors import UserError, excerpt
 from dsg_runtime.checks import (
     INT64_MAX,
@@ -91,21 +91,19 @@ def _convert_one(kind: type, value: Any, where: str) -> Any:
 
 
 def check(s: Settings) -> None:
-    """Reject values no run could use, before any model is loaded."""
-    for setting in declared().values():
-        value = getattr(s, setting.name)
+    """Reject values no run could use, before any model is loaded: dsg's rules, then the
+    plugins' own checks of their settings."""
+    values = values_of(s)
+    for setting in [*declared().values(), *plugin_settings(s)]:
+        value = values[setting.name]
         for item in value if setting.repeated else (value,):
             if item is not None:
                 check_value(setting, item)
     for multiplier in s.multipliers:
         check_clamp_dtype(multiplier, s.dtype)
-    if 0 < s.window_calibration_tokens < s.seq_len:
-        raise UserError(
-            f"window_calibration_tokens {s.window_calibration_tokens} is shorter than the rows of "
-            f"seq_len {s.seq_len} tokens that tau_w is calibrated on at the least; pass 0 (the "
-            "rows themselves) or the length of the longest prompt the gate will judge, at least "
-            "seq_len"
-        )
+    for setting in plugin_settings(s):
+        if setting.spec.check is not None:
+            setting.spec.check(s)
     for item in s.lm_eval_tasks:
         if not any(name.strip() for name in item.split(",")):
             raise UserError(

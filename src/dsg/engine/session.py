@@ -16,8 +16,8 @@ from rich.markup import escape
 from dsg.api.data import DataSource
 from dsg.api.interfaces import Case, LoadedModel, LoadedSAE
 from dsg.api.plugins import Registry, registry
-from dsg.config.resolve import find_config, resolve
-from dsg.config.settings import Settings
+from dsg.config.resolve import find_config, refuse_unselected, resolve
+from dsg.config.settings import Settings, plugin_settings, values_of, with_plugins
 from dsg.core.artifacts import RunDir
 from dsg.core.devices import check_device
 from dsg.core.errors import UserError, excerpt
@@ -55,22 +55,36 @@ class Session:
 
     @classmethod
     def open(
-        cls, cli: dict[str, Any], config_file: Path | None = None, reg: Registry | None = None
+        cls,
+        cli: dict[str, Any],
+        config_file: Path | None = None,
+        reg: Registry | None = None,
     ) -> Session:
-        """Resolve settings (CLI over config over case defaults) and pick the case."""
+        """Resolve settings (CLI over config over case defaults, the plugins' settings with
+        dsg's) and pick the case."""
         reg = reg or registry()
         for failed in reg.failures:
             stderr.print(
                 f"[yellow]warning:[/] plugin {failed.name!r} skipped: {escape(failed.error or '')}"
             )
-        config_path, config = find_config(config_file)
+        config_path, config = find_config(config_file, reg.settings)
         case_name = cli.get("case") or config.get("case") or default_case(reg)
         case = reg.get("cases", case_name)
-        settings = resolve(case.defaults, case_name, config, cli)
+        settings = resolve(case.defaults, case_name, config, cli, reg.settings)
         check_device(settings.device, here=settings.executor == "local")
         for strategy in settings.strategies:
             reg.get("strategies", strategy)
         return cls(settings=settings, registry=reg, case=case, config_path=config_path)
+
+    def refuse_unread_options(self, cli: dict[str, Any], attack: str | None = None) -> None:
+        """A UserError for the options given (``cli``) that only attacks or strategies this run
+        leaves out read; ``attack`` is the attack the run measures, if any."""
+        reg = self.registry
+        if attack is not None:
+            reg.get("attacks", attack)
+        kinds = {n: "attack" for n in reg.names("attacks")}
+        kinds.update((n, "strategy") for n in reg.names("strategies"))
+        refuse_unselected(cli, self.settings, kinds, attack)
 
     def for_sae(
         self, sae: str, out: Path, shared_out: Path | None = None, shared_ready: bool = False
@@ -183,18 +197,15 @@ class Session:
                 f"SAE {sae.spec!r} reads vectors of size {d_in} but model {model.spec!r} has "
                 f"d_model {cfg.d_model}; choose an SAE trained on this model"
             )
-        if self.settings.seq_len > cfg.n_ctx:
-            raise UserError(
-                f"seq_len {self.settings.seq_len} is longer than the context of model "
-                f"{model.spec!r} ({cfg.n_ctx} tokens); pass --seq-len {cfg.n_ctx} or less"
-            )
-        if self.settings.window_calibration_tokens > cfg.n_ctx:
-            raise UserError(
-                f"window_calibration_tokens {self.settings.window_calibration_tokens} is longer "
-                f"than the context of model {model.spec!r} ({cfg.n_ctx} tokens), so no prompt "
-                f"the gate judges is that long; pass --window-calibration-tokens {cfg.n_ctx} or "
-                "less"
-            )
+        values = values_of(self.settings)
+        for setting in with_plugins(plugin_settings(self.settings)).values():
+            tokens = values[setting.name]
+            if setting.spec.within_context and tokens > cfg.n_ctx:
+                raise UserError(
+                    f"{setting.name} {tokens} is longer than the context of model "
+                    f"{model.spec!r} ({cfg.n_ctx} tokens); pass {setting.option} {cfg.n_ctx} "
+                    "or less"
+                )
         if sae.hook_layer >= cfg.n_layers and n_layers is None:
             raise UserError(
                 f"SAE hook {sae.hook_name!r} is beyond model {model.spec!r}, which has "

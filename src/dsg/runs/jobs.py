@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.config.settings import NOT_KEYED
+from dsg.config.settings import NOT_KEYED, values_of
 from dsg.core.artifacts import (
     DIGEST_FIELD,
     artifact_key,
@@ -149,11 +149,7 @@ def job_key(job: Job) -> str:
     """A hash of the stage, the job's resolved settings (paths made absolute, so both
     executors agree) and the dsg version."""
     resolved = absolute_paths(job.settings)
-    settings = {
-        f.name: getattr(resolved, f.name)
-        for f in dataclasses.fields(resolved)
-        if f.name not in NOT_KEYED
-    }
+    settings = {k: v for k, v in values_of(resolved).items() if k not in NOT_KEYED}
     inputs = {
         "stage": job.stage,
         "strategies": list(job.strategies),

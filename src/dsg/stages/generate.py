@@ -34,10 +34,12 @@ SETTINGS_WITH_A_BUNDLE = ("model", "device", "dtype")
 def refuse_options_a_bundle_fixes(settings: dict[str, Any], config: Path | None) -> None:
     """A UserError naming the options that would do nothing beside a bundle (its features,
     threshold and multiplier are fixed, and no stage runs), rather than ignoring them."""
-    from dsg.config.settings import declared
+    from dsg.api.plugins import registry
+    from dsg.config.settings import with_plugins
 
+    known = with_plugins(registry().settings)
     ignored = [
-        declared()[name].option
+        known[name].option
         for name, value in settings.items()
         if value not in (None, [], ()) and name not in SETTINGS_WITH_A_BUNDLE
     ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -199,30 +199,6 @@ def chosen_sets(shared: evaluate.ModelLevel) -> list[EvalSet]:
         for p in shared.prompts
         for ids in [p.question_ids]
     ]
-
-
-def attack_options() -> dict[str, str]:
-    """The settings of the attacks' group (``--budget``, ``--format``, ...) and their options."""
-    from dsg.config.settings import ATTACKS, declared
-
-    return {name: d.option for name, d in declared().items() if d.spec.group == ATTACKS}
-
-
-def refuse_other_attacks_options(attack: Attack, given: Iterable[str]) -> None:
-    """Options of the attacks' group given on the command line that ``attack`` does not read
-    (``dsg attack format --learning-rate 0.5``) are refused rather than ignored. An attack says
-    which it reads in ``settings``; one that does not say is not checked."""
-    reads = getattr(attack, "settings", None)
-    if reads is None:
-        return
-    options = attack_options()
-    stray = [options[name] for name in given if name in options and name not in reads]
-    if stray:
-        own = ", ".join(options[name] for name in reads if name in options) or "none"
-        raise UserError(
-            f"attack {attack.name!r} does not read {', '.join(stray)} (its options: {own}); "
-            "leave it off"
-        )
 
 
 def check_settings(attack: Attack, settings: Settings) -> None:

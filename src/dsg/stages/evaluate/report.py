@@ -8,7 +8,6 @@ each other's; ``report.json`` and ``tradeoff.png`` at the top are copies of the 
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import platform
 import shutil
@@ -139,7 +138,9 @@ def _plain(value: Any) -> Any:
 
 def plain_settings(settings: Settings) -> dict[str, Any]:
     """Every setting of a run as JSON values (paths as strings, tuples as lists)."""
-    return {f.name: _plain(getattr(settings, f.name)) for f in dataclasses.fields(settings)}
+    from dsg.config.settings import values_of
+
+    return {name: _plain(value) for name, value in values_of(settings).items()}
 
 
 def environment(settings: Settings) -> dict[str, Any]:
