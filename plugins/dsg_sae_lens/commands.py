@@ -21,8 +21,9 @@ def saes(
         str | None, typer.Option(help="Regex (full match) over SAE ids.")
     ] = None,
 ) -> None:
-    """List sae_lens pretrained SAE releases, or the SAEs of one release or of the patterns (from
-    every loader that lists its SAEs, as SAE sweeps expand them; usable as --sae)."""
+    """List sae_lens pretrained SAE releases and the SAEs other loaders list (such as one shipped
+    with a plugin), or the SAEs of one release or of the patterns (from every loader that lists
+    its SAEs, as SAE sweeps expand them; usable as --sae)."""
     from dsg_sae_lens import PretrainedSAELoader, pretrained
 
     given = {"RELEASE": release, "--sae-release-pattern": sae_release_pattern}
@@ -32,6 +33,9 @@ def saes(
     if release is None and sae_release_pattern is None and sae_id_pattern is None:
         for name, count, model in pretrained.releases():
             typer.echo(f"{name}\t{model}\t{count} SAEs")
+        for spec in sae_specs():  # other loaders' SAEs (a shipped one), as --sae takes them
+            if not spec.startswith(f"{PretrainedSAELoader.name}:"):
+                typer.echo(spec)
         return
     release_pattern = re.escape(release) if release is not None else sae_release_pattern
     specs = sae_specs(release_pattern or ".*", sae_id_pattern or ".*")
