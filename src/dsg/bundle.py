@@ -68,7 +68,9 @@ def from_sae(
     if column_activation(sae) is None:
         raise UserError(
             f"a {type(sae).__name__} cannot be exported: a bundle carries k encoder columns, "
-            "which is exact only for ReLU and JumpReLU SAEs without input normalisation"
+            "which is exact only for ReLU and JumpReLU SAEs without input normalisation; "
+            "dsg evaluate and dsg attack run any SAE whole, or train one with dsg train-sae "
+            "--sae-architecture jumprelu"
         )
     gate_strategy = bundle_strategy(strategy, strategies)
     threshold = float(threshold) if gate_strategy.uses_threshold and threshold is not None else None
