@@ -76,3 +76,30 @@ def test_static_strategy_ignores_the_threshold() -> None:
 def test_importing_the_plugin_does_not_import_torch() -> None:
     code = "import sys, dsg_strategies; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_each_strategy_words_its_own_decision_and_gate() -> None:
+    """`dsg generate`'s line and the evaluation table's gate cell come from the strategy, so the
+    core names none; the built-in strategies keep their words."""
+    from dsg.api import DescribedParams
+    from dsg_runtime.protocols import DescribedStrategy
+
+    strategies = build_registry().entries["strategies"]
+    dynamic, static, windowed = (strategies[n] for n in ("dynamic", "static", "windowed"))
+    assert all(isinstance(s, DescribedStrategy) for s in strategies.values())
+    assert dynamic.describe_decision(True, 0.25, 0.1, {}) == (
+        "guardrail fired: prompt hit rate 0.2500 > threshold 0.1000"
+    )
+    assert dynamic.describe_decision(False, 0.05, 0.1, {}) == (
+        "guardrail did not fire: prompt hit rate 0.0500 <= threshold 0.1000"
+    )
+    assert static.describe_decision(True, 0.25, None, {}) == (
+        "guardrail fired (static; prompt hit rate 0.2500)"
+    )
+    window = {"window": 16, "window_threshold": 0.25}
+    assert windowed.describe_decision(False, 0.05, 0.1, window) == (
+        "guardrail did not fire (windowed: prompt hit rate 0.0500 against threshold 0.1000, or "
+        "a 16-token window's rate against 0.2500)"
+    )
+    assert isinstance(windowed, DescribedParams) and windowed.describe_params(window) == " w16>0.25"
+    assert not isinstance(dynamic, DescribedParams)  # no params: the threshold says it all

@@ -93,6 +93,9 @@ class WindowedStrategy(Windowed):
             stretch_tokens=int(data.options.get("window_calibration_tokens", 0)),
         )
 
+    def describe_params(self, params: dict[str, Any]) -> str:
+        return f" w{params['window']}>{params['window_threshold']:.3g}"
+
 
 # The commands that build guardrails, and the docs section the window settings are listed in.
 CLAMPING = ("evaluate", "muse-export", "generate", "attack")

@@ -18,7 +18,7 @@ from dsg_runtime.bundle import (
     Bundle,
     parse_hook,
 )
-from dsg_runtime.strategies import bundle_strategy
+from dsg_runtime.strategies import DEFAULT_STRATEGY, bundle_strategy
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +49,7 @@ def from_sae(
     *,
     threshold: float | None,
     multiplier: float,
-    strategy: str = "dynamic",
+    strategy: str = DEFAULT_STRATEGY,
     params: dict[str, Any] | None = None,
     base_model: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,

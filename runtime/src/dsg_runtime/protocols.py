@@ -42,3 +42,16 @@ class BundleStrategy(Protocol):
     def bundle_gate(self, threshold: float | None, params: dict[str, Any]) -> Gate:
         """The gate for a bundle's threshold and parameters; UserError for ones it cannot use."""
         ...
+
+
+@runtime_checkable
+class DescribedStrategy(Protocol):
+    """A bundle strategy that says in its own words how its gate decided (optional: a bundle
+    loads without it)."""
+
+    def describe_decision(
+        self, fired: bool, rate: float, threshold: float | None, params: dict[str, Any]
+    ) -> str:
+        """One line for ``dsg generate``: whether the gate fired on a prompt of hit rate
+        ``rate`` under a bundle's threshold and parameters, and why."""
+        ...

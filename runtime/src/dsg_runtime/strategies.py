@@ -36,6 +36,14 @@ class Dynamic(_Stateless):
         no_params(self.name, params)
         return ThresholdGate(_threshold(self.name, threshold))
 
+    def describe_decision(
+        self, fired: bool, rate: float, threshold: float | None, params: dict[str, Any]
+    ) -> str:
+        threshold = threshold or 0.0
+        if fired:
+            return f"guardrail fired: prompt hit rate {rate:.4f} > threshold {threshold:.4f}"
+        return f"guardrail did not fire: prompt hit rate {rate:.4f} <= threshold {threshold:.4f}"
+
 
 class Static(_Stateless):
     """No gate: every row with a hit is clamped."""
@@ -48,6 +56,11 @@ class Static(_Stateless):
 
         no_params(self.name, params)
         return AnyHitGate()
+
+    def describe_decision(
+        self, fired: bool, rate: float, threshold: float | None, params: dict[str, Any]
+    ) -> str:
+        return f"guardrail {_verdict(fired)} (static; prompt hit rate {rate:.4f})"
 
 
 class Windowed:
@@ -79,9 +92,26 @@ class Windowed:
             )
         return WindowGate(params["window"], float(window_threshold), threshold)
 
+    def describe_decision(
+        self, fired: bool, rate: float, threshold: float | None, params: dict[str, Any]
+    ) -> str:
+        tau = float(params["window_threshold"])
+        return (
+            f"guardrail {_verdict(fired)} (windowed: prompt hit rate {rate:.4f} against threshold "
+            f"{threshold or 0.0:.4f}, or a {params['window']}-token window's rate against "
+            f"{tau:.4f})"
+        )
+
 
 BUILT_IN: dict[str, BundleStrategy] = {s.name: s for s in (Dynamic(), Static(), Windowed())}
 """The strategies every bundle reader knows."""
+
+DEFAULT_STRATEGY = Dynamic.name
+"""The strategy of a bundle made without one being named (``muse-export``, ``generate``)."""
+
+
+def _verdict(fired: bool) -> str:
+    return "fired" if fired else "did not fire"
 
 
 def _threshold(strategy: str, threshold: float | None) -> float:

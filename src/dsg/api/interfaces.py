@@ -256,6 +256,17 @@ class CalibratedStrategy(Strategy, Protocol):
 
 
 @runtime_checkable
+class DescribedParams(Protocol):
+    """A :class:`CalibratedStrategy` that says how its ``params`` read in an evaluation table
+    (optional: without it the table shows the threshold alone)."""
+
+    def describe_params(self, params: dict[str, Any]) -> str:
+        """What the table shows of ``params`` after the threshold (e.g. ``" w16>0.25"``), so a
+        reader sees the whole gate of a configuration."""
+        ...
+
+
+@runtime_checkable
 class ExportableStrategy(Strategy, BundleStrategy, Protocol):
     """A :class:`Strategy` that travels in guardrail bundles (optional: without ``bundle_params``
     and ``bundle_gate`` ``muse-export`` refuses the strategy).

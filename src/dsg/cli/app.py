@@ -15,6 +15,7 @@ import typer
 
 from dsg.cli.options import FLAG, MODEL_AND_SAE, Given, setting_options
 from dsg.core.errors import UserError, shortened
+from dsg_runtime.strategies import DEFAULT_STRATEGY
 
 if TYPE_CHECKING:
     from dsg.api.plugins import Registry
@@ -222,8 +223,9 @@ def data_mirror(
 @setting_options("muse-export", PLUGIN_SETTINGS)
 def muse_export(given: Given) -> None:
     """Write one guardrail bundle per (ratio percentile, n) for transformers-based harnesses."""
-    # The config's and the case's strategies are for sweeps; a bundle is dynamic unless asked.
-    _each_sae(given, "muse-export", tuple(given.settings.get("strategies") or ("dynamic",)))
+    # The config's and the case's strategies are for sweeps; a bundle has the default strategy
+    # unless asked.
+    _each_sae(given, "muse-export", tuple(given.settings.get("strategies") or (DEFAULT_STRATEGY,)))
 
 
 @app.command("train-sae")
@@ -327,8 +329,8 @@ def _bundle_guardrail(path: Path, given: Given) -> tuple[Bundle, str, str]:
 
 
 def _built_guardrail(given: Given) -> tuple[Bundle, str, str]:
-    """The case's first configuration as a dynamic bundle (running the stages it needs), device
-    and dtype."""
+    """The case's first configuration as a bundle of the default strategy (running the stages it
+    needs), device and dtype."""
     from dsg.engine.session import Session
     from dsg.stages.muse_export import bundles_for
     from dsg.stages.select import ensure
@@ -340,7 +342,7 @@ def _built_guardrail(given: Given) -> tuple[Bundle, str, str]:
             "generate runs one guardrail, but the config selects SAEs by pattern; "
             "pass --sae or --bundle"
         )
-    guard = bundles_for(session, ensure(session)[0], ("dynamic",))[0]
+    guard = bundles_for(session, ensure(session)[0], (DEFAULT_STRATEGY,))[0]
     return guard, session.device, session.settings.dtype
 
 

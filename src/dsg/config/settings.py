@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dsg_runtime.checks import MAX_MULTIPLIER
+from dsg_runtime.strategies import DEFAULT_STRATEGY, Static
 
 QUESTION_SUBSETS = ("correct", "correct-iff-question", "correct-no-tricks", "all")
 EXECUTORS = ("local", "ray")
@@ -214,8 +215,9 @@ class Settings:
         case_may_set=True,
     )  # fmt: skip
     strategies: tuple[str, ...] = setting(
-        ("dynamic", "static"), "Intervention strategies to sweep (`dsg plugins` lists them); "
-        "muse-export's default is dynamic alone.", EVALUATION, ("evaluate", "muse-export", ATTACK),
+        (DEFAULT_STRATEGY, Static.name), "Intervention strategies to sweep (`dsg plugins` lists "
+        f"them); muse-export's default is {DEFAULT_STRATEGY} alone.", EVALUATION,
+        ("evaluate", "muse-export", ATTACK),
         option="--strategy", case_may_set=True,
     )  # fmt: skip
     questions: str = setting(

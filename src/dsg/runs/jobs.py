@@ -29,6 +29,7 @@ from dsg.core.artifacts import (
     write_json,
 )
 from dsg.core.errors import UserError, one_line
+from dsg_runtime.strategies import DEFAULT_STRATEGY
 
 if TYPE_CHECKING:
     from dsg.api.plugins import Registry
@@ -70,7 +71,7 @@ def _muse_export(session: Session, strategies: tuple[str, ...]) -> list[Path]:
 def stage_action(stage: str, strategies: tuple[str, ...] = ()) -> Callable[[Session], list[Path]]:
     """The function that runs ``stage`` on a session and returns the paths it wrote."""
     if stage == "muse-export":
-        return functools.partial(_muse_export, strategies=strategies or ("dynamic",))
+        return functools.partial(_muse_export, strategies=strategies or (DEFAULT_STRATEGY,))
     actions = {"sparsity": _sparsity, "select": _select, "evaluate": _evaluate}
     return actions[stage]
 

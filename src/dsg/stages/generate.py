@@ -200,20 +200,15 @@ def completion(
 
 
 def describe(completion: Completion, bundle: Bundle) -> str:
-    """One line: did the guardrail fire on the prompt, and why."""
-    rate = completion.rate or 0.0
-    if bundle.strategy == "static":
-        verdict = "fired" if completion.fired else "did not fire"
-        return f"guardrail {verdict} (static; prompt hit rate {rate:.4f})"
-    threshold = bundle.threshold or 0.0
-    window = bundle.strategy_params.get("window")
-    if window is not None:
-        verdict = "fired" if completion.fired else "did not fire"
-        tau = float(bundle.strategy_params["window_threshold"])
-        return (
-            f"guardrail {verdict} (windowed: prompt hit rate {rate:.4f} against threshold "
-            f"{threshold:.4f}, or a {window}-token window's rate against {tau:.4f})"
-        )
-    if completion.fired:
-        return f"guardrail fired: prompt hit rate {rate:.4f} > threshold {threshold:.4f}"
-    return f"guardrail did not fire: prompt hit rate {rate:.4f} <= threshold {threshold:.4f}"
+    """One line: did the guardrail fire on the prompt, and why, in its strategy's words when it
+    has them (a plugin's strategy need not)."""
+    from dsg_runtime.protocols import DescribedStrategy
+    from dsg_runtime.strategies import bundle_strategy
+
+    strategy = bundle_strategy(bundle.strategy, bundle.strategies)
+    fired, rate, threshold = bool(completion.fired), completion.rate or 0.0, bundle.threshold
+    if isinstance(strategy, DescribedStrategy):
+        return strategy.describe_decision(fired, rate, threshold, bundle.strategy_params)
+    verdict = "fired" if fired else "did not fire"
+    against = "" if threshold is None else f" against threshold {threshold:.4f}"
+    return f"guardrail {verdict} ({bundle.strategy}: prompt hit rate {rate:.4f}{against})"

@@ -21,6 +21,7 @@ from dsg.core.artifacts import (
     write_failed,
 )
 from dsg.stages.gate_parameters import gate_parameters
+from dsg_runtime.strategies import DEFAULT_STRATEGY
 
 if TYPE_CHECKING:
     from dsg.engine.session import Session
@@ -106,7 +107,7 @@ def bundles_for(
     return bundles
 
 
-def export(session: Session, strategies: tuple[str, ...] = ("dynamic",)) -> list[Exported]:
+def export(session: Session, strategies: tuple[str, ...] = (DEFAULT_STRATEGY,)) -> list[Exported]:
     """Select if needed, then write every bundle under ``{run dir}/bundles/``."""
     from dsg.stages import select
 

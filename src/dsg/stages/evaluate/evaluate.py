@@ -442,6 +442,6 @@ def finish_report(session: Session, tracker: Tracker, data: dict[str, Any]) -> P
 
     data["timings"] = tracker.seconds
     report_path = report.write(data, session.run_dir.root)
-    report.print_table(data, session.console)
+    report.print_table(data, session.console, session.registry.entries["strategies"])
     tracker.summary()
     return report_path

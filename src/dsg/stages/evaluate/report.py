@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dsg.api.interfaces import DescribedParams
 from dsg.core.artifacts import (
     artifact_key,
     atomic_write,
@@ -205,8 +206,9 @@ def _lm_eval_cells(accuracy: dict[str, float | None] | None, tasks: list[str]) -
     return [_pct(None if accuracy is None else accuracy.get(task)) for task in tasks]
 
 
-def print_table(report: dict[str, Any], console: Console) -> None:
-    """The sweep as a table on stderr, then the score and any warnings."""
+def print_table(report: dict[str, Any], console: Console, strategies: Mapping[str, Any]) -> None:
+    """The sweep as a table on stderr, then the score and any warnings; a calibrated gate's
+    parameters read as its strategy (of ``strategies``, by name) describes them."""
     from rich.table import Table
 
     target = report["target"]
@@ -231,9 +233,9 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     )
     for c in report["configs"]:
         threshold = "-" if c["threshold"] is None else f"{c['threshold']:.4g}"
-        window = c.get("params", {})
-        if "window" in window:  # windowed: its window and the window's threshold as well
-            threshold += f" w{window['window']}>{window['window_threshold']:.3g}"
+        strategy = strategies.get(c["strategy"])
+        if c.get("params") and isinstance(strategy, DescribedParams):
+            threshold += strategy.describe_params(c["params"])
         table.add_row(
             c["strategy"],
             f"{c['ratio_percentile']:g}",
