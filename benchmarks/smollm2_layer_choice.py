@@ -42,9 +42,9 @@ def write_corpora(wordnet: Path, out: Path) -> dict[str, Path]:
     return paths
 
 
-def statistics(sae: Path, forget: Path, retain: Path, rows: int, out: Path) -> Any:
+def open_session(sae: Path, forget: Path, retain: Path, rows: int, out: Path) -> Any:
+    """A session on the two corpora with dsg's default selection settings."""
     from dsg.engine.session import Session
-    from dsg.stages import sparsity
 
     cli = {
         "model": "smollm2-135m-instruct",
@@ -60,8 +60,7 @@ def statistics(sae: Path, forget: Path, retain: Path, rows: int, out: Path) -> A
         "batch_size": 16,
         "out": out,
     }
-    session = Session.open(cli)
-    return session, sparsity.ensure(session)
+    return Session.open(cli)
 
 
 def auc(positive: Any, negative: Any) -> float:
@@ -74,12 +73,14 @@ def auc(positive: Any, negative: Any) -> float:
 
 
 def measure(sae: Path, corpora: dict[str, Path], out: Path) -> dict[str, Any]:
-    from dsg.stages import select
+    from dsg.stages import select, sparsity
     from dsg_runtime.guardrail import rate_gate
 
-    session, _ = statistics(sae, corpora["forget-train"], corpora["retain-train"], TRAIN_ROWS, out)
-    (selection,) = select.ensure(session)
-    _, test = statistics(sae, corpora["forget-test"], corpora["retain-test"], TEST_ROWS, out)
+    session = open_session(sae, corpora["forget-train"], corpora["retain-train"], TRAIN_ROWS, out)
+    (selection,) = select.ensure(session)  # the statistics first, then the selection
+    test = sparsity.ensure(
+        open_session(sae, corpora["forget-test"], corpora["retain-test"], TEST_ROWS, out)
+    )
     held_out = json.loads((sae / "metrics.json").read_text())["held_out"]
     result: dict[str, Any] = {
         "hook": session.sae().hook_name,
