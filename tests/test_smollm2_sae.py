@@ -83,9 +83,9 @@ def test_the_shipped_sae_reconstructs_smollm2_at_its_hook(shipped: dict[str, Any
     layer = loaded.hook_layer
     x = resid_after(shipped, layer)
     codes = loaded.sae.encode(x)
-    k = json.loads((SAE_DIR / "metrics.json").read_text())["k"]
-    assert ((codes > 0).sum(-1) <= k).all()  # TopK: at most k latents per token
-    recorded = json.loads((SAE_DIR / "metrics.json").read_text())["held_out"]["fvu"]
+    metrics = json.loads((SAE_DIR / "metrics.json").read_text())
+    assert ((codes > 0).sum(-1) <= metrics["k"]).all()  # TopK: at most k latents per token
+    recorded = metrics["held_out"]["fvu"]
     # Prose rather than the glosses it was trained on, so some slack; another layer's residual
     # (same model, same text) is far off, so the bound tells the hook apart.
     assert fvu(loaded.sae, x) <= recorded + 0.15
