@@ -1,4 +1,5 @@
-"""dsg plugin: an SAE for SmolLM2-135M-Instruct, trained by dsg and shipped with it.
+"""dsg plugin: an SAE for SmolLM2-135M-Instruct, trained by dsg and shipped with it, and the
+real-model case ``smollm2-bio`` (:mod:`dsg_smollm2.case`).
 
 No pretrained SAE exists for SmolLM2, so dsg trained one with ``dsg train-sae`` on WordNet's
 glosses (``python -m dsg_smollm2.build_sae`` reproduces it; docs/real-model.md gives its layer,
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dsg.api import LoadedSAE, Register, UserError, hookimpl, registered
+from dsg_smollm2.case import SmolLM2BioCase
 
 if TYPE_CHECKING:
     import torch
@@ -67,3 +69,8 @@ class SmolLM2SAELoader:
 @hookimpl
 def register_sae_loaders(register: Register) -> None:
     register(SmolLM2SAELoader())
+
+
+@hookimpl
+def register_cases(register: Register) -> None:
+    register(SmolLM2BioCase())

@@ -3,12 +3,16 @@
 The forget side is the lexicographer files of anatomy, animals and plants; the retain side is
 subjects far from biology (artifacts, people, places, communication, acts, ...). Files that mix
 biology with other things (food, substances, states such as diseases, processes, natural
-objects, bodily verbs) are on neither side.
+objects, bodily verbs) are on neither side of the SAE's layer choice; for the smollm2-bio case
+(:func:`case_documents`) their biomedical synsets join the forget side, and biomedical synsets
+of the retain files are dropped, so that the forget text covers medicine and genetics too and
+the retain text holds none.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 from dsg_smollm2.wordnet import documents
@@ -23,6 +27,22 @@ RETAIN = (
     "adj.all", "adv.all",
 )  # fmt: skip
 HELD_OUT_PERCENT = 25
+MIXED = ("noun.state", "noun.process", "noun.substance", "noun.phenomenon", "verb.body")
+"""Files that mix biology with other things (diseases among other states, hormones among
+other substances, ...)."""
+BIOMEDICAL = re.compile(
+    r"\b(disease|infection|infectious|virus|viral|bacteri\w*|cells?|genes?|genetics?|"
+    r"chromosomes?|protein|hormones?|blood|tissues?|enzymes?|immun\w*|organisms?|vaccin\w*|"
+    r"antibiotics?|pathogen\w*|DNA|RNA|membranes?|metabolism|physiology|anatomy|symptoms?|"
+    r"inflammation|tumou?r|syndrome)\b",
+    re.IGNORECASE,
+)
+"""Words that mark a synset as biology or medicine."""
+
+
+def is_biomedical(line: str) -> bool:
+    """Whether a synset's line (lemmas and gloss) speaks of biology or medicine."""
+    return BIOMEDICAL.search(line) is not None
 
 
 def subject_documents(wordnet: Path) -> dict[str, list[str]]:
@@ -43,3 +63,15 @@ def held_out_split(docs: list[str]) -> tuple[list[str], list[str]]:
         bucket = int.from_bytes(hashlib.sha256(doc.encode()).digest()[:8], "big") % 100
         (held_out if bucket < HELD_OUT_PERCENT else kept).append(doc)
     return kept, held_out
+
+
+def case_documents(wordnet: Path) -> dict[str, list[str]]:
+    """The smollm2-bio case's sides: ``forget`` holds the biology files and the biomedical
+    synsets of the mixed ones, ``retain`` the retain files without their biomedical synsets."""
+    biology = documents(wordnet, set(FORGET))
+    medicine = documents(wordnet, set(MIXED), where=is_biomedical)
+    other = documents(wordnet, set(RETAIN), where=lambda line: not is_biomedical(line))
+    return {
+        "forget": [doc for name in FORGET + MIXED for doc in {**biology, **medicine}.get(name, [])],
+        "retain": [doc for name in RETAIN for doc in other.get(name, [])],
+    }

@@ -13,7 +13,7 @@ A document is ``DOC_SYNSETS`` consecutive synsets of one lexicographer file, one
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dsg.api import UserError
@@ -60,11 +60,16 @@ def synsets(folder: Path) -> Iterator[tuple[str, str]]:
                 yield lexname, f"{', '.join(dict.fromkeys(lemmas))}: {gloss.strip()}"
 
 
-def documents(folder: Path, lexnames: set[str] | None = None) -> dict[str, list[str]]:
-    """Documents of ``DOC_SYNSETS`` synsets each, by lexicographer file (all, or ``lexnames``)."""
+def documents(
+    folder: Path,
+    lexnames: set[str] | None = None,
+    where: Callable[[str], bool] | None = None,
+) -> dict[str, list[str]]:
+    """Documents of ``DOC_SYNSETS`` synsets each, by lexicographer file (all, or ``lexnames``),
+    of the synsets whose line passes ``where`` (all when None)."""
     by_file: dict[str, list[str]] = {}
     for lexname, line in synsets(wordnet_folder(folder)):
-        if lexnames is None or lexname in lexnames:
+        if (lexnames is None or lexname in lexnames) and (where is None or where(line)):
             by_file.setdefault(lexname, []).append(line)
     return {
         lexname: [

@@ -30,8 +30,13 @@ if TYPE_CHECKING:
 stderr = Console(stderr=True)
 
 
-def default_case(reg: Registry) -> str:
-    """The one case that declares itself the default (``default = True``)."""
+def default_case(reg: Registry, model: str | None = None) -> str:
+    """The case to run when none is named: the one case made for ``model`` (whose default model
+    it is), else the one case that declares itself the default (``default = True``)."""
+    if model is not None:
+        made_for = [n for n, c in reg.entries["cases"].items() if c.defaults.model == model]
+        if len(made_for) == 1:
+            return made_for[0]
     defaults = [n for n, c in reg.entries["cases"].items() if getattr(c, "default", False)]
     if len(defaults) == 1:
         return defaults[0]
@@ -68,7 +73,8 @@ class Session:
                 f"[yellow]warning:[/] plugin {failed.name!r} skipped: {escape(failed.error or '')}"
             )
         config_path, config = find_config(config_file, reg.settings)
-        case_name = cli.get("case") or config.get("case") or default_case(reg)
+        model = cli.get("model") or config.get("model")
+        case_name = cli.get("case") or config.get("case") or default_case(reg, model)
         case = reg.get("cases", case_name)
         settings = resolve(case.defaults, case_name, config, cli, reg.settings)
         check_device(settings.device, here=settings.executor == "local")
