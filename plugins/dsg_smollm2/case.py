@@ -1,8 +1,8 @@
 """The real-model case ``smollm2-bio``: SmolLM2-135M-Instruct forgets basic biology and medicine.
 
 The forget and retain corpora are WordNet glosses shipped with dsg (:mod:`dsg_smollm2.corpora`);
-the questions are dsg's own, easy four-choice questions at this model's level
-(``data/questions``, one JSONL file a set, CC0): the target is biology (anatomy, physiology,
+the questions are dsg's own, easy four-choice questions at this model's level (``data/questions``,
+one JSONL file a set, under dsg's MIT licence): the target is biology (anatomy, physiology,
 cells, genetics, microbes, viruses, animals, plants), the side-effect sets are subjects with no
 biology in them. docs/real-model.md has the sets' unguarded accuracies.
 """
