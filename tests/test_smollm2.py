@@ -241,12 +241,12 @@ def test_a_bundle_made_elsewhere_finds_smollm2_by_its_name(smollm2_folder: Path)
 
 
 def test_the_shipped_topk_sae_s_bundle_guards_smollm2_as_the_single_prompt_reference(
-    smol: dict[str, Any], tmp_path: Path
+    smol: dict[str, Any], smollm2_folder: Path, tmp_path: Path
 ) -> None:
     """The shipped SAE (TopK, k = 32 of 4,096) exports to a bundle carrying its whole encoder,
-    and ``attach`` decides and clamps a left-padded batch as the SAE run whole does on each
-    prompt alone through TransformerLens. The features are arbitrary, the threshold between
-    the two prompts' rates."""
+    and ``attach`` (and open-unlearning's handler, which attaches it) decides and clamps a
+    left-padded batch as the SAE run whole does on each prompt alone through TransformerLens.
+    The features are arbitrary, the threshold between the two prompts' rates."""
     from dsg_smollm2 import SAE_NAME
 
     from dsg.api.plugins import registry
@@ -281,7 +281,8 @@ def test_the_shipped_topk_sae_s_bundle_guards_smollm2_as_the_single_prompt_refer
     for r, ids in enumerate(rows):  # left padding, as batched generation pads
         tokens[r, width - len(ids) :] = torch.tensor(ids)
         mask[r, width - len(ids) :] = 1
-    with attach(hf, Bundle.load(bundle.save(tmp_path / "bundle"))) as handle, torch.no_grad():
+    bundle_dir = bundle.save(tmp_path / "bundle")
+    with attach(hf, Bundle.load(bundle_dir)) as handle, torch.no_grad():
         logits = hf(input_ids=tokens, attention_mask=mask).logits
         fired, guarded_rates = handle.fired.tolist(), handle.rates.tolist()
     expected = [reference(ids, alpha) for ids in rows]
@@ -289,3 +290,10 @@ def test_the_shipped_topk_sae_s_bundle_guards_smollm2_as_the_single_prompt_refer
     for r, ids in enumerate(rows):
         assert guarded_rates[r] == pytest.approx(expected[r][1], abs=1e-6)
         assert (logits[r, width - len(ids) :] - expected[r][2]).abs().max() <= ATOL
+    from dsg.open_unlearning import GuardedModel
+
+    handled = GuardedModel.from_pretrained(str(smollm2_folder), dsg_bundle=str(bundle_dir))
+    with torch.no_grad():
+        again = handled(input_ids=tokens, attention_mask=mask).logits
+    assert handled.dsg_guardrail.fired.tolist() == fired
+    assert (again - logits).abs().max() <= ATOL
