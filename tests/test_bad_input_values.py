@@ -311,7 +311,7 @@ BUNDLE_FIELDS: list[tuple[Callable[[dict[str, Any]], None], str]] = [
     (set_field("strategy", ""), "strategy '' is not installed"),
     (set_field("strategy_params", {"window": 4}), "takes no strategy_params, got"),
     (set_field("strategy_params", []), "strategy_params must be an object"),
-    (set_field("activation", "gelu"), "activation 'gelu' is neither relu nor jumprelu"),
+    (set_field("activation", "gelu"), "activation 'gelu' is none of relu, jumprelu, topk"),
     (set_field("base_model", {"hf": 5}), "base_model.hf must be a string or null"),
     (set_field("base_model", {"weights": "x"}), "base_model has unknown field 'weights'"),
     (set_field("base_model", "/models/x"), "base_model must be an object"),

@@ -104,8 +104,8 @@ def test_round_trip(tmp_path: Path) -> None:
     assert torch.equal(back.tensors["W_enc"], sae.W_enc.detach()[:, [4, 1, 8]])
     assert torch.equal(back.tensors["jump_threshold"], sae.threshold.detach()[[4, 1, 8]])
     config = json.loads((tmp_path / "b" / CONFIG_FILE).read_text())
-    assert config["format_version"] == 5 and config["threshold"] == 0.25  # alpha, by one name
-    assert config["strategy_params"] == {}
+    assert config["format_version"] == 6 and config["threshold"] == 0.25  # alpha, by one name
+    assert config["strategy_params"] == {} and config["top_k"] is None
     assert config["rules"]["fire"].startswith("float32(rate) > ")
     assert config["hook"] == {"name": HOOK, "layer": 1, "point": "hook_resid_post"}
 
@@ -197,8 +197,9 @@ def test_missing_directory_is_refused(tmp_path: Path) -> None:
 
 
 def test_unexportable_sae_and_hook() -> None:
-    with pytest.raises(UserError, match="TopKSAE cannot be exported"):
-        from_sae(loaded(random_sae("topk", k=4)), [1], threshold=0.1, multiplier=5.0)
+    normalised = random_sae("standard", normalize_activations="expected_average_only_in")
+    with pytest.raises(UserError, match="StandardSAE cannot be exported"):
+        from_sae(loaded(normalised), [1], threshold=0.1, multiplier=5.0)
     other_hook = LoadedSAE(random_sae("jumprelu"), "s", "blocks.1.attn.hook_z", 1)
     with pytest.raises(UserError, match="cannot be exported"):
         from_sae(other_hook, [1], threshold=0.1, multiplier=5.0)

@@ -65,10 +65,12 @@ def host_sync_forbidden() -> Iterator[None]:
 
 def guardrails() -> dict[str, Guardrail]:
     sae = random_sae("jumprelu", d_sae=48, apply_b_dec_to_input=True)
+    topk = random_sae("topk", d_sae=48, k=6, apply_b_dec_to_input=True)
     return {
         "dynamic": DynamicClamp(sae, FEATURES, 0.3, 50.0),
         "static": StaticClamp(sae, FEATURES, 50.0),
         "bundle": from_sae(loaded(sae), FEATURES, threshold=0.3, multiplier=50.0).guardrail(),
+        "topk bundle": from_sae(loaded(topk), FEATURES, threshold=0.3, multiplier=50.0).guardrail(),
     }
 
 
@@ -81,7 +83,7 @@ def test_the_check_catches_a_sync() -> None:
             x[x > 0]
 
 
-@pytest.mark.parametrize("name", ["dynamic", "static", "bundle"])
+@pytest.mark.parametrize("name", ["dynamic", "static", "bundle", "topk bundle"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_no_host_sync_on_the_forward_or_decode_path(name: str, dtype: torch.dtype) -> None:
     guard = guardrails()[name]
@@ -126,7 +128,7 @@ def test_weights_are_cast_once_per_device_and_dtype() -> None:
     assert guard.selected.directions(resid).dtype == torch.float32
 
 
-@pytest.mark.parametrize("name", ["dynamic", "static", "windowed"])
+@pytest.mark.parametrize("name", ["dynamic", "static", "windowed", "topk bundle"])
 def test_masks_and_decisions_follow_the_residual_to_its_device(name: str) -> None:
     """A harness hands the masks and decisions on the host while the residual sits on the
     accelerator: every entry point moves them to the residual's device. Checked with the meta
@@ -173,8 +175,9 @@ def test_unclamped_positions_are_returned_bit_for_bit() -> None:
     assert not torch.equal(out[clamped], resid[clamped])
 
 
-def test_the_call_path_compiles_as_one_graph() -> None:
-    guard = guardrails()["bundle"]  # the same Guardrail class as DynamicClamp
+@pytest.mark.parametrize("name", ["bundle", "topk bundle"])
+def test_the_call_path_compiles_as_one_graph(name: str) -> None:
+    guard = guardrails()[name]  # the same Guardrail class as DynamicClamp
     resid, mask = batch()
     expected = guard(resid, mask)
     fired, rates = guard.fired, guard.rates
@@ -193,5 +196,6 @@ def test_the_guardrail_pieces_are_public() -> None:
     import dsg
     from dsg import guardrail
 
-    for name in ("Guardrail", "ThresholdGate", "AnyHitGate", "FeatureColumns", "sae_features"):
+    for name in ("Guardrail", "ThresholdGate", "AnyHitGate", "FeatureColumns", "sae_features",
+                 "TopKFeatures"):  # fmt: skip
         assert getattr(dsg, name) is getattr(guardrail, name)

@@ -238,3 +238,62 @@ def test_a_bundle_made_elsewhere_finds_smollm2_by_its_name(smollm2_folder: Path)
         loaded, [0], threshold=0.5, multiplier=1.0, base_model={"hf": "/x", "spec": "m"}
     )
     assert bundle_model(None, here)[0] == "/x"  # a name no loader makes stays the folder given
+
+
+def test_the_shipped_topk_sae_s_bundle_guards_smollm2_as_the_single_prompt_reference(
+    smol: dict[str, Any], smollm2_folder: Path, tmp_path: Path
+) -> None:
+    """The shipped SAE (TopK, k = 32 of 4,096) exports to a bundle carrying its whole encoder,
+    and ``attach`` (and open-unlearning's handler, which attaches it) decides and clamps a
+    left-padded batch as the SAE run whole does on each prompt alone through TransformerLens.
+    The features are arbitrary, the threshold between the two prompts' rates."""
+    from dsg_smollm2 import SAE_NAME
+
+    from dsg.api.plugins import registry
+
+    hf, tl, tokenizer = smol["hf"], smol["tl"], smol["tokenizer"]
+    loader = registry().get("sae_loaders", "smollm2")
+    shipped = loader.load(SAE_NAME, device="cpu", dtype=torch.float32)
+    hook, features, multiplier = shipped.hook_name, list(range(0, 4096, 64)), 5.0
+
+    def reference(ids: list[int], alpha: float) -> tuple[bool, float, torch.Tensor]:
+        clamp = DynamicClamp(shipped.sae, features, alpha, multiplier)
+
+        def at_hook(resid: torch.Tensor, hook: Any) -> torch.Tensor:
+            return clamp(resid, torch.ones(resid.shape[:2], dtype=torch.bool))
+
+        with torch.no_grad():
+            logits = tl.run_with_hooks(torch.tensor([ids]), fwd_hooks=[(hook, at_hook)])
+        return bool(clamp.fired[0]), float(clamp.rates[0]), logits[0]
+
+    rows = [chat_ids(tokenizer, text) for text in MIXED]
+    rates = [reference(ids, 1.0)[1] for ids in rows]
+    assert rates[0] != rates[1], rates
+    alpha = (rates[0] + rates[1]) / 2
+    bundle = from_sae(
+        shipped, features, threshold=alpha, multiplier=multiplier, binding=record_binding(hf, hook)
+    )
+    assert (bundle.activation, bundle.top_k) == ("topk", 32)
+    assert bundle.tensors["W_enc"].shape == (576, 4096)  # the whole encoder
+    width = max(map(len, rows))
+    tokens = torch.full((len(rows), width), 2)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, ids in enumerate(rows):  # left padding, as batched generation pads
+        tokens[r, width - len(ids) :] = torch.tensor(ids)
+        mask[r, width - len(ids) :] = 1
+    bundle_dir = bundle.save(tmp_path / "bundle")
+    with attach(hf, Bundle.load(bundle_dir)) as handle, torch.no_grad():
+        logits = hf(input_ids=tokens, attention_mask=mask).logits
+        fired, guarded_rates = handle.fired.tolist(), handle.rates.tolist()
+    expected = [reference(ids, alpha) for ids in rows]
+    assert fired == [e[0] for e in expected] and sorted(fired) == [False, True]
+    for r, ids in enumerate(rows):
+        assert guarded_rates[r] == pytest.approx(expected[r][1], abs=1e-6)
+        assert (logits[r, width - len(ids) :] - expected[r][2]).abs().max() <= ATOL
+    from dsg.open_unlearning import GuardedModel
+
+    handled = GuardedModel.from_pretrained(str(smollm2_folder), dsg_bundle=str(bundle_dir))
+    with torch.no_grad():
+        again = handled(input_ids=tokens, attention_mask=mask).logits
+    assert handled.dsg_guardrail.fired.tolist() == fired
+    assert (again - logits).abs().max() <= ATOL

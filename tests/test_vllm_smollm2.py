@@ -146,3 +146,46 @@ def test_served_smollm2_generations_equal_dsg_hf_guarded(
     assert guarded[1] == plain[1]  # a prompt that does not fire is the model's own
     served = vllm_generations(smollm2_folder, bundle_dir, rows)
     assert served == guarded, (served, guarded, fired)
+
+
+def test_served_smollm2_generations_equal_dsg_hf_guarded_under_the_shipped_topk_sae(
+    smollm2_folder: Path, tmp_path: Path
+) -> None:
+    """The shipped SAE is a TopK SAE: its bundle carries the whole encoder, and the engine's
+    clamp computes its activations with the function dsg.hf's guardrail runs. Arbitrary
+    features, the threshold between the two prompts' rates."""
+    from dsg_smollm2 import SAE_NAME
+    from test_smollm2 import MIXED, chat_ids
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dsg.api.plugins import registry
+    from dsg.bundle import Bundle, from_sae
+    from dsg.hf import attach
+    from dsg_runtime.binding import record_binding
+
+    rows = [chat_ids(AutoTokenizer.from_pretrained(smollm2_folder), text) for text in MIXED]
+    loader = registry().get("sae_loaders", "smollm2")
+    shipped = loader.load(SAE_NAME, device="cpu", dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_pretrained(smollm2_folder, dtype=torch.float32).eval()
+    binding = record_binding(hf, shipped.hook_name)
+    features = list(range(0, 4096, 64))
+    probe = from_sae(shipped, features, threshold=1.0, multiplier=MULTIPLIER, binding=binding)
+    rates = []
+    with attach(hf, Bundle.load(probe.save(tmp_path / "probe"))) as handle, torch.no_grad():
+        for ids in rows:
+            x = torch.tensor([ids])
+            hf(input_ids=x, attention_mask=torch.ones_like(x))
+            rates.append(float(handle.rates[0]))
+    assert rates[0] != rates[1], rates
+    bundle = from_sae(
+        shipped, features, threshold=sum(rates) / 2, multiplier=MULTIPLIER, binding=binding
+    )
+    assert bundle.top_k == 32
+    bundle_dir = bundle.save(tmp_path / "bundle")
+    guarded, fired = hf_generations(smollm2_folder, bundle_dir, rows)
+    plain, _ = hf_generations(smollm2_folder, None, rows)
+    assert sorted(fired) == [False, True], (fired, rates)
+    assert guarded[fired.index(True)] != plain[fired.index(True)], "the clamp changed nothing"
+    assert guarded[fired.index(False)] == plain[fired.index(False)]
+    served = vllm_generations(smollm2_folder, bundle_dir, rows)
+    assert served == guarded, (served, guarded, fired)

@@ -222,3 +222,42 @@ def test_a_later_fill_never_reaches_an_earlier_steps_pending_copy() -> None:
     torch.cuda.synchronize()
     for fired, got in zip(steps, seen, strict=True):
         assert got.tolist() == np.repeat(fired, [30, 34]).tolist()
+
+
+@pytest.mark.parametrize("b_dec_in", [True, False])
+def test_a_topk_bundle_s_clamp_is_its_guardrail_s_edit(b_dec_in: bool) -> None:
+    """From a TopK bundle (the whole encoder, 3 of 12 latents kept per token): the clamp
+    computes the same activations as the bundle's guardrail and edits each fired token as it
+    does."""
+    g = torch.Generator().manual_seed(13)
+    d_sae = 12
+    bundle = Bundle(
+        hook_name="blocks.0.hook_resid_post",
+        features=(5, 2, 9),
+        threshold=0.5,
+        multiplier=M,
+        strategy="dynamic",
+        activation="topk",
+        top_k=3,
+        apply_b_dec_to_input=b_dec_in,
+        d_sae=d_sae,
+        tensors={
+            "W_enc": torch.randn(D, d_sae, generator=g),
+            "b_enc": torch.randn(d_sae, generator=g) * 0.5,
+            "W_dec": torch.randn(3, D, generator=g),
+            "b_dec": torch.randn(D, generator=g) * 0.1,
+        },
+    )
+    clamp = TokenClamp.from_bundle(bundle, max_tokens=16, device="cpu")
+    assert clamp.top_k == 3 and clamp.weights["index"].dtype == torch.long  # type: ignore[union-attr]
+    resid, positions = torch.randn(16, D, generator=g) * 2, torch.arange(16)
+    guard = bundle.guardrail()
+    acts = guard.activations(resid[None])[0]
+    assert 0 < int((acts > 0).any(-1).sum()) < 16  # some tokens active, some not
+    clamp.fill(np.array([True]), np.array([16]))
+    want = expected(guard, resid, positions, True)
+    assert not torch.equal(want, resid)
+    got = clamp(positions, resid)
+    active = (acts > 0).any(-1) & (positions > 0)
+    assert torch.equal(got[~active], resid[~active])  # the rest bit for bit
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)

@@ -26,6 +26,7 @@ _GUARDRAIL_API = (
     "WindowGate",
     "AnyHitGate",
     "FeatureColumns",
+    "TopKFeatures",
     "sae_features",
     "feature_activations",
     "token_hits",

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from dsg.api.interfaces import LoadedModel, LoadedSAE
     from dsg_runtime.binding import ModelBinding
-    from dsg_runtime.guardrail import FeatureColumns
+    from dsg_runtime.guardrail import FeatureColumns, TopKFeatures
 
 __all__ = [
     "CONFIG_FILE",
@@ -61,21 +61,21 @@ def from_sae(
     stored in ``strategy_params`` beside what the strategy's ``bundle_params`` adds;
     ``strategies``: the plugin strategies (a registry's, by name) ``strategy`` may be among;
     ``binding``: the record of the model it is calibrated on (:func:`model_binding`)."""
-    from dsg.guardrail import column_activation, feature_columns
-    from dsg_runtime.guardrail import feature_index
+    from dsg.guardrail import column_activation, exact_topk, feature_columns, topk_features
+    from dsg_runtime.guardrail import TopKFeatures, feature_index
 
     sae = loaded.sae
-    if column_activation(sae) is None:
+    topk = exact_topk(sae)
+    if column_activation(sae) is None and not topk:
         raise UserError(
-            f"a {type(sae).__name__} cannot be exported: a bundle carries k encoder columns, "
-            "which is exact only for ReLU and JumpReLU SAEs without input normalisation; "
-            "dsg evaluate and dsg attack run any SAE whole, or train one with dsg train-sae "
-            "--sae-architecture jumprelu"
+            f"a {type(sae).__name__} cannot be exported: a bundle reproduces ReLU, JumpReLU and "
+            "TopK SAEs exactly, without input normalisation (and TopK without "
+            "rescale_acts_by_decoder_norm); dsg evaluate and dsg attack run any SAE whole"
         )
     gate_strategy = bundle_strategy(strategy, strategies)
     threshold = float(threshold) if gate_strategy.uses_threshold and threshold is not None else None
     index = feature_index(features, int(sae.cfg.d_sae))
-    columns = feature_columns(sae, index)
+    selected = topk_features(sae, index) if topk else feature_columns(sae, index)
     return Bundle(
         hook_name=loaded.hook_name,
         features=tuple(int(j) for j in index.tolist()),
@@ -83,10 +83,11 @@ def from_sae(
         multiplier=float(multiplier),
         strategy=strategy,
         strategy_params={**gate_strategy.bundle_params(threshold), **(params or {})},
-        activation=columns.activation,
+        activation=selected.activation,
+        top_k=selected.top_k if isinstance(selected, TopKFeatures) else None,
         apply_b_dec_to_input=bool(sae.cfg.apply_b_dec_to_input),
         d_sae=int(sae.cfg.d_sae),
-        tensors=_tensors(columns, sae.b_dec),
+        tensors=_tensors(selected, sae.b_dec),
         sae={
             "spec": loaded.spec,
             "fingerprint": loaded.fingerprint,
@@ -117,18 +118,22 @@ def model_binding(model: LoadedModel, hook_name: str) -> ModelBinding:
     return binding_from_activations(ids, cache[hook_name][0])
 
 
-def _tensors(columns: FeatureColumns, b_dec: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The k columns (and the whole decoder bias) as a bundle holds them: float32 on the CPU."""
+def _tensors(
+    selected: FeatureColumns | TopKFeatures, b_dec: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The features' encoder (k columns, or a TopK SAE's whole encoder), their decoder rows and
+    the whole decoder bias, as a bundle holds them: float32 on the CPU."""
+    from dsg_runtime.guardrail import FeatureColumns
 
     def plain(t: torch.Tensor) -> torch.Tensor:
         return t.detach().cpu().float().contiguous()
 
     tensors = {
-        "W_enc": plain(columns.w_enc),
-        "b_enc": plain(columns.b_enc),
-        "W_dec": plain(columns.w_dec),
+        "W_enc": plain(selected.w_enc),
+        "b_enc": plain(selected.b_enc),
+        "W_dec": plain(selected.w_dec),
         "b_dec": plain(b_dec),
     }
-    if columns.jump is not None:
-        tensors[JUMP_THRESHOLD] = plain(columns.jump)
+    if isinstance(selected, FeatureColumns) and selected.jump is not None:
+        tensors[JUMP_THRESHOLD] = plain(selected.jump)
     return tensors

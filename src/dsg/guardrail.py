@@ -18,6 +18,7 @@ from dsg_runtime.guardrail import (
     FeatureColumns,
     Guardrail,
     ThresholdGate,
+    TopKFeatures,
     WindowGate,
     feature_index,
 )
@@ -25,6 +26,8 @@ from dsg_runtime.guardrail import (
 __all__ = [
     "column_activation",
     "feature_columns",
+    "exact_topk",
+    "topk_features",
     "EncodedFeatures",
     "sae_features",
     "feature_activations",
@@ -53,6 +56,26 @@ def column_activation(sae: Any) -> str | None:
         and cfg.reshape_activations == "none"
     )
     return kinds[type(sae)] if exact else None
+
+
+def exact_topk(sae: Any) -> bool:
+    """True when ``sae`` is sae_lens's ``TopKSAE`` whose ``encode`` is
+    ``topk(relu)((x - b_dec) @ W_enc + b_enc)`` with ``cfg.k`` kept, which
+    :class:`~dsg_runtime.guardrail.TopKFeatures` reproduces from the whole encoder; not with
+    input normalisation or ``rescale_acts_by_decoder_norm`` (the selection then depends on more
+    than the encoder)."""
+    from sae_lens import TopKSAE
+    from sae_lens.saes.topk_sae import TopK
+
+    cfg = sae.cfg
+    return (
+        type(sae) is TopKSAE
+        and type(sae.activation_fn) is TopK
+        and sae.activation_fn.k == cfg.k
+        and not cfg.rescale_acts_by_decoder_norm
+        and cfg.normalize_activations == "none"
+        and cfg.reshape_activations == "none"
+    )
 
 
 def _has_plain_decoder(sae: Any) -> bool:
@@ -108,10 +131,28 @@ def feature_columns(sae: Any, index: torch.Tensor) -> FeatureColumns:
     )
 
 
+def topk_features(sae: Any, index: torch.Tensor) -> TopKFeatures:
+    """The features ``index`` of a TopK SAE with its whole encoder (others: UserError)."""
+    if not exact_topk(sae):
+        raise UserError(
+            f"a {type(sae).__name__} has no exact TopK form: that needs a TopKSAE without input "
+            "normalisation or rescale_acts_by_decoder_norm"
+        )
+    return TopKFeatures(
+        sae.W_enc.detach().clone(),
+        sae.b_enc.detach().clone(),
+        _decoder_directions(sae, index),
+        index.clone(),
+        int(sae.cfg.k),
+        sae.b_dec.detach().clone() if sae.cfg.apply_b_dec_to_input else None,
+    )
+
+
 class EncodedFeatures:
     """The k selected features of an SAE whose activation depends on all features (TopK, ...):
     the SAE's own ``encode`` runs and the k columns are kept. Not free of host synchronisation
-    (that is up to the SAE); ReLU and JumpReLU SAEs use :class:`FeatureColumns` instead."""
+    (that is up to the SAE); ReLU and JumpReLU SAEs use :class:`FeatureColumns` instead, and a
+    TopK SAE's bundle :class:`~dsg_runtime.guardrail.TopKFeatures`."""
 
     def __init__(self, sae: Any, index: torch.Tensor) -> None:
         self.sae = sae

@@ -1,13 +1,15 @@
 """The guardrail bundle: a self-describing directory that carries one guardrail to other harnesses.
 
-Only the k selected features travel: their encoder columns, biases and JumpReLU thresholds (to
-compute the gate) and their decoder rows (to clamp), beside ``b_dec`` when the SAE subtracts it
-from its input. ``bundle.json`` says where the guardrail hooks, which strategy gates it (a
-built-in one, or a plugin's passed in by the caller, see :mod:`dsg_runtime.strategies`), which
-rules it follows, what it was made from and, since format 5, the model it is bound to (its
-``binding``: the residual at the hook for a fixed probe, see :mod:`dsg_runtime.binding`, checked
-wherever the bundle meets a model). Applying a bundle is
-:class:`dsg_runtime.guardrail.Guardrail`, the same code dsg's engine runs.
+For a ReLU or JumpReLU SAE only the k selected features travel: their encoder columns, biases
+and JumpReLU thresholds (to compute the gate) and their decoder rows (to clamp), beside ``b_dec``
+when the SAE subtracts it from its input. A TopK SAE's latent is active when it is among the
+token's ``top_k`` largest, which depends on every latent, so since format 6 its bundle carries
+the whole encoder beside the selected decoder rows and ``top_k``. ``bundle.json`` says where
+the guardrail hooks, which strategy gates it (a built-in one, or a plugin's passed in by the
+caller, see :mod:`dsg_runtime.strategies`), which rules it follows, what it was made from and,
+since format 5, the model it is bound to (its ``binding``: the residual at the hook for a fixed
+probe, see :mod:`dsg_runtime.binding`, checked wherever the bundle meets a model). Applying a
+bundle is :class:`dsg_runtime.guardrail.Guardrail`, the same code dsg's engine runs.
 ``bundle.json`` carries a sha256 of its own content, which includes the tensor file's sha256, so
 the description (hook, features, threshold, ...) is covered as well as the weights. Loading
 checks the format version, both hashes and every shape, so a foreign, edited or half-written
@@ -41,17 +43,19 @@ from dsg_runtime.strategies import bundle_strategy
 if TYPE_CHECKING:
     import torch
 
-    from dsg_runtime.guardrail import Guardrail
+    from dsg_runtime.guardrail import FeatureColumns, Guardrail, TopKFeatures
 
 FORMAT = "dsg-guardrail-bundle"
-FORMAT_VERSION = 5
-READABLE_VERSIONS = (4, 5)
-"""Version 4 is version 5 without ``binding``: such a bundle loads unbound, and a model accepts
-it only with the binding check overridden."""
+FORMAT_VERSION = 6
+READABLE_VERSIONS = (4, 5, 6)
+"""Version 5 is version 6 without ``top_k`` (so without TopK bundles); version 4 is version 5
+without ``binding``: such a bundle loads unbound, and a model accepts it only with the binding
+check overridden."""
 DIGEST_FIELD = "sha256"
 CONFIG_FILE = "bundle.json"
 TENSORS_FILE = "guardrail.safetensors"
 JUMP_THRESHOLD = "jump_threshold"
+ACTIVATIONS = ("relu", "jumprelu", "topk")
 
 RULES: dict[str, str] = {
     "bos": "first attended token of each row; never a hit, never clamped",
@@ -70,10 +74,15 @@ RULES: dict[str, str] = {
 
 FIELDS = (
     "format", "format_version", "hook", "features", "threshold", "multiplier", "strategy",
-    "strategy_params", "rules", "activation", "apply_b_dec_to_input", "d_model", "d_sae", "dtype",
-    "sae", "base_model", "provenance", "binding", "tensors", DIGEST_FIELD,
+    "strategy_params", "rules", "activation", "top_k", "apply_b_dec_to_input", "d_model", "d_sae",
+    "dtype", "sae", "base_model", "provenance", "binding", "tensors", DIGEST_FIELD,
 )  # fmt: skip
 """Every field of ``bundle.json``; one more or one less is refused."""
+FIELDS_BY_VERSION = {
+    6: FIELDS,
+    5: tuple(name for name in FIELDS if name != "top_k"),
+    4: tuple(name for name in FIELDS if name not in ("top_k", "binding")),
+}
 DESCRIPTIVE_FIELDS = {
     "sae": ("spec", "fingerprint", "architecture", "model_name"),
     "base_model": ("spec", "fingerprint", "hf"),
@@ -94,11 +103,13 @@ def parse_hook(hook_name: str) -> tuple[int, str]:
 
 @dataclass(frozen=True)
 class Bundle:
-    """One guardrail: hook, ordered features, threshold, multiplier, strategy and k-column weights.
+    """One guardrail: hook, ordered features, threshold, multiplier, strategy and weights.
 
     ``tensors`` holds ``W_enc [D, k]``, ``b_enc [k]``, ``W_dec [k, D]``, ``b_dec [D]`` and, for
-    JumpReLU SAEs, ``jump_threshold [k]``; ``threshold`` is the gate's alpha (None when the
-    strategy uses none) and ``strategy_params`` whatever else the strategy's gate needs.
+    JumpReLU SAEs, ``jump_threshold [k]``; for a TopK SAE (``activation`` ``topk``, ``top_k``
+    the latents it keeps per token) the whole encoder, ``W_enc [D, d_sae]`` and
+    ``b_enc [d_sae]``. ``threshold`` is the gate's alpha (None when the strategy uses none) and
+    ``strategy_params`` whatever else the strategy's gate needs.
     """
 
     hook_name: str
@@ -118,6 +129,8 @@ class Bundle:
     """Plugin strategies by name, among which ``strategy`` resolves beside the built-in ones."""
     binding: ModelBinding | None = field(default=None, compare=False, repr=False)
     """The model the bundle was calibrated on (None: unbound, see :mod:`dsg_runtime.binding`)."""
+    top_k: int | None = None
+    """The latents a TopK SAE keeps per token; None for the other activations."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -158,10 +171,13 @@ class Bundle:
             )
         strategy.bundle_gate(self.threshold, self.strategy_params)  # refuses bad parameters
         check_multiplier(self.multiplier)
-        if self.activation not in ("relu", "jumprelu"):
-            raise UserError(f"bundle activation {self.activation!r} is neither relu nor jumprelu")
+        if self.activation not in ACTIVATIONS:
+            raise UserError(
+                f"bundle activation {self.activation!r} is none of {', '.join(ACTIVATIONS)}"
+            )
         check_bounds("n features", self.k, 0, above_minimum=True)
         check_int64("d_sae", self.d_sae)
+        self._check_top_k()
         feature_index(self.features, self.d_sae)  # in [0, d_sae) and distinct
         for field_name, keys in DESCRIPTIVE_FIELDS.items():
             for key, value in getattr(self, field_name).items():
@@ -175,9 +191,10 @@ class Bundle:
         if set(self.tensors) != names:
             raise UserError(f"bundle tensors are {sorted(self.tensors)}; expected {sorted(names)}")
         d, k = self.d_model, self.k
+        width = self.d_sae if self.activation == "topk" else k
         expected = {
-            "W_enc": (d, k),
-            "b_enc": (k,),
+            "W_enc": (d, width),
+            "b_enc": (width,),
             "W_dec": (k, d),
             "b_dec": (d,),
             JUMP_THRESHOLD: (k,),
@@ -186,7 +203,7 @@ class Bundle:
             if tuple(tensor.shape) != expected[name]:
                 raise UserError(
                     f"bundle tensor {name} has shape {tuple(tensor.shape)}, expected "
-                    f"{expected[name]} for {k} features of width {d}"
+                    f"{expected[name]} for {k} {self.activation} features of width {d}"
                 )
             if tensor.dtype != torch.float32:
                 raise UserError(
@@ -197,6 +214,21 @@ class Bundle:
                 raise UserError(f"bundle tensor {name} holds NaN or infinite values")
         if self.binding is not None:
             self.binding.validate(d)
+
+    def _check_top_k(self) -> None:
+        """``top_k`` an integer in [1, d_sae] for a TopK bundle, None for any other."""
+        if self.activation != "topk":
+            if self.top_k is not None:
+                raise UserError(
+                    f"top_k {self.top_k!r} contradicts activation {self.activation!r}; only a "
+                    "topk bundle has one"
+                )
+            return
+        if self.top_k is None:
+            raise UserError("a topk bundle needs top_k, the latents its SAE keeps per token")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
+            raise UserError(f"top_k must be an integer, not {self.top_k!r}")
+        check_bounds("top_k", self.top_k, 1, self.d_sae)
 
     def config(self, tensors_sha256: str) -> dict[str, Any]:
         """The JSON half of the bundle."""
@@ -211,6 +243,7 @@ class Bundle:
             "strategy_params": self.strategy_params,
             "rules": RULES,
             "activation": self.activation,
+            "top_k": self.top_k,
             "apply_b_dec_to_input": self.apply_b_dec_to_input,
             "d_model": self.d_model,
             "d_sae": self.d_sae,
@@ -282,25 +315,31 @@ class Bundle:
     def guardrail(self) -> Guardrail:
         """The bundle's guardrail: the strategy's gate on
         :class:`dsg_runtime.guardrail.Guardrail`."""
-        from dsg_runtime.guardrail import FeatureColumns, Guardrail
+        from dsg_runtime.guardrail import Guardrail
 
-        t = self.tensors
-        columns = FeatureColumns(
-            t["W_enc"],
-            t["b_enc"],
-            t["W_dec"],
-            t["b_dec"] if self.apply_b_dec_to_input else None,
-            t.get(JUMP_THRESHOLD),
-        )
         strategy = bundle_strategy(self.strategy, self.strategies)
         gate = strategy.bundle_gate(self.threshold, self.strategy_params)
-        return Guardrail(columns, gate, self.multiplier)
+        return Guardrail(self.selected(), gate, self.multiplier)
+
+    def selected(self) -> FeatureColumns | TopKFeatures:
+        """The selected features as the guardrail reads them: the k columns (ReLU, JumpReLU)
+        or the whole encoder and the selected decoder rows (TopK)."""
+        import torch
+
+        from dsg_runtime.guardrail import FeatureColumns, TopKFeatures
+
+        t = self.tensors
+        b_dec_in = t["b_dec"] if self.apply_b_dec_to_input else None
+        if self.top_k is not None:  # validated: exactly the topk bundles
+            index = torch.tensor(self.features, dtype=torch.long)
+            return TopKFeatures(t["W_enc"], t["b_enc"], t["W_dec"], index, self.top_k, b_dec_in)
+        return FeatureColumns(t["W_enc"], t["b_enc"], t["W_dec"], b_dec_in, t.get(JUMP_THRESHOLD))
 
 
 def _described(config: dict[str, Any]) -> dict[str, Any]:
     """The constructor arguments ``bundle.json`` describes, each of its JSON type (a number is
     not a string or a bool, an index not a float); any field missing or unknown is refused."""
-    fields = FIELDS if config["format_version"] == FORMAT_VERSION else _FIELDS_V4
+    fields = FIELDS_BY_VERSION[config["format_version"]]
     unknown = sorted(set(config) - set(fields))
     missing = [name for name in fields if name not in config]
     if unknown or missing:
@@ -314,6 +353,7 @@ def _described(config: dict[str, Any]) -> dict[str, Any]:
         wrong = next(j for j in features if not isinstance(j, int) or isinstance(j, bool))
         raise UserError(f"features must be integer indices, got {wrong!r}")
     threshold = config["threshold"]
+    top_k = config.get("top_k")  # absent before version 6
     return {
         "hook_name": _typed(hook, "name", str, "hook.name"),
         "features": tuple(features),
@@ -322,15 +362,13 @@ def _described(config: dict[str, Any]) -> dict[str, Any]:
         "strategy": _typed(config, "strategy", str),
         "strategy_params": _typed(config, "strategy_params", dict),
         "activation": _typed(config, "activation", str),
+        "top_k": None if top_k is None else _typed(config, "top_k", int),
         "apply_b_dec_to_input": _typed(config, "apply_b_dec_to_input", bool),
         "d_sae": _typed(config, "d_sae", int),
         "sae": _typed(config, "sae", dict),
         "base_model": _typed(config, "base_model", dict),
         "provenance": _typed(config, "provenance", dict),
     }
-
-
-_FIELDS_V4 = tuple(name for name in FIELDS if name != "binding")
 
 
 def _binding(config: dict[str, Any], probe: torch.Tensor | None) -> ModelBinding | None:

@@ -26,12 +26,14 @@ __all__ = [
     "token_hits",
     "countable_positions",
     "encode_columns",
+    "encode_topk",
     "rate_gate",
     "rate_threshold",
     "apply_clamp",
     "feature_index",
     "Features",
     "FeatureColumns",
+    "TopKFeatures",
     "Gate",
     "ThresholdGate",
     "WindowGate",
@@ -206,6 +208,30 @@ def encode_columns(
     return acts
 
 
+def encode_topk(
+    resid: torch.Tensor,
+    w_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    index: torch.Tensor,
+    top_k: int,
+    b_dec_in: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The features ``index`` of a TopK SAE, from its whole encoder ``w_enc [d_in, d_sae]``, in
+    the residual's dtype: the ``top_k`` largest pre-activations of each token, ReLU'd, the rest
+    zero. The same operations in the same order as sae_lens's ``TopKSAE.encode`` (``torch.topk``
+    unsorted, so ties go to the same latents), hence the same values bit for bit on the same
+    device and dtype. Dense: no host synchronisation."""
+
+    def like(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=resid.device, dtype=resid.dtype)
+
+    sae_in = resid if b_dec_in is None else resid - like(b_dec_in)
+    hidden = sae_in @ like(w_enc) + like(b_enc)
+    values, latents = torch.topk(hidden, k=top_k, dim=-1, sorted=False)
+    acts = torch.zeros_like(hidden).scatter_(-1, latents, values.relu())
+    return acts.index_select(-1, index.to(resid.device))
+
+
 def _float32(value: float) -> float:
     """``value`` rounded to float32, kept as a Python float: comparing a float32 tensor with it
     is the float32 comparison, and it needs no tensor (no host-to-device copy per call)."""
@@ -234,7 +260,8 @@ def apply_clamp(
 
 
 class CastCache:
-    """Named tensors cast once per (device, dtype) they are used in, not on every forward pass."""
+    """Named tensors cast once per (device, dtype) they are used in, not on every forward pass;
+    integer tensors (indices) only move to the device."""
 
     def __init__(self, **tensors: torch.Tensor) -> None:
         self.source = tensors
@@ -244,7 +271,10 @@ class CastCache:
         key = (resid.device, resid.dtype)
         if key not in self.cast:
             self.cast[key] = {
-                name: t.to(device=resid.device, dtype=resid.dtype)
+                name: t.to(
+                    device=resid.device,
+                    dtype=resid.dtype if t.is_floating_point() else t.dtype,
+                )
                 for name, t in self.source.items()
             }
         return self.cast[key]
@@ -296,6 +326,39 @@ class FeatureColumns:
         """``[B, T, k]`` activations of the selected features, in the residual's dtype."""
         t = self._cast.like(resid)
         return encode_columns(resid, t["w_enc"], t["b_enc"], t.get("b_dec_in"), t.get("jump"))
+
+    def directions(self, resid: torch.Tensor) -> torch.Tensor:
+        """The decoder rows ``[k, D]`` on the residual's device and in its dtype."""
+        return self._cast.like(resid)["w_dec"]
+
+
+class TopKFeatures:
+    """The k selected features of a TopK SAE as plain tensors. A latent is active when it is
+    among a token's ``top_k`` largest pre-activations, which depends on every latent, so this
+    holds the whole encoder (``w_enc [D, d_sae]``, ``b_enc [d_sae]``) beside the selected
+    ``index [k]`` and their decoder rows ``w_dec [k, D]``; ``b_dec_in [D]`` when the SAE
+    subtracts its decoder bias from its input."""
+
+    activation = "topk"
+
+    def __init__(
+        self,
+        w_enc: torch.Tensor,
+        b_enc: torch.Tensor,
+        w_dec: torch.Tensor,
+        index: torch.Tensor,
+        top_k: int,
+        b_dec_in: torch.Tensor | None = None,
+    ) -> None:
+        self.w_enc, self.b_enc, self.w_dec, self.b_dec_in = w_enc, b_enc, w_dec, b_dec_in
+        self.index, self.top_k = index, top_k
+        optional = {} if b_dec_in is None else {"b_dec_in": b_dec_in}
+        self._cast = CastCache(w_enc=w_enc, b_enc=b_enc, w_dec=w_dec, index=index, **optional)
+
+    def activations(self, resid: torch.Tensor) -> torch.Tensor:
+        """``[B, T, k]`` activations of the selected features, in the residual's dtype."""
+        t = self._cast.like(resid)
+        return encode_topk(resid, t["w_enc"], t["b_enc"], t["index"], self.top_k, t.get("b_dec_in"))
 
     def directions(self, resid: torch.Tensor) -> torch.Tensor:
         """The decoder rows ``[k, D]`` on the residual's device and in its dtype."""

@@ -29,7 +29,12 @@ class TokenClamp:
     """The bundle's clamp on vLLM's flat batch: at position ``p > 0`` (position 0 is the BOS,
     never a hit) of a request that fired, every selected feature active there is set to
     ``-multiplier``; every other token is returned bit for bit. Computed in float32, as
-    ``dsg.hf`` does, and cast back to the residual's dtype."""
+    ``dsg.hf`` does, and cast back to the residual's dtype.
+
+    ``weights``: ``w_enc``, ``b_enc``, ``w_dec``, ``b_dec_in`` and ``jump`` as
+    :func:`~dsg_runtime.guardrail.encode_columns` takes them; with ``top_k`` (a TopK SAE) the
+    whole encoder, ``w_dec``, ``b_dec_in`` and the selected ``index``, as
+    :func:`~dsg_runtime.guardrail.encode_topk` takes them."""
 
     def __init__(
         self,
@@ -37,12 +42,16 @@ class TokenClamp:
         multiplier: float,
         max_tokens: int,
         device: Any,
+        top_k: int | None = None,
     ) -> None:
         def on_device(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device=device, dtype=torch.float32)
+            if t is None:
+                return None
+            return t.to(device=device, dtype=torch.float32 if t.is_floating_point() else t.dtype)
 
         # float32 on the device once, so a compiled graph sees plain tensors and casts nothing
         self.weights = {name: on_device(t) for name, t in weights.items()}
+        self.top_k = top_k
         self.multiplier = float(multiplier)
         self.fired = torch.zeros(max_tokens, dtype=torch.bool, device=device)
         self._staging: list[tuple[torch.Tensor, Any]] = []
@@ -56,17 +65,21 @@ class TokenClamp:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, max_tokens: int, device: Any) -> TokenClamp:
-        """The clamp of a bundle whose features are k encoder columns (ReLU or JumpReLU)."""
-        from dsg_runtime.bundle import JUMP_THRESHOLD
+        """The clamp of a bundle: k encoder columns (ReLU or JumpReLU) or, for a TopK bundle, the
+        whole encoder and the selected features' index."""
+        from dsg_runtime.guardrail import TopKFeatures
 
-        t = bundle.tensors
+        selected = bundle.selected()
         weights = {
-            "w_enc": t["W_enc"],
-            "b_enc": t["b_enc"],
-            "w_dec": t["W_dec"],
-            "b_dec_in": t["b_dec"] if bundle.apply_b_dec_to_input else None,
-            "jump": t.get(JUMP_THRESHOLD),
+            "w_enc": selected.w_enc,
+            "b_enc": selected.b_enc,
+            "w_dec": selected.w_dec,
+            "b_dec_in": selected.b_dec_in,
         }
+        if isinstance(selected, TopKFeatures):
+            weights["index"] = selected.index
+            return cls(weights, bundle.multiplier, max_tokens, device, selected.top_k)
+        weights["jump"] = selected.jump
         return cls(weights, bundle.multiplier, max_tokens, device)
 
     def fill(self, fired_per_request: np.ndarray, tokens_per_request: np.ndarray) -> None:
@@ -109,11 +122,14 @@ class TokenClamp:
 
     def __call__(self, positions: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
         """``resid [N, D]`` with the clamp applied at the firing requests' active tokens."""
-        from dsg_runtime.guardrail import apply_clamp, encode_columns
+        from dsg_runtime.guardrail import apply_clamp, encode_columns, encode_topk
 
         w = self.weights
         x = resid.float()
-        acts = encode_columns(x, w["w_enc"], w["b_enc"], w["b_dec_in"], w["jump"])  # type: ignore[arg-type]
+        if self.top_k is None:  # fixed for the engine's life: no branch on a tensor
+            acts = encode_columns(x, w["w_enc"], w["b_enc"], w["b_dec_in"], w["jump"])  # type: ignore[arg-type]
+        else:
+            acts = encode_topk(x, w["w_enc"], w["b_enc"], w["index"], self.top_k, w["b_dec_in"])  # type: ignore[arg-type]
         where = (acts > 0).any(dim=-1) & self.fired[: x.shape[0]] & (positions > 0)
         out = apply_clamp(x, acts, where, w["w_dec"], self.multiplier)  # type: ignore[arg-type]
         return out.to(resid.dtype)
