@@ -169,9 +169,9 @@ def run_mode(args: argparse.Namespace) -> dict:
     from dsg.api.prompts import choose_format, render_question
     from dsg.core.artifacts import RunDir
     from dsg.engine.backends.transformer_lens import TransformerLensBackend
+    from dsg.scoring.letter import Scorer
     from dsg.stages import select
     from dsg.stages.evaluate import evaluate, subsets
-    from dsg.stages.evaluate.mcq import Scorer
 
     torch.set_num_threads(1)
     mode, questions = args.mode, args.questions

@@ -30,9 +30,9 @@ from dsg.api.prompts import LETTERS, answer_token_ids, choose_format
 from dsg.core.artifacts import META_FILE, RunDir, artifact_key, canonical_json, read_json
 from dsg.core.errors import UserError, excerpt
 from dsg.core.progress import Tracker
+from dsg.scoring.letter import Scorer
 from dsg.stages import select
 from dsg.stages.evaluate import evaluate
-from dsg.stages.evaluate.mcq import Scorer
 
 if TYPE_CHECKING:
     from dsg.config.settings import Settings

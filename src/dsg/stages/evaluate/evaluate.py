@@ -20,9 +20,9 @@ from dsg.api.prompts import choose_format, format_fingerprint, render_question
 from dsg.core.artifacts import META_FILE, RunDir, artifact_key, read_json
 from dsg.core.errors import UserError
 from dsg.core.progress import Tracker
+from dsg.scoring.letter import Outcome, Scorer
 from dsg.stages import select
 from dsg.stages.evaluate import subsets
-from dsg.stages.evaluate.mcq import Outcome, Scorer
 from dsg.stages.evaluate.results import Config, ConfigResult, SetPrompts
 from dsg.stages.evaluate.score import Count
 
