@@ -139,7 +139,7 @@ def test_same_answers_and_decisions_on_the_organism(monkeypatch: pytest.MonkeyPa
 
 def median_rate(scorer: Scorer, texts: list[str], sae: Any, features: torch.Tensor) -> float:
     """A dynamic threshold that fires on about half of the prompts."""
-    from dsg.scoring.letter import batches
+    from dsg.scoring.rows import batches
 
     probe = DynamicClamp(sae, features, threshold=0.0, multiplier=1.0)
     rates = []
