@@ -41,6 +41,7 @@ def choose(loglik: torch.Tensor) -> torch.Tensor:
 def choose_norm(loglik: torch.Tensor, items: Sequence[ClozeItem]) -> torch.Tensor:
     """``acc_norm``'s answer: the largest log-likelihood per character of the choice."""
     lengths = torch.tensor([item.lengths for item in items], dtype=loglik.dtype)
+    lengths = lengths.reshape(-1, OPTIONS)
     return (loglik / lengths).argmax(dim=-1)
 
 
