@@ -169,9 +169,10 @@ def run_mode(args: argparse.Namespace) -> dict:
     from dsg.api.prompts import choose_format, render_question
     from dsg.core.artifacts import RunDir
     from dsg.engine.backends.transformer_lens import TransformerLensBackend
+    from dsg.scoring.letter import Scorer
     from dsg.stages import select
     from dsg.stages.evaluate import evaluate, subsets
-    from dsg.stages.evaluate.mcq import Scorer
+    from dsg.stages.evaluate.modes import LetterMode
 
     torch.set_num_threads(1)
     mode, questions = args.mode, args.questions
@@ -214,20 +215,21 @@ def run_mode(args: argparse.Namespace) -> dict:
 
         start = time.perf_counter()
         chosen = {e.name: found[e.name][questions] for e in eval_sets}
-        prompts = [evaluate.build_prompts(scorer, fmt, e, chosen[e.name]) for e in eval_sets]
+        letters = LetterMode(scorer, fmt)
+        prompts = [letters.prompts(e, chosen[e.name]) for e in eval_sets]
         accuracies: dict[str, dict[str, int]] = {}
         if mode == "engine":
-            baselines = {p.name: scorer.predict(p.tokens) for p in prompts}
+            baselines = {p.name: letters.baseline(p) for p in prompts}
             with tempfile.TemporaryDirectory() as scratch:
                 results = evaluate.sweep(
-                    RunDir(Path(scratch)), scorer, session, configs, prompts, baselines, {}
+                    RunDir(Path(scratch)), letters, session, configs, prompts, baselines, {}
                 )
             for r in results:
                 label = json.dumps(r.config.describe(), sort_keys=True)
                 accuracies[label] = {name: c.correct for name, c in r.counts.items()}
         else:
             for p in prompts:
-                for ids in p.tokens:
+                for ids in p.items:
                     reference_predict(model.model, scorer.answer_ids, ids)  # the baseline pass
             for config in configs:
                 strategy = session.registry.get("strategies", config.strategy)
@@ -241,7 +243,7 @@ def run_mode(args: argparse.Namespace) -> dict:
                 accuracies[label] = {}
                 for p in prompts:
                     right = 0
-                    for ids, gold in zip(p.tokens, p.gold.tolist(), strict=True):
+                    for ids, gold in zip(p.items, p.gold.tolist(), strict=True):
                         mask = torch.ones(
                             1, len(ids), dtype=torch.bool, device=model.model.cfg.device
                         )
@@ -260,7 +262,7 @@ def run_mode(args: argparse.Namespace) -> dict:
         "extra_times": extra,
         "configs": len(configs),
         "batch_size": session.settings.batch_size,
-        "prompts": {p.name: len(p.tokens) for p in prompts},
+        "prompts": {p.name: len(p.items) for p in prompts},
         "rss_after_load_mib": rss_loaded,
         "peak_rss_mib": peak_rss_mib(),
     }

@@ -13,8 +13,8 @@ from dsg.api.interfaces import EvalSet, LoadedModel
 from dsg.api.prompts import choose_format, render_question
 from dsg.engine.backends import open_backend
 from dsg.engine.backends.transformers import TransformersBackend, additive_mask
+from dsg.scoring.letter import Scorer
 from dsg.stages.evaluate import subsets
-from dsg.stages.evaluate.mcq import Scorer
 
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-4}
 """float32, the same function computed in a different order (see test_backends.py)."""

@@ -24,8 +24,8 @@ from dsg.config.values import check
 from dsg.core.errors import UserError
 from dsg.engine.backends import open_backend, resolve_backend
 from dsg.guardrail import DynamicClamp, StaticClamp
+from dsg.scoring.letter import Scorer
 from dsg.stages.evaluate import subsets
-from dsg.stages.evaluate.mcq import Scorer
 
 RESID_TOLERANCE = {"atol": 1e-5, "rtol": 1e-4}
 
@@ -139,7 +139,7 @@ def test_same_answers_and_decisions_on_the_organism(monkeypatch: pytest.MonkeyPa
 
 def median_rate(scorer: Scorer, texts: list[str], sae: Any, features: torch.Tensor) -> float:
     """A dynamic threshold that fires on about half of the prompts."""
-    from dsg.stages.evaluate.mcq import batches
+    from dsg.scoring.rows import batches
 
     probe = DynamicClamp(sae, features, threshold=0.0, multiplier=1.0)
     rates = []

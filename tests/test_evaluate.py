@@ -14,8 +14,8 @@ from tiny import TinyWorld, tiny_registry
 from dsg.api.prompts import ChatTemplateFormat, answer_token_ids, render_question
 from dsg.engine.session import Session
 from dsg.guardrail import DynamicClamp, StaticClamp
+from dsg.scoring.letter import Scorer
 from dsg.stages.evaluate import evaluate, heldout
-from dsg.stages.evaluate.mcq import Scorer
 from dsg.stages.evaluate.score import Count, Point, unlearning_score
 
 CONFIG_FIELDS = {

@@ -15,7 +15,7 @@ from dsg.api.prompts import (
     render_question,
 )
 from dsg.core.errors import UserError
-from dsg.stages.evaluate.mcq import encode
+from dsg.scoring.rows import encode
 
 BIO = EvalSet("wmdp-bio", "biology", ())
 QUESTION = MCQuestion("What is X?", ("alpha", "beta", "gamma", "delta"), 2)

@@ -113,21 +113,22 @@ def test_subsets_are_cached_per_model_format_and_data(tmp_path: Path) -> None:
         calls.append(1)
         return oracle(texts)
 
+    def find(eval_set: EvalSet = EVAL_SET):
+        return lambda: compute(counting, PlainFormat(), Tok(), eval_set)
+
     key = {"model": "m1", "dtype": "float32"}
-    first = ensure(run_dir, key, counting, "plain:1", PlainFormat(), Tok(), EVAL_SET)
+    first = ensure(run_dir, key, "plain:1", EVAL_SET, find())
     n = len(calls)
-    assert ensure(run_dir, key, counting, "plain:1", PlainFormat(), Tok(), EVAL_SET) == first
+    assert ensure(run_dir, key, "plain:1", EVAL_SET, find()) == first
     assert len(calls) == n
-    ensure(
-        run_dir, {**key, "dtype": "bfloat16"}, counting, "plain:1", PlainFormat(), Tok(), EVAL_SET
-    )
+    ensure(run_dir, {**key, "dtype": "bfloat16"}, "plain:1", EVAL_SET, find())
     assert len(calls) == 2 * n
-    ensure(run_dir, key, counting, "plain:2", PlainFormat(), Tok(), EVAL_SET)
+    ensure(run_dir, key, "plain:2", EVAL_SET, find())
     assert len(calls) == 3 * n
     changed = EvalSet("toy", "toys", QUESTIONS[:4])
-    ensure(run_dir, key, counting, "plain:1", PlainFormat(), Tok(), changed)
+    ensure(run_dir, key, "plain:1", changed, find(changed))
     assert len(calls) == 4 * n
-    ensure(run_dir, key, counting, "plain:1", PlainFormat(), Tok(), EVAL_SET, force=True)
+    ensure(run_dir, key, "plain:1", EVAL_SET, find(), force=True)
     assert len(calls) == 5 * n
 
 

@@ -57,6 +57,23 @@ class PromptFormat(Protocol):
 
 
 @runtime_checkable
+class ClozeFormat(Protocol):
+    """Turns one multiple-choice item into a context and one continuation per choice, for
+    log-likelihood scoring (``--scoring loglikelihood``): each choice is scored by the summed
+    log-probability of its continuation's tokens after the context.
+
+    ``question`` is None for the "no question" variant used to build the
+    ``correct-iff-question`` subset.
+    """
+
+    name: str
+
+    def render(
+        self, tokenizer: Any, eval_set: EvalSet, question: str | None, choices: Sequence[str]
+    ) -> tuple[str, list[str]]: ...
+
+
+@runtime_checkable
 class Case(Protocol):
     """An unlearning problem: what to forget, what to keep, and how to measure both."""
 
@@ -78,6 +95,16 @@ class Case(Protocol):
 
     def prompt_format(self) -> PromptFormat | None:
         """The MCQ prompt format, or None for dsg's default (the tokenizer's chat template)."""
+        ...
+
+
+@runtime_checkable
+class ClozeCase(Case, Protocol):
+    """A case with its own log-likelihood prompt format (optional: without ``cloze_format``
+    dsg's default is used, as for a ``cloze_format`` that returns None)."""
+
+    def cloze_format(self) -> ClozeFormat | None:
+        """The cloze format, or None for dsg's default (the tokenizer's chat template)."""
         ...
 
 
@@ -206,6 +233,21 @@ class Intervention(Protocol):
     fired: torch.Tensor | None
 
     def __call__(self, resid: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class PrefixDecidingIntervention(Intervention, Protocol):
+    """An :class:`Intervention` that can decide on a prompt and carry its decision over the
+    tokens that follow in the same pass, as it would over generated tokens (optional: needed
+    by log-likelihood scoring, which reads the choices' tokens after the question's context).
+    The runtime's ``Guardrail`` provides it, so every built-in strategy does."""
+
+    def decide_on_prefix(
+        self, resid: torch.Tensor, decide_mask: torch.Tensor, apply_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Decide each row on ``decide_mask`` (bool ``[B, T]``, its prompt), set ``fired``,
+        and return the residual edited on ``apply_mask`` under that decision."""
+        ...
 
 
 @runtime_checkable

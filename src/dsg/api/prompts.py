@@ -3,8 +3,11 @@
 The body is the pre-question line, the question and the choice block; the default format wraps
 it in the tokenizer's chat template and appends ``Answer: (`` so the next token is the letter.
 A case can supply its own :class:`~dsg.api.interfaces.PromptFormat`, which then wins.
-:func:`answer_token_ids` says which tokens answer such a prompt. It sits in ``dsg.api`` so that
-an attack renders and reads questions exactly as ``dsg evaluate`` does.
+:func:`answer_token_ids` says which tokens answer such a prompt. Log-likelihood scoring reads
+cloze prompts instead (:class:`~dsg.api.interfaces.ClozeFormat`): a context, the question
+without its choices, and one continuation per choice, as lm-eval's multiple-choice tasks. It
+sits in ``dsg.api`` so that an attack renders and reads questions exactly as ``dsg evaluate``
+does.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from dsg.api.interfaces import EvalSet, MCQuestion, PromptFormat
+from dsg.api.interfaces import ClozeFormat, EvalSet, MCQuestion, PromptFormat
 from dsg.core.errors import UserError
 
 if TYPE_CHECKING:
@@ -80,14 +83,58 @@ def choose_format(case_format: PromptFormat | None, tokenizer: Any) -> PromptFor
     return case_format if case_format is not None else default_format(tokenizer)
 
 
-def format_fingerprint(fmt: PromptFormat, tokenizer: Any) -> str:
+class ChatClozeFormat:
+    """Cloze prompts in the tokenizer's chat template: the user turn is the pre-question line
+    and the question, then the generation prompt; each continuation is the choice itself."""
+
+    name = "cloze-chat-template"
+
+    def render(
+        self, tokenizer: Any, eval_set: EvalSet, question: str | None, choices: Sequence[str]
+    ) -> tuple[str, list[str]]:
+        line = pre_question(eval_set.subject)
+        content = line + question if question is not None else line.rstrip("\n")
+        messages = [{"role": "user", "content": content}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text, list(choices)
+
+
+class PlainClozeFormat:
+    """Cloze prompts for tokenizers without a chat template, as lm-eval's MMLU-style tasks:
+    BOS, the pre-question line, ``Question: ...\nAnswer:`` and `` {choice}``."""
+
+    name = "cloze-plain"
+
+    def render(
+        self, tokenizer: Any, eval_set: EvalSet, question: str | None, choices: Sequence[str]
+    ) -> tuple[str, list[str]]:
+        bos = getattr(tokenizer, "bos_token", None) or ""
+        cue = f"Question: {question}\nAnswer:" if question is not None else "Answer:"
+        return bos + pre_question(eval_set.subject) + cue, [f" {choice}" for choice in choices]
+
+
+def choose_cloze_format(case_format: ClozeFormat | None, tokenizer: Any) -> ClozeFormat:
+    """The case's own cloze format when it has one, else the chat-template one when the
+    tokenizer has a template, else the plain one."""
+    if case_format is not None:
+        return case_format
+    if getattr(tokenizer, "chat_template", None):
+        return ChatClozeFormat()
+    return PlainClozeFormat()
+
+
+def _flat(rendered: str | tuple[str, list[str]]) -> list[str]:
+    return [rendered] if isinstance(rendered, str) else [rendered[0], *rendered[1]]
+
+
+def format_fingerprint(fmt: PromptFormat | ClozeFormat, tokenizer: Any) -> str:
     """A hash of what the format actually renders, so a changed template changes every cache key
     built on it (the name alone would not notice an edited chat template)."""
     probe_set = EvalSet("probe", "probing", ())
     probe = MCQuestion("Which is first?", ("w", "x", "y", "z"), 0)
     texts = [
-        fmt.render(tokenizer, probe_set, probe.question, probe.choices),
-        fmt.render(tokenizer, probe_set, None, probe.choices),
+        *_flat(fmt.render(tokenizer, probe_set, probe.question, probe.choices)),
+        *_flat(fmt.render(tokenizer, probe_set, None, probe.choices)),
     ]
     digest = hashlib.sha256("\x00".join([fmt.name, *texts]).encode()).hexdigest()[:16]
     return f"{fmt.name}:{digest}"
@@ -121,6 +168,27 @@ def render_question(
     choices, gold = permuted(question, order)
     text = fmt.render(tokenizer, eval_set, question.question if with_question else None, choices)
     return text, gold
+
+
+def render_cloze(
+    fmt: ClozeFormat,
+    tokenizer: Any,
+    eval_set: EvalSet,
+    question: MCQuestion,
+    *,
+    with_question: bool = True,
+) -> tuple[str, list[str], int]:
+    """The context, one continuation per choice (in the set's order) and the gold index."""
+    choices, gold = permuted(question, range(len(LETTERS)))
+    context, continuations = fmt.render(
+        tokenizer, eval_set, question.question if with_question else None, choices
+    )
+    if len(continuations) != len(choices):
+        raise UserError(
+            f"cloze format {fmt.name!r} gave {len(continuations)} continuations "
+            f"for {len(choices)} choices"
+        )
+    return context, continuations, gold
 
 
 def answer_token_ids(tokenizer: Any, letters: Sequence[str] = LETTERS) -> torch.Tensor:

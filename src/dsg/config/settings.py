@@ -27,6 +27,7 @@ from dsg_runtime.checks import MAX_MULTIPLIER
 from dsg_runtime.strategies import DEFAULT_STRATEGY, Static
 
 QUESTION_SUBSETS = ("correct", "correct-iff-question", "correct-no-tricks", "all")
+SCORINGS = ("letter", "loglikelihood")
 EXECUTORS = ("local", "ray")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 BACKENDS = ("auto", "transformer_lens", "transformers")
@@ -223,6 +224,12 @@ class Settings:
     questions: str = setting(
         "correct", "Question subset.", EVALUATION, ("evaluate", ATTACK), choices=QUESTION_SUBSETS
     )
+    scoring: str = setting(
+        "letter", "How a question is answered: letter (P(A..D) after the lettered choices) or "
+        "loglikelihood (each choice's log-likelihood after the question, as lm-eval's "
+        "multiple_choice tasks; docs/evaluate.md).", EVALUATION, ("evaluate",),
+        choices=SCORINGS, case_may_set=True,
+    )  # fmt: skip
     heldout_seed: int = setting(
         0, "Seeds the hash that splits each question set into the part the held-out score "
         "chooses its configuration on and the part it reports (docs/evaluate.md).", EVALUATION,

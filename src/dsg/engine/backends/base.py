@@ -3,8 +3,9 @@
 The MCQ scorer and the sparsity stage split the forward pass at the SAE's hook: they run the
 blocks before it, edit (or encode) the residual stream there, and resume from it. A backend
 provides exactly that, on right-padded batches with a boolean attention mask ``[B, T]``
-(True on real tokens), and the logits of the last real position only, after the final norm,
-the unembedding and the model's final-logit softcap.
+(True on real tokens), and the logits of the positions asked for only (the last real one, or
+each token of an answer), after the final norm, the unembedding and the model's final-logit
+softcap.
 
 A backend may also offer ``prefix_shared_logits(prefix, suffixes, batch_size, pad_id)``: the
 final logits at the last token of ``prefix + suffix`` for each suffix, with the prefix computed
@@ -46,10 +47,16 @@ class ModelBackend(Protocol):
         ...
 
     def from_hook(
-        self, resid: torch.Tensor, mask: torch.Tensor, last: torch.Tensor, split: int
+        self,
+        resid: torch.Tensor,
+        mask: torch.Tensor,
+        last: torch.Tensor,
+        split: int,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits ``[B, vocab]`` at each row's position ``last``, running blocks ``split``
-        onwards on ``resid``, then the final norm, unembedding and final softcap."""
+        """Logits ``[N, vocab]`` at positions ``last`` (``[N]``), running blocks ``split``
+        onwards on ``resid``, then the final norm, unembedding and final softcap. ``rows``
+        (``[N]``) says whose position each is; None reads one position per row (``N == B``)."""
         ...
 
     def hook_activations(self, tokens: torch.Tensor, hook_name: str) -> torch.Tensor:

@@ -32,7 +32,12 @@ class TransformerLensBackend:
         )
 
     def from_hook(
-        self, resid: torch.Tensor, mask: torch.Tensor, last: torch.Tensor, split: int
+        self,
+        resid: torch.Tensor,
+        mask: torch.Tensor,
+        last: torch.Tensor,
+        split: int,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         import torch
         from transformer_lens.utilities.activation_functions import apply_softcap
@@ -45,7 +50,8 @@ class TransformerLensBackend:
             stop_at_layer=self.n_layers,
             attention_mask=mask[:, :width].to(resid.device),
         )
-        final = resid[torch.arange(resid.shape[0], device=resid.device), last.to(resid.device)]
+        whose = torch.arange(resid.shape[0]) if rows is None else rows
+        final = resid[whose.to(resid.device), last.to(resid.device)]
         final = final[:, None, :]
         if model.cfg.normalization_type is not None:
             final = model.ln_final(final)

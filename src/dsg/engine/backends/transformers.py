@@ -72,14 +72,18 @@ class TransformersBackend:
         raise RuntimeError(f"the forward pass never reached decoder layer {split}")
 
     def from_hook(
-        self, resid: torch.Tensor, mask: torch.Tensor, last: torch.Tensor, split: int
+        self,
+        resid: torch.Tensor,
+        mask: torch.Tensor,
+        last: torch.Tensor,
+        split: int,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         import torch
 
         width = int(last.max()) + 1
         hidden = resid[:, :width]
-        rows = hidden.shape[0]
-        positions = torch.arange(width, device=hidden.device).expand(rows, width)
+        positions = torch.arange(width, device=hidden.device).expand(hidden.shape[0], width)
         rotary = self.inner.rotary_emb(hidden, positions)
         masks: dict[int | None, torch.Tensor] = {}
         for layer, window in zip(self.layers[split:], self.windows[split:], strict=True):
@@ -94,7 +98,8 @@ class TransformersBackend:
                 position_ids=positions,
             )
             hidden = out[0] if isinstance(out, tuple) else out
-        final = hidden[torch.arange(rows, device=hidden.device), last.to(hidden.device)]
+        whose = torch.arange(hidden.shape[0]) if rows is None else rows
+        final = hidden[whose.to(hidden.device), last.to(hidden.device)]
         return self._final_logits(self.inner.norm(final))
 
     def prefix_shared_logits(

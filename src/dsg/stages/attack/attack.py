@@ -30,9 +30,10 @@ from dsg.api.prompts import LETTERS, answer_token_ids, choose_format
 from dsg.core.artifacts import META_FILE, RunDir, artifact_key, canonical_json, read_json
 from dsg.core.errors import UserError, excerpt
 from dsg.core.progress import Tracker
+from dsg.scoring.letter import Scorer
 from dsg.stages import select
 from dsg.stages.evaluate import evaluate
-from dsg.stages.evaluate.mcq import Scorer
+from dsg.stages.evaluate.modes import LetterMode
 
 if TYPE_CHECKING:
     from dsg.config.settings import Settings
@@ -232,7 +233,8 @@ def run(session: Session, name: str) -> Path:
         attack.check(target)
     with tracker.timed("select"):
         selections = select.ensure(session)
-    shared = evaluate.model_level(session, scorer, eval_sets, tracker)
+    # attacks read letters whatever --scoring says (a case's default included)
+    shared = evaluate.model_level(session, LetterMode(scorer, fmt), eval_sets, tracker)
     configs = evaluate.expand(selections, session)
     sae = session.sae().sae
     target = dataclasses.replace(

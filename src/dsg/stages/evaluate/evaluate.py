@@ -15,20 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.api.interfaces import EvalSet, Intervention, LoadedSAE, PromptFormat
-from dsg.api.prompts import choose_format, format_fingerprint, render_question
+from dsg.api.interfaces import EvalSet, Intervention, LoadedSAE
 from dsg.core.artifacts import META_FILE, RunDir, artifact_key, read_json
 from dsg.core.errors import UserError
 from dsg.core.progress import Tracker
+from dsg.scoring.rows import Outcome
 from dsg.stages import select
 from dsg.stages.evaluate import subsets
-from dsg.stages.evaluate.mcq import Outcome, Scorer
+from dsg.stages.evaluate.modes import Baseline, Mode, open_mode
 from dsg.stages.evaluate.results import Config, ConfigResult, SetPrompts
 from dsg.stages.evaluate.score import Count
 
 if TYPE_CHECKING:
-    import torch
-
     from dsg.engine.session import Session
 
 BASELINE_STAGE = "baseline"
@@ -60,21 +58,6 @@ def expand(selections: list[select.Selection], session: Session) -> list[Config]
     return configs
 
 
-def build_prompts(
-    scorer: Scorer, fmt: PromptFormat, eval_set: EvalSet, question_ids: list[int]
-) -> SetPrompts:
-    """Identity-order prompts for the chosen questions of one set."""
-    import torch
-
-    rendered = [
-        render_question(fmt, scorer.tokenizer, eval_set, eval_set.questions[i])
-        for i in question_ids
-    ]
-    tokens = scorer.encode([text for text, _ in rendered])
-    gold = torch.tensor([g for _, g in rendered], dtype=torch.long)
-    return SetPrompts(eval_set, question_ids, tokens, gold)
-
-
 def _cached(run_dir: RunDir, stage: str, key: str, force: bool) -> dict[str, Any] | None:
     folder = run_dir.find(stage, VERSION, key, force=force)
     if folder is None:
@@ -83,21 +66,17 @@ def _cached(run_dir: RunDir, stage: str, key: str, force: bool) -> dict[str, Any
 
 
 def ensure_baseline(
-    run_dir: RunDir, scorer: Scorer, prompts: SetPrompts, common: dict[str, Any], force: bool
-) -> torch.Tensor:
+    run_dir: RunDir, mode: Mode, prompts: SetPrompts, common: dict[str, Any], force: bool
+) -> Baseline:
     """The clean model's answers on one set's prompts (cached)."""
-    import torch
-
     inputs = {**common, "set": prompts.name}
     key = artifact_key(BASELINE_STAGE, VERSION, inputs)
     meta = _cached(run_dir, BASELINE_STAGE, key, force)
     if meta is not None:
-        return torch.tensor(meta["predicted"], dtype=torch.long)
-    predicted = (
-        scorer.predict(prompts.tokens) if prompts.tokens else torch.empty(0, dtype=torch.long)
-    )
-    run_dir.commit(BASELINE_STAGE, VERSION, key, inputs, extra={"predicted": predicted.tolist()})
-    return predicted
+        return Baseline.from_json(meta)
+    baseline = mode.baseline(prompts)
+    run_dir.commit(BASELINE_STAGE, VERSION, key, inputs, extra=baseline.to_json())
+    return baseline
 
 
 def config_key(config: Config, common: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -117,16 +96,21 @@ def load_result(config: Config, meta: dict[str, Any]) -> ConfigResult:
         {name: Count(v["correct"], v["total"]) for name, v in per_set.items()},
         {name: v["fired"] for name, v in per_set.items()},
         {name: v["predicted"] for name, v in per_set.items()},
+        {
+            name: Count(v["correct_norm"], v["total"])
+            for name, v in per_set.items()
+            if "correct_norm" in v
+        },
     )
 
 
 def sweep(
     run_dir: RunDir,
-    scorer: Scorer,
+    mode: Mode,
     session: Session,
     configs: list[Config],
     prompts: list[SetPrompts],
-    baselines: dict[str, torch.Tensor],
+    baselines: dict[str, Baseline],
     common: dict[str, Any],
 ) -> list[ConfigResult]:
     """Results of every configuration: loaded when already evaluated, else computed.
@@ -145,7 +129,7 @@ def sweep(
         else:
             results[config] = load_result(config, meta)
     if pending:
-        per_set = _sweep_sets(run_dir, scorer, session, pending, prompts, baselines, common)
+        per_set = _sweep_sets(run_dir, mode, session, pending, prompts, baselines, common)
         for config in pending:
             key, inputs = config_key(config, common)
             run_dir.commit(CONFIG_STAGE, VERSION, key, inputs, extra={"per_set": per_set[config]})
@@ -155,17 +139,19 @@ def sweep(
 
 def _sweep_sets(
     run_dir: RunDir,
-    scorer: Scorer,
+    mode: Mode,
     session: Session,
     pending: list[Config],
     prompts: list[SetPrompts],
-    baselines: dict[str, torch.Tensor],
+    baselines: dict[str, Baseline],
     common: dict[str, Any],
 ) -> dict[Config, dict[str, dict[str, Any]]]:
     """Per pending configuration and set, its counts: cached ones read, the others scored
     together, one pass over each set's prompts."""
     sae = session.sae().sae
     interventions = {c: build_intervention(session, sae, c) for c in pending}
+    for config, intervention in interventions.items():
+        mode.check(config.strategy, intervention)
     per_set: dict[Config, dict[str, dict[str, Any]]] = {c: {} for c in pending}
     for p in prompts:
         todo = []
@@ -179,30 +165,36 @@ def _sweep_sets(
                 per_set[config][p.name] = meta["result"]
         if not todo:
             continue
-        outcomes = (
-            scorer.sweep(p.tokens, [interventions[c] for c in todo], baselines[p.name])[1]
-            if p.tokens
+        outcomes: list[Outcome | None] = (
+            list(mode.sweep(p, [interventions[c] for c in todo], baselines[p.name]))
+            if p.items
             else [None] * len(todo)
         )
         for config, outcome in zip(todo, outcomes, strict=True):
-            result = set_counts(outcome, p)
+            result = set_counts(outcome, p, baselines[p.name].predicted_norm is not None)
             key, inputs = set_key(config, p.name, common)
             run_dir.commit(SET_STAGE, VERSION, key, inputs, extra={"result": result})
             per_set[config][p.name] = result
     return per_set
 
 
-def set_counts(outcome: Outcome | None, prompts: SetPrompts) -> dict[str, Any]:
+def set_counts(outcome: Outcome | None, prompts: SetPrompts, norm: bool) -> dict[str, Any]:
     """Right answers, questions, firing prompts and each prompt's answer of one configuration
-    on one set."""
+    on one set; with ``norm`` (log-likelihood scoring) also the right answers by ``acc_norm``
+    and each prompt's answer by it."""
     if outcome is None:
-        return {"correct": 0, "total": 0, "fired": 0, "predicted": []}
-    return {
+        counts: dict[str, Any] = {"correct": 0, "total": 0, "fired": 0, "predicted": []}
+        return {**counts, "correct_norm": 0, "predicted_norm": []} if norm else counts
+    counts = {
         "correct": int((outcome.predicted == prompts.gold).sum()),
-        "total": len(prompts.tokens),
+        "total": len(prompts.items),
         "fired": int(outcome.fired.sum()),
         "predicted": outcome.predicted.tolist(),
     }
+    if norm and outcome.predicted_norm is not None:
+        counts["correct_norm"] = int((outcome.predicted_norm == prompts.gold).sum())
+        counts["predicted_norm"] = outcome.predicted_norm.tolist()
+    return counts
 
 
 def build_intervention(session: Session, sae: Any, config: Config) -> Intervention:
@@ -215,12 +207,7 @@ def build_intervention(session: Session, sae: Any, config: Config) -> Interventi
 
 
 def choose_questions(
-    session: Session,
-    scorer: Scorer,
-    fmt: PromptFormat,
-    fmt_key: str,
-    model_key: dict[str, Any],
-    eval_set: EvalSet,
+    session: Session, mode: Mode, model_key: dict[str, Any], eval_set: EvalSet
 ) -> list[int]:
     """The ids of the set's questions in the chosen subset (cached subsets, or all)."""
     s = session.settings
@@ -229,18 +216,16 @@ def choose_questions(
     found = subsets.ensure(
         session.shared_run_dir,
         model_key,
-        lambda texts, group: scorer.predict(scorer.encode(texts), group).tolist(),
-        fmt_key,
-        fmt,
-        scorer.tokenizer,
+        mode.fmt_key,
         eval_set,
+        lambda: mode.subsets(eval_set),
         force=session.force_shared,
     )
     return found[s.questions]
 
 
 @contextmanager
-def scoring(tracker: Tracker, name: str, scorer: Scorer) -> Iterator[None]:
+def scoring(tracker: Tracker, name: str, scorer: Any) -> Iterator[None]:
     """A stage whose progress is the prompts the scorer has finished."""
     with tracker.counting(name, unit="prompts") as advance:
         scorer.on_rows = advance
@@ -255,36 +240,31 @@ class ModelLevel:
     """What evaluate computes from the model, prompt format and data alone, not the SAE."""
 
     prompts: list[SetPrompts]
-    baselines: dict[str, torch.Tensor]
+    baselines: dict[str, Baseline]
     common: dict[str, Any]
     warnings: list[str]
 
 
 def model_level(
-    session: Session, scorer: Scorer, eval_sets: list[EvalSet], tracker: Tracker
+    session: Session, mode: Mode, eval_sets: list[EvalSet], tracker: Tracker
 ) -> ModelLevel:
     """Question subsets, prompts and baseline answers, cached in the shared run directory so
     that the SAEs of a sweep compute them once."""
     s = session.settings
-    loaded_model, tokenizer = session.model(), scorer.tokenizer
-    fmt = choose_format(session.case.prompt_format(), tokenizer)
-    fmt_key = format_fingerprint(fmt, tokenizer)
+    loaded_model = session.model()
     model_key = {
         "model": loaded_model.fingerprint or loaded_model.spec,
         "dtype": s.dtype,
         "backend": session.backend_name,
     }
-    with scoring(tracker, "subsets", scorer):
-        chosen = {
-            e.name: choose_questions(session, scorer, fmt, fmt_key, model_key, e) for e in eval_sets
-        }
-    prompts = [build_prompts(scorer, fmt, e, chosen[e.name]) for e in eval_sets]
-    common = common_inputs(model_key, fmt_key, s.questions, prompts)
+    with scoring(tracker, "subsets", mode.scorer):
+        chosen = {e.name: choose_questions(session, mode, model_key, e) for e in eval_sets}
+    prompts = [mode.prompts(e, chosen[e.name]) for e in eval_sets]
+    common = common_inputs(model_key, mode.fmt_key, s.questions, prompts)
     shared = session.shared_run_dir
-    with scoring(tracker, "baseline", scorer):
+    with scoring(tracker, "baseline", mode.scorer):
         baselines = {
-            p.name: ensure_baseline(shared, scorer, p, common, session.force_shared)
-            for p in prompts
+            p.name: ensure_baseline(shared, mode, p, common, session.force_shared) for p in prompts
         }
     return ModelLevel(prompts, baselines, common, empty_subset_warnings(chosen, s.questions))
 
@@ -293,9 +273,15 @@ def prepare_shared(session: Session) -> None:
     """Compute the sweep's shared model-level artifacts once, before its SAEs run."""
     session.shared_run_dir.ensure_writable()
     _, loaded_sae = session.checked_pair()
-    scorer = Scorer(session.backend(), loaded_sae.hook_name, session.settings.batch_size)
+    mode = scoring_mode(session, loaded_sae.hook_name)
     eval_sets = session.case.eval_sets(session.data)
-    model_level(session, scorer, eval_sets, Tracker(session.console))
+    model_level(session, mode, eval_sets, Tracker(session.console))
+
+
+def scoring_mode(session: Session, hook_name: str) -> Mode:
+    """The run's ``--scoring`` mode on its model backend."""
+    s = session.settings
+    return open_mode(s.scoring, session.backend(), hook_name, s.batch_size, session.case)
 
 
 def load_inputs(session: Session) -> tuple[LoadedSAE, list[EvalSet]]:
@@ -368,19 +354,19 @@ def run(session: Session) -> Path:
     tracker = Tracker(session.console)
     with tracker.timed("load"):
         loaded_sae, eval_sets = load_inputs(session)
-        scorer = Scorer(session.backend(), loaded_sae.hook_name, s.batch_size)
+        mode = scoring_mode(session, loaded_sae.hook_name)
     with tracker.timed("select"):
         selections = select.ensure(session)
-    shared = model_level(session, scorer, eval_sets, tracker)
+    shared = model_level(session, mode, eval_sets, tracker)
     sweep_common = {
         **shared.common,
         "sae": loaded_sae.fingerprint or loaded_sae.spec,
         "hook": loaded_sae.hook_name,
     }
     configs = expand(selections, session)
-    with scoring(tracker, "sweep", scorer), torch.inference_mode():
+    with scoring(tracker, "sweep", mode.scorer), torch.inference_mode():
         results = sweep(
-            run_dir, scorer, session, configs, shared.prompts, shared.baselines, sweep_common
+            run_dir, mode, session, configs, shared.prompts, shared.baselines, sweep_common
         )
     lm_eval = None
     if s.lm_eval_tasks:
@@ -406,12 +392,18 @@ def build_report(
     ``lm_eval``: lm-eval's accuracies, when run."""
     from dsg.stages.evaluate import heldout, report
 
+    baselines = {name: b.predicted for name, b in shared.baselines.items()}
     baseline_counts = {
-        p.name: Count(int((shared.baselines[p.name] == p.gold).sum()), len(p.tokens))
+        p.name: Count(int((baselines[p.name] == p.gold).sum()), len(p.items))
         for p in shared.prompts
     }
+    norm_counts = {
+        p.name: Count(int((norm == p.gold).sum()), len(p.items))
+        for p in shared.prompts
+        if (norm := shared.baselines[p.name].predicted_norm) is not None
+    }
     seed = session.settings.heldout_seed
-    split = heldout.split_sets(shared.prompts, shared.baselines, seed)
+    split = heldout.split_sets(shared.prompts, baselines, seed)
     set_names = [e.name for e in eval_sets]
     data = report.build(
         session=session,
@@ -431,6 +423,7 @@ def build_report(
         },
         warnings=shared.warnings,
         lm_eval=lm_eval,
+        baseline_norm=norm_counts or None,
     )
     return data
 

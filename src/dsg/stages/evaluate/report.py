@@ -73,6 +73,7 @@ def config_entry(
         "counts": {
             name: {"correct": c.correct, "total": c.total} for name, c in result.counts.items()
         },
+        **({"per_set_acc_norm": _accuracies(result.norm_counts)} if result.norm_counts else {}),
     }
 
 
@@ -88,15 +89,20 @@ def build(
     inputs: dict[str, Any],
     warnings: list[str],
     lm_eval: tuple[dict[str, Any], list[dict[str, float | None] | None]] | None = None,
+    baseline_norm: dict[str, Count] | None = None,
 ) -> dict[str, Any]:
     """The report as a JSON-ready dict (timings are added by the caller). ``lm_eval``: the
     lm-eval section and each configuration's full-benchmark accuracies, when run; ``heldout``:
-    the held-out section (:func:`dsg.stages.evaluate.heldout.section`)."""
+    the held-out section (:func:`dsg.stages.evaluate.heldout.section`); ``baseline_norm``: the
+    unguarded model's right answers by ``acc_norm`` (log-likelihood scoring only, which also
+    gives each configuration its ``per_set_acc_norm``)."""
     s = session.settings
     points = [point(r.counts, baseline, set_names) for r in results]
     side_baseline = pooled(baseline[name] for name in set_names[1:])
     configs = [config_entry(r, baseline, set_names) for r in results]
     extra: dict[str, Any] = {}
+    if baseline_norm is not None:
+        extra["baseline_acc_norm"] = _accuracies(baseline_norm)
     if lm_eval is not None:
         extra["lm_eval"], per_config = lm_eval
         for entry, accuracy in zip(configs, per_config, strict=True):

@@ -4,7 +4,7 @@ lm-eval section read these without importing the evaluation itself."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -43,11 +43,13 @@ class Config:
 
 @dataclass(frozen=True)
 class SetPrompts:
-    """The questions of one set chosen by the subset, as token ids with their gold answers."""
+    """The questions of one set chosen by the subset, as the scoring mode's prompts (token ids in
+    the letter format, a ``ClozeItem`` a question under log-likelihood scoring) with their gold
+    answers."""
 
     eval_set: EvalSet
     question_ids: list[int]
-    tokens: list[list[int]]
+    items: list[Any]
     gold: torch.Tensor
 
     @property
@@ -58,9 +60,11 @@ class SetPrompts:
 @dataclass(frozen=True)
 class ConfigResult:
     """Per set: right answers, questions, prompts on which the guardrail fired, and the answer
-    given to each prompt (in the set's prompt order)."""
+    given to each prompt (in the set's prompt order); ``norm_counts``, the right answers by
+    ``acc_norm`` (log-likelihood scoring only)."""
 
     config: Config
     counts: dict[str, Count]
     fired: dict[str, int]
     predicted: dict[str, list[int]]
+    norm_counts: dict[str, Count] = field(default_factory=dict)

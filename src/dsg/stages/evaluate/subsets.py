@@ -1,7 +1,9 @@
 """Question subsets: which questions the clean model knows robustly.
 
-``correct`` holds the questions answered right under all 24 answer orders;
-``correct-iff-question`` drops those also answered right (all 24) without the question text;
+``correct`` holds the questions answered right: in the letter format under all 24 answer orders,
+under log-likelihood scoring in the set's one order (an option's log-likelihood does not depend
+on where the others stand); ``correct-iff-question`` drops those also answered right (so) without
+the question text;
 ``correct-no-tricks`` drops questions with "A and B"-style or "All of the above" choices;
 ``all`` is every question. Each list is in ascending order. The reference names the
 no-tricks subset inconsistently (so it can never be selected); here it works.
@@ -87,16 +89,17 @@ def all_orders_right(
     return alive
 
 
-def compute(
-    predict: Predict, fmt: PromptFormat, tokenizer: Any, eval_set: EvalSet
-) -> dict[str, list[int]]:
-    """All four subsets of one set. The choices-only prompts are scored for ``correct``
+Known = Callable[[list[int], bool], list[int]]
+"""Question indices and whether the prompts show the question text in, the indices of those the
+clean model answers right out."""
+
+
+def from_known(known: Known, eval_set: EvalSet) -> dict[str, list[int]]:
+    """All four subsets of one set. The prompts without the question are scored for ``correct``
     questions only: no other question can reach ``correct-iff-question``."""
     everything = list(range(len(eval_set.questions)))
-    correct = all_orders_right(predict, fmt, tokenizer, eval_set, everything, with_question=True)
-    guessable = set(
-        all_orders_right(predict, fmt, tokenizer, eval_set, correct, with_question=False)
-    )
+    correct = known(everything, True)
+    guessable = set(known(correct, False))
     return {
         "correct": correct,
         "correct-iff-question": [i for i in correct if i not in guessable],
@@ -105,20 +108,33 @@ def compute(
     }
 
 
+def compute(
+    predict: Predict, fmt: PromptFormat, tokenizer: Any, eval_set: EvalSet
+) -> dict[str, list[int]]:
+    """The letter format's subsets: a question is known when answered right under every order."""
+
+    def known(indices: list[int], with_question: bool) -> list[int]:
+        return all_orders_right(
+            predict, fmt, tokenizer, eval_set, indices, with_question=with_question
+        )
+
+    return from_known(known, eval_set)
+
+
 def ensure(
     run_dir: RunDir,
     model_key: dict[str, Any],
-    predict: Predict,
     fmt_key: str,
-    fmt: PromptFormat,
-    tokenizer: Any,
     eval_set: EvalSet,
+    find: Callable[[], dict[str, list[int]]],
     *,
     force: bool = False,
 ) -> dict[str, list[int]]:
-    """The cached subsets of ``eval_set`` for this model and prompt format, computed if absent.
+    """The cached subsets of ``eval_set`` for this model and prompt format, found by ``find``
+    if absent.
 
-    ``model_key`` names the model (fingerprint and dtype); ``fmt_key`` the prompt format.
+    ``model_key`` names the model (fingerprint and dtype); ``fmt_key`` the scoring mode and its
+    prompt format.
     """
     inputs = {
         **model_key,
@@ -130,6 +146,6 @@ def ensure(
     folder = run_dir.find(STAGE, VERSION, key, force=force)
     if folder is not None:
         return {name: list(ids) for name, ids in read_json(folder / META_FILE)["subsets"].items()}
-    subsets = compute(predict, fmt, tokenizer, eval_set)
+    subsets = find()
     run_dir.commit(STAGE, VERSION, key, inputs, extra={"subsets": subsets})
     return subsets

@@ -8,63 +8,23 @@ answer. The final norm, unembedding and softcap touch only the last real positio
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
 
 from dsg.api.interfaces import Intervention
 from dsg.api.prompts import LETTERS, answer_token_ids
-from dsg.core.errors import UserError
-from dsg.engine.backends.base import ModelBackend, split_layer
-
-
-def encode(tokenizer: Any, texts: Sequence[str], n_ctx: int) -> list[list[int]]:
-    """Token ids of each prompt, adding no special tokens: the rendered prompt carries its
-    own BOS, and a second one would shift every position."""
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
-    longest = max((len(row) for row in ids), default=0)
-    if longest > n_ctx:
-        raise UserError(
-            f"an MCQ prompt is {longest} tokens long, beyond the model's context of {n_ctx}"
-        )
-    if any(len(row) == 0 for row in ids):
-        raise UserError("an MCQ prompt renders to no tokens; check the prompt format")
-    return ids
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Right-padded rows; ``rows`` indexes the prompt list, ``last`` each row's final token."""
-
-    rows: torch.Tensor
-    tokens: torch.Tensor
-    mask: torch.Tensor
-    last: torch.Tensor
-
-
-def batches(ids: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> Iterator[Batch]:
-    """Batches of prompts of similar length (longest first), to waste little on padding."""
-    order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        width = len(ids[rows[0]])
-        tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.bool)
-        for r, i in enumerate(rows):
-            tokens[r, : len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
-            mask[r, : len(ids[i])] = True
-        last = mask.sum(dim=1) - 1
-        yield Batch(torch.tensor(rows, dtype=torch.long), tokens, mask, last)
-
-
-@dataclass
-class Outcome:
-    """Per-prompt answers under one guardrail and whether it fired on each prompt."""
-
-    predicted: torch.Tensor
-    fired: torch.Tensor
+from dsg.engine.backends.base import ModelBackend
+from dsg.scoring.rows import (
+    Batch,
+    Outcome,
+    argmax,
+    batches,
+    encode,
+    fired_rows,
+    hook_split,
+    pad_id,
+)
 
 
 class Scorer:
@@ -72,14 +32,11 @@ class Scorer:
 
     def __init__(self, backend: ModelBackend, hook_name: str, batch_size: int) -> None:
         self.backend = backend
-        self.split = split_layer(hook_name)
-        if self.split > backend.n_layers:
-            raise UserError(f"hook {hook_name!r} is beyond the model's {backend.n_layers} blocks")
+        self.split = hook_split(backend, hook_name)
         self.batch_size = batch_size
         tokenizer = backend.tokenizer
         self.answer_ids = answer_token_ids(tokenizer)
-        pad = tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else tokenizer.eos_token_id or 0)
+        self.pad_id = pad_id(tokenizer)
         self.tokenizer = tokenizer
         self.on_rows: Callable[[int], None] | None = None
         """Called with the number of prompts in each finished batch (progress display)."""
@@ -169,7 +126,7 @@ class Scorer:
                 base[batch.rows] = argmax(self.from_hook(resid, mask, batch.last).cpu())
             for intervention, outcome in zip(interventions, outcomes, strict=True):
                 edited = intervention(resid.clone(), mask)  # a strategy may edit in place
-                fired = _fired(intervention, len(batch.rows))
+                fired = fired_rows(intervention, len(batch.rows))
                 answers = base[batch.rows].clone()
                 if bool(fired.any()):
                     sel = fired.nonzero().flatten()
@@ -182,15 +139,6 @@ class Scorer:
         return base, outcomes
 
 
-def _fired(intervention: Intervention, rows: int) -> torch.Tensor:
-    fired = intervention.fired
-    if fired is None or fired.shape != (rows,):
-        raise RuntimeError(
-            f"intervention {type(intervention).__name__} did not report `fired` for its {rows} rows"
-        )
-    return fired.detach().cpu().bool()
-
-
 def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     """How many leading tokens every row has in common."""
     first = rows[0]
@@ -198,8 +146,3 @@ def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     for row in rows[1:]:
         length = next((i for i in range(length) if row[i] != first[i]), length)
     return length
-
-
-def argmax(probs: torch.Tensor) -> torch.Tensor:
-    """Index of the largest probability; on ties the first, as the reference (and torch)."""
-    return probs.argmax(dim=-1)

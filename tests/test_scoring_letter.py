@@ -13,7 +13,7 @@ from dsg.core.errors import UserError
 from dsg.engine.backends.base import split_layer
 from dsg.engine.backends.transformer_lens import TransformerLensBackend
 from dsg.guardrail import DynamicClamp, StaticClamp
-from dsg.stages.evaluate.mcq import Scorer
+from dsg.scoring.letter import Scorer
 
 PROMPTS = [
     "<bos>The pathogen vex3 spreads by spores. Answer: (",
