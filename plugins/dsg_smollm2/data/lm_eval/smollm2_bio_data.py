@@ -10,7 +10,6 @@ SUBJECTS = {
     "geography": "geography",
     "history": "history",
     "people": "famous people",
-    "physical-science": "physical science",
 }
 """Each set's subject, as the case names it (dsg_smollm2.case.SETS)."""
 

@@ -138,6 +138,10 @@ class ClozeMode:
         self.scorer = scorer
         self.fmt = fmt
         self.fmt_key = f"{LOGLIKELIHOOD}/{format_fingerprint(fmt, scorer.tokenizer)}"
+        self.seen: dict[tuple[str, int], torch.Tensor] = {}
+        """Unguarded log-likelihoods ``[4]`` by (set, question) from the subsets' pass: under
+        log-likelihood scoring the baseline of the chosen questions is that same computation,
+        so it is read back rather than run twice."""
 
     def _items(
         self, eval_set: EvalSet, question_ids: list[int], *, with_question: bool = True
@@ -161,13 +165,24 @@ class ClozeMode:
             if not indices:
                 return []
             items, gold = self._items(eval_set, indices, with_question=with_question)
-            right = choose(self.scorer.logliks(items)) == gold
+            loglik = self.scorer.logliks(items)
+            if with_question:
+                self.seen.update(
+                    {(eval_set.name, i): row for i, row in zip(indices, loglik, strict=True)}
+                )
+            right = choose(loglik) == gold
             return [i for i, ok in zip(indices, right.tolist(), strict=True) if ok]
 
         return subsets.from_known(known, eval_set)
 
     def baseline(self, prompts: SetPrompts) -> Baseline:
-        loglik = self.scorer.logliks(prompts.items)
+        keys = [(prompts.name, i) for i in prompts.question_ids]
+        if not keys:
+            loglik = torch.empty(0, 4, dtype=torch.float64)
+        elif all(key in self.seen for key in keys):
+            loglik = torch.stack([self.seen[key] for key in keys])
+        else:
+            loglik = self.scorer.logliks(prompts.items)
         return Baseline(choose(loglik), choose_norm(loglik, prompts.items), loglik)
 
     def sweep(
