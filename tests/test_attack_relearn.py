@@ -1,10 +1,12 @@
 """`dsg attack relearn` on the tiny case: the fine-tuning text is forget text the statistics
-never read, a zero learning rate is exactly `dsg evaluate`, a large one moves the copy and never
-the run's model, and bad options are one error line."""
+never read, training is counted in optimiser steps of a fixed number of rows in one seeded order,
+a zero learning rate is exactly `dsg evaluate`, a large one moves the copy and never the run's
+model, and bad options are one error line."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +60,13 @@ def test_held_out_documents_never_reach_the_statistics(registry: Any, tmp_path: 
     assert n_docs == len(documents.held_out) and rows.shape[1] == s.seq_len
 
 
-def relearn_run(registry: Any, out: Path, rates: tuple[float, ...], epochs: int) -> dict[str, Any]:
+SCHEDULE = {"relearn_batch": 3, "relearn_stage_steps": 2, "relearn_stages": 2}
+"""Few steps, to keep the suite fast: 2 stages of 2 steps of 3 rows."""
+
+
+def relearn_run(registry: Any, out: Path, rates: tuple[float, ...]) -> dict[str, Any]:
     """The attack with ``rates`` as given (0 included, which the option refuses)."""
-    session = open_session(registry, out, relearn_holdout=HOLDOUT, epochs=epochs)
+    session = open_session(registry, out, relearn_holdout=HOLDOUT, **SCHEDULE)
     session.settings = replaced(session.settings, learning_rates=rates)
     return json.loads(attack.run(session, "relearn").read_text())
 
@@ -68,27 +74,56 @@ def relearn_run(registry: Any, out: Path, rates: tuple[float, ...], epochs: int)
 @pytest.fixture(scope="module")
 def relearned(registry: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("run")
+    steps: list[float] = []
+    batches: list[list[list[int]]] = []
+    original_step, original_batches = torch.optim.AdamW.step, dsg_attacks.relearn.row_batches
+
+    def counted_step(self: torch.optim.AdamW, *args: Any, **kwargs: Any) -> Any:
+        steps.append(self.param_groups[0]["lr"])
+        return original_step(self, *args, **kwargs)
+
+    def recorded_batches(*args: Any) -> Iterator[torch.Tensor]:
+        batches.append([])
+        for batch in original_batches(*args):
+            batches[-1].append(batch.tolist())
+            yield batch
+
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(out)
         mp.setattr(dsg_attacks.relearn, "check_learning_rates", list)  # 0 as a control
         session = open_session(registry, out, relearn_holdout=HOLDOUT)
         report = json.loads(evaluate.run(session).read_text())
         before = {k: v.clone() for k, v in session.model().model.state_dict().items()}
-        data = relearn_run(registry, out, (0.0, 0.5), 2)
+        mp.setattr(torch.optim.AdamW, "step", counted_step)
+        mp.setattr(dsg_attacks.relearn, "row_batches", recorded_batches)
+        data = relearn_run(registry, out, (0.0, 0.5))
         after = session.model().model.state_dict()
-    return {"report": report, "data": data, "before": before, "after": after}
+    return {
+        "report": report, "data": data, "before": before, "after": after, "steps": steps,
+        "batches": batches,
+    }  # fmt: skip
 
 
 def test_zero_learning_rate_is_exactly_evaluate(relearned: dict[str, Any]) -> None:
     report, rows = relearned["report"], relearned["data"]["rows"]
     zero = [r for r in rows if r["condition"]["learning_rate"] == 0.0]
-    assert [r["condition"]["epoch"] for r in zero] == [0, 1, 2]
+    assert [r["condition"]["step"] for r in zero] == [0, 2, 4]
     for row in zero:
         assert row["unguarded"]["per_set"] == report["baseline"]
         for mine, theirs in zip(row["configs"], report["configs"], strict=True):
             assert counts(mine) == counts(theirs)
             assert mine["fired"] == theirs["fired"]
     assert zero[1]["details"]["loss"] > 0 and zero[0]["details"]["loss"] is None
+
+
+def test_training_is_counted_in_optimiser_steps(relearned: dict[str, Any]) -> None:
+    """Each learning rate takes stages x steps optimiser steps of exactly ``relearn_batch``
+    rows, drawn in the same seeded order at every rate, cycling through the rows."""
+    steps, batches = relearned["steps"], relearned["batches"]
+    per_rate = SCHEDULE["relearn_stages"] * SCHEDULE["relearn_stage_steps"]
+    assert steps == [0.0] * per_rate + [0.5] * per_rate
+    assert len(batches) == 2 and batches[0] == batches[1]
+    assert [len(b) for b in batches[0]] == [SCHEDULE["relearn_batch"]] * per_rate
 
 
 def test_a_large_step_moves_the_copy_only(relearned: dict[str, Any]) -> None:
@@ -105,10 +140,15 @@ def test_a_large_step_moves_the_copy_only(relearned: dict[str, Any]) -> None:
 
 def test_report_names_the_fine_tuning_data(relearned: dict[str, Any]) -> None:
     data = relearned["data"]
-    assert (data["attack"], data["axis"]) == ("relearn", "epoch")
+    assert (data["attack"], data["axis"]) == ("relearn", "step")
     n_docs = len([d for d in FORGET_TEXTS if is_held_out(d, 0, HOLDOUT)])
-    details = data["rows"][1]["details"]
-    assert details["documents"] == n_docs and details["rows"] > 0 and details["seconds"] > 0
+    for row in data["rows"]:
+        details = row["details"]
+        assert details["documents"] == n_docs and details["rows"] > 0
+        if row["condition"]["step"]:
+            assert details["loss"] > 0 and details["seconds"] > 0
+        for config in row["configs"]:  # firing rates on every set, side-effect sets included
+            assert set(config["fired"]) == {data["target"], *data["side_effects"]}
 
 
 def test_report_says_the_binding_check_is_overridden(relearned: dict[str, Any]) -> None:
@@ -128,7 +168,9 @@ def attack_args(*args: str) -> list[str]:
         (["--learning-rate", "1e-5", "--learning-rate", "-1"], ["learning rate", "-1"]),
         (["--learning-rate", "nan"], ["nan"]),
         (["--learning-rate", "inf"], ["inf"]),
-        (["--epochs", "0"], ["epochs", "0"]),
+        (["--relearn-batch", "0"], ["relearn batch", "0"]),
+        (["--relearn-stage-steps", "0"], ["relearn stage steps", "0"]),
+        (["--relearn-stages", "0"], ["relearn stages", "0"]),
         (["--relearn-holdout", "101"], ["relearn holdout", "101"]),
         ([], ["none is left to relearn on", "--relearn-holdout"]),
     ],

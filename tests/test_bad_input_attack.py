@@ -149,10 +149,10 @@ def test_holding_out_every_forget_document_names_the_hold_out(
     ("args", "fragment"),
     [
         (["format", "--learning-rate", "0.5"], "attack 'format' does not read --learning-rate"),
-        (["format", "--budget", "5", "--epochs", "3"], "does not read --budget, --epochs"),
+        (["format", "--budget", "5", "--relearn-stages", "3"], "read --budget, --relearn-stages"),
         (["relearn", "--format", "lm-eval"], "attack 'relearn' does not read --format"),
         (["dilution", "--format", "lm-eval"], "(its options: --budget, --placement, --benign"),
-        (["dilution", "--epochs", "2"], "attack 'dilution' does not read --epochs"),
+        (["dilution", "--relearn-batch", "2"], "'dilution' does not read --relearn-batch"),
     ],
 )
 def test_options_of_other_attacks_are_refused(

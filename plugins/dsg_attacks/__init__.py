@@ -4,8 +4,8 @@
 prompt formats a user might type; ``relearn`` fine-tunes a copy of the model on hazard text.
 Each hands its prompts (and, for ``relearn``, its model) to dsg's engine, which answers them
 unguarded and under every configuration. Their options (``--budget``, ``--learning-rate``,
-``--format``, ...) are declared here, each owned by the attack that reads it. See
-docs/robustness.md.
+``--relearn-stages``, ``--format``, ...) are declared here, each owned by the attack that reads
+it. See docs/robustness.md.
 """
 
 from __future__ import annotations
@@ -64,15 +64,31 @@ def register_settings(register: Register) -> None:
     )  # fmt: skip
     register(
         _setting(
-            "learning_rates", "relearn", tuple[float, ...], (1e-6, 1e-5, 1e-4),
+            "learning_rates", "relearn", tuple[float, ...], (1e-5, 1e-4, 1e-3),
             "AdamW learning rates; a copy of the model is fine-tuned at each.",
             option="--learning-rate", bounds=Bounds(0, None, above_minimum=True),
         )
     )  # fmt: skip
     register(
         _setting(
-            "epochs", "relearn", int, 2,
-            "passes over the held-out forget rows; the copy is scored after each.",
+            "relearn_batch", "relearn", int, 8,
+            "held-out forget rows per optimiser step (the scoring --batch-size is apart), drawn "
+            "in a seeded order that cycles through the rows, reshuffled every pass.",
+            bounds=Bounds(0, None, above_minimum=True),
+        )
+    )  # fmt: skip
+    register(
+        _setting(
+            "relearn_stage_steps", "relearn", int, 10,
+            "optimiser steps between two scorings of the fine-tuned copy.",
+            bounds=Bounds(0, None, above_minimum=True),
+        )
+    )  # fmt: skip
+    register(
+        _setting(
+            "relearn_stages", "relearn", int, 5,
+            "how many times the copy is trained --relearn-stage-steps steps and scored (after "
+            "step 0, the original model); the default is 50 steps per learning rate.",
             bounds=Bounds(0, None, above_minimum=True),
         )
     )  # fmt: skip

@@ -360,7 +360,7 @@ class SetScores:
 class AttackRow:
     """What an attack measured under one condition. ``condition`` names it with JSON values
     (``{"placement": "before", "budget": 50}``, ``{"format": "lm-eval"}``,
-    ``{"learning_rate": 1e-5, "epoch": 2}``); ``scores`` holds each set's answers;
+    ``{"learning_rate": 1e-5, "step": 20}``); ``scores`` holds each set's answers;
     ``details`` anything else worth reporting about the condition (JSON values)."""
 
     condition: dict[str, Any]
@@ -442,7 +442,7 @@ class Attack(Protocol):
     name: str
     description: str
     axis: str
-    """The condition key plotted on the x axis (``budget``, ``format``, ``epoch``); the other
+    """The condition key plotted on the x axis (``budget``, ``format``, ``step``); the other
     keys of a condition split the plot into panels."""
 
     def check(self, target: AttackTarget) -> None:

@@ -130,9 +130,18 @@ def _condition_text(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _side_fired(config: dict[str, Any], side_sets: Sequence[str]) -> float | None:
+    """The share of side-effect prompts the configuration fired on, pooled over the sets (the
+    report keeps each set's share and size; a set with no question has no share)."""
+    sets = [n for n in side_sets if config["fired"].get(n) is not None]
+    totals = {n: config["counts"][n]["total"] for n in sets}
+    return _accuracy(sum(round(config["fired"][n] * totals[n]) for n in sets), sum(totals.values()))
+
+
 def print_table(data: dict[str, Any], console: Console) -> None:
     """Per condition, a row for the unguarded model and one per configuration: target accuracy,
-    fired %, effect (unguarded minus guarded target accuracy) and pooled side-effect accuracy."""
+    fired %, effect (unguarded minus guarded target accuracy), pooled side-effect accuracy and
+    pooled side-effect fired % (false positives)."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -143,7 +152,7 @@ def print_table(data: dict[str, Any], console: Console) -> None:
     for key in keys:
         table.add_column(key, justify="right", no_wrap=True)
     table.add_column("guardrail", no_wrap=True)
-    for column in ("target %", "fired %", "effect", "side %"):
+    for column in ("target %", "fired %", "effect", "side %", "side fired %"):
         table.add_column(column, justify="right", no_wrap=True)
     labels = config_labels(data["configs"])
     for row in data["rows"]:
@@ -156,6 +165,7 @@ def print_table(data: dict[str, Any], console: Console) -> None:
             "",
             "",
             _pct(unguarded["side_effect_accuracy"]),
+            "",
         )
         for label, c in zip(labels, row["configs"], strict=True):
             table.add_row(
@@ -165,12 +175,13 @@ def print_table(data: dict[str, Any], console: Console) -> None:
                 _pct(c["fired"].get(target)),
                 _pct(c["effect"].get(target)),
                 _pct(c["side_effect_accuracy"]),
+                _pct(_side_fired(c, data["side_effects"])),
                 end_section=label == labels[-1],
             )
     console.print(table)
     console.print(
         "fired %: target prompts guarded; effect: unguarded minus guarded target accuracy "
-        "(points); side %: pooled over the side-effect sets"
+        "(points); side % and side fired %: pooled over the side-effect sets"
     )
     for warning in data["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
