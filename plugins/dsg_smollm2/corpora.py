@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from functools import partial
 from pathlib import Path
 
 from dsg.api import UserError
@@ -42,7 +43,7 @@ def build(wordnet: Path, out: Path) -> dict[str, int]:
     for side, docs in case_documents(wordnet).items():
         chosen = sample(docs, DOCS_PER_SIDE)
         lines = "".join(json.dumps({"text": doc}, ensure_ascii=False) + "\n" for doc in chosen)
-        atomic_write(out / f"{side}.jsonl", lambda path, text=lines: path.write_text(text, "utf-8"))
+        atomic_write(out / f"{side}.jsonl", partial(Path.write_text, data=lines, encoding="utf-8"))
         counts[side] = len(chosen)
     return counts
 
