@@ -5,7 +5,7 @@ A sample of :data:`DOCS_PER_SIDE` documents a side (:func:`dsg_smollm2.subjects.
 is shipped, rebuilt by::
 
     apt-get download wordnet-base && dpkg-deb -x wordnet-base_*.deb wordnet
-    python -m dsg_smollm2.corpora --wordnet wordnet --out plugins/dsg_smollm2/data/corpora
+    python -m dsg_smollm2.build_corpora --wordnet wordnet --out plugins/dsg_smollm2/data/corpora
 
 The sample is the documents whose sha256 is smallest, in file order, so it does not depend on
 the order of the files or on the other documents.
@@ -13,7 +13,6 @@ the order of the files or on the other documents.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from functools import partial
@@ -56,15 +55,3 @@ def read(side: str) -> list[str]:
         return [str(json.loads(line)["text"]) for line in lines if line.strip()]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"the shipped corpus {path} is damaged ({exc!r}); reinstall dsg") from None
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--wordnet", type=Path, required=True, help="extracted wordnet-base")
-    parser.add_argument("--out", type=Path, default=CORPORA)
-    args = parser.parse_args()
-    print(build(args.wordnet, args.out))
-
-
-if __name__ == "__main__":
-    main()
