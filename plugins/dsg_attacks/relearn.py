@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from dsg.api import AttackPrompt, AttackRow, AttackTarget, UserError
+from dsg.api import AttackRow, AttackTarget, UserError
 
 if TYPE_CHECKING:
     import torch
@@ -29,21 +29,6 @@ OVERRIDE_NOTE = (
     "overridden for this attack"
 )
 """Said in the report: what a deployed bundle would refuse (docs/bundle.md) is the point here."""
-
-
-def evaluated_prompts(target: AttackTarget) -> dict[str, list[AttackPrompt]]:
-    """Every question of every set as ``dsg evaluate`` renders it."""
-    from dsg.api.prompts import render_question
-
-    out = {}
-    for e in target.eval_sets:
-        fmt, tokenizer = target.prompt_format, target.tokenizer
-        texts = [render_question(fmt, tokenizer, e, q)[0] for q in e.questions]
-        out[e.name] = [
-            AttackPrompt(tuple(ids), q.answer)
-            for ids, q in zip(target.encode(texts), e.questions, strict=True)
-        ]
-    return out
 
 
 def rows_digest(rows: Any) -> str:
@@ -80,7 +65,7 @@ class RelearnAttack:
     def run(self, target: AttackTarget) -> Iterator[AttackRow]:
         s = target.settings
         target.warn(OVERRIDE_NOTE)
-        prompts = evaluated_prompts(target)
+        prompts = target.evaluated_prompts()  # as dsg evaluate scores them, in the run's mode
         n_docs, rows = target.held_out_forget()
         data = {"documents": n_docs, "rows": int(rows.shape[0])}
         for rate in dict.fromkeys(s.learning_rates):
