@@ -158,7 +158,11 @@ class Target:
             raise ValueError("score(model=...) needs the model_key that identifies its weights")
         cloze = self.cloze_format is not None
         if any(r.is_cloze != cloze for rows in prompts.values() for r in rows):
-            raise ValueError(f"score() under {self.scoring} scoring was given the other kind")
+            given = "letter" if cloze else "log-likelihood"
+            raise UserError(
+                f"the attack gave {given} prompts to a run that scores by --scoring "
+                f"{self.scoring}; run it with the other --scoring"
+            )
         scorer = self.mode.scorer
         if model is not None:
             from dsg.engine.backends.transformer_lens import TransformerLensBackend
