@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from dsg_attacks.cloze_formats import CLOZE_FORMATS
@@ -19,9 +19,11 @@ from tiny import TinyWorld, tiny_registry
 
 from dsg.api.interfaces import AttackPrompt, EvalSet, MCQuestion
 from dsg.api.prompts import ChatClozeFormat, PlainClozeFormat, render_cloze
+from dsg.core.errors import UserError
 from dsg.scoring.cloze import cloze_item
 from dsg.stages.attack import attack
 from dsg.stages.evaluate import evaluate
+from dsg.stages.evaluate.modes import ClozeMode
 
 LOGLIK = {"scoring": "loglikelihood"}
 
@@ -76,6 +78,17 @@ def test_relearn_epoch_zero_gives_evaluate_accuracies(registry: Any, tmp_path: P
         assert counts(mine) == counts(theirs)
         assert mine["fired"] == theirs["fired"]
     assert trained["condition"]["epoch"] == 1
+
+
+def test_prompts_of_the_other_scoring_are_refused() -> None:
+    """A letter-only attack on a log-likelihood run fails in one line, before any scoring."""
+    tok = tokenizer(None)
+    mode = ClozeMode(cast(Any, SimpleNamespace(tokenizer=tok)), PlainClozeFormat())
+    none: Any = None
+    target = attack.Target(none, tok, 512, none, [], mode, none, none)
+    assert (target.scoring, target.cloze_format) == ("loglikelihood", mode.fmt)
+    with pytest.raises(UserError, match="gave letter prompts .* --scoring loglikelihood"):
+        target.score({"s": [AttackPrompt((1, 2, 3), 0)]})
 
 
 QUESTION = MCQuestion("Q?", ("w", "x", "y", "z"), 2)
