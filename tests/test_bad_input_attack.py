@@ -31,6 +31,18 @@ def attack(*args: str) -> list[str]:
         ),
         (["dilution", "--placement", "middle"], ["unknown placement 'middle'", "around"]),
         (["format", "--format", "haiku"], ["unknown format 'haiku'", "lm-eval", "few-shot"]),
+        (
+            ["format", "--scoring", "loglikelihood", "--format", "lm-eval"],
+            ["format 'lm-eval' is a letter format", "--scoring loglikelihood", "cloze-qa"],
+        ),
+        (
+            ["format", "--format", "cloze-qa"],
+            ["format 'cloze-qa' is a log-likelihood format", "--scoring letter", "lm-eval"],
+        ),
+        (
+            ["format", "--scoring", "loglikelihood", "--format", "cloze-system"],
+            ["format 'cloze-system' cannot be rendered", "System role not supported"],
+        ),
     ],
 )
 def test_bad_attack_options(

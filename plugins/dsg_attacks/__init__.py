@@ -1,11 +1,12 @@
 """dsg plugin: the attacks shipped with dsg, run by ``dsg attack NAME``.
 
 ``dilution`` pads each question with benign text; ``format`` asks the same questions in the
-prompt formats a user might type; ``relearn`` fine-tunes a copy of the model on hazard text.
-Each hands its prompts (and, for ``relearn``, its model) to dsg's engine, which answers them
-unguarded and under every configuration. Their options (``--budget``, ``--learning-rate``,
-``--relearn-stages``, ``--format``, ...) are declared here, each owned by the attack that reads
-it. See docs/robustness.md.
+prompt formats a user might type (letter or cloze prompts, as the run's ``--scoring`` reads
+them); ``relearn`` fine-tunes a copy of the model on hazard text. Each hands its prompts (and,
+for ``relearn``, its model) to dsg's engine, which answers them unguarded and under every
+configuration. Their options (``--budget``, ``--learning-rate``, ``--relearn-stages``,
+``--format``, ...) are declared here, each owned by the attack that reads it. See
+docs/robustness.md.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ def register_settings(register: Register) -> None:
         _setting(
             "placements", "dilution", tuple[str, ...], ("before", "after", "around"),
             "where the benign text goes: before the question, after its choices, or half on "
-            "each side.", option="--placement",
+            "each side (under log-likelihood scoring: before the pre-question line, after the "
+            "question, or half on each side; the choices are never padded).",
+            option="--placement",
         )
     )  # fmt: skip
     register(
@@ -95,8 +98,9 @@ def register_settings(register: Register) -> None:
     register(
         _setting(
             "formats", "format", tuple[str, ...], (),
-            "the prompt formats to try (docs/robustness.md lists them; an unknown name is "
-            "refused with the list).", option="--format", docs_default="all",
+            "the prompt formats to try, those of the run's --scoring (docs/robustness.md lists "
+            "them; an unknown name, or one of the other scoring, is refused with the list).",
+            option="--format", docs_default="all",
         )
     )  # fmt: skip
 

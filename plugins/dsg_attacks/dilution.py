@@ -6,6 +6,11 @@ The benign text is inserted at the token level, so a budget of N adds exactly N 
 budget of 0 leaves the prompt exactly as ``dsg evaluate`` renders it. Each prompt takes its
 benign text from a different place in the corpus (prompt j starts at document j), so one odd
 passage cannot decide a whole curve.
+
+Under log-likelihood scoring (``target.scoring``) the benign text goes into the cloze context:
+before the pre-question line (after any BOS or chat-template opening), after the question
+(before the answer cue), or around both. The choices are never padded: each is scored after
+the diluted context, with the continuation tokens ``dsg evaluate`` scores.
 """
 
 from __future__ import annotations
@@ -38,6 +43,25 @@ def split_prompt(target: AttackTarget, eval_set: EvalSet, q: MCQuestion) -> tupl
             "dsg's default body, so dilution cannot tell where the user's text is"
         )
     return text[:start], user, text[start + len(user) :]
+
+
+def split_cloze(target: AttackTarget, eval_set: EvalSet, q: MCQuestion) -> tuple[str, str, str]:
+    """The rendered cloze context, as the log-likelihood split reads it (trailing whitespace
+    moved to the choices), as (what precedes the pre-question line, that line and the question,
+    what follows: the answer cue)."""
+    from dsg.api.prompts import pre_question, render_cloze
+
+    assert target.cloze_format is not None
+    context = render_cloze(target.cloze_format, target.tokenizer, eval_set, q)[0].rstrip()
+    line, question = pre_question(eval_set.subject), q.question.strip()
+    start = context.find(line)
+    end = context.find(question, start + len(line)) + len(question)
+    if start < 0 or context.count(line) != 1 or end < len(question):
+        raise UserError(
+            f"the cloze format {target.cloze_format.name!r} does not show the pre-question line "
+            "and the question as dsg's cloze formats do, so dilution cannot tell where they are"
+        )
+    return context[:start], context[start:end], context[end:]
 
 
 PREFIX_CHARS = 16
@@ -104,7 +128,39 @@ def diluted(
         text, _ = render_question(target.prompt_format, target.tokenizer, eval_set, q)
         return target.encode([text])[0]
     head, user, tail = split_prompt(target, eval_set, q)
-    tok, sep = target.tokenizer, stream.separator
+    return inserted(target.tokenizer, (head, user, tail), stream, j, placement, budget)
+
+
+def diluted_cloze(
+    target: AttackTarget,
+    stream: BenignStream,
+    eval_set: EvalSet,
+    q: MCQuestion,
+    evaluated: AttackPrompt,
+    j: int,
+    placement: str,
+    budget: int,
+) -> AttackPrompt:
+    """The evaluated cloze prompt of question j with ``budget`` benign tokens at ``placement``
+    in its context, the choices' tokens unchanged; itself at budget 0."""
+    if budget == 0:
+        return evaluated
+    parts = split_cloze(target, eval_set, q)
+    ids = inserted(target.tokenizer, parts, stream, j, placement, budget)
+    return AttackPrompt(tuple(ids), evaluated.gold, evaluated.continuations, evaluated.lengths)
+
+
+def inserted(
+    tok: Any,
+    parts: tuple[str, str, str],
+    stream: BenignStream,
+    j: int,
+    placement: str,
+    budget: int,
+) -> list[int]:
+    """The ids of ``head + user + tail`` with prompt j's benign tokens beside ``user``."""
+    head, user, tail = parts
+    sep = stream.separator
     benign = stream.take(j, budget)
     if placement == "before":
         return encode(tok, head) + benign + sep + encode(tok, user + tail)
@@ -119,6 +175,19 @@ def diluted(
 
 def separators(placement: str) -> int:
     return 2 if placement == "around" else 1
+
+
+def longest_prompt(target: AttackTarget) -> int:
+    """Tokens of the longest undiluted prompt (under log-likelihood scoring, the longest row:
+    a context and its longest choice), each checked to split as dilution needs."""
+    if target.cloze_format is None:
+        texts = ["".join(split_prompt(target, e, q)) for e in target.eval_sets for q in e.questions]
+        return max((len(ids) for ids in target.encode(texts)), default=0)
+    for e in target.eval_sets:
+        for q in e.questions:
+            split_cloze(target, e, q)
+    rows = [p for ps in target.evaluated_prompts().values() for p in ps]
+    return max((len(p.ids) + max(map(len, p.continuations)) for p in rows), default=0)
 
 
 class DilutionAttack:
@@ -143,8 +212,7 @@ class DilutionAttack:
         s = target.settings
         self.check_settings(s)
         stream = BenignStream(target.tokenizer, target.benign_texts())
-        texts = ["".join(split_prompt(target, e, q)) for e in target.eval_sets for q in e.questions]
-        longest = max((len(ids) for ids in target.encode(texts)), default=0)
+        longest = longest_prompt(target)
         for placement in s.placements:
             room = target.n_ctx - longest - separators(placement) * len(stream.separator)
             over = [b for b in s.budgets if b > room]
@@ -158,10 +226,18 @@ class DilutionAttack:
     def run(self, target: AttackTarget) -> Iterator[AttackRow]:
         s = target.settings
         stream = BenignStream(target.tokenizer, target.benign_texts())
+        evaluated = target.evaluated_prompts() if target.cloze_format is not None else {}
         for placement in dict.fromkeys(s.placements):
             for budget in sorted(set(s.budgets)):
                 prompts = {
                     e.name: [
+                        diluted_cloze(target, stream, e, q, base, j, placement, budget)
+                        for j, (q, base) in enumerate(
+                            zip(e.questions, evaluated[e.name], strict=True)
+                        )
+                    ]
+                    if evaluated
+                    else [
                         AttackPrompt(
                             tuple(diluted(target, stream, e, q, j, placement, budget)), q.answer
                         )

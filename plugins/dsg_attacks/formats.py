@@ -3,7 +3,8 @@ calibrated and evaluated on.
 
 Each format renders one question to the prompt string and says which four labels its choices
 carry; the answer is read as the largest probability of those labels at the last token, as
-``dsg evaluate`` reads A-D.
+``dsg evaluate`` reads A-D. Under log-likelihood scoring the formats are cloze prompts instead
+(:mod:`dsg_attacks.cloze_formats`); a format of the other scoring is refused.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dsg.api import AttackPrompt, AttackRow, AttackTarget, EvalSet, MCQuestion, UserError
-
-FEW_SHOT = 3
-"""Exemplars in the few-shot format."""
+from dsg_attacks.cloze_formats import CLOZE_FORMATS, FEW_SHOT, ClozeVariant
 
 Render = Callable[[AttackTarget, EvalSet, MCQuestion, Sequence[MCQuestion]], str]
 
@@ -128,21 +127,55 @@ def exemplars(target: AttackTarget, q: MCQuestion) -> list[MCQuestion]:
     return [s for s in target.eval_sets[1].questions if s != q][:FEW_SHOT]
 
 
-def chosen(target: AttackTarget) -> list[Format]:
-    return named(target.settings)
+LOGLIKELIHOOD = "loglikelihood"
 
 
-def named(settings: Any) -> list[Format]:
-    """The formats ``--format`` names (all when none is named); an unknown name is refused."""
-    names = settings.formats or tuple(FORMATS)
-    unknown = [n for n in names if n not in FORMATS]
+def chosen(target: AttackTarget) -> tuple[list[Format | ClozeVariant], list[str]]:
+    """The formats to run, and why any format left out by default was left out: one the
+    tokenizer cannot render is refused when named, skipped when ``--format`` names none."""
+    formats = named(target.settings)
+    kept: list[Format | ClozeVariant] = []
+    skipped = []
+    for fmt in formats:
+        why = fmt.unusable(target) if isinstance(fmt, ClozeVariant) else None
+        if why is None:
+            kept.append(fmt)
+        elif target.settings.formats:
+            raise UserError(f"format {fmt.name!r} cannot be rendered: {why}")
+        else:
+            skipped.append(f"format {fmt.name!r} skipped: {why}")
+    return kept, skipped
+
+
+def named(settings: Any) -> list[Format] | list[ClozeVariant]:
+    """The formats ``--format`` names (all of the run's scoring when none is named); an unknown
+    name, or one of the other scoring, is refused."""
+    cloze = settings.scoring == LOGLIKELIHOOD
+    table: dict[str, Any] = CLOZE_FORMATS if cloze else FORMATS
+    names = settings.formats or tuple(table)
+    unknown = [n for n in names if n not in table]
     if unknown:
-        raise UserError(f"unknown format {unknown[0]!r}; choose one of: {', '.join(FORMATS)}")
-    return [FORMATS[n] for n in dict.fromkeys(names)]
+        name, valid = unknown[0], ", ".join(table)
+        if name in (FORMATS if cloze else CLOZE_FORMATS):
+            kind = "a letter" if cloze else "a log-likelihood"
+            raise UserError(
+                f"format {name!r} is {kind} format and this run scores by --scoring "
+                f"{settings.scoring}; choose one of: {valid}"
+            )
+        raise UserError(f"unknown format {name!r}; choose one of: {valid}")
+    return [table[n] for n in dict.fromkeys(names)]
 
 
-def prompts(target: AttackTarget, fmt: Format) -> dict[str, list[AttackPrompt]]:
+def prompts(target: AttackTarget, fmt: Format | ClozeVariant) -> dict[str, list[AttackPrompt]]:
     """Every question of every set in ``fmt``, with its gold label's index."""
+    if isinstance(fmt, ClozeVariant):
+        return {
+            e.name: [
+                target.cloze_prompt(*fmt.render(target, e, q), q.choices, q.answer)
+                for q in e.questions
+            ]
+            for e in target.eval_sets
+        }
     shots = fmt.name == "few-shot"
     out = {}
     for e in target.eval_sets:
@@ -162,7 +195,8 @@ class FormatAttack:
     name = "format"
     description = (
         "the same questions without the chat template, in lm-eval's form, few-shot, "
-        "relabelled, or with the choices first"
+        "relabelled, or with the choices first; under log-likelihood scoring as cloze prompts "
+        "(plain, chat template, system turn, few-shot, reworded)"
     )
     axis = "format"
 
@@ -172,15 +206,20 @@ class FormatAttack:
     def check(self, target: AttackTarget) -> None:
         from dsg.api.prompts import answer_token_ids
 
-        for fmt in chosen(target):
-            try:
-                answer_token_ids(target.tokenizer, fmt.letters)
-            except UserError as exc:
-                raise UserError(f"format {fmt.name!r}: {exc}") from None
+        for fmt in chosen(target)[0]:
+            if isinstance(fmt, Format):
+                try:
+                    answer_token_ids(target.tokenizer, fmt.letters)
+                except UserError as exc:
+                    raise UserError(f"format {fmt.name!r}: {exc}") from None
             prompts(target, fmt)  # a prompt beyond the model's context fails here, before any work
 
     def run(self, target: AttackTarget) -> Iterator[AttackRow]:
-        for fmt in chosen(target):
+        formats, skipped = chosen(target)
+        for message in skipped:
+            target.warn(message)
+        for fmt in formats:
+            letters = fmt.letters if isinstance(fmt, Format) else ()
             yield AttackRow(
-                {"format": fmt.name}, target.score(prompts(target, fmt), letters=fmt.letters)
+                {"format": fmt.name}, target.score(prompts(target, fmt), letters=letters)
             )

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from dsg.api import AttackPrompt, AttackRow, AttackTarget, UserError
+from dsg.api import AttackRow, AttackTarget, UserError
 
 if TYPE_CHECKING:
     import torch
@@ -36,21 +36,6 @@ ORDER = "seeded randperm per pass, steps span passes"
 
 OPTIMIZER = "AdamW, torch defaults besides the learning rate"
 """The optimiser :func:`adamw` makes, as the cache key names it."""
-
-
-def evaluated_prompts(target: AttackTarget) -> dict[str, list[AttackPrompt]]:
-    """Every question of every set as ``dsg evaluate`` renders it."""
-    from dsg.api.prompts import render_question
-
-    out = {}
-    for e in target.eval_sets:
-        fmt, tokenizer = target.prompt_format, target.tokenizer
-        texts = [render_question(fmt, tokenizer, e, q)[0] for q in e.questions]
-        out[e.name] = [
-            AttackPrompt(tuple(ids), q.answer)
-            for ids, q in zip(target.encode(texts), e.questions, strict=True)
-        ]
-    return out
 
 
 def rows_digest(rows: Any) -> str:
@@ -100,7 +85,7 @@ class RelearnAttack:
     def run(self, target: AttackTarget) -> Iterator[AttackRow]:
         s = target.settings
         target.warn(OVERRIDE_NOTE)
-        prompts = evaluated_prompts(target)
+        prompts = target.evaluated_prompts()  # as dsg evaluate scores them, in the run's mode
         n_docs, rows = target.held_out_forget()
         data = {"documents": n_docs, "rows": int(rows.shape[0])}
         for rate in dict.fromkeys(s.learning_rates):

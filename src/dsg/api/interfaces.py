@@ -324,10 +324,22 @@ class ExportableStrategy(Strategy, BundleStrategy, Protocol):
 @dataclass(frozen=True)
 class AttackPrompt:
     """One prompt an attack hands to dsg: its token ids (special tokens included, as the model
-    sees them) and the index of the right answer among its four labels."""
+    sees them) and the index of the right answer among its four choices.
+
+    Under letter scoring ``ids`` is the whole prompt and the answer is read at its last token.
+    Under log-likelihood scoring (:attr:`AttackTarget.scoring`) ``ids`` is the context, where the
+    guardrail decides, and ``continuations`` holds each choice's ids after it, scored by their
+    summed log-probability; ``lengths`` holds each choice's length in characters (what
+    ``acc_norm`` divides by). :meth:`AttackTarget.cloze_prompt` builds one from strings."""
 
     ids: tuple[int, ...]
     gold: int
+    continuations: tuple[tuple[int, ...], ...] = ()
+    lengths: tuple[int, ...] = ()
+
+    @property
+    def is_cloze(self) -> bool:
+        return bool(self.continuations)
 
 
 @dataclass(frozen=True)
@@ -380,12 +392,25 @@ class AttackTarget(Protocol):
     tokenizer: Any
     n_ctx: int
     prompt_format: PromptFormat
+    """The letter format the run's case and tokenizer give, whatever the scoring."""
     eval_sets: list[EvalSet]
     """Target first, then the side-effect sets. In :meth:`Attack.check` every question of each
     set; in :meth:`Attack.run` only the questions of the run's subset (``--questions``)."""
     configs: list[dict[str, Any]]
     """Each configuration's description (strategy, ratio percentile, n, multiplier, ...); empty
     in :meth:`Attack.check`."""
+
+    @property
+    def scoring(self) -> str:
+        """How the run answers a question (``--scoring``): ``letter`` or ``loglikelihood``; the
+        prompts handed to :meth:`score` must be of that kind (:attr:`AttackPrompt.is_cloze`)."""
+        ...
+
+    @property
+    def cloze_format(self) -> ClozeFormat | None:
+        """The cloze format ``dsg evaluate`` renders with under log-likelihood scoring; None
+        under letter scoring."""
+        ...
 
     def benign_texts(self) -> list[str]:
         """The benign corpus: ``--benign-corpus``, the questions of ``--benign-questions``'s
@@ -413,6 +438,20 @@ class AttackTarget(Protocol):
         them; a prompt beyond the model's context is a UserError."""
         ...
 
+    def cloze_prompt(
+        self, context: str, continuations: Sequence[str], choices: Sequence[str], gold: int
+    ) -> AttackPrompt:
+        """A log-likelihood prompt from a rendered context and one continuation per choice,
+        split into token ids as ``dsg evaluate`` (and lm-eval) splits them: the context's
+        trailing whitespace moves to the continuations. A row beyond the model's context is a
+        UserError."""
+        ...
+
+    def evaluated_prompts(self) -> dict[str, list[AttackPrompt]]:
+        """Each set's questions exactly as ``dsg evaluate`` scores them in the run's mode, by
+        the same code (the reference condition: budget 0, the evaluated format, epoch 0)."""
+        ...
+
     def score(
         self,
         prompts: Mapping[str, Sequence[AttackPrompt]],
@@ -421,8 +460,11 @@ class AttackTarget(Protocol):
         model: Any = None,
         model_key: dict[str, Any] | None = None,
     ) -> dict[str, SetScores]:
-        """Each set's prompts answered unguarded and under every configuration, reading the
-        probabilities of ``letters`` at the last token. Results are cached in the run directory,
+        """Each set's prompts answered unguarded and under every configuration: by the
+        probabilities of ``letters`` at the last token under letter scoring, by the choices'
+        log-likelihoods under log-likelihood scoring (each guardrail decides on the context and
+        carries its decision over the choices, ``letters`` unused). Results are cached in the
+        run directory,
         keyed by the prompts and all that made the answers. ``model``: a TransformerLens model to
         score instead of the run's (a fine-tuned copy from :meth:`trainable_model`, same
         tokenizer and hook); ``model_key`` then identifies its weights and is required."""

@@ -227,8 +227,8 @@ class Settings:
     scoring: str = setting(
         "letter", "How a question is answered: letter (P(A..D) after the lettered choices) or "
         "loglikelihood (each choice's log-likelihood after the question, as lm-eval's "
-        "multiple_choice tasks; docs/evaluate.md).", EVALUATION, ("evaluate",),
-        choices=SCORINGS, case_may_set=True,
+        "multiple_choice tasks; docs/evaluate.md). The attacks score the same way.", EVALUATION,
+        ("evaluate", ATTACK), choices=SCORINGS, case_may_set=True,
     )  # fmt: skip
     heldout_seed: int = setting(
         0, "Seeds the hash that splits each question set into the part the held-out score "

@@ -4,7 +4,9 @@ The run is evaluate's up to the sweep (the SAE, the selections, the question sub
 configurations); then the attack builds prompts for each of its conditions and
 :meth:`Target.score` answers them unguarded and under every configuration in one pass per set
 (the split at the hook, batching, the guardrails' decisions), caching each set's answers in the
-run directory keyed by the prompts and everything else that made them.
+run directory keyed by the prompts and everything else that made them. The run's ``--scoring``
+mode decides how a question is answered, as in ``dsg evaluate``: by letters, or by the choices'
+log-likelihoods after the context (``ClozeScorer``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dsg.api.interfaces import (
     Attack,
     AttackPrompt,
     AttackRow,
+    ClozeFormat,
     EvalSet,
     Intervention,
     PromptFormat,
@@ -30,10 +33,13 @@ from dsg.api.prompts import LETTERS, answer_token_ids, choose_format
 from dsg.core.artifacts import META_FILE, RunDir, artifact_key, canonical_json, read_json
 from dsg.core.errors import UserError, excerpt
 from dsg.core.progress import Tracker
+from dsg.scoring.cloze import ClozeItem, cloze_item
 from dsg.scoring.letter import Scorer
+from dsg.scoring.loglik import ClozeScorer, choose, require_prefix
+from dsg.scoring.rows import encode
 from dsg.stages import select
 from dsg.stages.evaluate import evaluate
-from dsg.stages.evaluate.modes import LetterMode
+from dsg.stages.evaluate.modes import ClozeMode, Mode
 
 if TYPE_CHECKING:
     from dsg.config.settings import Settings
@@ -53,7 +59,8 @@ class Target:
     n_ctx: int
     prompt_format: PromptFormat
     eval_sets: list[EvalSet]
-    scorer: Scorer
+    mode: Mode
+    """The run's scoring mode (evaluate's), whose scorer answers the prompts."""
     session: Session
     run_dir: RunDir
     configs: list[dict[str, Any]] = field(default_factory=list)
@@ -61,6 +68,14 @@ class Target:
     common: dict[str, Any] = field(default_factory=dict)
     """What every cached answer depends on besides its prompts (model, SAE, configurations)."""
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def scoring(self) -> str:
+        return self.mode.name
+
+    @property
+    def cloze_format(self) -> ClozeFormat | None:
+        return self.mode.fmt if isinstance(self.mode, ClozeMode) else None
 
     def warn(self, message: str) -> None:
         from rich.markup import escape
@@ -101,7 +116,25 @@ class Target:
         return [q.question for q in sets[name].questions]
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.scorer.encode(texts)
+        return encode(self.tokenizer, texts, self.n_ctx)
+
+    def cloze_prompt(
+        self, context: str, continuations: Sequence[str], choices: Sequence[str], gold: int
+    ) -> AttackPrompt:
+        item = cloze_item(self.tokenizer, context, continuations, choices, self.n_ctx)
+        return AttackPrompt(item.context, gold, item.continuations, item.lengths)
+
+    def evaluated_prompts(self) -> dict[str, list[AttackPrompt]]:
+        out = {}
+        for e in self.eval_sets:
+            prompts = self.mode.prompts(e, list(range(len(e.questions))))
+            out[e.name] = [
+                AttackPrompt(item.context, g, item.continuations, item.lengths)
+                if isinstance(item, ClozeItem)
+                else AttackPrompt(tuple(item), g)
+                for item, g in zip(prompts.items, prompts.gold.tolist(), strict=True)
+            ]
+        return out
 
     def held_out_forget(self) -> tuple[int, Any]:
         from dsg.stages.attack.relearn import held_out_rows
@@ -123,16 +156,30 @@ class Target:
     ) -> dict[str, SetScores]:
         if model is not None and model_key is None:
             raise ValueError("score(model=...) needs the model_key that identifies its weights")
-        scorer = self.scorer
+        cloze = self.cloze_format is not None
+        if any(r.is_cloze != cloze for rows in prompts.values() for r in rows):
+            given = "letter" if cloze else "log-likelihood"
+            raise UserError(
+                f"the attack gave {given} prompts to a run that scores by --scoring "
+                f"{self.scoring}; run it with the other --scoring"
+            )
+        scorer = self.mode.scorer
         if model is not None:
             from dsg.engine.backends.transformer_lens import TransformerLensBackend
 
             backend = TransformerLensBackend(model, self.tokenizer)
-            scorer = Scorer(backend, self.session.sae().hook_name, self.settings.batch_size)
-            scorer.on_rows = self.scorer.on_rows
-        common = {**self.common, "letters": list(letters)}
+            kind = ClozeScorer if cloze else Scorer
+            scorer = kind(backend, self.session.sae().hook_name, self.settings.batch_size)
+            scorer.on_rows = self.mode.scorer.on_rows
+        common = {**self.common, "scoring": self.scoring}
         if model_key is not None:
             common["model"] = model_key
+        if isinstance(scorer, ClozeScorer):
+            return {
+                name: self._score_set(scorer, name, list(rows), common)
+                for name, rows in prompts.items()
+            }
+        common["letters"] = list(letters)
         answer_ids = scorer.answer_ids
         scorer.answer_ids = answer_token_ids(self.tokenizer, letters)
         try:
@@ -144,7 +191,11 @@ class Target:
             scorer.answer_ids = answer_ids
 
     def _score_set(
-        self, scorer: Scorer, name: str, rows: list[AttackPrompt], common: dict[str, Any]
+        self,
+        scorer: Scorer | ClozeScorer,
+        name: str,
+        rows: list[AttackPrompt],
+        common: dict[str, Any],
     ) -> SetScores:
         inputs = {**common, "set": name, "prompts": prompts_digest(rows)}
         key = artifact_key(STAGE, VERSION, inputs)
@@ -154,7 +205,13 @@ class Target:
         none: tuple[tuple[Any, ...], ...] = tuple(() for _ in self.interventions)
         scores = SetScores((), (), none, none)  # a set with no question in the subset
         if rows:
-            base, outcomes = scorer.sweep([list(r.ids) for r in rows], self.interventions)
+            if isinstance(scorer, ClozeScorer):
+                items = [ClozeItem(r.ids, r.continuations, r.lengths) for r in rows]
+                deciding = [require_prefix(i, type(i).__name__) for i in self.interventions]
+                loglik, outcomes = scorer.sweep(items, deciding)
+                base = choose(loglik)
+            else:
+                base, outcomes = scorer.sweep([list(r.ids) for r in rows], self.interventions)
             scores = SetScores(
                 gold=tuple(r.gold for r in rows),
                 unguarded=tuple(base.tolist()),
@@ -166,8 +223,16 @@ class Target:
 
 
 def prompts_digest(rows: Sequence[AttackPrompt]) -> str:
-    """A hash of the prompts' ids and gold answers, in order."""
-    payload = canonical_json([[list(r.ids), r.gold] for r in rows])
+    """A hash of the prompts' ids and gold answers, in order (and of a cloze prompt's
+    continuations and choice lengths)."""
+    payload = canonical_json(
+        [
+            [list(r.ids), r.gold, [list(c) for c in r.continuations], list(r.lengths)]
+            if r.is_cloze
+            else [list(r.ids), r.gold]
+            for r in rows
+        ]
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -225,23 +290,23 @@ def run(session: Session, name: str) -> Path:
     with tracker.timed("load"):
         loaded_sae, eval_sets = evaluate.load_inputs(session)
         backend = session.backend()
-        scorer = Scorer(backend, loaded_sae.hook_name, s.batch_size)
-        fmt = choose_format(session.case.prompt_format(), scorer.tokenizer)
-        target = Target(
-            s, scorer.tokenizer, backend.n_ctx, fmt, eval_sets, scorer, session, run_dir
-        )
+        mode = evaluate.scoring_mode(session, loaded_sae.hook_name)
+        fmt = choose_format(session.case.prompt_format(), backend.tokenizer)
+        target = Target(s, backend.tokenizer, backend.n_ctx, fmt, eval_sets, mode, session, run_dir)
         attack.check(target)
     with tracker.timed("select"):
         selections = select.ensure(session)
-    # attacks read letters whatever --scoring says (a case's default included)
-    shared = evaluate.model_level(session, LetterMode(scorer, fmt), eval_sets, tracker)
+    shared = evaluate.model_level(session, mode, eval_sets, tracker)
     configs = evaluate.expand(selections, session)
     sae = session.sae().sae
+    interventions = [evaluate.build_intervention(session, sae, c) for c in configs]
+    for config, intervention in zip(configs, interventions, strict=True):
+        mode.check(config.strategy, intervention)
     target = dataclasses.replace(
         target,
         eval_sets=chosen_sets(shared),
         configs=[c.describe() for c in configs],
-        interventions=[evaluate.build_intervention(session, sae, c) for c in configs],
+        interventions=interventions,
         common={
             **shared.common,
             "sae": loaded_sae.fingerprint or loaded_sae.spec,
@@ -250,7 +315,7 @@ def run(session: Session, name: str) -> Path:
         },
     )
     rows: list[AttackRow] = []
-    with evaluate.scoring(tracker, f"attack {name}", scorer), torch.inference_mode():
+    with evaluate.scoring(tracker, f"attack {name}", mode.scorer), torch.inference_mode():
         rows.extend(attack.run(target))
     with tracker.timed("report"):
         inputs = {
