@@ -66,10 +66,10 @@ def test_letter_and_loglik_answers_are_cached_apart(registry: Any, tmp_path: Pat
     assert sorted(i["scoring"] for i in inputs) == ["letter"] * 2 + ["loglikelihood"] * 2
 
 
-def test_relearn_epoch_zero_gives_evaluate_accuracies(registry: Any, tmp_path: Path) -> None:
-    """The copy is scored by log-likelihood too: at epoch 0 it answers as dsg evaluate does."""
+def test_relearn_step_zero_gives_evaluate_accuracies(registry: Any, tmp_path: Path) -> None:
+    """The copy is scored by log-likelihood too: at step 0 it answers as dsg evaluate does."""
     out = tmp_path / "run"
-    options = {"relearn_holdout": 50.0, "epochs": 1, **LOGLIK}
+    options = {"relearn_holdout": 50.0, "relearn_stages": 1, "relearn_stage_steps": 1, **LOGLIK}
     report = json.loads(evaluate.run(open_session(registry, out, **options)).read_text())
     session = open_session(registry, out, learning_rates=(0.5,), **options)
     start, trained = json.loads(attack.run(session, "relearn").read_text())["rows"]
@@ -77,7 +77,7 @@ def test_relearn_epoch_zero_gives_evaluate_accuracies(registry: Any, tmp_path: P
     for mine, theirs in zip(start["configs"], report["configs"], strict=True):
         assert counts(mine) == counts(theirs)
         assert mine["fired"] == theirs["fired"]
-    assert trained["condition"]["epoch"] == 1
+    assert trained["condition"]["step"] == 1
 
 
 def test_prompts_of_the_other_scoring_are_refused() -> None:
