@@ -449,7 +449,7 @@ class AttackTarget(Protocol):
 
     def evaluated_prompts(self) -> dict[str, list[AttackPrompt]]:
         """Each set's questions exactly as ``dsg evaluate`` scores them in the run's mode, by
-        the same code (the reference condition: budget 0, the evaluated format, epoch 0)."""
+        the same code (the reference condition: budget 0, the evaluated format, step 0)."""
         ...
 
     def score(
