@@ -162,6 +162,27 @@ def test_cloze_dilution_by_hand(chat: bool, placement: str, budget: int, context
     assert len(prompt.ids) == len(base.ids) + budget + 2 * separators
 
 
+@pytest.mark.parametrize(
+    ("placement", "context"),
+    [
+        ("before", "<bos>Question: abc\n\nQ?\nAnswer:"),
+        ("after", "<bos>Question: Q?\n\nabc\nAnswer:"),
+    ],
+)
+def test_cloze_dilution_in_a_format_without_the_pre_question_line(
+    placement: str, context: str
+) -> None:
+    """smollm2-bio's format shows no pre-question line: `before` pads the question itself."""
+    from dsg_smollm2.case import QuestionAnswerFormat
+
+    tok = tokenizer(None)
+    target = stand_in(tok, QuestionAnswerFormat())
+    base = evaluated(target)
+    prompt = diluted_cloze(target, BenignStream(tok, ["abc"]), SET, QUESTION, base, 0, placement, 3)
+    assert joined(tok, prompt.ids) == context
+    assert prompt.continuations == base.continuations
+
+
 PLAIN = "<bos>" + LINE + "Question: Q?\nAnswer:"
 SPACED = [" w", " x", " y", " z"]
 

@@ -8,9 +8,10 @@ benign text from a different place in the corpus (prompt j starts at document j)
 passage cannot decide a whole curve.
 
 Under log-likelihood scoring (``target.scoring``) the benign text goes into the cloze context:
-before the pre-question line (after any BOS or chat-template opening), after the question
-(before the answer cue), or around both. The choices are never padded: each is scored after
-the diluted context, with the continuation tokens ``dsg evaluate`` scores.
+before the pre-question line (after any BOS or chat-template opening; before the question in a
+format without that line), after the question (before the answer cue), or around both. The
+choices are never padded: each is scored after the diluted context, with the continuation
+tokens ``dsg evaluate`` scores.
 """
 
 from __future__ import annotations
@@ -47,20 +48,22 @@ def split_prompt(target: AttackTarget, eval_set: EvalSet, q: MCQuestion) -> tupl
 
 def split_cloze(target: AttackTarget, eval_set: EvalSet, q: MCQuestion) -> tuple[str, str, str]:
     """The rendered cloze context, as the log-likelihood split reads it (trailing whitespace
-    moved to the choices), as (what precedes the pre-question line, that line and the question,
-    what follows: the answer cue)."""
+    moved to the choices), as (what precedes the user's text, the user's text: the pre-question
+    line, when the format shows it, and the question, what follows: the answer cue)."""
     from dsg.api.prompts import pre_question, render_cloze
 
     assert target.cloze_format is not None
     context = render_cloze(target.cloze_format, target.tokenizer, eval_set, q)[0].rstrip()
     line, question = pre_question(eval_set.subject), q.question.strip()
-    start = context.find(line)
-    end = context.find(question, start + len(line)) + len(question)
-    if start < 0 or context.count(line) != 1 or end < len(question):
+    at = context.find(question)
+    if at < 0 or context.count(question) != 1:
         raise UserError(
-            f"the cloze format {target.cloze_format.name!r} does not show the pre-question line "
-            "and the question as dsg's cloze formats do, so dilution cannot tell where they are"
+            f"the cloze format {target.cloze_format.name!r} does not show the question once, "
+            "so dilution cannot tell where the user's text is"
         )
+    shown = context.count(line) == 1 and context.find(line) + len(line) <= at
+    start = context.find(line) if shown else at
+    end = at + len(question)
     return context[:start], context[start:end], context[end:]
 
 
