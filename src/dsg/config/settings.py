@@ -110,7 +110,7 @@ class Settings:
 
     case: str = setting(
         NONE, "Case to run (see `dsg plugins`).", RUN, WITH_TRAINING,
-        docs_default="the one installed case marked as default",
+        docs_default="the one case whose default model is --model, else the one marked default",
     )  # fmt: skip
     model: str = setting(
         NONE, "Model spec, e.g. gemma-2-2b-it or a model directory; LOADER:spec picks a loader "
