@@ -173,10 +173,8 @@ def test_cloze_dilution_in_a_format_without_the_pre_question_line(
     placement: str, context: str
 ) -> None:
     """smollm2-bio's format shows no pre-question line: `before` pads the question itself."""
-    from dsg_smollm2.case import QuestionAnswerFormat
-
     tok = tokenizer(None)
-    target = stand_in(tok, QuestionAnswerFormat())
+    target = stand_in(tok, PlainClozeFormat(subject_line=False))
     base = evaluated(target)
     prompt = diluted_cloze(target, BenignStream(tok, ["abc"]), SET, QUESTION, base, 0, placement, 3)
     assert joined(tok, prompt.ids) == context

@@ -14,13 +14,13 @@ pytest.importorskip("lm_eval")
 
 import dsg_smollm2  # noqa: E402
 from dsg_smollm2 import SAE_NAME  # noqa: E402
-from dsg_smollm2.case import QuestionAnswerFormat, SmolLM2BioCase  # noqa: E402
+from dsg_smollm2.case import SmolLM2BioCase  # noqa: E402
 from lm_eval import simple_evaluate  # noqa: E402
 from lm_eval.tasks import TaskManager, get_task_dict  # noqa: E402
 
 from dsg.api.data import DataSource  # noqa: E402
 from dsg.api.plugins import registry  # noqa: E402
-from dsg.api.prompts import render_cloze  # noqa: E402
+from dsg.api.prompts import PlainClozeFormat, render_cloze  # noqa: E402
 from dsg.bundle import Bundle, from_sae  # noqa: E402
 from dsg.engine.backends.transformer_lens import TransformerLensBackend  # noqa: E402
 from dsg.guardrail import DynamicClamp  # noqa: E402
@@ -68,7 +68,7 @@ def test_tasks_render_the_prompts_dsg_scores(
         assert len(docs) == len(eval_set.questions)
         for doc, question in zip(docs, eval_set.questions, strict=True):
             context, continuations, gold = render_cloze(
-                QuestionAnswerFormat(), tokenizer, eval_set, question
+                PlainClozeFormat(subject_line=False), tokenizer, eval_set, question
             )
             delimiter = task.config.target_delimiter
             assert task.doc_to_text(doc) == context
@@ -92,7 +92,7 @@ def test_guarded_smollm2_answers_in_lm_eval_as_in_dsg(
     scorer = ClozeScorer(
         TransformerLensBackend(loaded.model, loaded.tokenizer), shipped.hook_name, batch_size=8
     )
-    fmt = QuestionAnswerFormat()
+    fmt = PlainClozeFormat(subject_line=False)
     items = {
         name: [
             scorer.encode(*render_cloze(fmt, scorer.tokenizer, e, q)[:2], q.choices)

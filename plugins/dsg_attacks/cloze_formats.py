@@ -93,7 +93,9 @@ def _lowercase(target: AttackTarget, e: EvalSet, q: MCQuestion) -> tuple[str, li
 
 
 def _no_subject(target: AttackTarget, e: EvalSet, q: MCQuestion) -> tuple[str, list[str]]:
-    return f"{_bos(target.tokenizer)}Question: {q.question}\nAnswer:", _spaced(q)
+    from dsg.api.prompts import PlainClozeFormat
+
+    return PlainClozeFormat(subject_line=False).render(target.tokenizer, e, q.question, q.choices)
 
 
 def _qa(target: AttackTarget, e: EvalSet, q: MCQuestion) -> tuple[str, list[str]]:

@@ -10,10 +10,8 @@ biology in them. docs/real-model.md has the sets' unguarded accuracies.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from dsg.api import (
     CaseDefaults,
@@ -25,6 +23,7 @@ from dsg.api import (
     UserError,
     read_text_corpus,
 )
+from dsg.api.prompts import PlainClozeFormat
 from dsg_smollm2 import corpora
 
 MODEL = "smollm2-135m-instruct"
@@ -95,19 +94,7 @@ class SmolLM2BioCase:
         return None  # SmolLM2's tokenizer carries its chat template (the letter format)
 
     def cloze_format(self) -> ClozeFormat | None:
-        return QuestionAnswerFormat()
-
-
-class QuestionAnswerFormat:
-    """BOS, ``Question: {question}\nAnswer:`` and each choice as `` {choice}``. No chat
-    template (SmolLM2 knew more of every set without it, docs/real-model.md) and no line naming
-    the subject: the guardrail decides on the question alone, and a prompt is ~40% shorter."""
-
-    name = "question-answer"
-
-    def render(
-        self, tokenizer: Any, eval_set: EvalSet, question: str | None, choices: Sequence[str]
-    ) -> tuple[str, list[str]]:
-        bos = getattr(tokenizer, "bos_token", None) or ""
-        cue = f"Question: {question}\nAnswer:" if question is not None else "Answer:"
-        return bos + cue, [f" {choice}" for choice in choices]
+        """BOS, ``Question: {question}\nAnswer:``, each choice as `` {choice}``: no chat
+        template (SmolLM2 knew more of every set without it, docs/real-model.md) and no line
+        naming the subject, so the guardrail decides on the question alone."""
+        return PlainClozeFormat(subject_line=False)

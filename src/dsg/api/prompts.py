@@ -101,16 +101,21 @@ class ChatClozeFormat:
 
 class PlainClozeFormat:
     """Cloze prompts for tokenizers without a chat template, as lm-eval's MMLU-style tasks:
-    BOS, the pre-question line, ``Question: ...\nAnswer:`` and `` {choice}``."""
+    BOS, the pre-question line, ``Question: ...\nAnswer:`` and `` {choice}``. Without the
+    pre-question line (``subject_line=False``, ``cloze-no-subject``) the guardrail decides on
+    the question alone and a prompt is shorter."""
 
-    name = "cloze-plain"
+    def __init__(self, subject_line: bool = True) -> None:
+        self.subject_line = subject_line
+        self.name = "cloze-plain" if subject_line else "cloze-no-subject"
 
     def render(
         self, tokenizer: Any, eval_set: EvalSet, question: str | None, choices: Sequence[str]
     ) -> tuple[str, list[str]]:
         bos = getattr(tokenizer, "bos_token", None) or ""
+        line = pre_question(eval_set.subject) if self.subject_line else ""
         cue = f"Question: {question}\nAnswer:" if question is not None else "Answer:"
-        return bos + pre_question(eval_set.subject) + cue, [f" {choice}" for choice in choices]
+        return bos + line + cue, [f" {choice}" for choice in choices]
 
 
 def choose_cloze_format(case_format: ClozeFormat | None, tokenizer: Any) -> ClozeFormat:
