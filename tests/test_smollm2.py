@@ -137,6 +137,34 @@ def topic_sae(hf: Any, tokenizer: Any, d_sae: int = 16, k: int = 3) -> JumpReLUS
     return direction_sae(f, r, d_sae, k, noise=0.1, other_bias=-1e4)
 
 
+def single_prompt_reference(
+    tl: Any, guardrail: tuple[Any, str, list[int], float], ids: list[int], alpha: float
+) -> tuple[bool, float, torch.Tensor]:
+    """One prompt through TransformerLens with the SAE's clamp at its hook (``guardrail``: the
+    SAE, the hook, the features, the multiplier): its decision, hit rate and logits."""
+    sae, hook, features, multiplier = guardrail
+    clamp = DynamicClamp(sae, features, alpha, multiplier)
+
+    def at_hook(resid: torch.Tensor, hook: Any) -> torch.Tensor:
+        return clamp(resid, torch.ones(resid.shape[:2], dtype=torch.bool))
+
+    with torch.no_grad():
+        logits = tl.run_with_hooks(torch.tensor([ids]), fwd_hooks=[(hook, at_hook)])
+    return bool(clamp.fired[0]), float(clamp.rates[0]), logits[0]
+
+
+def left_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and mask of ``rows`` padded on the left (with SmolLM2's pad id, 2), as batched
+    generation pads."""
+    width = max(map(len, rows))
+    tokens = torch.full((len(rows), width), 2)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, ids in enumerate(rows):
+        tokens[r, width - len(ids) :] = torch.tensor(ids)
+        mask[r, width - len(ids) :] = 1
+    return tokens, mask
+
+
 def test_dsg_hf_guards_smollm2_as_the_single_prompt_reference(
     smol: dict[str, Any], smollm2_folder: Path, tmp_path: Path
 ) -> None:
@@ -146,15 +174,7 @@ def test_dsg_hf_guards_smollm2_as_the_single_prompt_reference(
     multiplier = 20.0
 
     def reference(ids: list[int], alpha: float) -> tuple[bool, float, torch.Tensor]:
-        """One prompt through TransformerLens with the clamp at the hook, as the reference."""
-        clamp = DynamicClamp(sae, features, alpha, multiplier)
-
-        def hook(resid: torch.Tensor, hook: Any) -> torch.Tensor:
-            return clamp(resid, torch.ones(resid.shape[:2], dtype=torch.bool))
-
-        with torch.no_grad():
-            logits = tl.run_with_hooks(torch.tensor([ids]), fwd_hooks=[(HOOK, hook)])
-        return bool(clamp.fired[0]), float(clamp.rates[0]), logits[0]
+        return single_prompt_reference(tl, (sae, HOOK, features, multiplier), ids, alpha)
 
     rows = [chat_ids(tokenizer, text) for text in MIXED]
     rates = [reference(ids, 1.0)[1] for ids in rows]
@@ -164,12 +184,8 @@ def test_dsg_hf_guards_smollm2_as_the_single_prompt_reference(
     bound = record_binding(hf, HOOK)
     bundle = from_sae(loaded, features, threshold=alpha, multiplier=multiplier, binding=bound)
     bundle_dir = bundle.save(tmp_path / "bundle")
-    width = max(map(len, rows))
-    tokens = torch.full((len(rows), width), 2)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, ids in enumerate(rows):  # left padding, as batched generation pads
-        tokens[r, width - len(ids) :] = torch.tensor(ids)
-        mask[r, width - len(ids) :] = 1
+    tokens, mask = left_padded(rows)
+    width = tokens.shape[1]
     with attach(hf, Bundle.load(bundle_dir)) as handle, torch.no_grad():
         logits = hf(input_ids=tokens, attention_mask=mask).logits
         fired, guarded_rates = handle.fired.tolist(), handle.rates.tolist()
@@ -257,14 +273,7 @@ def test_the_shipped_topk_sae_s_bundle_guards_smollm2_as_the_single_prompt_refer
     hook, features, multiplier = shipped.hook_name, list(range(0, 4096, 64)), 5.0
 
     def reference(ids: list[int], alpha: float) -> tuple[bool, float, torch.Tensor]:
-        clamp = DynamicClamp(shipped.sae, features, alpha, multiplier)
-
-        def at_hook(resid: torch.Tensor, hook: Any) -> torch.Tensor:
-            return clamp(resid, torch.ones(resid.shape[:2], dtype=torch.bool))
-
-        with torch.no_grad():
-            logits = tl.run_with_hooks(torch.tensor([ids]), fwd_hooks=[(hook, at_hook)])
-        return bool(clamp.fired[0]), float(clamp.rates[0]), logits[0]
+        return single_prompt_reference(tl, (shipped.sae, hook, features, multiplier), ids, alpha)
 
     rows = [chat_ids(tokenizer, text) for text in MIXED]
     rates = [reference(ids, 1.0)[1] for ids in rows]
@@ -275,12 +284,8 @@ def test_the_shipped_topk_sae_s_bundle_guards_smollm2_as_the_single_prompt_refer
     )
     assert (bundle.activation, bundle.top_k) == ("topk", 32)
     assert bundle.tensors["W_enc"].shape == (576, 4096)  # the whole encoder
-    width = max(map(len, rows))
-    tokens = torch.full((len(rows), width), 2)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, ids in enumerate(rows):  # left padding, as batched generation pads
-        tokens[r, width - len(ids) :] = torch.tensor(ids)
-        mask[r, width - len(ids) :] = 1
+    tokens, mask = left_padded(rows)
+    width = tokens.shape[1]
     bundle_dir = bundle.save(tmp_path / "bundle")
     with attach(hf, Bundle.load(bundle_dir)) as handle, torch.no_grad():
         logits = hf(input_ids=tokens, attention_mask=mask).logits

@@ -102,7 +102,7 @@ def test_guarded_smollm2_answers_in_lm_eval_as_in_dsg(
     }
     probe = DynamicClamp(shipped.sae, features, 1.0, multiplier)
     every = [item for rows in items.values() for item in rows]
-    rates = torch.cat([_context_rates(scorer, probe, [item]) for item in every])
+    rates = torch.cat([_context_rate(scorer, probe, item) for item in every])
     alpha = float(rates.median())
     clamp = DynamicClamp(shipped.sae, features, alpha, multiplier)
     ours = {name: scorer.sweep(rows, [clamp]) for name, rows in items.items()}
@@ -125,17 +125,12 @@ def test_guarded_smollm2_answers_in_lm_eval_as_in_dsg(
     assert guarded != plain  # the guardrail changed some answer
 
 
-def _context_rates(scorer: ClozeScorer, clamp: DynamicClamp, rows: list[Any]) -> torch.Tensor:
-    """Each question's hit rate on its context (the clamp decides there)."""
-    rates = []
-    for item in rows:
-        tokens = torch.tensor([item.context])
-        resid = scorer.backend.to_hook(
-            tokens, torch.ones_like(tokens, dtype=torch.bool), scorer.split
-        )
-        clamp(resid, torch.ones(tokens.shape, dtype=torch.bool))
-        rates.append(clamp.rates)
-    return torch.cat(rates)
+def _context_rate(scorer: ClozeScorer, clamp: DynamicClamp, item: Any) -> torch.Tensor:
+    """A question's hit rate on its context (where the clamp decides), ``[1]``."""
+    tokens = torch.tensor([item.context])
+    attended = torch.ones(tokens.shape, dtype=torch.bool)
+    clamp(scorer.backend.to_hook(tokens, attended, scorer.split), attended)
+    return clamp.rates
 
 
 def _answers(lm: GuardedLM, tasks: TaskManager) -> dict[str, list[int]]:
