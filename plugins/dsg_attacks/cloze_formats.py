@@ -33,12 +33,6 @@ def _spaced(q: MCQuestion) -> list[str]:
     return [f" {choice}" for choice in q.choices]
 
 
-def _plain_text(e: EvalSet, q: MCQuestion) -> str:
-    from dsg.api.prompts import pre_question
-
-    return f"{pre_question(e.subject)}Question: {q.question}\nAnswer:"
-
-
 def _as_evaluated(target: AttackTarget, e: EvalSet, q: MCQuestion) -> tuple[str, list[str]]:
     from dsg.api.prompts import render_cloze
 
@@ -89,7 +83,10 @@ def _few_shot(target: AttackTarget, e: EvalSet, q: MCQuestion) -> tuple[str, lis
 
 
 def _lowercase(target: AttackTarget, e: EvalSet, q: MCQuestion) -> tuple[str, list[str]]:
-    return _bos(target.tokenizer) + _plain_text(e, q).lower(), _spaced(q)
+    """The plain cloze prompt in lower case after its BOS (the choices as they are)."""
+    context, continuations = _plain(target, e, q)
+    bos = _bos(target.tokenizer)
+    return bos + context[len(bos) :].lower(), continuations
 
 
 def _no_subject(target: AttackTarget, e: EvalSet, q: MCQuestion) -> tuple[str, list[str]]:
