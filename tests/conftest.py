@@ -53,3 +53,45 @@ def smollm2_folder() -> Path:
     from dsg_gguf.sources import SMOLLM2
 
     return Path(GGUFModelLoader(SMOLLM2).transformers_folder(SMOLLM2.name))
+
+
+@pytest.fixture
+def no_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in an empty directory with no ``$DSG_CONFIG``: no config file of the user's is read."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DSG_CONFIG", raising=False)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The tiny case's world with its default options, built once per module (a module that
+    needs other options defines its own ``world``)."""
+    from tiny import TinyWorld
+
+    return TinyWorld(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture(scope="module")
+def registry(world: Any) -> Any:
+    """The installed plugins plus the tiny case served from the module's ``world``."""
+    from tiny import tiny_registry
+
+    return tiny_registry(world)
+
+
+@pytest.fixture(scope="module")
+def gemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-layer tiny Gemma-2 saved as a Hugging Face folder."""
+    from tiny_gemma import write_tiny_gemma
+
+    return write_tiny_gemma(tmp_path_factory.mktemp("gemma") / "tiny-gemma-2", n_layers=1)
+
+
+@pytest.fixture(scope="module")
+def sae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sae_lens SAE folder for that model's layer-0 residual stream."""
+    from tiny import build_sae
+
+    path = tmp_path_factory.mktemp("sae") / "sae"
+    build_sae(32, 16, hook_name="blocks.0.hook_resid_post").save_model(str(path))
+    return path

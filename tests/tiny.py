@@ -19,6 +19,7 @@ from dsg.api.interfaces import (
     MCQuestion,
 )
 from dsg.config.values import CaseDefaults
+from dsg.engine.session import Session
 
 FORGET_TEXTS = [
     f"The pathogen vex{i} spreads by spores and infects the host quickly near the marsh."
@@ -241,3 +242,9 @@ def tiny_registry(world: TinyWorld) -> Any:
     from dsg.api.plugins import build_registry
 
     return build_registry(extra_plugins=[("tiny", TinyPlugin(world))])
+
+
+def open_session(registry: Any, out: Path, **cli: Any) -> Session:
+    """A session on the tiny case: every question, one multiplier, ``cli``'s options on top."""
+    options = {"case": "tiny", "out": out, "questions": "all", "multipliers": (20.0,), **cli}
+    return Session.open(options, reg=registry)

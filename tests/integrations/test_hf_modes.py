@@ -1,0 +1,354 @@
+"""Every generation mode of ``generate`` against the single-prompt reference: the prompt is
+decided as a whole, exactly as one unchunked prefill of it alone decides it, whatever the mode
+(chunked prefill, draft tokens, beams, returned sequences, caches); what dsg cannot follow is
+refused. The two prompts are built so that a decision on part of a pass goes wrong: FIRING has
+a benign lead-in (its first chunk does not fire) and QUIET a forget-like opening (its first
+chunk fires)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+from hf_world import load_hf
+from transformers import GenerationConfig
+from transformers.cache_utils import DynamicCache
+from transformers.generation.configuration_utils import GenerationMode
+
+from dsg.bundle import Bundle
+from dsg.hf import GuardrailStateError, attach
+from dsg_runtime.hf_generation import REFUSED_MODES, SUPPORTED_MODES
+
+torch.set_num_threads(1)
+
+FIRING = "she is at home near the sea vex zyx quazz pox vexx zyq quazz vex zyx quazz pox vexx zyq"
+QUIET = "vex zyx quazz pox a dear friend reads in the garden by the sea"
+LEAD_IN = len("she is at home near the sea ") + 1  # + BOS: the first chunk that does not fire
+ATOL = 1e-4
+NEW = 3
+DRAFTS = 12  # room for draft tokens enough to move a decision taken on prompt + drafts
+HAS_CHUNKED_PREFILL = hasattr(GenerationConfig(), "prefill_chunk_size")
+
+TESTED_MODES = {"greedy_search", "sample", "beam_search", "beam_sample", "assisted_generation"}
+"""The modes run against the reference below."""
+
+
+def settings(tokenizer: Any, **extra: Any) -> dict[str, Any]:
+    return {
+        "max_new_tokens": NEW,
+        "do_sample": False,
+        "return_dict_in_generate": True,
+        "output_logits": True,
+        "pad_token_id": tokenizer.pad_token_id,
+        **extra,
+    }
+
+
+def encode(tokenizer: Any, texts: list[str]) -> dict[str, torch.Tensor]:
+    return dict(tokenizer(texts, return_tensors="pt", padding=True))
+
+
+@pytest.fixture(scope="module")
+def reference(world: dict[str, Any]) -> dict[str, tuple[bool, float, torch.Tensor]]:  # noqa: F811
+    """Each prompt alone, plain greedy generation under the guardrail: (fired, rate, first-step
+    logits); FIRING's guarded logits differ from the unguarded ones, QUIET's do not."""
+    model, tokenizer = world["model"], world["tokenizer"]
+    found = {}
+    for text in (FIRING, QUIET):
+        enc = encode(tokenizer, [text])
+        with torch.no_grad():
+            plain = model.generate(**enc, **settings(tokenizer)).logits[0]
+            with attach(model, Bundle.load(world["bundle_dir"])) as handle:
+                guarded = model.generate(**enc, **settings(tokenizer)).logits[0]
+                found[text] = (bool(handle.fired[0]), float(handle.rates[0]), guarded[0])
+        assert torch.equal(plain, guarded) != found[text][0]
+    assert found[FIRING][0] and not found[QUIET][0]
+    return found
+
+
+@pytest.fixture(scope="module")
+def assistant(world: dict[str, Any]) -> Any:  # noqa: F811
+    """An unguarded copy of the model, as a draft model that proposes many tokens at once."""
+    model = load_hf(world["model_dir"])[0]
+    model.generation_config.num_assistant_tokens = DRAFTS
+    model.generation_config.num_assistant_tokens_schedule = "constant"
+    return model
+
+
+def guarded_run(
+    world: dict[str, Any],  # noqa: F811
+    texts: list[str],
+    **extra: Any,
+) -> tuple[list[tuple[bool, float]], Any]:
+    """``generate`` under a fresh guardrail: each row's (fired, rate), and the output. A
+    setting this transformers cannot run without the guardrail either (a missing package,
+    offloading without an accelerator, a mode an older release breaks on this model) is
+    skipped with transformers' own error: there is nothing to guard."""
+    model, tokenizer = world["model"], world["tokenizer"]
+    fresh = {k: copy.deepcopy(v) if k == "past_key_values" else v for k, v in extra.items()}
+    try:
+        with torch.no_grad():
+            model.generate(**encode(tokenizer, texts), **settings(tokenizer, **fresh))
+    except Exception as exc:  # noqa: BLE001  (transformers' own refusal, unguarded)
+        pytest.skip(f"{sorted(extra)} fails without the guardrail here: {exc}")
+    with attach(model, Bundle.load(world["bundle_dir"])) as handle, torch.no_grad():
+        out = model.generate(**encode(tokenizer, texts), **settings(tokenizer, **extra))
+        return list(zip(handle.fired.tolist(), handle.rates.tolist(), strict=True)), out
+
+
+def assert_matches(
+    reference: dict[str, tuple[bool, float, torch.Tensor]],
+    texts: list[str],
+    decided: list[tuple[bool, float]],
+    first_logits: torch.Tensor,
+    per_prompt: int = 1,
+) -> None:
+    """Row ``i * per_prompt + j`` belongs to ``texts[i]``: its decision, its rate and its
+    first-step logits are the prompt's alone."""
+    assert decided == [reference[t][:2] for t in texts for _ in range(per_prompt)]
+    for row in range(len(decided)):
+        expected = reference[texts[row // per_prompt]][2]
+        torch.testing.assert_close(first_logits[row], expected, atol=ATOL, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- chunked prefill
+
+
+needs_chunking = pytest.mark.skipif(
+    not HAS_CHUNKED_PREFILL, reason="this transformers has no prefill_chunk_size"
+)
+
+
+@needs_chunking
+@pytest.mark.parametrize("text", [FIRING, QUIET])
+@pytest.mark.parametrize("chunk", [8, LEAD_IN])
+def test_chunked_prefill_decides_on_the_whole_prompt(
+    world: dict[str, Any],  # noqa: F811
+    reference: Any,
+    text: str,
+    chunk: int,
+) -> None:
+    decided, out = guarded_run(world, [text], prefill_chunk_size=chunk)
+    assert_matches(reference, [text], decided, out.logits[0])
+
+
+@needs_chunking
+def test_chunked_prefill_from_the_generation_config(world: dict[str, Any], reference: Any) -> None:  # noqa: F811
+    model = world["model"]
+    saved = model.generation_config
+    model.generation_config = copy.deepcopy(saved)  # a copy keeps transformers' bookkeeping
+    model.generation_config.prefill_chunk_size = 8
+    try:
+        decided, out = guarded_run(world, [FIRING])
+        assert_matches(reference, [FIRING], decided, out.logits[0])
+        config = GenerationConfig(**{**settings(world["tokenizer"]), "prefill_chunk_size": 8})
+        with attach(model, Bundle.load(world["bundle_dir"])) as handle, torch.no_grad():
+            out = model.generate(**encode(world["tokenizer"], [QUIET]), generation_config=config)
+            decided = list(zip(handle.fired.tolist(), handle.rates.tolist(), strict=True))
+            assert_matches(reference, [QUIET], decided, out.logits[0])
+    finally:
+        model.generation_config = saved
+
+
+@needs_chunking
+def test_chunked_prefill_needs_the_attention_mask(world: dict[str, Any]) -> None:  # noqa: F811
+    model, tokenizer = world["model"], world["tokenizer"]
+    ids = encode(tokenizer, [FIRING])["input_ids"]
+    with (
+        attach(model, Bundle.load(world["bundle_dir"])),
+        pytest.raises(GuardrailStateError, match="attention_mask"),
+    ):
+        model.generate(input_ids=ids, prefill_chunk_size=8, max_new_tokens=2)
+
+
+# --------------------------------------------------------------------------- draft tokens
+
+
+@pytest.mark.parametrize("text", [FIRING, QUIET])
+def test_assisted_decoding_decides_without_the_draft_tokens(
+    world: dict[str, Any],  # noqa: F811
+    reference: Any,
+    assistant: Any,
+    text: str,
+) -> None:
+    decided, out = guarded_run(world, [text], assistant_model=assistant, max_new_tokens=DRAFTS)
+    assert_matches(reference, [text], decided, out.logits[0])
+
+
+@pytest.mark.parametrize("text", [FIRING, QUIET])
+def test_prompt_lookup_decides_without_the_candidates(
+    world: dict[str, Any],  # noqa: F811
+    reference: Any,
+    text: str,
+) -> None:
+    decided, out = guarded_run(
+        world, [text], prompt_lookup_num_tokens=DRAFTS, max_new_tokens=DRAFTS
+    )
+    assert_matches(reference, [text], decided, out.logits[0])
+
+
+def test_the_guarded_model_as_its_own_assistant_is_refused(world: dict[str, Any]) -> None:  # noqa: F811
+    with pytest.raises(GuardrailStateError, match="its own assistant"):
+        guarded_run(world, [FIRING], assistant_model=world["model"])
+
+
+# --------------------------------------------------------------------------- batch modes
+
+
+def test_returned_sequences_and_sampling(world: dict[str, Any], reference: Any) -> None:  # noqa: F811
+    torch.manual_seed(0)
+    texts = [FIRING, QUIET]
+    decided, out = guarded_run(world, texts, do_sample=True, num_return_sequences=3)
+    assert_matches(reference, texts, decided, out.logits[0], per_prompt=3)
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_beam_search(world: dict[str, Any], reference: Any, sample: bool) -> None:  # noqa: F811
+    torch.manual_seed(0)
+    texts = [FIRING, QUIET]
+    decided, out = guarded_run(world, texts, num_beams=3, do_sample=sample)
+    assert_matches(reference, texts, decided, out.logits[0], per_prompt=3)
+
+
+def cache_implementations() -> list[str]:
+    from transformers.generation import configuration_utils
+
+    return list(getattr(configuration_utils, "ALL_CACHE_IMPLEMENTATIONS", ("static",)))
+
+
+@pytest.mark.parametrize("implementation", cache_implementations())
+def test_cache_implementations(
+    world: dict[str, Any],  # noqa: F811
+    reference: Any,
+    implementation: str,
+) -> None:
+    """Every cache ``generate`` can build (one that fails unguarded here is skipped)."""
+    texts = [FIRING, QUIET]
+    decided, out = guarded_run(world, texts, cache_implementation=implementation)
+    assert_matches(reference, texts, decided, out.logits[0])
+
+
+def test_without_a_cache_every_step_carries_the_prompts_decision(
+    world: dict[str, Any],  # noqa: F811
+    reference: Any,
+) -> None:
+    """Each step reruns prompt + generated tokens: still decided on the prompt alone, so every
+    step's logits are those of cached generation, and ``fired`` is the prompt's."""
+    for text in (FIRING, QUIET):
+        decided, out = guarded_run(world, [text], use_cache=False, max_new_tokens=DRAFTS)
+        assert_matches(reference, [text], decided, out.logits[0])
+        cached = guarded_run(world, [text], max_new_tokens=DRAFTS)[1]
+        torch.testing.assert_close(
+            torch.stack(out.logits), torch.stack(cached.logits), atol=ATOL, rtol=1e-5
+        )
+
+
+# --------------------------------------------------------------------------- passed-in caches
+
+
+def unguarded_cache(world: dict[str, Any], text: str) -> Any:  # noqa: F811
+    """A cache of ``text`` minus its last token, filled by an unguarded copy of the model."""
+    copy = load_hf(world["model_dir"])[0]
+    enc = encode(world["tokenizer"], [text])
+    with torch.no_grad():
+        return copy(input_ids=enc["input_ids"][:, :-1], use_cache=True).past_key_values
+
+
+@pytest.mark.parametrize("reused", [False, True])
+def test_a_cache_the_guardrail_did_not_fill_is_refused(world: dict[str, Any], reused: bool) -> None:  # noqa: F811
+    model, tokenizer = world["model"], world["tokenizer"]
+    cache = unguarded_cache(world, FIRING)
+    with attach(model, Bundle.load(world["bundle_dir"])), torch.no_grad():
+        if reused:
+            model.generate(**encode(tokenizer, [QUIET]), **settings(tokenizer))
+        with pytest.raises(GuardrailStateError, match="already holds"):
+            model.generate(
+                **encode(tokenizer, [FIRING]), **settings(tokenizer), past_key_values=cache
+            )
+
+
+def test_a_reused_handle_refuses_a_foreign_cache_outside_generate(world: dict[str, Any]) -> None:  # noqa: F811
+    model, tokenizer = world["model"], world["tokenizer"]
+    ids = encode(tokenizer, [FIRING])["input_ids"]
+    cache = unguarded_cache(world, FIRING)
+    with attach(model, Bundle.load(world["bundle_dir"])), torch.no_grad():
+        model.generate(**encode(tokenizer, [QUIET]), **settings(tokenizer))
+        with pytest.raises(GuardrailStateError, match="did not see filled"):
+            model(input_ids=ids[:, -1:], past_key_values=cache)
+
+
+def test_an_empty_cache_passed_in_is_the_generations_own(
+    world: dict[str, Any],  # noqa: F811
+    reference: Any,
+) -> None:
+    decided, out = guarded_run(world, [FIRING], past_key_values=DynamicCache())
+    assert_matches(reference, [FIRING], decided, out.logits[0])
+
+
+def test_decode_steps_outside_generate_follow_their_own_cache(world: dict[str, Any]) -> None:  # noqa: F811
+    """A prompt pass, then one token a step on the cache it returned; several tokens at once
+    on a cache (more prompt, or drafts?) are refused outside generate."""
+    model, tokenizer = world["model"], world["tokenizer"]
+    ids = encode(tokenizer, [FIRING])["input_ids"]
+    with attach(model, Bundle.load(world["bundle_dir"])) as handle, torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+        step = out.logits[:, -1:].argmax(-1)
+        model(input_ids=step, past_key_values=out.past_key_values)
+        assert handle.fired.tolist() == [True]
+        with pytest.raises(GuardrailStateError, match="more prompt from generated"):
+            model(input_ids=ids[:, :3], past_key_values=out.past_key_values)
+
+
+# --------------------------------------------------------------------------- refused and counted
+
+
+REFUSED_SETTINGS = {
+    "contrastive_search": {"penalty_alpha": 0.6, "top_k": 4},
+    "dola_generation": {"dola_layers": "high"},
+    "group_beam_search": {"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 1.0},
+    "constrained_beam_search": {"num_beams": 2, "force_words_ids": [[5]]},
+}
+
+
+@pytest.mark.parametrize("mode", sorted(REFUSED_SETTINGS))
+def test_modes_dsg_cannot_follow_are_refused(world: dict[str, Any], mode: str) -> None:  # noqa: F811
+    model, tokenizer = world["model"], world["tokenizer"]
+    with attach(model, Bundle.load(world["bundle_dir"])) as handle:
+        with pytest.raises(GuardrailStateError, match="cannot guard generate"):
+            model.generate(
+                **encode(tokenizer, [FIRING]), max_new_tokens=2, **REFUSED_SETTINGS[mode]
+            )
+        assert handle.fired is None  # refused before any forward pass
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"guidance_scale": 1.5}, {"custom_generate": lambda **kwargs: None}],
+    ids=["guidance", "custom_generate"],
+)
+def test_options_that_run_other_passes_are_refused(world: dict[str, Any], extra: Any) -> None:  # noqa: F811
+    model, tokenizer = world["model"], world["tokenizer"]
+    with attach(model, Bundle.load(world["bundle_dir"])), pytest.raises(GuardrailStateError):
+        model.generate(**encode(tokenizer, [FIRING]), max_new_tokens=2, **extra)
+
+
+def test_every_generation_mode_is_tested_or_refused() -> None:
+    """A mode a transformers release adds fails here until it is tested or refused."""
+    modes = {mode.value for mode in GenerationMode}
+    assert set(SUPPORTED_MODES) == TESTED_MODES
+    assert set(REFUSED_MODES) == set(REFUSED_SETTINGS)
+    assert modes <= TESTED_MODES | set(REFUSED_MODES), modes - TESTED_MODES - set(REFUSED_MODES)
+
+
+def test_remove_gives_the_model_its_own_generate_back(world: dict[str, Any]) -> None:  # noqa: F811
+    model = world["model"]
+    first = attach(model, Bundle.load(world["bundle_dir"]))
+    second = attach(model, Bundle.load(world["bundle_dir"]), stack=True)
+    first.remove()  # under the second: its wrapper stays, and passes calls through
+    second.remove()
+    assert "generate" not in model.__dict__ or not hasattr(model.generate, "__dsg_guardrail__")
+    with attach(model, Bundle.load(world["bundle_dir"])):
+        assert "generate" in model.__dict__
+    assert "generate" not in model.__dict__
