@@ -222,8 +222,10 @@ GUARDRAIL_TESTS = (
 )
 HF_TESTS = (
     "tests/integrations/test_hf.py",
+    "tests/integrations/test_hf_calls.py",
     "tests/integrations/test_hf_state.py",
     "tests/integrations/test_hf_modes.py",
+    "runtime/tests/test_runtime_calls.py",
     "runtime/tests/test_runtime_generation.py",
 )
 MUTANT_SHARDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
