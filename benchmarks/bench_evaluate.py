@@ -221,9 +221,9 @@ def run_mode(args: argparse.Namespace) -> dict:
         if mode == "engine":
             baselines = {p.name: letters.baseline(p) for p in prompts}
             with tempfile.TemporaryDirectory() as scratch:
-                results = evaluate.sweep(
-                    RunDir(Path(scratch)), letters, session, configs, prompts, baselines, {}
-                )
+                run_dir = RunDir(Path(scratch))
+                sweep = evaluate.Sweep(run_dir, letters, session, prompts, baselines, {})
+                results = sweep.results(configs)
             for r in results:
                 label = json.dumps(r.config.describe(), sort_keys=True)
                 accuracies[label] = {name: c.correct for name, c in r.counts.items()}

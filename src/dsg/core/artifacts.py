@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ __all__ = [
     "file_sha256",
     "fingerprint_texts",
     "json_sha256",
+    "keyed_folder",
+    "publish",
     "read_json",
     "read_tensors",
     "write_failed",
@@ -145,6 +148,41 @@ def complete_or_absent(folder: Path, marker: str) -> Iterator[Path]:
     except BaseException:
         discard(folder, marker)
         raise
+
+
+def keyed_folder(
+    parent: Path,
+    kind: str,
+    version: int,
+    data: dict[str, Any],
+    unkeyed: Collection[str],
+    **more: Any,
+) -> Path:
+    """``{parent}/{key}``: one run's output folder. The key hashes the run's settings in
+    ``data`` (bar ``unkeyed``, those that choose only where it runs), its inputs and ``more``,
+    as a job's key does."""
+    settings = {k: v for k, v in data["settings"].items() if k not in unkeyed}
+    inputs = {**more, "settings": settings, "inputs": data["inputs"]}
+    return parent / artifact_key(kind, version, inputs)
+
+
+def publish(
+    data: dict[str, Any],
+    own: Path,
+    top: Path,
+    files: tuple[str, str],
+    draw: Callable[[dict[str, Any], Path], Any],
+) -> Path:
+    """Write a run's own folder (its plot drawn by ``draw(data, path)``, then its JSON, which
+    marks it complete), then copy both to ``top`` as the latest; return the run's own JSON.
+    ``files``: the JSON's and the plot's names."""
+    json_name, plot_name = files
+    with complete_or_absent(own, json_name):
+        draw(data, own / plot_name)
+        write_json(own / json_name, data)
+    write_json(top / json_name, data)
+    atomic_write(top / plot_name, lambda target: shutil.copyfile(own / plot_name, target))
+    return own / json_name
 
 
 class RunDir:

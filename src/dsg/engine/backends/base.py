@@ -75,3 +75,14 @@ def split_layer(hook_name: str) -> int:
         )
     layer, point = parsed
     return layer if point == "hook_resid_pre" else layer + 1
+
+
+def at_positions(
+    hidden: torch.Tensor, last: torch.Tensor, rows: torch.Tensor | None
+) -> torch.Tensor:
+    """``hidden[rows[i], last[i]]`` for each i (``[N, d_model]``), as ``from_hook`` reads it:
+    ``rows`` None reads one position per row."""
+    import torch
+
+    whose = torch.arange(hidden.shape[0]) if rows is None else rows
+    return hidden[whose.to(hidden.device), last.to(hidden.device)]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from dsg.engine.backends.base import at_positions
+
 if TYPE_CHECKING:
     import torch
 
@@ -39,7 +41,6 @@ class TransformerLensBackend:
         split: int,
         rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        import torch
         from transformer_lens.utilities.activation_functions import apply_softcap
 
         model = self.model
@@ -50,9 +51,7 @@ class TransformerLensBackend:
             stop_at_layer=self.n_layers,
             attention_mask=mask[:, :width].to(resid.device),
         )
-        whose = torch.arange(resid.shape[0]) if rows is None else rows
-        final = resid[whose.to(resid.device), last.to(resid.device)]
-        final = final[:, None, :]
+        final = at_positions(resid, last, rows)[:, None, :]
         if model.cfg.normalization_type is not None:
             final = model.ln_final(final)
         return apply_softcap(model.unembed(final)[:, 0], model.cfg.output_logits_soft_cap)

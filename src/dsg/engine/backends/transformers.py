@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from dsg.engine.backends.base import at_positions, split_layer
+
 if TYPE_CHECKING:
     import torch
 
@@ -98,9 +100,7 @@ class TransformersBackend:
                 position_ids=positions,
             )
             hidden = out[0] if isinstance(out, tuple) else out
-        whose = torch.arange(hidden.shape[0]) if rows is None else rows
-        final = hidden[whose.to(hidden.device), last.to(hidden.device)]
-        return self._final_logits(self.inner.norm(final))
+        return self._final_logits(self.inner.norm(at_positions(hidden, last, rows)))
 
     def prefix_shared_logits(
         self, prefix: list[int], suffixes: list[list[int]], batch_size: int, pad_id: int
@@ -157,8 +157,6 @@ class TransformersBackend:
 
     def hook_activations(self, tokens: torch.Tensor, hook_name: str) -> torch.Tensor:
         import torch
-
-        from dsg.engine.backends.base import split_layer
 
         return self.to_hook(
             tokens, torch.ones_like(tokens, dtype=torch.bool), split_layer(hook_name)

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsg.stages.evaluate.report import environment, keyed_folder, plain_settings, publish
+from dsg.core.artifacts import keyed_folder, publish
+from dsg.stages.evaluate.report import environment, plain_settings
 from dsg.stages.evaluate.score import Count, pooled
 
 if TYPE_CHECKING:
@@ -106,7 +107,9 @@ def write(data: dict[str, Any], folder: Path) -> Path:
     """Write the run's own ``{folder}/{key}/`` (keyed by the attack, its settings and inputs, so
     runs with other settings keep theirs), copy it to the top of ``folder`` as the latest, and
     return the run's own ``attack.json``."""
-    own = keyed_folder(folder, "attack", ATTACK_VERSION, data, attack=data["attack"])
+    from dsg.config.settings import NOT_KEYED
+
+    own = keyed_folder(folder, "attack", ATTACK_VERSION, data, NOT_KEYED, attack=data["attack"])
     return publish(data, own, folder, (ATTACK_FILE, PLOT_FILE), plot)
 
 

@@ -104,78 +104,77 @@ def load_result(config: Config, meta: dict[str, Any]) -> ConfigResult:
     )
 
 
-def sweep(
-    run_dir: RunDir,
-    mode: Mode,
-    session: Session,
-    configs: list[Config],
-    prompts: list[SetPrompts],
-    baselines: dict[str, Baseline],
-    common: dict[str, Any],
-) -> list[ConfigResult]:
-    """Results of every configuration: loaded when already evaluated, else computed.
+@dataclass(frozen=True)
+class Sweep:
+    """What every configuration of a sweep is scored with: the run directory its results go to,
+    the scoring mode, each set's prompts and baseline answers, and the inputs every key shares."""
 
-    Each set's prompts are run up to the hook once for all the configurations still missing
-    that set; a (configuration, set) result is written as soon as it is known, and the
-    configuration's own file once all its sets are.
-    """
-    force = session.settings.force
-    results: dict[Config, ConfigResult] = {}
-    pending: list[Config] = []
-    for config in dict.fromkeys(configs):
-        meta = _cached(run_dir, CONFIG_STAGE, config_key(config, common)[0], force)
-        if meta is None:
-            pending.append(config)
-        else:
-            results[config] = load_result(config, meta)
-    if pending:
-        per_set = _sweep_sets(run_dir, mode, session, pending, prompts, baselines, common)
-        for config in pending:
-            key, inputs = config_key(config, common)
-            run_dir.commit(CONFIG_STAGE, VERSION, key, inputs, extra={"per_set": per_set[config]})
-            results[config] = load_result(config, {"per_set": per_set[config]})
-    return [results[c] for c in configs]
+    run_dir: RunDir
+    mode: Mode
+    session: Session
+    prompts: list[SetPrompts]
+    baselines: dict[str, Baseline]
+    common: dict[str, Any]
 
+    def results(self, configs: list[Config]) -> list[ConfigResult]:
+        """Results of every configuration: loaded when already evaluated, else computed.
 
-def _sweep_sets(
-    run_dir: RunDir,
-    mode: Mode,
-    session: Session,
-    pending: list[Config],
-    prompts: list[SetPrompts],
-    baselines: dict[str, Baseline],
-    common: dict[str, Any],
-) -> dict[Config, dict[str, dict[str, Any]]]:
-    """Per pending configuration and set, its counts: cached ones read, the others scored
-    together, one pass over each set's prompts."""
-    sae = session.sae().sae
-    interventions = {c: build_intervention(session, sae, c) for c in pending}
-    for config, intervention in interventions.items():
-        mode.check(config.strategy, intervention)
-    per_set: dict[Config, dict[str, dict[str, Any]]] = {c: {} for c in pending}
-    for p in prompts:
-        todo = []
-        for config in pending:
-            meta = _cached(
-                run_dir, SET_STAGE, set_key(config, p.name, common)[0], session.settings.force
-            )
+        Each set's prompts are run up to the hook once for all the configurations still
+        missing that set; a (configuration, set) result is written as soon as it is known, and
+        the configuration's own file once all its sets are.
+        """
+        run_dir, common = self.run_dir, self.common
+        results: dict[Config, ConfigResult] = {}
+        pending: list[Config] = []
+        for config in dict.fromkeys(configs):
+            key = config_key(config, common)[0]
+            meta = _cached(run_dir, CONFIG_STAGE, key, self.session.settings.force)
             if meta is None:
-                todo.append(config)
+                pending.append(config)
             else:
-                per_set[config][p.name] = meta["result"]
-        if not todo:
-            continue
-        outcomes: list[Outcome | None] = (
-            list(mode.sweep(p, [interventions[c] for c in todo], baselines[p.name]))
-            if p.items
-            else [None] * len(todo)
-        )
-        for config, outcome in zip(todo, outcomes, strict=True):
-            result = set_counts(outcome, p, baselines[p.name].predicted_norm is not None)
-            key, inputs = set_key(config, p.name, common)
-            run_dir.commit(SET_STAGE, VERSION, key, inputs, extra={"result": result})
-            per_set[config][p.name] = result
-    return per_set
+                results[config] = load_result(config, meta)
+        if pending:
+            per_set = self._per_set(pending)
+            for config in pending:
+                key, inputs = config_key(config, common)
+                extra = {"per_set": per_set[config]}
+                run_dir.commit(CONFIG_STAGE, VERSION, key, inputs, extra=extra)
+                results[config] = load_result(config, extra)
+        return [results[c] for c in configs]
+
+    def _per_set(self, pending: list[Config]) -> dict[Config, dict[str, dict[str, Any]]]:
+        """Per pending configuration and set, its counts: cached ones read, the others scored
+        together, one pass over each set's prompts."""
+        run_dir, mode, session, common = self.run_dir, self.mode, self.session, self.common
+        sae = session.sae().sae
+        interventions = {c: build_intervention(session, sae, c) for c in pending}
+        for config, intervention in interventions.items():
+            mode.check(config.strategy, intervention)
+        per_set: dict[Config, dict[str, dict[str, Any]]] = {c: {} for c in pending}
+        for p in self.prompts:
+            todo = []
+            for config in pending:
+                meta = _cached(
+                    run_dir, SET_STAGE, set_key(config, p.name, common)[0], session.settings.force
+                )
+                if meta is None:
+                    todo.append(config)
+                else:
+                    per_set[config][p.name] = meta["result"]
+            if not todo:
+                continue
+            baseline = self.baselines[p.name]
+            outcomes: list[Outcome | None] = (
+                list(mode.sweep(p, [interventions[c] for c in todo], baseline))
+                if p.items
+                else [None] * len(todo)
+            )
+            for config, outcome in zip(todo, outcomes, strict=True):
+                result = set_counts(outcome, p, baseline.predicted_norm is not None)
+                key, inputs = set_key(config, p.name, common)
+                run_dir.commit(SET_STAGE, VERSION, key, inputs, extra={"result": result})
+                per_set[config][p.name] = result
+        return per_set
 
 
 def set_counts(outcome: Outcome | None, prompts: SetPrompts, norm: bool) -> dict[str, Any]:
@@ -365,9 +364,8 @@ def run(session: Session) -> Path:
     }
     configs = expand(selections, session)
     with scoring(tracker, "sweep", mode.scorer), torch.inference_mode():
-        results = sweep(
-            run_dir, mode, session, configs, shared.prompts, shared.baselines, sweep_common
-        )
+        sweep = Sweep(run_dir, mode, session, shared.prompts, shared.baselines, sweep_common)
+        results = sweep.results(configs)
     lm_eval = None
     if s.lm_eval_tasks:
         from dsg.stages.evaluate import lm_eval_run

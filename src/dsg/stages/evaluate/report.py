@@ -10,19 +10,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsg.api.interfaces import DescribedParams
-from dsg.core.artifacts import (
-    artifact_key,
-    atomic_write,
-    check_kind,
-    complete_or_absent,
-    write_json,
-)
+from dsg.core.artifacts import check_kind, keyed_folder, publish
 from dsg.stages.evaluate.heldout import PARTS
 from dsg.stages.evaluate.plot import PLOT_FILE, tradeoff
 from dsg.stages.evaluate.score import Count, point, pooled, unlearning_score
@@ -162,32 +155,11 @@ def environment(settings: Settings) -> dict[str, Any]:
     }
 
 
-def keyed_folder(parent: Path, kind: str, version: int, data: dict[str, Any], **more: Any) -> Path:
-    """``{parent}/{key}``: one run's output folder. The key hashes the run's settings (bar those
-    that choose only where it runs), its inputs and ``more``, as a job's key does."""
-    from dsg.config.settings import NOT_KEYED
-
-    settings = {k: v for k, v in data["settings"].items() if k not in NOT_KEYED}
-    inputs = {**more, "settings": settings, "inputs": data["inputs"]}
-    return parent / artifact_key(kind, version, inputs)
-
-
 def run_folder(root: Path, report: dict[str, Any]) -> Path:
     """``{root}/reports/{key}``: one evaluate run's report and plot."""
-    return keyed_folder(root / REPORTS_DIR, "report", REPORT_VERSION, report)
+    from dsg.config.settings import NOT_KEYED
 
-
-def publish(data: dict[str, Any], own: Path, top: Path, files: tuple[str, str], draw: Any) -> Path:
-    """Write a run's own folder (its plot drawn by ``draw(data, path)``, then its JSON, which
-    marks it complete), then copy both to ``top`` as the latest; return the run's own JSON.
-    ``files``: the JSON's and the plot's names."""
-    json_name, plot_name = files
-    with complete_or_absent(own, json_name):
-        draw(data, own / plot_name)
-        write_json(own / json_name, data)
-    write_json(top / json_name, data)
-    atomic_write(top / plot_name, lambda target: shutil.copyfile(own / plot_name, target))
-    return own / json_name
+    return keyed_folder(root / REPORTS_DIR, "report", REPORT_VERSION, report, NOT_KEYED)
 
 
 def check_slots(root: Path) -> None:
