@@ -385,7 +385,7 @@ def deep_sparsity_meta(tmp: Path, **_: object) -> list[str]:
     return ["select", *RUN]
 
 
-def deep_model_config(tmp: Path, gemma_dir: Path, sae_dir: Path, **_: object) -> list[str]:  # noqa: F811
+def deep_model_config(tmp: Path, gemma_dir: Path, sae_dir: Path, **_: object) -> list[str]:
     model = shutil.copytree(gemma_dir, tmp / "model")
     (model / "config.json").write_text(DEEP)
     return ["sparsity", "--case", "organism", "--out", "runs", "--model", str(model)] + [
@@ -394,7 +394,7 @@ def deep_model_config(tmp: Path, gemma_dir: Path, sae_dir: Path, **_: object) ->
     ]
 
 
-def deep_sae_config(tmp: Path, sae_dir: Path, **_: object) -> list[str]:  # noqa: F811
+def deep_sae_config(tmp: Path, sae_dir: Path, **_: object) -> list[str]:
     sae = shutil.copytree(sae_dir, tmp / "sae")
     (sae / "cfg.json").write_text('{"d_in": ' + DEEP + "}")
     return ["sparsity", "--case", "organism", "--out", "runs", "--sae", str(sae)]
@@ -416,8 +416,8 @@ def deep_sae_config(tmp: Path, sae_dir: Path, **_: object) -> list[str]:  # noqa
 def test_malformed_json_is_one_line_naming_the_file(
     world: TinyWorld,
     use_world: UseWorld,
-    gemma_dir: Path,  # noqa: F811
-    sae_dir: Path,  # noqa: F811
+    gemma_dir: Path,
+    sae_dir: Path,
     tmp_path: Path,
     make: Callable[..., list[str]],
     fragments: list[str],

@@ -49,7 +49,7 @@ def greedy(model: Any, ids: torch.Tensor, **extra: Any) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def alone(world: dict[str, Any]) -> dict[str, dict[str, Any]]:  # noqa: F811
+def alone(world: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each prompt alone through the guarded model: its decision, logits and greedy tokens, and
     its unguarded logits."""
     model, tokenizer = world["model"], world["tokenizer"]
@@ -88,9 +88,7 @@ class _ForwardInside(LogitsProcessor):
 
 @pytest.mark.parametrize("outer", [SHORT, BENIGN])
 def test_a_pass_inside_generate_is_decided_on_its_own_input(
-    world: dict[str, Any],  # noqa: F811
-    alone: Any,
-    outer: str,
+    world: dict[str, Any], alone: Any, outer: str
 ) -> None:
     model = world["model"]
     with attach(model, Bundle.load(world["bundle_dir"])) as handle:
@@ -104,8 +102,7 @@ def test_a_pass_inside_generate_is_decided_on_its_own_input(
 
 
 def test_threads_sharing_a_guarded_model_each_get_their_own_decision(
-    world: dict[str, Any],  # noqa: F811
-    alone: Any,
+    world: dict[str, Any], alone: Any
 ) -> None:
     model = world["model"]
     texts = [HAZARD, BENIGN, HAZARD, SHORT, HAZARD, BENIGN]
@@ -173,9 +170,7 @@ def additive(mask: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("order", [(HAZARD, BENIGN), (BENIGN, HAZARD)])
 def test_a_packed_row_is_decided_per_sequence(
-    world: dict[str, Any],  # noqa: F811
-    alone: Any,
-    order: tuple[str, str],
+    world: dict[str, Any], alone: Any, order: tuple[str, str]
 ) -> None:
     """The tiny Gemma-2 runs eager attention, with sliding-window layers: the packed row gets
     the dict of masks transformers itself builds, each block-diagonal."""
@@ -208,9 +203,7 @@ def test_a_packed_row_is_decided_per_sequence(
     ],
 )
 def test_a_4d_mask_of_another_structure_is_refused(
-    world: dict[str, Any],  # noqa: F811
-    alone: Any,
-    what: str,
+    world: dict[str, Any], alone: Any, what: str
 ) -> None:
     model = world["model"]
     ids, positions, cut = packed(alone, HAZARD, BENIGN)
@@ -240,9 +233,7 @@ def test_a_4d_mask_of_another_structure_is_refused(
 
 @pytest.mark.parametrize("call", ["forward", "generate"])
 def test_a_row_with_no_attended_token_is_refused(
-    world: dict[str, Any],  # noqa: F811
-    alone: Any,
-    call: str,
+    world: dict[str, Any], alone: Any, call: str
 ) -> None:
     model = world["model"]
     ids = alone[HAZARD]["ids"]
@@ -256,8 +247,7 @@ def test_a_row_with_no_attended_token_is_refused(
 
 
 def test_a_decode_step_whose_new_position_is_masked_out_is_refused(
-    world: dict[str, Any],  # noqa: F811
-    alone: Any,
+    world: dict[str, Any], alone: Any
 ) -> None:
     model = world["model"]
     ids = alone[HAZARD]["ids"]
@@ -269,7 +259,7 @@ def test_a_decode_step_whose_new_position_is_masked_out_is_refused(
             model(input_ids=step, attention_mask=mask, past_key_values=prefill.past_key_values)
 
 
-def test_without_a_mask_pad_tokens_are_refused(world: dict[str, Any], alone: Any) -> None:  # noqa: F811
+def test_without_a_mask_pad_tokens_are_refused(world: dict[str, Any], alone: Any) -> None:
     model, tokenizer = world["model"], world["tokenizer"]
     enc = tokenizer([HAZARD, SHORT], return_tensors="pt", padding=True)
     assert bool((enc["input_ids"] == tokenizer.pad_token_id).any())
@@ -284,10 +274,7 @@ def test_without_a_mask_pad_tokens_are_refused(world: dict[str, Any], alone: Any
         assert handle.fired.tolist() == [True]
 
 
-def test_without_a_mask_restarting_positions_are_refused(
-    world: dict[str, Any],  # noqa: F811
-    alone: Any,
-) -> None:
+def test_without_a_mask_restarting_positions_are_refused(world: dict[str, Any], alone: Any) -> None:
     model = world["model"]
     ids, positions, _ = packed(alone, HAZARD, BENIGN)
     with attach(model, Bundle.load(world["bundle_dir"])):
@@ -298,7 +285,7 @@ def test_without_a_mask_restarting_positions_are_refused(
 # ---------------------------------------------------------------------------- item 3: copies
 
 
-def test_a_deep_copy_is_guarded_on_its_own_weights(world: dict[str, Any], alone: Any) -> None:  # noqa: F811
+def test_a_deep_copy_is_guarded_on_its_own_weights(world: dict[str, Any], alone: Any) -> None:
     model = world["model"]
     handle = attach(model, Bundle.load(world["bundle_dir"]))
     try:
@@ -314,7 +301,7 @@ def test_a_deep_copy_is_guarded_on_its_own_weights(world: dict[str, Any], alone:
     assert bool((greedy(twin, hazard)[0, hazard.shape[1] :] == 0).all())
 
 
-def test_a_second_guardrail_needs_stack(world: dict[str, Any], alone: Any) -> None:  # noqa: F811
+def test_a_second_guardrail_needs_stack(world: dict[str, Any], alone: Any) -> None:
     model = world["model"]
     bundle = Bundle.load(world["bundle_dir"])
     hazard = alone[HAZARD]["ids"]

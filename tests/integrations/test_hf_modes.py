@@ -51,7 +51,7 @@ def encode(tokenizer: Any, texts: list[str]) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def reference(world: dict[str, Any]) -> dict[str, tuple[bool, float, torch.Tensor]]:  # noqa: F811
+def reference(world: dict[str, Any]) -> dict[str, tuple[bool, float, torch.Tensor]]:
     """Each prompt alone, plain greedy generation under the guardrail: (fired, rate, first-step
     logits); FIRING's guarded logits differ from the unguarded ones, QUIET's do not."""
     model, tokenizer = world["model"], world["tokenizer"]
@@ -69,7 +69,7 @@ def reference(world: dict[str, Any]) -> dict[str, tuple[bool, float, torch.Tenso
 
 
 @pytest.fixture(scope="module")
-def assistant(world: dict[str, Any]) -> Any:  # noqa: F811
+def assistant(world: dict[str, Any]) -> Any:
     """An unguarded copy of the model, as a draft model that proposes many tokens at once."""
     model = load_hf(world["model_dir"])[0]
     model.generation_config.num_assistant_tokens = DRAFTS
@@ -78,9 +78,7 @@ def assistant(world: dict[str, Any]) -> Any:  # noqa: F811
 
 
 def guarded_run(
-    world: dict[str, Any],  # noqa: F811
-    texts: list[str],
-    **extra: Any,
+    world: dict[str, Any], texts: list[str], **extra: Any
 ) -> tuple[list[tuple[bool, float]], Any]:
     """``generate`` under a fresh guardrail: each row's (fired, rate), and the output. A
     setting this transformers cannot run without the guardrail either (a missing package,
@@ -125,17 +123,14 @@ needs_chunking = pytest.mark.skipif(
 @pytest.mark.parametrize("text", [FIRING, QUIET])
 @pytest.mark.parametrize("chunk", [8, LEAD_IN])
 def test_chunked_prefill_decides_on_the_whole_prompt(
-    world: dict[str, Any],  # noqa: F811
-    reference: Any,
-    text: str,
-    chunk: int,
+    world: dict[str, Any], reference: Any, text: str, chunk: int
 ) -> None:
     decided, out = guarded_run(world, [text], prefill_chunk_size=chunk)
     assert_matches(reference, [text], decided, out.logits[0])
 
 
 @needs_chunking
-def test_chunked_prefill_from_the_generation_config(world: dict[str, Any], reference: Any) -> None:  # noqa: F811
+def test_chunked_prefill_from_the_generation_config(world: dict[str, Any], reference: Any) -> None:
     model = world["model"]
     saved = model.generation_config
     model.generation_config = copy.deepcopy(saved)  # a copy keeps transformers' bookkeeping
@@ -153,7 +148,7 @@ def test_chunked_prefill_from_the_generation_config(world: dict[str, Any], refer
 
 
 @needs_chunking
-def test_chunked_prefill_needs_the_attention_mask(world: dict[str, Any]) -> None:  # noqa: F811
+def test_chunked_prefill_needs_the_attention_mask(world: dict[str, Any]) -> None:
     model, tokenizer = world["model"], world["tokenizer"]
     ids = encode(tokenizer, [FIRING])["input_ids"]
     with (
@@ -168,10 +163,7 @@ def test_chunked_prefill_needs_the_attention_mask(world: dict[str, Any]) -> None
 
 @pytest.mark.parametrize("text", [FIRING, QUIET])
 def test_assisted_decoding_decides_without_the_draft_tokens(
-    world: dict[str, Any],  # noqa: F811
-    reference: Any,
-    assistant: Any,
-    text: str,
+    world: dict[str, Any], reference: Any, assistant: Any, text: str
 ) -> None:
     decided, out = guarded_run(world, [text], assistant_model=assistant, max_new_tokens=DRAFTS)
     assert_matches(reference, [text], decided, out.logits[0])
@@ -179,9 +171,7 @@ def test_assisted_decoding_decides_without_the_draft_tokens(
 
 @pytest.mark.parametrize("text", [FIRING, QUIET])
 def test_prompt_lookup_decides_without_the_candidates(
-    world: dict[str, Any],  # noqa: F811
-    reference: Any,
-    text: str,
+    world: dict[str, Any], reference: Any, text: str
 ) -> None:
     decided, out = guarded_run(
         world, [text], prompt_lookup_num_tokens=DRAFTS, max_new_tokens=DRAFTS
@@ -189,7 +179,7 @@ def test_prompt_lookup_decides_without_the_candidates(
     assert_matches(reference, [text], decided, out.logits[0])
 
 
-def test_the_guarded_model_as_its_own_assistant_is_refused(world: dict[str, Any]) -> None:  # noqa: F811
+def test_the_guarded_model_as_its_own_assistant_is_refused(world: dict[str, Any]) -> None:
     with pytest.raises(GuardrailStateError, match="its own assistant"):
         guarded_run(world, [FIRING], assistant_model=world["model"])
 
@@ -197,7 +187,7 @@ def test_the_guarded_model_as_its_own_assistant_is_refused(world: dict[str, Any]
 # --------------------------------------------------------------------------- batch modes
 
 
-def test_returned_sequences_and_sampling(world: dict[str, Any], reference: Any) -> None:  # noqa: F811
+def test_returned_sequences_and_sampling(world: dict[str, Any], reference: Any) -> None:
     torch.manual_seed(0)
     texts = [FIRING, QUIET]
     decided, out = guarded_run(world, texts, do_sample=True, num_return_sequences=3)
@@ -205,7 +195,7 @@ def test_returned_sequences_and_sampling(world: dict[str, Any], reference: Any) 
 
 
 @pytest.mark.parametrize("sample", [False, True])
-def test_beam_search(world: dict[str, Any], reference: Any, sample: bool) -> None:  # noqa: F811
+def test_beam_search(world: dict[str, Any], reference: Any, sample: bool) -> None:
     torch.manual_seed(0)
     texts = [FIRING, QUIET]
     decided, out = guarded_run(world, texts, num_beams=3, do_sample=sample)
@@ -219,11 +209,7 @@ def cache_implementations() -> list[str]:
 
 
 @pytest.mark.parametrize("implementation", cache_implementations())
-def test_cache_implementations(
-    world: dict[str, Any],  # noqa: F811
-    reference: Any,
-    implementation: str,
-) -> None:
+def test_cache_implementations(world: dict[str, Any], reference: Any, implementation: str) -> None:
     """Every cache ``generate`` can build (one that fails unguarded here is skipped)."""
     texts = [FIRING, QUIET]
     decided, out = guarded_run(world, texts, cache_implementation=implementation)
@@ -231,8 +217,7 @@ def test_cache_implementations(
 
 
 def test_without_a_cache_every_step_carries_the_prompts_decision(
-    world: dict[str, Any],  # noqa: F811
-    reference: Any,
+    world: dict[str, Any], reference: Any
 ) -> None:
     """Each step reruns prompt + generated tokens: still decided on the prompt alone, so every
     step's logits are those of cached generation, and ``fired`` is the prompt's."""
@@ -248,7 +233,7 @@ def test_without_a_cache_every_step_carries_the_prompts_decision(
 # --------------------------------------------------------------------------- passed-in caches
 
 
-def unguarded_cache(world: dict[str, Any], text: str) -> Any:  # noqa: F811
+def unguarded_cache(world: dict[str, Any], text: str) -> Any:
     """A cache of ``text`` minus its last token, filled by an unguarded copy of the model."""
     copy = load_hf(world["model_dir"])[0]
     enc = encode(world["tokenizer"], [text])
@@ -257,7 +242,7 @@ def unguarded_cache(world: dict[str, Any], text: str) -> Any:  # noqa: F811
 
 
 @pytest.mark.parametrize("reused", [False, True])
-def test_a_cache_the_guardrail_did_not_fill_is_refused(world: dict[str, Any], reused: bool) -> None:  # noqa: F811
+def test_a_cache_the_guardrail_did_not_fill_is_refused(world: dict[str, Any], reused: bool) -> None:
     model, tokenizer = world["model"], world["tokenizer"]
     cache = unguarded_cache(world, FIRING)
     with attach(model, Bundle.load(world["bundle_dir"])), torch.no_grad():
@@ -269,7 +254,7 @@ def test_a_cache_the_guardrail_did_not_fill_is_refused(world: dict[str, Any], re
             )
 
 
-def test_a_reused_handle_refuses_a_foreign_cache_outside_generate(world: dict[str, Any]) -> None:  # noqa: F811
+def test_a_reused_handle_refuses_a_foreign_cache_outside_generate(world: dict[str, Any]) -> None:
     model, tokenizer = world["model"], world["tokenizer"]
     ids = encode(tokenizer, [FIRING])["input_ids"]
     cache = unguarded_cache(world, FIRING)
@@ -280,14 +265,13 @@ def test_a_reused_handle_refuses_a_foreign_cache_outside_generate(world: dict[st
 
 
 def test_an_empty_cache_passed_in_is_the_generations_own(
-    world: dict[str, Any],  # noqa: F811
-    reference: Any,
+    world: dict[str, Any], reference: Any
 ) -> None:
     decided, out = guarded_run(world, [FIRING], past_key_values=DynamicCache())
     assert_matches(reference, [FIRING], decided, out.logits[0])
 
 
-def test_decode_steps_outside_generate_follow_their_own_cache(world: dict[str, Any]) -> None:  # noqa: F811
+def test_decode_steps_outside_generate_follow_their_own_cache(world: dict[str, Any]) -> None:
     """A prompt pass, then one token a step on the cache it returned; several tokens at once
     on a cache (more prompt, or drafts?) are refused outside generate."""
     model, tokenizer = world["model"], world["tokenizer"]
@@ -313,7 +297,7 @@ REFUSED_SETTINGS = {
 
 
 @pytest.mark.parametrize("mode", sorted(REFUSED_SETTINGS))
-def test_modes_dsg_cannot_follow_are_refused(world: dict[str, Any], mode: str) -> None:  # noqa: F811
+def test_modes_dsg_cannot_follow_are_refused(world: dict[str, Any], mode: str) -> None:
     model, tokenizer = world["model"], world["tokenizer"]
     with attach(model, Bundle.load(world["bundle_dir"])) as handle:
         with pytest.raises(GuardrailStateError, match="cannot guard generate"):
@@ -328,7 +312,7 @@ def test_modes_dsg_cannot_follow_are_refused(world: dict[str, Any], mode: str) -
     [{"guidance_scale": 1.5}, {"custom_generate": lambda **kwargs: None}],
     ids=["guidance", "custom_generate"],
 )
-def test_options_that_run_other_passes_are_refused(world: dict[str, Any], extra: Any) -> None:  # noqa: F811
+def test_options_that_run_other_passes_are_refused(world: dict[str, Any], extra: Any) -> None:
     model, tokenizer = world["model"], world["tokenizer"]
     with attach(model, Bundle.load(world["bundle_dir"])), pytest.raises(GuardrailStateError):
         model.generate(**encode(tokenizer, [FIRING]), max_new_tokens=2, **extra)
@@ -342,7 +326,7 @@ def test_every_generation_mode_is_tested_or_refused() -> None:
     assert modes <= TESTED_MODES | set(REFUSED_MODES), modes - TESTED_MODES - set(REFUSED_MODES)
 
 
-def test_remove_gives_the_model_its_own_generate_back(world: dict[str, Any]) -> None:  # noqa: F811
+def test_remove_gives_the_model_its_own_generate_back(world: dict[str, Any]) -> None:
     model = world["model"]
     first = attach(model, Bundle.load(world["bundle_dir"]))
     second = attach(model, Bundle.load(world["bundle_dir"]), stack=True)

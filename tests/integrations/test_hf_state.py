@@ -155,7 +155,7 @@ def test_the_guarded_layer_alone_is_refused(toy: Any) -> None:
         model.model.layers[0](_hidden([[1.0, 1.0]]))
 
 
-def test_attaching_after_the_prompt_refuses_the_decode_steps(world: dict[str, Any]) -> None:  # noqa: F811
+def test_attaching_after_the_prompt_refuses_the_decode_steps(world: dict[str, Any]) -> None:
     model, tokenizer = world["model"], world["tokenizer"]
     enc = tokenizer(MIXED_PROMPTS, return_tensors="pt", padding=True)
     with torch.no_grad():
@@ -167,7 +167,7 @@ def test_attaching_after_the_prompt_refuses_the_decode_steps(world: dict[str, An
                 model(input_ids=step, attention_mask=mask, past_key_values=prefill.past_key_values)
 
 
-def test_beam_search_carries_each_prompts_decision(world: dict[str, Any]) -> None:  # noqa: F811
+def test_beam_search_carries_each_prompts_decision(world: dict[str, Any]) -> None:
     model, tokenizer = world["model"], world["tokenizer"]
     bundle = Bundle.load(world["bundle_dir"])
     enc = tokenizer(MIXED_PROMPTS, return_tensors="pt", padding=True)
