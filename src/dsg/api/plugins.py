@@ -48,35 +48,28 @@ FIRST_PARTY = "dsg"
 COMMAND_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 """What a plugin command may be called: lowercase words of letters and digits joined by ``-``."""
 
-# registry name -> hook that fills it; settings first, as a plugin refused for its settings
-# registers nothing else
-REGISTRIES = {
-    "settings": "register_settings",
-    "sae_loaders": "register_sae_loaders",
-    "model_loaders": "register_model_loaders",
-    "cases": "register_cases",
-    "strategies": "register_strategies",
-    "attacks": "register_attacks",
-    "commands": "register_commands",
-}
 
-KIND_LABEL = {
-    "settings": "setting",
-    "sae_loaders": "SAE loader",
-    "model_loaders": "model loader",
-    "cases": "case",
-    "strategies": "strategy",
-    "attacks": "attack",
-    "commands": "command",
-}
+@dataclass(frozen=True)
+class Kind:
+    """One kind of registered object: the hook that fills its registry, how messages name it,
+    and the Protocol in :mod:`dsg.api.interfaces` its objects satisfy (None: checked by hand)."""
 
-PROTOCOLS: dict[str, type] = {
-    "sae_loaders": SAELoader,
-    "model_loaders": ModelLoader,
-    "cases": Case,
-    "strategies": Strategy,
-    "attacks": Attack,
+    hook: str
+    label: str
+    protocol: type | None = None
+
+
+KINDS = {
+    # settings first: a plugin refused for its settings registers nothing else
+    "settings": Kind("register_settings", "setting"),
+    "sae_loaders": Kind("register_sae_loaders", "SAE loader", SAELoader),
+    "model_loaders": Kind("register_model_loaders", "model loader", ModelLoader),
+    "cases": Kind("register_cases", "case", Case),
+    "strategies": Kind("register_strategies", "strategy", Strategy),
+    "attacks": Kind("register_attacks", "attack", Attack),
+    "commands": Kind("register_commands", "command"),
 }
+"""Every registry, by name, in the order plugins are read."""
 
 
 @dataclass
@@ -108,7 +101,7 @@ class Registry:
             skipped = ", ".join(repr(p.name) for p in self.failures)
             hint = f" (skipped plugins, see `dsg plugins`: {skipped})" if skipped else ""
             raise UserError(
-                f"unknown {KIND_LABEL[kind]} {excerpt(name)}; choose one of: {choices}{hint}"
+                f"unknown {KINDS[kind].label} {excerpt(name)}; choose one of: {choices}{hint}"
             )
         return table[name]
 
@@ -205,12 +198,12 @@ def build_registry(extra_plugins: Iterable[tuple[str, Any]] = ()) -> Registry:
             pm.register(plugin, name=name)
         reg = Registry(
             plugins=[*infos.values(), *refused],
-            entries={kind: {} for kind in REGISTRIES},
-            owners={kind: {} for kind in REGISTRIES},
+            entries={kind: {} for kind in KINDS},
+            owners={kind: {} for kind in KINDS},
         )
         refused_settings: set[str] = set()
-        for kind, hook_name in REGISTRIES.items():
-            impls = getattr(pm.hook, hook_name).get_hookimpls()
+        for kind, spec in KINDS.items():
+            impls = getattr(pm.hook, spec.hook).get_hookimpls()
             # dsg's own first, whatever order pluggy (or a plugin's tryfirst) gives
             for impl in sorted(impls, key=lambda i: not infos[i.plugin_name].first_party):
                 info = infos[impl.plugin_name]
@@ -326,7 +319,7 @@ def _run_register_hook(
         taken_name = kind == "settings" and reason.startswith("refused: ")
         info.error = reason if taken_name else f"{impl.function.__name__} failed: {reason}"
         return
-    label = KIND_LABEL[kind]
+    label = KINDS[kind].label
     ours = [n for n, _ in pending if _owned_by_dsg(reg, kind, n)]
     if ours and not info.first_party:
         info.error = f"refused: its {label} {ours[0]!r} is one of dsg's own; rename it"
@@ -334,7 +327,7 @@ def _run_register_hook(
     for name, obj in pending:
         if name in reg.entries[kind]:
             raise PluginConflict(
-                f"{KIND_LABEL[kind]} {name!r} is registered by both plugin "
+                f"{KINDS[kind].label} {name!r} is registered by both plugin "
                 f"{reg.owners[kind][name]!r} and plugin {info.name!r}; uninstall one of them"
             )
         reg.entries[kind][name] = obj
@@ -350,8 +343,8 @@ def checked_name(kind: str, obj: Any, owner: str) -> str:
     """The name ``obj`` registers under, once it is known to be what ``kind`` holds: a command
     is a function (named by its ``__name__``, ``_`` as ``-``); the rest satisfy their Protocol
     in :mod:`dsg.api.interfaces`. Otherwise a UserError naming the plugin and what is missing."""
-    label = KIND_LABEL[kind]
-    if kind == "commands":
+    label, protocol = KINDS[kind].label, KINDS[kind].protocol
+    if protocol is None:  # a command: settings are checked where they are declared
         if not callable(obj) or not getattr(obj, "__name__", ""):
             raise UserError(f"plugin {owner!r} registered a {label} that is not a function")
         name = str(obj.__name__).replace("_", "-")
@@ -361,11 +354,11 @@ def checked_name(kind: str, obj: Any, owner: str) -> str:
                 "its function (_ as -): lowercase letters and digits, words joined by -"
             )
         return name
-    missing = [m for m in protocol_members(PROTOCOLS[kind]) if not hasattr(obj, m)]
+    missing = [m for m in protocol_members(protocol) if not hasattr(obj, m)]
     if missing:
         raise UserError(
             f"plugin {owner!r} registered a {label} ({type(obj).__name__}) without "
-            f"{', '.join(missing)}; see {PROTOCOLS[kind].__name__} in dsg.api"
+            f"{', '.join(missing)}; see {protocol.__name__} in dsg.api"
         )
     name = obj.name
     if not isinstance(name, str) or not name:

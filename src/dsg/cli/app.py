@@ -125,7 +125,7 @@ def plugins() -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from dsg.api.plugins import KIND_LABEL, registry
+    from dsg.api.plugins import KINDS, registry
 
     reg = registry()
     table = Table(title="dsg plugins")
@@ -133,17 +133,17 @@ def plugins() -> None:
         table.add_column(column)
     for info in sorted(reg.plugins, key=lambda p: p.name):
         registers = "\n".join(
-            f"{KIND_LABEL[kind]}: {', '.join(names)}" for kind, names in info.registered.items()
+            f"{KINDS[kind].label}: {', '.join(names)}" for kind, names in info.registered.items()
         )
         status = f"[red]skipped: {escape(info.error)}[/]" if info.error else "ok"
         table.add_row(info.name, info.distribution, info.version, registers, status)
     names = Table(title="registered names")
     for column in ("kind", "name", "plugin", "description"):
         names.add_column(column)
-    for kind, label in KIND_LABEL.items():
+    for kind, spec in KINDS.items():
         for name in reg.names(kind):
             description = escape(reg.description(kind, name))
-            names.add_row(label, name, reg.owners[kind][name], description)
+            names.add_row(spec.label, name, reg.owners[kind][name], description)
     console = Console()
     console.print(table)
     console.print(names)
