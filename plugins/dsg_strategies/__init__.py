@@ -33,7 +33,7 @@ class DynamicStrategy(Dynamic):
     def build(
         self, sae: Any, features: torch.Tensor, threshold: float, multiplier: float
     ) -> Intervention:
-        from dsg.guardrail import DynamicClamp
+        from dsg.api import DynamicClamp
 
         return DynamicClamp(sae, features, threshold, multiplier)
 
@@ -46,7 +46,7 @@ class StaticStrategy(Static):
     def build(
         self, sae: Any, features: torch.Tensor, threshold: float, multiplier: float
     ) -> Intervention:
-        from dsg.guardrail import StaticClamp
+        from dsg.api import StaticClamp
 
         return StaticClamp(sae, features, multiplier)
 
@@ -71,7 +71,7 @@ class WindowedStrategy(Windowed):
         window: int | None = None,
         window_threshold: float | None = None,
     ) -> Intervention:
-        from dsg.guardrail import WindowedClamp
+        from dsg.api import WindowedClamp
 
         if window is None or window_threshold is None:
             raise UserError(

@@ -1,13 +1,14 @@
 """What a plugin may import from dsg: everything here is kept stable and documented in
 docs/plugins.md. The rest of ``dsg.*`` is internal and may change between versions.
 
-Importing this module is cheap (no torch); the guardrail math (``dsg.DynamicClamp`` and the
-rest of docs/api.md) is public as well, from the package root.
+Importing this module is cheap (no torch): the clamps a strategy builds (``DynamicClamp``,
+``StaticClamp``, ``WindowedClamp``, ``GateStrategy``) are imported on first use. The rest of
+the guardrail math (docs/api.md) is public from the package root.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsg.api.data import DataSource, read_text_corpus
 from dsg.api.hookspecs import Register, hookimpl
@@ -49,7 +50,16 @@ from dsg_runtime.hook_names import hook_layer_of, parse_hook_name
 from dsg_runtime.protocols import Gate
 from dsg_runtime.safe_json import loads as parse_json
 
+if TYPE_CHECKING:
+    from dsg.guardrail import DynamicClamp, GateStrategy, StaticClamp, WindowedClamp
+
+_CLAMPS = ("DynamicClamp", "StaticClamp", "WindowedClamp", "GateStrategy")
+
 __all__ = [
+    "DynamicClamp",
+    "GateStrategy",
+    "StaticClamp",
+    "WindowedClamp",
     "Attack",
     "AttackPrompt",
     "AttackRow",
@@ -117,3 +127,11 @@ def sae_specs(release_pattern: str = ".*", id_pattern: str = ".*") -> list[str]:
     from dsg.api.plugins import registry
 
     return registry().expand_saes(release_pattern, id_pattern)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLAMPS:
+        from dsg import guardrail
+
+        return getattr(guardrail, name)
+    raise AttributeError(f"module 'dsg.api' has no attribute {name!r}")

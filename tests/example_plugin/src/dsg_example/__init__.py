@@ -14,8 +14,16 @@ from typing import Any
 
 import torch
 
-from dsg import GateStrategy
-from dsg.api import CaseDefaults, EvalSet, LoadedModel, LoadedSAE, MCQuestion, UserError, hookimpl
+from dsg.api import (
+    CaseDefaults,
+    EvalSet,
+    GateStrategy,
+    LoadedModel,
+    LoadedSAE,
+    MCQuestion,
+    UserError,
+    hookimpl,
+)
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 N_LAYERS = 2
@@ -173,7 +181,7 @@ class MinHitsGate:
 
 
 class MinHitsStrategy(GateStrategy):
-    """Just a gate: :class:`dsg.GateStrategy` derives evaluating it and carrying it in bundles."""
+    """Just a gate; :class:`dsg.api.GateStrategy` does the rest (evaluation, bundles)."""
 
     name = "example-min-hits"
     description = "The DSG gate, for prompts with at least 4 hit tokens"
