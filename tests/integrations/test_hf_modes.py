@@ -127,6 +127,25 @@ def test_chunked_prefill_decides_on_the_whole_prompt(
 ) -> None:
     decided, out = guarded_run(world, [text], prefill_chunk_size=chunk)
     assert_matches(reference, [text], decided, out.logits[0])
+    whole = guarded_run(world, [text])[1]  # every later step carries the decision as unchunked
+    torch.testing.assert_close(
+        torch.stack(out.logits), torch.stack(whole.logits), atol=ATOL, rtol=1e-5
+    )
+
+
+@needs_chunking
+@pytest.mark.parametrize(
+    "expand", [{"num_beams": 2}, {"do_sample": True, "num_return_sequences": 2}], ids=str
+)
+def test_a_chunked_prompts_decision_follows_its_rows_into_beams_and_returned_sequences(
+    world: dict[str, Any], reference: Any, expand: dict[str, Any]
+) -> None:
+    """The prompt is decided before generate expands it, so the decision is repeated as
+    generate repeats each prompt (``repeat_interleave``): row 2i and 2i + 1 are prompt i's."""
+    torch.manual_seed(0)
+    texts = [FIRING, QUIET]
+    decided, out = guarded_run(world, texts, prefill_chunk_size=8, **expand)
+    assert_matches(reference, texts, decided, out.logits[0], per_prompt=2)
 
 
 @needs_chunking
