@@ -177,6 +177,40 @@ def test_chunked_prefill_needs_the_attention_mask(world: dict[str, Any]) -> None
         model.generate(input_ids=ids, prefill_chunk_size=8, max_new_tokens=2)
 
 
+# --------------------------------------------------------------------------- how the prompt comes
+
+
+def test_a_prompt_passed_by_keyword_or_as_embeddings_is_decided_as_its_ids(
+    world: dict[str, Any], reference: Any
+) -> None:
+    """``generate(ids)``, ``generate(input_ids=ids)`` and ``generate(inputs_embeds=...)`` of the
+    same prompts: each row decided and answered as its prompt alone."""
+    model, tokenizer = world["model"], world["tokenizer"]
+    texts = [FIRING, QUIET]
+    enc = encode(tokenizer, texts)
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(enc["input_ids"])
+    ways = {
+        "positional": ((enc["input_ids"],), {"attention_mask": enc["attention_mask"]}),
+        "keyword": ((), enc),
+        "embeddings": ((), {"inputs_embeds": embeds, "attention_mask": enc["attention_mask"]}),
+    }
+    for args, kwargs in ways.values():
+        with attach(model, Bundle.load(world["bundle_dir"])) as handle, torch.no_grad():
+            out = model.generate(*args, **kwargs, **settings(tokenizer))
+            decided = list(zip(handle.fired.tolist(), handle.rates.tolist(), strict=True))
+        assert_matches(reference, texts, decided, out.logits[0])
+
+
+@pytest.mark.parametrize("ids", [None, torch.tensor([2, 5, 7])], ids=["none", "one-dimensional"])
+def test_generate_without_a_batch_of_prompts_is_refused(world: dict[str, Any], ids: Any) -> None:
+    """No prompt (generate would start from its BOS) or ids that are not ``[batch, length]``:
+    the guardrail cannot tell what to decide on."""
+    with attach(world["model"], Bundle.load(world["bundle_dir"])):
+        with pytest.raises(GuardrailStateError, match=r"no prompt: pass input_ids \(a \[batch"):
+            world["model"].generate(ids, max_new_tokens=2)
+
+
 # --------------------------------------------------------------------------- draft tokens
 
 
