@@ -211,6 +211,29 @@ def test_generate_without_a_batch_of_prompts_is_refused(world: dict[str, Any], i
             world["model"].generate(ids, max_new_tokens=2)
 
 
+def test_a_prompt_row_that_attends_none_of_its_tokens_is_refused(world: dict[str, Any]) -> None:
+    """A row whose attention mask is all zeros has nothing to decide on: refused, not served
+    unguarded."""
+    model, tokenizer = world["model"], world["tokenizer"]
+    enc = encode(tokenizer, [FIRING, QUIET])
+    enc["attention_mask"][1] = 0
+    with attach(model, Bundle.load(world["bundle_dir"])), torch.no_grad():
+        with pytest.raises(GuardrailStateError, match="^batch row 1 attends no token"):
+            model.generate(**enc, **settings(tokenizer))
+
+
+def test_generate_inside_a_prefix_decision_is_refused(world: dict[str, Any]) -> None:
+    """``decided_on_prefix`` is for one scoring pass over prompts and continuations; a
+    generation inside it has its own prompt, so the two cannot both hold."""
+    model, tokenizer = world["model"], world["tokenizer"]
+    enc = encode(tokenizer, [FIRING])
+    everything = enc["attention_mask"].bool()
+    with attach(model, Bundle.load(world["bundle_dir"])) as handle, torch.no_grad():
+        with handle.decided_on_prefix(everything, everything):
+            with pytest.raises(GuardrailStateError, match="^decided_on_prefix does not apply"):
+                model.generate(**enc, **settings(tokenizer))
+
+
 # --------------------------------------------------------------------------- draft tokens
 
 
