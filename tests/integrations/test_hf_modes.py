@@ -372,6 +372,44 @@ REFUSED_SETTINGS = {
 }
 
 
+OUTSIDE_THE_GUARDED_PATH = {
+    "custom_generate": ({"custom_generate": "someone/decoding"}, "custom_generate runs code"),
+    "negative_prompt_ids": (
+        {"negative_prompt_ids": torch.tensor([[2, 5]])},
+        "negative_prompt_ids (classifier-free guidance) runs the model on a second prompt",
+    ),
+    "negative_prompt_attention_mask": (
+        {"negative_prompt_attention_mask": torch.ones(1, 2, dtype=torch.long)},
+        "negative_prompt_attention_mask (classifier-free guidance) runs the model on a second",
+    ),
+    "guidance_scale": (
+        {"guidance_scale": 1.5},
+        "classifier-free guidance (guidance_scale) runs the model on a second prompt",
+    ),
+    "assistant_early_exit": (
+        {"assistant_early_exit": 1},
+        "assistant_early_exit drafts with the guarded model's own early layers",
+    ),
+    "use_mtp": ({"use_mtp": True}, "use_mtp drafts with the model's multi-token-prediction"),
+    "paged": ({"cache_implementation": "paged"}, 'cache_implementation="paged" (continuous'),
+}
+"""Settings under which generate runs (part of) the model outside the guarded pass, and the
+line each is refused with."""
+
+
+@pytest.mark.parametrize("setting", sorted(OUTSIDE_THE_GUARDED_PATH))
+def test_settings_that_run_the_model_outside_the_guarded_pass_are_refused(
+    world: dict[str, Any], setting: str
+) -> None:
+    model, tokenizer = world["model"], world["tokenizer"]
+    extra, line = OUTSIDE_THE_GUARDED_PATH[setting]
+    with attach(model, Bundle.load(world["bundle_dir"])) as handle:
+        with pytest.raises(GuardrailStateError) as refused:
+            model.generate(**encode(tokenizer, [FIRING]), max_new_tokens=2, **extra)
+        assert str(refused.value).startswith(f"the guardrail cannot guard generate with {line}")
+        assert handle.fired is None  # refused before any forward pass
+
+
 @pytest.mark.parametrize("mode", sorted(REFUSED_SETTINGS))
 def test_modes_dsg_cannot_follow_are_refused(world: dict[str, Any], mode: str) -> None:
     model, tokenizer = world["model"], world["tokenizer"]
