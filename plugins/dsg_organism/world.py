@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 N_ENTITIES = 48
-N_VALUES = 8
 LETTERS = "ABCD"
 
 MARKERS = ("virus", "coccus", "bacillus", "phage")

@@ -23,7 +23,6 @@ from dsg_runtime.atomic import atomic_write
 from dsg_smollm2.subjects import case_documents
 
 CORPORA = Path(__file__).parent / "data" / "corpora"
-SIDES = ("forget", "retain")
 DOCS_PER_SIDE = 600
 """About 180k SmolLM2 tokens a side: more than the case's statistics read (1,024 rows of 128)."""
 

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-ARCHITECTURES = ("topk", "jumprelu")
 BANDWIDTH = 0.001
 """The rectangle kernel's width for the threshold's pseudo-gradient (sae_lens's default)."""
 INITIAL_THRESHOLD = 0.001
