@@ -21,7 +21,6 @@ from dsg.core.artifacts import (
     write_failed,
 )
 from dsg.stages.gate_parameters import gate_parameters
-from dsg_runtime.strategies import DEFAULT_STRATEGY
 
 if TYPE_CHECKING:
     from dsg.engine.session import Session
@@ -107,10 +106,12 @@ def bundles_for(
     return bundles
 
 
-def export(session: Session, strategies: tuple[str, ...] = (DEFAULT_STRATEGY,)) -> list[Exported]:
-    """Select if needed, then write every bundle under ``{run dir}/bundles/``."""
+def export(session: Session) -> list[Exported]:
+    """Select if needed, then write every bundle of the run's strategies under
+    ``{run dir}/bundles/``."""
     from dsg.stages import select
 
+    strategies = session.settings.strategies
     for name in strategies:  # refuse before any stage runs
         bundle_strategy(name, session.registry.entries["strategies"])
     root = session.run_dir.root / BUNDLES_DIR
