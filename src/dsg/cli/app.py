@@ -341,7 +341,8 @@ def _built_guardrail(given: Given) -> tuple[Bundle, str, str]:
             "generate runs one guardrail, but the config selects SAEs by pattern; "
             "pass --sae or --bundle"
         )
-    guard = bundles_for(session, ensure(session)[0], (DEFAULT_STRATEGY,))[0]
+    default = session.registry.get("strategies", DEFAULT_STRATEGY)
+    guard = bundles_for(session, ensure(session)[0], [default])[0]
     return guard, session.device, session.settings.dtype
 
 
