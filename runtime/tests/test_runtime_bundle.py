@@ -169,6 +169,29 @@ def test_a_plugin_strategy_resolves_only_through_the_strategies_passed_in(tmp_pa
     assert guard.fired is not None and guard.fired.tolist() == [True, False, False]
 
 
+class CountingStrategy(AtLeastHitsStrategy):
+    """Counts the gates it builds."""
+
+    def __init__(self) -> None:
+        self.built = 0
+
+    def bundle_gate(self, threshold: float | None, params: dict[str, Any]) -> AtLeastHits:
+        self.built += 1
+        return super().bundle_gate(threshold, params)
+
+
+def test_a_bundle_builds_its_gate_once(tmp_path: Path) -> None:
+    counting = CountingStrategy()
+    strategies = {"counting": counting}
+    made = tiny_bundle("counting", None, params={"hits": 2}, strategies=strategies)
+    guards = [made.guardrail(), made.guardrail()]
+    assert counting.built == 1 and guards[0].gate is guards[1].gate is made.gate
+    loaded = Bundle.load(made.save(tmp_path / "b"), strategies)
+    loaded.guardrail()
+    assert counting.built == 2  # one more for the bundle read back, none for its guardrail
+    assert loaded.gate_strategy is counting
+
+
 def test_the_runtime_imports_no_dsg_and_no_harness() -> None:
     code = (
         "import sys, dsg_runtime.bundle, dsg_runtime.hf, dsg_runtime.open_unlearning; "

@@ -7,6 +7,7 @@ lm-eval model and the open-unlearning handler."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -103,7 +104,7 @@ def test_a_bundle_without_a_binding_needs_the_override(bound: Path, tmp_path: Pa
     """A bundle of format 4 (before the binding record) loads, unbound."""
     folder = tmp_path / "v4"
     unbound = Bundle.load(bound)
-    Bundle(**{**unbound.__dict__, "binding": None}).save(folder)
+    dataclasses.replace(unbound, binding=None).save(folder)
     config = json.loads((folder / "bundle.json").read_text())
     assert config.pop("binding") is None and config.pop("top_k") is None
     config.pop("sha256")

@@ -124,7 +124,7 @@ def test_the_static_clamp_applies_to_every_request(model_dir: Path) -> None:
 
 def test_the_decider_refuses_a_bundle_for_another_model(model_dir: Path, tmp_path: Path) -> None:
     bundle = bundle_for(model_dir, "blocks.0.hook_resid_pre")
-    deep = Bundle(**{**bundle.__dict__, "hook_name": f"blocks.{LAYERS}.hook_resid_post"})
+    deep = dataclasses.replace(bundle, hook_name=f"blocks.{LAYERS}.hook_resid_post")
     with pytest.raises(UserError, match="has 3 layers"):
         PromptDecider.load(deep, model_dir, torch.float32, "cpu")
 

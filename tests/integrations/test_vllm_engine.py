@@ -258,7 +258,7 @@ def test_an_engine_on_another_bundle_or_none_refuses_to_start(
     other = None
     if engine_bundle == "another":
         mine = Bundle.load(served["bundle_dir"])
-        other = str(Bundle(**{**mine.__dict__, "multiplier": 5.0}).save(tmp_path / "other"))
+        other = str(dataclasses.replace(mine, multiplier=5.0).save(tmp_path / "other"))
     last = start_engine_with_other_bundle(other, organism_model())
     want = "guards with bundle" if other else "runs without the guardrail"
     assert last.startswith("REFUSED") and want in last, last

@@ -97,9 +97,7 @@ def tiny_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setup: dict[str, 
 def test_muse_export_writes_one_bundle_per_ratio_and_n(
     tiny_case: Path, setup: dict[str, Any]
 ) -> None:
-    result = invoke(
-        "muse-export", "--case", "tiny", "--model", str(setup["model_dir"]), "--out", str(tiny_case)
-    )
+    result = invoke("muse-export", *on_tiny(setup, tiny_case), "--strategy", "dynamic")
     assert result.exit_code == 0, result.output
     *paths, configs = [Path(line) for line in result.stdout.splitlines() if line.strip()]
     assert configs == tiny_case / "open-unlearning"
@@ -121,6 +119,21 @@ def test_muse_export_writes_one_bundle_per_ratio_and_n(
     )
     assert result.exit_code == 0, result.output
     assert "guardrail" in result.stdout.splitlines()[-1]
+
+
+def test_muse_export_exports_the_strategies_of_the_config_file(
+    tiny_case: Path, setup: dict[str, Any], tmp_path: Path
+) -> None:
+    config = tmp_path / "dsg.toml"
+    config.write_text('strategies = ["static"]\n', encoding="utf-8")
+    result = invoke("muse-export", *on_tiny(setup, tiny_case), "--config", str(config))
+    assert result.exit_code == 0, result.output
+    *paths, _ = [Path(line) for line in result.stdout.splitlines() if line.strip()]
+    bundles = [Bundle.load(p) for p in paths]
+    assert [(b.k, b.strategy, b.threshold) for b in bundles] == [
+        (2, "static", None),
+        (4, "static", None),
+    ]
 
 
 def test_muse_export_refuses_an_unknown_strategy(tiny_case: Path, setup: dict[str, Any]) -> None:

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import torch
 
     from dsg_runtime.guardrail import FeatureColumns, Guardrail, TopKFeatures
+    from dsg_runtime.protocols import BundleStrategy, Gate
 
 FORMAT = "dsg-guardrail-bundle"
 FORMAT_VERSION = 6
@@ -131,6 +132,11 @@ class Bundle:
     """The model the bundle was calibrated on (None: unbound, see :mod:`dsg_runtime.binding`)."""
     top_k: int | None = None
     """The latents a TopK SAE keeps per token; None for the other activations."""
+    gate_strategy: BundleStrategy = field(init=False, compare=False, repr=False)
+    """``strategy`` resolved, once, when the bundle is made or loaded."""
+    gate: Gate = field(init=False, compare=False, repr=False)
+    """The strategy's gate for ``threshold`` and ``strategy_params``, built once: a gate holds
+    no state between calls, so every guardrail of the bundle shares it."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -169,7 +175,10 @@ class Bundle:
                 f"threshold {self.threshold} contradicts strategy {self.strategy!r}, which uses "
                 "none; a static bundle's threshold is null"
             )
-        strategy.bundle_gate(self.threshold, self.strategy_params)  # refuses bad parameters
+        # the gate checks the threshold's range and refuses bad parameters
+        gate = strategy.bundle_gate(self.threshold, self.strategy_params)
+        object.__setattr__(self, "gate_strategy", strategy)
+        object.__setattr__(self, "gate", gate)
         check_multiplier(self.multiplier)
         if self.activation not in ACTIVATIONS:
             raise UserError(
@@ -317,9 +326,7 @@ class Bundle:
         :class:`dsg_runtime.guardrail.Guardrail`."""
         from dsg_runtime.guardrail import Guardrail
 
-        strategy = bundle_strategy(self.strategy, self.strategies)
-        gate = strategy.bundle_gate(self.threshold, self.strategy_params)
-        return Guardrail(self.selected(), gate, self.multiplier)
+        return Guardrail(self.selected(), self.gate, self.multiplier)
 
     def selected(self) -> FeatureColumns | TopKFeatures:
         """The selected features as the guardrail reads them: the k columns (ReLU, JumpReLU)

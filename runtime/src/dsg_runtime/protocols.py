@@ -19,7 +19,8 @@ class Gate(Protocol):
 
     A gate that needs the attention mask ``[B, T]`` (the ``windowed`` gate's densest window
     counts attended positions) defines ``decide(rates, hits, attention_mask) -> fired``; the
-    guardrail then calls it instead of ``__call__``.
+    guardrail then calls it instead of ``__call__``. A gate keeps no state between calls: a
+    bundle builds its gate once, and every guardrail of the bundle shares it.
     """
 
     def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor: ...

@@ -76,7 +76,7 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _each_sae(given: Given, stage: str, strategies: tuple[str, ...] = ()) -> None:
+def _each_sae(given: Given, stage: str) -> None:
     """Run ``stage`` once per SAE, on the executor the settings name.
 
     One SAE: the paths it wrote, one per line. SAE patterns: each matching SAE in its own run
@@ -89,10 +89,10 @@ def _each_sae(given: Given, stage: str, strategies: tuple[str, ...] = ()) -> Non
     from dsg.runs.sae_sweep import plan as make_plan
     from dsg.runs.sweep_summary import summarise
 
-    plan = make_plan(stage, given.settings, config_file=given.config, strategies=strategies)
+    plan = make_plan(stage, given.settings, config_file=given.config)
     plan.session.refuse_unread_options(given.settings)
     if not plan.swept and plan.session.settings.executor == "local":
-        for path in stage_action(stage, strategies)(plan.session):
+        for path in stage_action(stage)(plan.session):
             typer.echo(str(path))
         return
     results = run_jobs(plan)
@@ -222,10 +222,9 @@ def data_mirror(
 @user_errors
 @setting_options("muse-export", PLUGIN_SETTINGS)
 def muse_export(given: Given) -> None:
-    """Write one guardrail bundle per (ratio percentile, n) for transformers-based harnesses."""
-    # The config's and the case's strategies are for sweeps; a bundle has the default strategy
-    # unless asked.
-    _each_sae(given, "muse-export", tuple(given.settings.get("strategies") or (DEFAULT_STRATEGY,)))
+    """Write one guardrail bundle per (ratio percentile, n, multiplier, strategy) for
+    transformers-based harnesses."""
+    _each_sae(given, "muse-export")
 
 
 @app.command("train-sae")
@@ -342,7 +341,8 @@ def _built_guardrail(given: Given) -> tuple[Bundle, str, str]:
             "generate runs one guardrail, but the config selects SAEs by pattern; "
             "pass --sae or --bundle"
         )
-    guard = bundles_for(session, ensure(session)[0], (DEFAULT_STRATEGY,))[0]
+    default = session.registry.get("strategies", DEFAULT_STRATEGY)
+    guard = bundles_for(session, ensure(session)[0], [default])[0]
     return guard, session.device, session.settings.dtype
 
 

@@ -217,7 +217,7 @@ class Settings:
     )  # fmt: skip
     strategies: tuple[str, ...] = setting(
         (DEFAULT_STRATEGY, Static.name), "Intervention strategies to sweep (`dsg plugins` lists "
-        f"them); muse-export's default is {DEFAULT_STRATEGY} alone.", EVALUATION,
+        "them); muse-export writes a bundle of each.", EVALUATION,
         ("evaluate", "muse-export", ATTACK),
         option="--strategy", case_may_set=True,
     )  # fmt: skip

@@ -6,6 +6,7 @@ Stages take a Session so that each loads only what it needs and nothing is loade
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from dsg.api.data import DataSource
-from dsg.api.interfaces import Case, LoadedModel, LoadedSAE
+from dsg.api.interfaces import Case, LoadedModel, LoadedSAE, Strategy
 from dsg.api.plugins import Registry, registry
 from dsg.config.resolve import find_config, refuse_unselected, resolve
 from dsg.config.settings import Settings, plugin_settings, values_of, with_plugins
@@ -78,9 +79,14 @@ class Session:
         case = reg.get("cases", case_name)
         settings = resolve(case.defaults, case_name, config, cli, reg.settings)
         check_device(settings.device, here=settings.executor == "local")
-        for strategy in settings.strategies:
-            reg.get("strategies", strategy)
-        return cls(settings=settings, registry=reg, case=case, config_path=config_path)
+        session = cls(settings=settings, registry=reg, case=case, config_path=config_path)
+        _ = session.strategies  # an unknown strategy is refused before any stage runs
+        return session
+
+    @functools.cached_property
+    def strategies(self) -> dict[str, Strategy]:
+        """The run's strategies (``settings.strategies``) by name, each resolved once."""
+        return {name: self.registry.get("strategies", name) for name in self.settings.strategies}
 
     def refuse_unread_options(self, cli: dict[str, Any], attack: str | None = None) -> None:
         """A UserError for the options given (``cli``) that only attacks or strategies this run

@@ -10,7 +10,6 @@ the rerun also reuses whatever the killed job had finished.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.metadata
 import re
 from collections.abc import Callable
@@ -29,7 +28,6 @@ from dsg.core.artifacts import (
     write_json,
 )
 from dsg.core.errors import UserError, one_line
-from dsg_runtime.strategies import DEFAULT_STRATEGY
 
 if TYPE_CHECKING:
     from dsg.api.plugins import Registry
@@ -60,19 +58,22 @@ def _evaluate(session: Session) -> list[Path]:
     return [evaluate.run(session)]
 
 
-def _muse_export(session: Session, strategies: tuple[str, ...]) -> list[Path]:
+def _muse_export(session: Session) -> list[Path]:
     from dsg.stages import muse_export, open_unlearning_export
 
-    bundles = [b.path for b in muse_export.export(session, strategies)]
+    bundles = [b.path for b in muse_export.export(session)]
     configs = open_unlearning_export.export(session, bundles)
     return bundles if configs is None else [*bundles, configs]
 
 
-def stage_action(stage: str, strategies: tuple[str, ...] = ()) -> Callable[[Session], list[Path]]:
+def stage_action(stage: str) -> Callable[[Session], list[Path]]:
     """The function that runs ``stage`` on a session and returns the paths it wrote."""
-    if stage == "muse-export":
-        return functools.partial(_muse_export, strategies=strategies or (DEFAULT_STRATEGY,))
-    actions = {"sparsity": _sparsity, "select": _select, "evaluate": _evaluate}
+    actions = {
+        "sparsity": _sparsity,
+        "select": _select,
+        "evaluate": _evaluate,
+        "muse-export": _muse_export,
+    }
     return actions[stage]
 
 
@@ -88,7 +89,6 @@ class Job:
     settings: Settings
     spec: str | None
     shared_out: Path
-    strategies: tuple[str, ...] = ()
     registry: Callable[[], Registry] | None = None
     key: str = ""
     shared_ready: bool = False
@@ -153,7 +153,6 @@ def job_key(job: Job) -> str:
     settings = {k: v for k, v in values_of(resolved).items() if k not in NOT_KEYED}
     inputs = {
         "stage": job.stage,
-        "strategies": list(job.strategies),
         "settings": canonical_json(settings),
         "dsg": importlib.metadata.version("dsg"),
     }
@@ -223,7 +222,7 @@ def execute(job: Job, session: Session) -> JobResult:
     """Run the job's stage on ``session``; any error is the job's result, not raised, so the
     other jobs go on. ``job.json`` is written after every output of the stage."""
     try:
-        paths = stage_action(job.stage, job.strategies)(session)
+        paths = stage_action(job.stage)(session)
         facts = sae_facts(session)
     except Exception as exc:
         return JobResult(job.name, job.out, False, error=one_line(exc))

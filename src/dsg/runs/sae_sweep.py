@@ -45,7 +45,6 @@ def plan(
     stage: str,
     cli: dict[str, Any],
     config_file: Path | None = None,
-    strategies: tuple[str, ...] = (),
     registry: Callable[[], Registry] | None = None,
 ) -> Plan:
     """Open the session, expand the SAE patterns and describe one job per matching SAE, each
@@ -56,13 +55,13 @@ def plan(
     s = base.settings
     check_ray_address(s, cli)
     if s.sae_release_pattern is None and s.sae_id_pattern is None:
-        job = Job(stage, s, None, s.out, strategies, registry)
+        job = Job(stage, s, None, s.out, registry)
         return Plan(base, [dataclasses.replace(job, key=job_key(job))], swept=False)
     jobs = []
     patterns = (s.sae_release_pattern or ".*", s.sae_id_pattern or ".*")
     for spec in base.registry.expand_saes(*patterns):
         out = s.out / folder_name(spec.partition(":")[2])
         settings = base.for_sae(spec, out).settings
-        job = Job(stage, settings, spec, s.out / SHARED_DIR, strategies, registry)
+        job = Job(stage, settings, spec, s.out / SHARED_DIR, registry)
         jobs.append(dataclasses.replace(job, key=job_key(job)))
     return Plan(base, jobs, swept=True)

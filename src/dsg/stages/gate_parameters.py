@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dsg.api.interfaces import CalibratedStrategy, CalibrationData
+from dsg.api.interfaces import CalibratedStrategy, CalibrationData, Strategy
 from dsg.core import artifacts
 from dsg.stages import sparsity
 
@@ -41,10 +41,9 @@ def _plain(value: Any) -> Any:
 
 
 def gate_parameters(
-    session: Session, selection: Selection, n: int, strategy_name: str
+    session: Session, selection: Selection, n: int, strategy: Strategy
 ) -> GateParameters:
-    """The parameters of ``strategy_name``'s gate for the first ``n`` features of ``selection``."""
-    strategy = session.registry.get("strategies", strategy_name)
+    """The parameters of ``strategy``'s gate for the first ``n`` features of ``selection``."""
     if not isinstance(strategy, CalibratedStrategy):
         threshold = selection.thresholds[n] if strategy.uses_threshold else None
         return GateParameters(threshold)
@@ -54,7 +53,7 @@ def gate_parameters(
     inputs = {
         "selection": artifacts.read_json(selection.path).get("inputs", {}),
         "features": [int(j) for j in features.tolist()],
-        "strategy": strategy_name,
+        "strategy": strategy.name,
         "percentile": s.calibration_percentile,
         "options": options,
     }

@@ -203,9 +203,8 @@ def describe(completion: Completion, bundle: Bundle) -> str:
     """One line: did the guardrail fire on the prompt, and why, in its strategy's words when it
     has them (a plugin's strategy need not)."""
     from dsg_runtime.protocols import DescribedStrategy
-    from dsg_runtime.strategies import bundle_strategy
 
-    strategy = bundle_strategy(bundle.strategy, bundle.strategies)
+    strategy = bundle.gate_strategy
     fired, rate, threshold = bool(completion.fired), completion.rate or 0.0, bundle.threshold
     if isinstance(strategy, DescribedStrategy):
         return strategy.describe_decision(fired, rate, threshold, bundle.strategy_params)

@@ -21,9 +21,11 @@ from dsg.core.artifacts import (
     write_failed,
 )
 from dsg.stages.gate_parameters import gate_parameters
-from dsg_runtime.strategies import DEFAULT_STRATEGY
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from dsg.api.interfaces import Strategy
     from dsg.engine.session import Session
     from dsg.stages.select import Selection
 
@@ -69,9 +71,10 @@ def save_bundle(bundle: Bundle, folder: Path) -> Path:
 
 
 def bundles_for(
-    session: Session, selection: Selection, strategies: tuple[str, ...]
+    session: Session, selection: Selection, strategies: Sequence[Strategy]
 ) -> list[Bundle]:
-    """Every bundle of one selection, in (n, multiplier, strategy) order."""
+    """Every bundle of one selection, in (n, multiplier, strategy) order, of ``strategies``
+    (resolved, exportable ones)."""
     s = session.settings
     sae = session.sae()
     model = session.model(n_layers=sae.hook_layer + 1)
@@ -80,24 +83,24 @@ def bundles_for(
     selection_inputs = read_json(selection.path).get("inputs", {})
     bundles = []
     for n in sorted(selection.thresholds):
-        gates = {name: gate_parameters(session, selection, n, name) for name in strategies}
+        gates = [gate_parameters(session, selection, n, strategy) for strategy in strategies]
         for multiplier in s.multipliers:
-            for strategy in strategies:
+            for strategy, gate in zip(strategies, gates, strict=True):
                 bundles.append(
                     from_sae(
                         sae,
                         selection.top(n),
-                        threshold=gates[strategy].threshold,
-                        params=gates[strategy].params,
+                        threshold=gate.threshold,
+                        params=gate.params,
                         multiplier=multiplier,
-                        strategy=strategy,
+                        strategy=strategy.name,
                         base_model=base_model,
                         provenance={
                             "case": s.case,
                             "ratio_percentile": selection.ratio_percentile,
                             "n_features": n,
                             "calibration_percentile": s.calibration_percentile,
-                            "strategy_settings": gates[strategy].settings,
+                            "strategy_settings": gate.settings,
                             "selection": selection_inputs,
                         },
                         strategies=session.registry.entries["strategies"],
@@ -107,18 +110,19 @@ def bundles_for(
     return bundles
 
 
-def export(session: Session, strategies: tuple[str, ...] = (DEFAULT_STRATEGY,)) -> list[Exported]:
-    """Select if needed, then write every bundle under ``{run dir}/bundles/``."""
+def export(session: Session) -> list[Exported]:
+    """Select if needed, then write every bundle of the run's strategies under
+    ``{run dir}/bundles/``."""
     from dsg.stages import select
 
-    for name in strategies:  # refuse before any stage runs
-        bundle_strategy(name, session.registry.entries["strategies"])
+    for name in session.strategies:  # refuse before any stage runs
+        bundle_strategy(name, session.strategies)
     root = session.run_dir.root / BUNDLES_DIR
     session.run_dir.ensure_writable()
     check_kind(root, folder=True)
     exported = []
     for selection in select.ensure(session):
-        for bundle in bundles_for(session, selection, strategies):
+        for bundle in bundles_for(session, selection, list(session.strategies.values())):
             n = bundle.k
             path = save_bundle(bundle, root / bundle_name(session.settings.case, selection, bundle))
             exported.append(

@@ -45,7 +45,10 @@ def expand(selections: list[select.Selection], session: Session) -> list[Config]
     for selection in selections:
         for n in s.n_features:
             features = tuple(int(j) for j in selection.top(n).tolist())
-            gates = {name: gate_parameters(session, selection, n, name) for name in s.strategies}
+            gates = {
+                name: gate_parameters(session, selection, n, strategy)
+                for name, strategy in session.strategies.items()
+            }
             for m in s.multipliers:
                 for name in s.strategies:
                     gate = gates[name]
@@ -199,7 +202,7 @@ def set_counts(outcome: Outcome | None, prompts: SetPrompts, norm: bool) -> dict
 def build_intervention(session: Session, sae: Any, config: Config) -> Intervention:
     import torch
 
-    strategy = session.registry.get("strategies", config.strategy)
+    strategy = session.strategies[config.strategy]
     features = torch.tensor(config.features, dtype=torch.long)
     threshold = config.threshold if config.threshold is not None else 0.0
     return strategy.build(sae, features, threshold, config.multiplier, **dict(config.params))
@@ -433,6 +436,6 @@ def finish_report(session: Session, tracker: Tracker, data: dict[str, Any]) -> P
 
     data["timings"] = tracker.seconds
     report_path = report.write(data, session.run_dir.root)
-    report.print_table(data, session.console, session.registry.entries["strategies"])
+    report.print_table(data, session.console, session.strategies)
     tracker.summary()
     return report_path

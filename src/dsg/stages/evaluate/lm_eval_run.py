@@ -53,11 +53,11 @@ def config_bundles(
     from dsg.api.interfaces import ExportableStrategy
     from dsg.stages.muse_export import BUNDLES_DIR, bundle_name, bundles_for, save_bundle
 
-    strategies = tuple(
-        name
+    strategies = [
+        strategy
         for name in dict.fromkeys(c.strategy for c in configs)
-        if isinstance(session.registry.get("strategies", name), ExportableStrategy)
-    )
+        if isinstance(strategy := session.strategies[name], ExportableStrategy)
+    ]
     by_key: dict[tuple[float, int, float, str], Path] = {}
     for selection in selections:
         for bundle in bundles_for(session, selection, strategies) if strategies else []:
