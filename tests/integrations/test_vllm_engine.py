@@ -5,6 +5,7 @@ without it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
