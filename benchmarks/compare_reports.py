@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-RUN_SPECIFIC = {"timings", "seconds"}
-"""Keys whose values are measured, not computed: their contents are not compared."""
+RUN_SPECIFIC = {"timings", "seconds", "out"}
+"""Keys whose values are measured or name where a run was written (``settings.out``), not
+computed: their contents are not compared."""
 
 
 def differences(old: Any, new: Any, where: str = "") -> list[str]:
