@@ -256,7 +256,7 @@ MUTANT_SHARDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 """Each shard: the modules it mutates and the tests that cover them. For each mutant mutmut runs
 only those of the shard's tests that reach the mutated function, fastest first."""
 UNMEASURED_SHARDS = ("hf",)
-"""Shards run only by name: ``hf`` has no measured kill rate and no baseline yet
+"""Shards run only by name: ``hf``'s survivors are not yet killed or explained in the baseline
 (docs/testing.md)."""
 MUTANTS_DESELECT = (
     "not compile and not calibrates_once and not guarded_generation_equals and not imports_no_dsg"
