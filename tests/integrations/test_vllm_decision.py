@@ -18,7 +18,7 @@ from dsg.api.interfaces import LoadedSAE
 from dsg.bundle import Bundle, from_sae
 from dsg.core.errors import UserError
 from dsg_runtime.vllm.checks import GuardrailRefused, check_config, check_version
-from dsg_runtime.vllm.decision import PromptDecider, cache_salt
+from dsg_runtime.vllm.decision import BATCH_MIN_TOKENS, PromptDecider, cache_salt
 from dsg_runtime.vllm.engine import (
     RequestRefused,
     check_request,
@@ -116,6 +116,47 @@ def test_decisions_equal_dsg_hf_guarded_generate(model_dir: Path, hook: str) -> 
     assert 0 < sum(ours) < len(ours)  # both kinds of prompt
 
 
+def mixed_lengths() -> list[list[int]]:
+    """Prompts of many lengths, several of each (short ones too, below the batching floor),
+    in no order: what a batch of concurrent requests looks like."""
+    g = torch.Generator().manual_seed(5)
+    lengths = [1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 33, 40]
+    rows = [[2, *torch.randint(3, VOCAB, (n - 1,), generator=g).tolist()] for n in lengths * 3]
+    order = torch.randperm(len(rows), generator=g).tolist()
+    return [*prompts(), *(rows[i] for i in order)]
+
+
+@pytest.mark.parametrize("hook", ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"])
+def test_prompts_decided_together_are_decided_as_alone(model_dir: Path, hook: str) -> None:
+    """Batch invariance: each prompt decided in a batch of mixed lengths gets its decision
+    alone, and its rate; the residual at the hook of each prompt batched with others of its
+    length equals its own, bit for bit (the batch pads nothing: each length runs as one batch,
+    and prompts too short to batch are decided alone)."""
+    decider = PromptDecider.load(bundle_for(model_dir, hook), model_dir, torch.float32, "cpu")
+    rows = mixed_lengths()
+    alone, rates = [], []
+    for ids in rows:
+        alone.append(decider.decide(ids))
+        rates.append(decider.guardrail.rates.clone())
+    assert decider.decide_many(rows) == alone
+    assert 0 < sum(alone) < len(alone)  # both kinds of prompt
+    for n in sorted({len(ids) for ids in rows if len(ids) >= BATCH_MIN_TOKENS}):
+        same = [ids for ids in rows if len(ids) == n]
+        together = decider.residual(torch.tensor(same))
+        for row, ids in enumerate(same):
+            assert torch.equal(together[row], decider.residual(torch.tensor([ids]))[0]), n
+            decider.decide_many([ids])
+            assert torch.equal(decider.guardrail.rates, rates[rows.index(ids)])
+
+
+def test_an_empty_prompt_is_refused(model_dir: Path) -> None:
+    decider = PromptDecider.load(
+        bundle_for(model_dir, "blocks.0.hook_resid_pre"), model_dir, torch.float32, "cpu"
+    )
+    with pytest.raises(UserError, match="empty prompt"):
+        decider.decide_many([[2, 5, 7], []])
+
+
 def test_the_static_clamp_applies_to_every_request(model_dir: Path) -> None:
     bundle = bundle_for(model_dir, "blocks.0.hook_resid_pre", strategy="static")
     decider = PromptDecider.load(bundle, model_dir, torch.float32, "cpu")
@@ -180,6 +221,38 @@ def test_decide_request_overwrites_a_client_decision_and_salts(model_dir: Path) 
         assert forged.sampling_params.extra_args == {FIRED_KEY: truth, SEAL_KEY: tag, "other": 1}
         assert forged.cache_salt == cache_salt("t", DIGEST, truth)
         assert check_request(forged, KEY, DIGEST) is truth  # the engine core accepts it
+
+
+def test_a_decision_taken_ahead_serves_only_its_own_prompt(model_dir: Path) -> None:
+    """``process_inputs`` uses a decision taken ahead in its own call only for exactly the
+    tokens it was taken on; a prompt one token longer or shorter is decided itself."""
+    from dsg_runtime.vllm.engine import _DECIDED_AHEAD, prompt_tokens
+
+    bundle = bundle_for(model_dir, "blocks.0.hook_resid_pre")
+    decider = PromptDecider.load(bundle, model_dir, torch.float32, "cpu")
+    for ids in prompts():
+        truth = decider.decide(ids)
+        near = {tuple(ids[:-1]): not truth, (*ids, 5): not truth}
+        for ahead, want in ((near, truth), ({**near, tuple(ids): not truth}, not truth)):
+            token = _DECIDED_AHEAD.set(ahead)
+            try:
+                request = engine_request(ids)
+                decide_request(decider, DIGEST, KEY, request)
+            finally:
+                _DECIDED_AHEAD.reset(token)
+            assert request.sampling_params.extra_args[FIRED_KEY] is want
+    assert prompt_tokens({"prompt_token_ids": [2, 5]}) == [2, 5]
+    assert prompt_tokens({"type": "token", "prompt_token_ids": [2, 5]}) == [2, 5]
+    for other in (
+        "text",
+        {"prompt": "text"},
+        {"type": "embeds", "prompt_token_ids": [2, 5]},
+        {"type": "multimodal", "prompt_token_ids": [2, 5]},
+        {"prompt_token_ids": []},
+        {"prompt_token_ids": [2, True]},
+        {"prompt_token_ids": (2, 5)},
+    ):
+        assert prompt_tokens(other) is None, other
 
 
 def sealed(ids: list[int], fired: bool, digest: str = DIGEST, **over: Any) -> Any:
