@@ -241,16 +241,16 @@ def test_a_decision_taken_ahead_serves_only_its_own_prompt(model_dir: Path) -> N
             finally:
                 _DECIDED_AHEAD.reset(token)
             assert request.sampling_params.extra_args[FIRED_KEY] is want
-    assert prompt_tokens({"prompt_token_ids": [2, 5]}) == [2, 5]
     assert prompt_tokens({"type": "token", "prompt_token_ids": [2, 5]}) == [2, 5]
     for other in (
         "text",
+        {"prompt_token_ids": [2, 5]},  # a raw TokensPrompt: rendered, and decided, later
         {"prompt": "text"},
         {"type": "embeds", "prompt_token_ids": [2, 5]},
         {"type": "multimodal", "prompt_token_ids": [2, 5]},
-        {"prompt_token_ids": []},
-        {"prompt_token_ids": [2, True]},
-        {"prompt_token_ids": (2, 5)},
+        {"type": "token", "prompt_token_ids": []},
+        {"type": "token", "prompt_token_ids": [2, True]},
+        {"type": "token", "prompt_token_ids": (2, 5)},
     ):
         assert prompt_tokens(other) is None, other
 

@@ -104,6 +104,31 @@ def test_served_generations_equal_dsg_hf_guarded(
         assert got == guarded, name
 
 
+def test_the_offline_engine_decides_one_calls_prompts_together(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``LLM.generate`` decides the prompts of one call in one batch, on the caller's thread,
+    before adding them (no decision again in ``process_inputs``), and serves as dsg.hf does."""
+    import threading
+
+    from dsg_runtime.vllm.decision import PromptDecider
+
+    calls: list[tuple[str, int]] = []
+    decide_many = PromptDecider.decide_many
+
+    def recorded(self: PromptDecider, prompts: list[list[int]]) -> list[bool]:
+        calls.append((threading.current_thread().name, len(prompts)))
+        return decide_many(self, prompts)
+
+    monkeypatch.setattr(PromptDecider, "decide_many", recorded)
+    ids = served["ids"]
+    assert vllm_generations(served["llm"], [*ids, ids[0]]) == [
+        *served["guarded"],
+        served["guarded"][0],
+    ]
+    assert calls == [(threading.current_thread().name, len(ids))]
+
+
 def test_without_the_decision_in_the_salt_prefix_caching_would_mix(
     served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -307,9 +332,10 @@ print("RESULT", json.dumps(done), flush=True)
 def test_the_async_front_end_decides_off_its_event_loop_in_batches(
     served: dict[str, Any],
 ) -> None:
-    """``AsyncLLM`` (the server's engine client), with prompts sent at once: every decision is
-    taken on the decider's thread, never on the event loop's, prompts queued together are
-    decided in one call, and every answer equals dsg.hf's guarded one."""
+    """``AsyncLLM`` (the server's engine client), with rendered prompts (as the server hands
+    them over) sent at once: every decision is taken on the decider's thread, never on the
+    event loop's, once per request, prompts queued together are decided in one call, and every
+    answer equals dsg.hf's guarded one."""
     ids, guarded = served["ids"], served["guarded"]
     script = f"""
 import asyncio
@@ -318,7 +344,7 @@ import threading
 from dsg_runtime.vllm.decision import PromptDecider
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
-from vllm.inputs import TokensPrompt
+from vllm.inputs.engine import tokens_input
 from vllm.v1.engine.async_llm import AsyncLLM
 calls = []
 decide_many = PromptDecider.decide_many
@@ -333,7 +359,7 @@ async def main():
         enforce_eager=True, gpu_memory_utilization=0.1, seed=0))
     params = SamplingParams(temperature=0.0, max_tokens={MAX_NEW}, min_tokens={MAX_NEW})
     async def one(i, prompt):
-        async for out in llm.generate(TokensPrompt(prompt_token_ids=prompt), params, f"r{{i}}"):
+        async for out in llm.generate(tokens_input(prompt), params, f"r{{i}}"):
             last = out
         return list(last.outputs[0].token_ids)
     try:

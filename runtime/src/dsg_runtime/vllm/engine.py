@@ -11,7 +11,7 @@ a token prompt from a decider thread that batches the prompts queued together
 (:mod:`dsg_runtime.vllm.batcher`), so the event loop never runs a forward pass; the offline
 ``LLM`` decides the prompts of one call together, on its own thread. ``process_inputs`` finds
 the decision of its exact tokens in the calling context, or decides the prompt alone where it
-runs (raw prompts given to ``AsyncLLM``: on vLLM's tokenizer threads). Beam search,
+runs (raw prompts given to ``AsyncLLM``, deprecated by vLLM: on its tokenizer threads). Beam search,
 which resubmits the prompt with each beam's tokens as new requests, is refused. Before the
 first request, the front end has every engine process prove that it guards with the same
 bundle and holds the same key.
@@ -188,9 +188,10 @@ def _guarded_process_inputs(original: Any) -> Any:
 
 
 def prompt_tokens(prompt: Any) -> list[int] | None:
-    """The token ids of a prompt given as tokens (a ``TokensPrompt`` or a rendered token
-    input), which can be decided before the input processor; None for any other prompt."""
-    if not isinstance(prompt, Mapping) or prompt.get("type", "token") != "token":
+    """The token ids of a rendered token input (what the server and the offline ``LLM`` hand
+    the input processor), which can be decided before it; None for any other prompt (a raw
+    prompt, deprecated by vLLM, is decided where ``process_inputs`` renders it)."""
+    if not isinstance(prompt, Mapping) or prompt.get("type") != "token":
         return None
     ids = prompt.get("prompt_token_ids")
     if not isinstance(ids, list) or not ids or any(type(t) is not int for t in ids):
