@@ -120,7 +120,7 @@ def mixed_lengths() -> list[list[int]]:
     """Prompts of many lengths, several of each (short ones too, below the batching floor),
     in no order: what a batch of concurrent requests looks like."""
     g = torch.Generator().manual_seed(5)
-    lengths = [1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 33, 40]
+    lengths = [1, 2, 3, 5, 7, 8, 9, 11, 12, 16, 31, 32, 33, 40, 47, 64]
     rows = [[2, *torch.randint(3, VOCAB, (n - 1,), generator=g).tolist()] for n in lengths * 3]
     order = torch.randperm(len(rows), generator=g).tolist()
     return [*prompts(), *(rows[i] for i in order)]
@@ -147,6 +147,43 @@ def test_prompts_decided_together_are_decided_as_alone(model_dir: Path, hook: st
             assert torch.equal(together[row], decider.residual(torch.tensor([ids]))[0]), n
             decider.decide_many([ids])
             assert torch.equal(decider.guardrail.rates, rates[rows.index(ids)])
+
+
+def test_smollm2_prompts_decided_together_are_decided_as_alone(smollm2_folder: Path) -> None:
+    """The same on SmolLM2 (a Llama, sdpa attention, 576 wide) under its shipped TopK SAE:
+    there a matrix product of fewer than 12 rows rounds otherwise than the same rows inside a
+    larger one, which the batching floor keeps out of every batch."""
+    from dsg_smollm2 import SAE_NAME
+    from transformers import AutoModelForCausalLM
+
+    from dsg.api.plugins import registry
+    from dsg_runtime.binding import record_binding
+
+    loader = registry().get("sae_loaders", "smollm2")
+    shipped = loader.load(SAE_NAME, device="cpu", dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_pretrained(smollm2_folder, dtype=torch.float32).eval()
+    binding = record_binding(hf, shipped.hook_name)
+    features = list(range(0, 4096, 64))
+    g = torch.Generator().manual_seed(7)
+    lengths = [1, 4, 9, 11, 12, 31, 32, 33, 48, 64, 65]
+    rows = [[1, *torch.randint(3, 49000, (n - 1,), generator=g).tolist()] for n in lengths * 3]
+    probe = from_sae(shipped, features, threshold=0.5, multiplier=20.0, binding=binding)
+    decider = PromptDecider.load(probe, smollm2_folder, torch.float32, "cpu")
+    rates = []
+    for ids in rows:
+        decider.decide(ids)
+        rates.append(float(decider.guardrail.rates[0]))
+    threshold = sorted(rates)[len(rates) // 2]
+    bundle = from_sae(shipped, features, threshold=threshold, multiplier=20.0, binding=binding)
+    decider = PromptDecider.load(bundle, smollm2_folder, torch.float32, "cpu")
+    alone = [decider.decide(ids) for ids in rows]
+    assert decider.decide_many(rows) == alone
+    assert 0 < sum(alone) < len(alone)
+    for n in (n for n in lengths if n >= BATCH_MIN_TOKENS):
+        same = [ids for ids in rows if len(ids) == n]
+        together = decider.residual(torch.tensor(same))
+        for row, ids in enumerate(same):
+            assert torch.equal(together[row], decider.residual(torch.tensor([ids]))[0]), n
 
 
 def test_an_empty_prompt_is_refused(model_dir: Path) -> None:

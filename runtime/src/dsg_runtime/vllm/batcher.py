@@ -1,7 +1,8 @@
 """Decisions batched: prompts that arrive while a batch is being decided are decided together
 next, off the caller's thread (the server's event loop never runs a forward pass).
 
-One thread owns the :class:`~dsg_runtime.vllm.decision.PromptDecider`. It takes every prompt
+One thread decides for the server with the :class:`~dsg_runtime.vllm.decision.PromptDecider`
+(whose lock it shares with :meth:`DecisionBatcher.decide_here`'s callers). It takes every prompt
 queued when it wakes (no waiting window: a lone request is decided at once, and a burst
 batches itself while the previous batch runs) and decides them with
 :meth:`~dsg_runtime.vllm.decision.PromptDecider.decide_many`, whose decisions are each

@@ -8,9 +8,11 @@ rate and the gate on that residual in float32. Whatever vLLM later does with the
 Prompts decided together run as one batch per prompt length, never padded: a pad token would
 change the shape every attention reduction runs over, and with it the residual's last bits
 (measured: some lengths differ from their pass alone at the 1e-6 level, enough to flip a hit).
-Rows of one shape go through the same kernels as the prompt alone, and each row's guardrail
-runs on its own ``[1, P, D]`` slice, so a prompt decided in a batch is decided as alone (a
-test compares them on every length it decides).
+Rows of one shape go through the same kernels as the prompt alone once the prompt is long
+enough (:data:`BATCH_MIN_TOKENS`), and each row's guardrail runs on its own ``[1, P, D]``
+slice, so a prompt decided in a batch is decided as alone (tests compare them, residuals bit
+for bit, on the organism's and SmolLM2's shapes). Batching is measured on the CPU only; on
+other devices each prompt is decided alone.
 """
 
 from __future__ import annotations
@@ -29,9 +31,14 @@ if TYPE_CHECKING:
     from dsg_runtime.bundle import Bundle
 
 SALT_PREFIX = "dsg-guardrail"
-BATCH_MIN_TOKENS = 8
-"""Prompts shorter than this are decided alone: a matrix product of fewer than four rows takes
-another kernel on the CPU, so a short prompt's rows stacked with others' could round otherwise."""
+BATCH_MIN_TOKENS = 32
+"""Prompts shorter than this are decided alone: on the CPU a matrix product of few rows takes
+another kernel than the same rows inside a larger one (measured: under 12 rows at SmolLM2's
+widths, under 4 at the organism's), so a short prompt's rows stacked with others' could round
+otherwise."""
+BATCH_DEVICES = ("cpu",)
+"""Where prompts are batched: the devices whose batch invariance the tests measure. Elsewhere
+(a GPU's BLAS picks its kernels by the product's shape) each prompt is decided alone."""
 
 
 class _Captured(Exception):  # noqa: N818  (a signal, not an error)
@@ -130,9 +137,10 @@ class PromptDecider:
             raise UserError("the guardrail cannot decide an empty prompt")
         if not self.carries:  # the static clamp: nothing to compute
             return [True] * len(prompts)
+        batches = self.model.device.type in BATCH_DEVICES
         groups: dict[int, list[int]] = defaultdict(list)
         for i, ids in enumerate(prompts):
-            groups[len(ids) if len(ids) >= BATCH_MIN_TOKENS else -1 - i].append(i)
+            groups[len(ids) if batches and len(ids) >= BATCH_MIN_TOKENS else -1 - i].append(i)
         fired = [True] * len(prompts)
         with self.lock:  # the guardrail holds its last decision: one caller at a time
             for rows in groups.values():
