@@ -1,4 +1,4 @@
-"""Reading an attack's results: per-set counts and the scores of every row."""
+"""Reading an attack's results (per-set counts, every cached answer) and its prompts' text."""
 
 from __future__ import annotations
 
