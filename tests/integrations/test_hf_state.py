@@ -133,8 +133,27 @@ def test_mask_and_cache_that_disagree_are_refused(toy: Any) -> None:
     with attach(model, bundle, allow_mismatch=True):
         model(_hidden([[1.0, 1.0, 1.0]]))
         ones = torch.ones(1, 1, dtype=torch.long)  # the mask says: a new one-token prompt
-        with pytest.raises(GuardrailStateError, match="starts or continues"):
+        with pytest.raises(GuardrailStateError) as refused:
             model(_hidden([[1.0]]), attention_mask=ones, memo=_cache_of(3, 1))
+    assert str(refused.value) == (
+        "the guardrail cannot tell whether this forward pass starts or continues a sequence: "
+        "attention mask says 0 positions came before, KV cache says 3 positions came before"
+    )
+
+
+def test_a_mask_shorter_than_the_new_positions_is_refused(toy: Any) -> None:
+    """Two new positions under a one-position mask: the mask would place them before the
+    sequence's start, so nothing says where they go."""
+    model, bundle = toy
+    with attach(model, bundle, allow_mismatch=True):
+        model(_hidden([[1.0, 1.0, 1.0]]))
+        ones = torch.ones(1, 1, dtype=torch.long)
+        with pytest.raises(GuardrailStateError) as refused:
+            model(_hidden([[1.0, 1.0]]), attention_mask=ones, memo=_cache_of(3, 1))
+    assert str(refused.value) == (
+        "the guardrail cannot place 2 new positions: attention mask says -1 positions came "
+        "before, KV cache says 3 positions came before"
+    )
 
 
 def test_a_legacy_tuple_cache_is_recognised(toy: Any) -> None:
