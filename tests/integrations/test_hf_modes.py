@@ -374,6 +374,10 @@ REFUSED_SETTINGS = {
 
 OUTSIDE_THE_GUARDED_PATH = {
     "custom_generate": ({"custom_generate": "someone/decoding"}, "custom_generate runs code"),
+    "custom_generate function": (
+        {"custom_generate": lambda **kwargs: None},
+        "custom_generate runs code",
+    ),
     "negative_prompt_ids": (
         {"negative_prompt_ids": torch.tensor([[2, 5]])},
         "negative_prompt_ids (classifier-free guidance) runs the model on a second prompt",
@@ -396,40 +400,24 @@ OUTSIDE_THE_GUARDED_PATH = {
 """Settings under which generate runs (part of) the model outside the guarded pass, and the
 line each is refused with."""
 
+REFUSED = {
+    **{mode: (extra, f"{mode.replace('_', ' ')}: ") for mode, extra in REFUSED_SETTINGS.items()},
+    **OUTSIDE_THE_GUARDED_PATH,
+}
+"""Every refused mode and setting, with the start of the line it is refused with."""
 
-@pytest.mark.parametrize("setting", sorted(OUTSIDE_THE_GUARDED_PATH))
-def test_settings_that_run_the_model_outside_the_guarded_pass_are_refused(
-    world: dict[str, Any], setting: str
+
+@pytest.mark.parametrize("refused_setting", sorted(REFUSED))
+def test_modes_and_settings_dsg_cannot_follow_are_refused(
+    world: dict[str, Any], refused_setting: str
 ) -> None:
     model, tokenizer = world["model"], world["tokenizer"]
-    extra, line = OUTSIDE_THE_GUARDED_PATH[setting]
+    extra, line = REFUSED[refused_setting]
     with attach(model, Bundle.load(world["bundle_dir"])) as handle:
         with pytest.raises(GuardrailStateError) as refused:
             model.generate(**encode(tokenizer, [FIRING]), max_new_tokens=2, **extra)
         assert str(refused.value).startswith(f"the guardrail cannot guard generate with {line}")
         assert handle.fired is None  # refused before any forward pass
-
-
-@pytest.mark.parametrize("mode", sorted(REFUSED_SETTINGS))
-def test_modes_dsg_cannot_follow_are_refused(world: dict[str, Any], mode: str) -> None:
-    model, tokenizer = world["model"], world["tokenizer"]
-    with attach(model, Bundle.load(world["bundle_dir"])) as handle:
-        with pytest.raises(GuardrailStateError, match="cannot guard generate"):
-            model.generate(
-                **encode(tokenizer, [FIRING]), max_new_tokens=2, **REFUSED_SETTINGS[mode]
-            )
-        assert handle.fired is None  # refused before any forward pass
-
-
-@pytest.mark.parametrize(
-    "extra",
-    [{"guidance_scale": 1.5}, {"custom_generate": lambda **kwargs: None}],
-    ids=["guidance", "custom_generate"],
-)
-def test_options_that_run_other_passes_are_refused(world: dict[str, Any], extra: Any) -> None:
-    model, tokenizer = world["model"], world["tokenizer"]
-    with attach(model, Bundle.load(world["bundle_dir"])), pytest.raises(GuardrailStateError):
-        model.generate(**encode(tokenizer, [FIRING]), max_new_tokens=2, **extra)
 
 
 def test_every_generation_mode_is_tested_or_refused() -> None:
