@@ -27,11 +27,12 @@ Weight updates are refused: the front end decides on the weights it loaded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -199,6 +200,16 @@ def prompt_tokens(prompt: Any) -> list[int] | None:
     return ids
 
 
+@contextlib.contextmanager
+def _decided_ahead(decisions: Mapping[tuple[int, ...], bool]) -> Iterator[None]:
+    """Inside, ``process_inputs`` of this task or thread finds ``decisions`` (by prompt)."""
+    token = _DECIDED_AHEAD.set(decisions)
+    try:
+        yield
+    finally:
+        _DECIDED_AHEAD.reset(token)
+
+
 def _decided_together(original: Any) -> Any:
     """The offline ``LLM`` adds the prompts of one call one by one: their decisions are taken
     first, together, for ``process_inputs`` to find (a prompt whose decision failed is decided
@@ -209,11 +220,8 @@ def _decided_together(original: Any) -> Any:
         batcher = getattr(self.llm_engine.input_processor, "_dsg_batcher", None)
         wanted = {tuple(ids) for p in prompts if (ids := prompt_tokens(p)) is not None}
         ahead = {} if batcher is None else batcher.decide_here([list(t) for t in wanted])
-        token = _DECIDED_AHEAD.set(ahead)
-        try:
+        with _decided_ahead(ahead):
             return original(self, prompts, *args, **kwargs)
-        finally:
-            _DECIDED_AHEAD.reset(token)
 
     return render_and_add_requests
 
@@ -235,11 +243,8 @@ def _decided_ahead_async(original: Any) -> Any:
         if ids is None:
             return await original(self, request_id, *args, **kwargs)
         fired = await asyncio.wrap_future(processor._dsg_batcher.submit(ids))
-        token = _DECIDED_AHEAD.set({tuple(ids): fired})
-        try:
+        with _decided_ahead({tuple(ids): fired}):
             return await original(self, request_id, *args, **kwargs)
-        finally:
-            _DECIDED_AHEAD.reset(token)
 
     return add_request
 
