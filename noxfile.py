@@ -227,6 +227,9 @@ HF_TESTS = (
     "tests/integrations/test_hf_modes.py",
     "runtime/tests/test_runtime_calls.py",
     "runtime/tests/test_runtime_generation.py",
+    "runtime/tests/test_runtime_refusals.py",
+    "runtime/tests/test_runtime_generation_plan.py",
+    "runtime/tests/test_runtime_cache.py",
 )
 MUTANT_SHARDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "guardrail": ((f"{RUNTIME_SRC}/guardrail.py",), GUARDRAIL_TESTS),

@@ -525,19 +525,13 @@ class GuardrailHandle:
         view = self._read(x, call)
         _refuse_packed(view, "a prompt prefilled in chunks")
         state.guardrail.decide_prompt(x, view.attended)
-        fired, rates = state.guardrail.fired, state.guardrail.rates
-        if fired is None or rates is None:
-            raise GuardrailStateError("the guardrail decided no rows for this prompt")
-        return _Decision(fired, rates, countable_positions(view.attended))
+        return _Decision(*_decided(state), countable_positions(view.attended))
 
     def _new_record(
         self, state: _State, seen: int, generation: _Generation | None = None
     ) -> _Record:
         """Record the rows the guardrail just decided; the decoder's output names their cache."""
-        fired, rates = state.guardrail.fired, state.guardrail.rates
-        if fired is None or rates is None:
-            raise GuardrailStateError("the guardrail decided no rows for this prompt")
-        return _noted(state, _Record(fired, rates, seen, generation=generation))
+        return _noted(state, _Record(*_decided(state), seen, generation=generation))
 
     def _apply_in_generation(
         self, state: _State, x: torch.Tensor, call: _Call, past: int, generation: _Generation
@@ -646,6 +640,14 @@ class GuardrailHandle:
         return args, {**kwargs, "hidden_states": self._apply(kwargs["hidden_states"])}
 
 
+def _decided(state: _State) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows the thread's guardrail just decided: whether each fired, and its rate."""
+    fired, rates = state.guardrail.fired, state.guardrail.rates
+    if fired is None or rates is None:
+        raise GuardrailStateError("the guardrail decided no rows for this prompt")
+    return fired, rates
+
+
 def _noted(state: _State, record: _Record) -> _Record:
     """Add a decided record; a generation keeps its first one, which ``fired`` reports after."""
     state.add(record)
@@ -688,7 +690,7 @@ def _cache_tracker(output: Any) -> Callable[[], Any] | None:
 def guardrails_on(model: Any) -> list[GuardrailHandle]:
     """The guardrails attached to ``model`` and not removed (found by their decoder hooks, so a
     copy of a guarded model reports its own)."""
-    hooks = getattr(decoder_of(model), "_forward_pre_hooks", {})
+    hooks = decoder_of(model)._forward_pre_hooks
     found = (getattr(hook, "__self__", None) for hook in hooks.values())
     return [h for h in found if isinstance(h, GuardrailHandle) and h._hooks]
 

@@ -51,8 +51,8 @@ def generation_plan(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     the guardrail cannot follow."""
     signature = inspect.signature(type(model).generate)
     bound = signature.bind(model, *args, **kwargs).arguments
-    var_keyword = [p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
-    extra = dict(bound.pop(var_keyword[0], {})) if var_keyword else {}
+    (var_keyword,) = [p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
+    extra = dict(bound.pop(var_keyword, {}))
     if bound.get("custom_generate") is not None:
         refuse("custom_generate runs code the guardrail cannot follow")
     for name in ("negative_prompt_ids", "negative_prompt_attention_mask"):
@@ -63,15 +63,15 @@ def generation_plan(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -
         refuse(f"{mode.replace('_', ' ')}: {REFUSED_MODES[mode]}")
     if mode not in SUPPORTED_MODES:
         refuse(f"the generation mode {mode!r}, which it has not been checked against")
-    if getattr(config, "dola_layers", None) is not None:
+    if config.dola_layers is not None:  # beam search with dola_layers keeps its beam mode
         refuse("DoLa (dola_layers): it reads and mixes early layers outside the guarded path")
-    if getattr(config, "guidance_scale", None) not in (None, 1, 1.0):
+    if config.guidance_scale not in (None, 1):
         refuse("classifier-free guidance (guidance_scale) runs the model on a second prompt")
     if getattr(config, "assistant_early_exit", None) is not None:
         refuse("assistant_early_exit drafts with the guarded model's own early layers")
     if getattr(config, "use_mtp", None):
         refuse("use_mtp drafts with the model's multi-token-prediction layers")
-    if getattr(config, "cache_implementation", None) == "paged":
+    if config.cache_implementation == "paged":
         refuse('cache_implementation="paged" (continuous batching) schedules passes itself')
     _refuse_filled_caches(bound, extra)
     prompt_name, prompt = _prompt(bound, extra)
@@ -108,11 +108,13 @@ def _generation_mode(model: Any, bound: dict[str, Any], extra: dict[str, Any]) -
         options = {
             name: bound[name]
             for name in inspect.signature(prepare).parameters
-            if name in bound and name not in ("self", "generation_config")
+            if name in bound and name != "generation_config"
         }
         prepared = prepare(bound.get("generation_config"), **options, **extra)
         config = prepared[0] if isinstance(prepared, tuple) else prepared
-        mode = config.get_generation_mode(bound.get("assistant_model"))
+        # an assistant model turns greedy or sample search into assisted generation, which the
+        # guardrail follows alike: the mode without it is enough
+        mode = config.get_generation_mode()
     except (AttributeError, TypeError) as exc:
         refuse(
             f"transformers {transformers.__version__}, whose generation settings it cannot "
@@ -123,8 +125,6 @@ def _generation_mode(model: Any, bound: dict[str, Any], extra: dict[str, Any]) -
 
 def _refuse_filled_caches(bound: dict[str, Any], extra: dict[str, Any]) -> None:
     for name, value in {**bound, **extra}.items():
-        if name == "self":
-            continue
         n = cache_length(value)
         if n:
             refuse(
@@ -136,9 +136,11 @@ def _refuse_filled_caches(bound: dict[str, Any], extra: dict[str, Any]) -> None:
 
 def _prompt(bound: dict[str, Any], extra: dict[str, Any]) -> tuple[str, Any]:
     """The tensor generate starts from and its name (``input_ids`` or ``inputs_embeds``)."""
+    import torch
+
     if extra.get("inputs_embeds") is not None:
         return "inputs_embeds", extra["inputs_embeds"]
     for value in (bound.get("inputs"), extra.get("input_ids")):
-        if value is not None and getattr(value, "dim", lambda: 0)() == 2:
+        if isinstance(value, torch.Tensor) and value.dim() == 2:
             return "input_ids", value
     refuse("no prompt: pass input_ids (a [batch, length] tensor)")

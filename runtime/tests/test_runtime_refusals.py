@@ -1,0 +1,419 @@
+"""Every way dsg_runtime.hf refuses a call, on the tiny Llama: each refusal checked by its whole
+line, each condition that leads to it on its own, and the calls next to them that must pass
+(a guardrail that fails closed must still say exactly why)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import pytest
+import torch
+from tiny_llama import HIDDEN, HIT, QUIET, tiny_bundle, tiny_llama
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from dsg_runtime.errors import UserError
+from dsg_runtime.hf import GuardrailStateError, _Decision, attach, guardrails_on
+
+FIRES = [HIT] * 8  # rate 7/8 > 0.8
+QUIET_ROW = [QUIET, HIT, QUIET, QUIET, HIT, QUIET]  # rate 1/6
+GREEDY = {"max_new_tokens": 3, "do_sample": False}
+
+
+def row(tokens: list[int]) -> dict[str, torch.Tensor]:
+    ids = torch.tensor([tokens])
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def step(cache: Any, past: int, token: int = HIT) -> dict[str, Any]:
+    """One new token after ``past`` positions held by ``cache``."""
+    return {
+        "input_ids": torch.tensor([[token]]),
+        "attention_mask": torch.ones(1, past + 1, dtype=torch.long),
+        "past_key_values": cache,
+    }
+
+
+def filled(model: Any, tokens: list[int]) -> Any:
+    """The KV cache of one pass over ``tokens``."""
+    with torch.no_grad():
+        return model(**row(tokens), use_cache=True).past_key_values
+
+
+def refusal(error: Any, call: Any) -> str:
+    with pytest.raises(error) as raised, torch.no_grad():
+        call()
+    return str(raised.value)
+
+
+def grow(cache: Any, positions: int) -> None:
+    """Add positions to every layer of ``cache`` behind the guardrail's back."""
+    for layer in range(len(cache)):
+        kv = torch.zeros(1, 2, positions, HIDDEN // 2)
+        cache.update(kv, kv, layer)
+
+
+# ------------------------------------------------------------------ where a pass comes from
+
+
+def test_the_guarded_layer_run_outside_its_decoder_is_refused() -> None:
+    model = tiny_llama()
+    hidden = torch.zeros(1, 3, HIDDEN)
+    with attach(model, tiny_bundle()):
+        rotary = model.model.rotary_emb(hidden, torch.arange(3)[None])
+        line = refusal(
+            GuardrailStateError, lambda: model.model.layers[0](hidden, position_embeddings=rotary)
+        )
+    assert line == (
+        "the guarded layer ran outside a forward pass of the decoder the guardrail was attached "
+        "to, so its attention mask and cache are unknown"
+    )
+
+
+def test_a_cache_position_that_contradicts_the_mask_is_refused() -> None:
+    """A ``cache_position`` keyword (transformers 4.x passes one on every call) is one more
+    reading of the positions before the call; here it says 3 where the mask says 0."""
+    model = tiny_llama()
+    with attach(model, tiny_bundle()):
+        call = {**row([HIT, HIT]), "cache_position": torch.tensor([3, 4])}
+        line = refusal(GuardrailStateError, lambda: model(**call))
+    assert line == (
+        "the guardrail cannot tell whether this forward pass starts or continues a sequence: "
+        "attention mask says 0 positions came before, cache position says 3 positions came "
+        "before"
+    )
+
+
+# ------------------------------------------------------------------ continuations outside generate
+
+
+def test_more_than_one_new_position_outside_generate_is_refused() -> None:
+    model = tiny_llama()
+    with attach(model, tiny_bundle()):
+        cache = filled(model, FIRES)
+        call = {**step(cache, 8), "input_ids": torch.tensor([[HIT, HIT]])}
+        call["attention_mask"] = torch.ones(1, 10, dtype=torch.long)
+        line = refusal(GuardrailStateError, lambda: model(**call))
+    assert line == (
+        "a forward pass outside generate adds 2 positions to a KV cache: the guardrail cannot "
+        "tell more prompt from generated tokens; use generate, or pass the whole prompt in one "
+        "pass and then one token a step"
+    )
+
+
+def test_a_cache_filled_before_the_guardrail_is_refused() -> None:
+    model = tiny_llama()
+    cache = filled(model, FIRES)
+    with attach(model, tiny_bundle()):
+        line = refusal(GuardrailStateError, lambda: model(**step(cache, 8)))
+    assert line == (
+        "the guardrail saw a continuation step (8 positions already cached) for rows whose "
+        "prompt it did not decide; attach it before the prompt is processed"
+    )
+
+
+@pytest.mark.parametrize("guarded_cache", [True, False], ids=["another-cache", "no-cache"])
+def test_a_cache_the_guardrail_did_not_see_filled_is_refused(guarded_cache: bool) -> None:
+    """The rows it decided went to another cache, or to none (``use_cache=False``); a cache of
+    the same length filled unguarded is not theirs."""
+    model = tiny_llama()
+    unguarded = filled(model, QUIET_ROW + [HIT, HIT])
+    with attach(model, tiny_bundle()), torch.no_grad():
+        model(**row(FIRES), use_cache=guarded_cache)
+        line = refusal(GuardrailStateError, lambda: model(**step(unguarded, 8)))
+    assert line == (
+        "the guardrail was given a KV cache (8 positions) that it did not see filled: its "
+        "positions may have run unguarded; generate from the whole prompt instead"
+    )
+
+
+def test_positions_added_behind_the_guardrails_back_are_refused() -> None:
+    model = tiny_llama()
+    with attach(model, tiny_bundle()):
+        cache = filled(model, FIRES)
+        model(**step(cache, 8))  # followed: 9 positions
+        grow(cache, 1)
+        line = refusal(GuardrailStateError, lambda: model(**step(cache, 10)))
+    assert line == (
+        "the guardrail followed these rows for 9 positions but the cache holds 10: positions "
+        "ran unguarded; attach it before the prompt is processed"
+    )
+
+
+def test_positions_added_after_a_prefix_pass_are_refused() -> None:
+    model = tiny_llama()
+    decide = torch.tensor([[True] * 5 + [False] * 3])
+    with attach(model, tiny_bundle()) as handle:
+        with handle.decided_on_prefix(decide, torch.ones_like(decide)):
+            cache = filled(model, FIRES)
+        grow(cache, 1)
+        line = refusal(GuardrailStateError, lambda: model(**step(cache, 9)))
+    assert line == (
+        "the guardrail followed these rows for 8 positions but the cache holds 9: positions "
+        "ran unguarded; attach it before the prompt is processed"
+    )
+
+
+def packed_call() -> dict[str, Any]:
+    """FIRES and QUIET_ROW in one row under a block-diagonal additive mask."""
+    ids = torch.tensor([FIRES + QUIET_ROW])
+    n, cut = ids.shape[1], len(FIRES)
+    segment = torch.arange(n) >= cut
+    keep = torch.ones(n, n, dtype=torch.bool).tril() & (segment[:, None] == segment[None])
+    mask = torch.zeros(1, 1, n, n).masked_fill(~keep, torch.finfo(torch.float32).min)
+    positions = torch.cat([torch.arange(cut), torch.arange(n - cut)])[None]
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+
+
+def test_a_packed_row_reports_its_highest_rate_and_cannot_be_continued() -> None:
+    model = tiny_llama()
+    with attach(model, tiny_bundle()) as handle, torch.no_grad():
+        cache = model(**packed_call(), use_cache=True).past_key_values
+        assert handle.fired is not None and handle.fired.tolist() == [True]
+        assert handle.rates is not None and handle.rates.tolist() == pytest.approx([7 / 8])
+        line = refusal(GuardrailStateError, lambda: model(**step(cache, 14)))
+    assert line == (
+        "a continuation of rows that packed several sequences: each was decided alone, and the "
+        "guardrail cannot tell which one the new positions extend"
+    )
+
+
+# ------------------------------------------------------------------ decided_on_prefix
+
+
+@pytest.mark.parametrize(
+    ("decide", "apply", "shape"),
+    [((1, 7), (1, 8), (1, 7)), ((1, 8), (1, 7), (1, 8))],
+    ids=["decide-mask", "apply-mask"],
+)
+def test_prefix_masks_of_another_shape_are_refused(
+    decide: tuple[int, int], apply: tuple[int, int], shape: tuple[int, int]
+) -> None:
+    model = tiny_llama()
+    with attach(model, tiny_bundle()) as handle:
+        masks = (torch.ones(decide, dtype=torch.bool), torch.ones(apply, dtype=torch.bool))
+        with handle.decided_on_prefix(*masks):
+            line = refusal(GuardrailStateError, lambda: model(**row(FIRES)))
+    assert line == (
+        f"the guardrail was given prompt masks of shape {shape} for a call of shape (1, 8) after "
+        "0 cached positions"
+    )
+
+
+def test_a_prefix_pass_that_continues_a_cache_is_refused() -> None:
+    model = tiny_llama()
+    with attach(model, tiny_bundle()) as handle:
+        cache = filled(model, FIRES)
+        one = torch.ones(1, 1, dtype=torch.bool)
+        with handle.decided_on_prefix(one, one):
+            line = refusal(GuardrailStateError, lambda: model(**step(cache, 8)))
+    assert line == (
+        "the guardrail was given prompt masks of shape (1, 1) for a call of shape (1, 1) after "
+        "8 cached positions"
+    )
+
+
+# ------------------------------------------------------------------ generate
+
+
+def test_a_decision_follows_its_prompt_into_repeated_rows() -> None:
+    decision = _Decision(
+        torch.tensor([True, False]), torch.tensor([0.9, 0.1]), torch.tensor([[1, 0], [0, 1]])
+    )
+    assert decision.rows(2) is decision
+    repeated = decision.rows(4)
+    assert repeated.fired.tolist() == [True, True, False, False]
+    assert repeated.rates.tolist() == pytest.approx([0.9, 0.9, 0.1, 0.1])
+    assert repeated.countable.tolist() == [[1, 0], [1, 0], [0, 1], [0, 1]]
+    line = refusal(GuardrailStateError, lambda: decision.rows(3))
+    assert line == "the guardrail decided 2 prompts but a forward pass of generate has 3 rows"
+
+
+def test_the_guarded_model_as_its_own_assistant_is_refused() -> None:
+    model = tiny_llama()
+    with attach(model, tiny_bundle()):
+        call = {**row(FIRES), **GREEDY, "assistant_model": model}
+        line = refusal(GuardrailStateError, lambda: model.generate(**call))
+    assert line == (
+        "generate was called again while a generation of this guarded model was running (the "
+        "model is its own assistant?); use an unguarded assistant model"
+    )
+
+
+def test_a_prompt_passed_by_position_is_generated_from() -> None:
+    model = tiny_llama()
+    call = row(FIRES)
+    with attach(model, tiny_bundle()), torch.no_grad():
+        by_keyword = model.generate(**call, **GREEDY)
+        by_position = model.generate(
+            call["input_ids"], attention_mask=call["attention_mask"], **GREEDY
+        )
+    assert torch.equal(by_keyword, by_position)
+
+
+def test_a_generate_replaced_by_other_code_is_refused() -> None:
+    model = tiny_llama()
+    model.generate = lambda *args, **kwargs: None
+    line = refusal(UserError, lambda: attach(model, tiny_bundle()))
+    assert line == (
+        "the model's generate was replaced by other code (custom_generate); the guardrail "
+        "supports transformers' own generate only"
+    )
+
+
+class _OwnPromptAndStep(LogitsProcessor):
+    """Runs a prompt of its own, shorter than generate's, and one step on its cache."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.logits: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.logits is None:
+            cache = self.model(**row(FIRES[:4]), use_cache=True).past_key_values
+            self.logits = self.model(**step(cache, 4)).logits
+        return scores
+
+
+def test_a_continuation_run_inside_generate_on_its_own_cache_is_not_generates() -> None:
+    model = tiny_llama()
+    with attach(model, tiny_bundle()), torch.no_grad():
+        cache = filled(model, FIRES[:4])
+        alone = model(**step(cache, 4)).logits
+        inside = _OwnPromptAndStep(model)
+        model.generate(
+            **row(QUIET_ROW + QUIET_ROW), **GREEDY, logits_processor=LogitsProcessorList([inside])
+        )
+    assert inside.logits is not None and torch.equal(inside.logits, alone)
+
+
+# ------------------------------------------------------------------ attach and remove
+
+
+def test_a_model_of_another_width_is_refused() -> None:
+    model = tiny_llama()
+    model.config.hidden_size = 8
+    line = refusal(UserError, lambda: attach(model, tiny_bundle()))
+    assert line == (
+        "the bundle reads vectors of size 16 but the model's hidden size is 8; use the bundle "
+        "with the model its SAE was trained on"
+    )
+
+
+def test_a_layer_one_past_the_last_is_refused() -> None:
+    bundle = dataclasses.replace(tiny_bundle(), hook_name="blocks.2.hook_resid_post")
+    line = refusal(UserError, lambda: attach(tiny_llama(), bundle))
+    assert line == "the bundle hooks layer 2 but the model has 2 layers"
+
+
+def test_a_second_guardrail_needs_stack() -> None:
+    model = tiny_llama()
+    with attach(model, tiny_bundle()):
+        line = refusal(UserError, lambda: attach(model, tiny_bundle()))
+    assert line == (
+        "the model already carries a dsg guardrail; remove it first (handle.remove()), or pass "
+        "stack=True to apply both, one after the other"
+    )
+
+
+def test_other_hooks_on_the_decoder_are_not_guardrails() -> None:
+    class Other:
+        def hook(self, module: Any, args: Any) -> None:
+            return None
+
+    model = tiny_llama()
+    model.model.register_forward_pre_hook(lambda module, args: None)
+    model.model.register_forward_pre_hook(Other().hook)
+    with attach(model, tiny_bundle()) as handle:
+        assert guardrails_on(model) == [handle]
+    assert guardrails_on(model) == []
+
+
+def contrastive(model: Any) -> None:
+    model.generate(**row(FIRES), max_new_tokens=2, penalty_alpha=0.6, top_k=4)
+
+
+def generate_guard(model: Any) -> Any:
+    return getattr(model.__dict__.get("generate"), "__dsg_guardrail__", None)
+
+
+def test_removing_the_top_guardrail_leaves_the_one_below_guarding_generate() -> None:
+    model = tiny_llama()
+    below = attach(model, tiny_bundle())
+    middle = attach(model, tiny_bundle(), stack=True)
+    top = attach(model, tiny_bundle(), stack=True)
+    middle.remove()
+    assert generate_guard(model) is top
+    top.remove()
+    assert generate_guard(model) is below
+    refusal(GuardrailStateError, lambda: contrastive(model))
+    below.remove()
+    below.remove()  # removing twice is harmless
+    assert "generate" not in model.__dict__ and guardrails_on(model) == []
+
+
+def test_a_removed_guardrail_under_another_passes_generate_through() -> None:
+    """The lower wrapper stays in the chain; a prompt given by position and the options
+    still reach transformers' generate through it."""
+    model = tiny_llama()
+    call = row(FIRES)
+    with attach(model, tiny_bundle()), torch.no_grad():
+        alone = model.generate(**call, **GREEDY)
+    below = attach(model, tiny_bundle())
+    with attach(model, tiny_bundle(), stack=True), torch.no_grad():
+        below.remove()
+        through = model.generate(call["input_ids"], attention_mask=call["attention_mask"], **GREEDY)
+    assert torch.equal(through, alone)
+
+
+# ------------------------------------------------------------------ pad ids, copies, records
+
+
+PAD_REFUSAL = (
+    "input_ids hold the pad token (5) and no attention_mask was passed, so the guardrail cannot "
+    "tell padding from text; pass the attention_mask"
+)
+
+
+@pytest.mark.parametrize("named_by", ["config", "generation_config"])
+def test_the_pad_id_either_config_names_is_refused_without_a_mask(named_by: str) -> None:
+    model = tiny_llama()
+    model.config.pad_token_id = None
+    model.generation_config.pad_token_id = None
+    getattr(model, named_by).pad_token_id = 5
+    with attach(model, tiny_bundle()):
+        line = refusal(GuardrailStateError, lambda: model(input_ids=torch.tensor([[HIT, 5]])))
+    assert line == PAD_REFUSAL
+
+
+def test_no_pad_id_named_refuses_nothing_without_a_mask() -> None:
+    model = tiny_llama()
+    model.config.pad_token_id = None
+    model.generation_config.pad_token_id = None
+    with attach(model, tiny_bundle()) as handle, torch.no_grad():
+        model(input_ids=torch.tensor([[HIT, 5]]))
+        assert handle.fired is not None
+
+
+def test_a_deep_copy_keeps_the_bundle_note_and_pad_ids() -> None:
+    model = tiny_llama(seed=1)
+    model.config.pad_token_id = 5
+    model.generation_config.pad_token_id = None
+    handle = attach(model, tiny_bundle(), allow_mismatch=True)
+    twin = copy.deepcopy(model)
+    handle.remove()
+    (copied,) = guardrails_on(twin)
+    assert copied.bundle is handle.bundle and copied.binding_note == handle.binding_note
+    assert copied.binding_note is not None
+    line = refusal(GuardrailStateError, lambda: twin(input_ids=torch.tensor([[HIT, 5]])))
+    assert line == PAD_REFUSAL
+
+
+def test_a_thread_keeps_no_record_its_cache_is_gone() -> None:
+    """Records of rows whose cache was dropped can continue nothing: they are let go."""
+    model = tiny_llama()
+    with attach(model, tiny_bundle()) as handle, torch.no_grad():
+        for _ in range(3):
+            model(**row(FIRES), use_cache=False)
+        assert len(handle._state.records) == 1
