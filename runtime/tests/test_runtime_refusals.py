@@ -11,19 +11,30 @@ from typing import Any
 import pytest
 import torch
 from tiny_llama import HIDDEN, HIT, QUIET, tiny_bundle, tiny_llama
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+import dsg_runtime.hf
 from dsg_runtime.errors import UserError
 from dsg_runtime.hf import GuardrailStateError, _Decision, attach, guardrails_on
 
 FIRES = [HIT] * 8  # rate 7/8 > 0.8
 QUIET_ROW = [QUIET, HIT, QUIET, QUIET, HIT, QUIET]  # rate 1/6
 GREEDY = {"max_new_tokens": 3, "do_sample": False}
+chunked_prefill = pytest.mark.skipif(
+    not hasattr(GenerationConfig(), "prefill_chunk_size"), reason="no chunked prefill"
+)
 
 
-def row(tokens: list[int]) -> dict[str, torch.Tensor]:
+def row(tokens: list[int], embedded: bool = False) -> dict[str, torch.Tensor]:
+    """One row of ``tokens`` with its mask, as ids or as the tiny Llama's embeddings."""
     ids = torch.tensor([tokens])
+    if embedded:
+        return {"inputs_embeds": _embed(ids), "attention_mask": torch.ones_like(ids)}
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _embed(ids: torch.Tensor) -> torch.Tensor:
+    return tiny_llama().model.embed_tokens(ids).detach()
 
 
 def step(cache: Any, past: int, token: int = HIT) -> dict[str, Any]:
@@ -82,6 +93,17 @@ def test_a_cache_position_that_contradicts_the_mask_is_refused() -> None:
         "the guardrail cannot tell whether this forward pass starts or continues a sequence: "
         "attention mask says 0 positions came before, cache position says 3 positions came "
         "before"
+    )
+
+
+def test_a_decoder_called_with_its_ids_by_position_reads_them() -> None:
+    """The pad id (0) in ids passed by position, with no mask: refused as by keyword."""
+    model = tiny_llama()
+    with attach(model, tiny_bundle()):
+        line = refusal(GuardrailStateError, lambda: model.model(torch.tensor([[HIT, QUIET]])))
+    assert line == (
+        "input_ids hold the pad token (0) and no attention_mask was passed, so the guardrail "
+        "cannot tell padding from text; pass the attention_mask"
     )
 
 
@@ -288,6 +310,110 @@ def test_a_continuation_run_inside_generate_on_its_own_cache_is_not_generates() 
     assert inside.logits is not None and torch.equal(inside.logits, alone)
 
 
+@chunked_prefill
+def test_a_prompt_run_in_pieces_the_guardrail_was_not_told_of_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As if a transformers chunked the prefill without ``prefill_chunk_size``."""
+    told = dsg_runtime.hf.generation_plan
+    monkeypatch.setattr(
+        dsg_runtime.hf,
+        "generation_plan",
+        lambda *call: dataclasses.replace(told(*call), chunked=False),
+    )
+    model = tiny_llama()
+    with attach(model, tiny_bundle()):
+        line = refusal(
+            GuardrailStateError,
+            lambda: model.generate(**row(FIRES), **GREEDY, prefill_chunk_size=3),
+        )
+    assert line == (
+        "generate ran the first 3 of the prompt's 8 positions alone and the guardrail was not "
+        "told the prompt is processed in pieces"
+    )
+
+
+@chunked_prefill
+def test_a_chunked_prompt_whose_decision_pass_misses_the_layer_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pass that decides a chunked prompt first must reach the guarded layer; it keeps
+    no cache (it stops there)."""
+    model = tiny_llama()
+    seen: list[dict[str, Any]] = []
+    with attach(model, tiny_bundle()):
+        monkeypatch.setattr(model, "forward", lambda **kwargs: seen.append(kwargs), raising=False)
+        line = refusal(
+            GuardrailStateError,
+            lambda: model.generate(**row(FIRES), **GREEDY, prefill_chunk_size=3),
+        )
+    assert line == "the guarded layer did not run on the prompt"
+    assert [call["use_cache"] for call in seen] == [False]
+
+
+def test_a_drafted_pass_whose_prompt_attends_nothing_is_refused() -> None:
+    """Assisted generation runs the prompt and the drafts in one pass: the drafts are
+    attended, the prompt (all-zero mask) is not."""
+    model, assistant = tiny_llama(), tiny_llama(seed=3)
+    assistant.generation_config.num_assistant_tokens = 4
+    assistant.generation_config.num_assistant_tokens_schedule = "constant"
+    ids = torch.tensor([FIRES])
+    call = {"input_ids": ids, "attention_mask": torch.zeros_like(ids), **GREEDY}
+    with attach(model, tiny_bundle()):
+        line = refusal(
+            GuardrailStateError, lambda: model.generate(**call, assistant_model=assistant)
+        )
+    assert line == "a prompt of generate attends none of its tokens"
+
+
+class _OwnPrompt(LogitsProcessor):
+    """Runs one prompt of its own, as ids or as embeddings."""
+
+    def __init__(self, model: Any, tokens: list[int], embedded: bool = False) -> None:
+        self.model, self.tokens, self.embedded = model, tokens, embedded
+        self.logits: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.logits is None:
+            self.logits = self.model(**row(self.tokens, self.embedded)).logits
+        return scores
+
+
+FIRES_LATE = [HIT, QUIET] + [HIT] * 10
+"""Fires (rate 10/12: the first position is never a hit); its first two positions do not."""
+
+
+@pytest.mark.parametrize("embedded", [False, True], ids=["ids", "embeddings"])
+def test_a_pass_of_another_prompt_inside_generate_is_decided_on_its_own(embedded: bool) -> None:
+    """Generate's prompt is two positions, the pass's own prompt (FIRES_LATE) starts
+    otherwise: had the pass been taken for generate's own, it would be decided on its first
+    two positions, which do not fire."""
+    model = tiny_llama()
+    prompt = row([QUIET, QUIET], embedded)
+    with attach(model, tiny_bundle()) as handle, torch.no_grad():
+        alone = model(**row(FIRES_LATE, embedded)).logits
+        assert handle.fired is not None and handle.fired.tolist() == [True]
+        inside = _OwnPrompt(model, FIRES_LATE, embedded)
+        processors = LogitsProcessorList([inside])
+        model.generate(**prompt, **GREEDY, logits_processor=processors)
+    assert inside.logits is not None and torch.equal(inside.logits, alone)
+
+
+def test_a_pass_of_another_batch_inside_generate_is_decided_on_its_own() -> None:
+    """One row inside a generation of two: not generate's, whatever its positions."""
+    model = tiny_llama()
+    ids = torch.tensor([[HIT, QUIET], [QUIET, QUIET]])
+    with attach(model, tiny_bundle()) as handle, torch.no_grad():
+        alone = model(**row(FIRES_LATE)).logits
+        assert handle.fired is not None and handle.fired.tolist() == [True]
+        inside = _OwnPrompt(model, FIRES_LATE)
+        processors = LogitsProcessorList([inside])
+        model.generate(
+            ids, attention_mask=torch.ones_like(ids), **GREEDY, logits_processor=processors
+        )
+    assert inside.logits is not None and torch.equal(inside.logits, alone)
+
+
 # ------------------------------------------------------------------ attach and remove
 
 
@@ -417,3 +543,15 @@ def test_a_thread_keeps_no_record_its_cache_is_gone() -> None:
         for _ in range(3):
             model(**row(FIRES), use_cache=False)
         assert len(handle._state.records) == 1
+
+
+def test_a_bfloat16_model_is_clamped_in_float32_and_goes_on_in_bfloat16() -> None:
+    model = tiny_llama().to(torch.bfloat16)
+    with torch.no_grad():
+        plain = model(**row(QUIET_ROW)).logits
+        with attach(model, tiny_bundle()) as handle:
+            quiet = model(**row(QUIET_ROW)).logits
+            fires = model(**row(FIRES)).logits
+            assert handle.fired is not None and handle.fired.tolist() == [True]
+    assert quiet.dtype == fires.dtype == torch.bfloat16
+    assert torch.equal(quiet, plain)  # a row that did not fire is returned as it was
