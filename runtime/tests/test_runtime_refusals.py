@@ -14,6 +14,7 @@ from tiny_llama import HIDDEN, HIT, QUIET, tiny_bundle, tiny_llama
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 import dsg_runtime.hf
+from dsg_runtime.binding import record_binding
 from dsg_runtime.errors import UserError
 from dsg_runtime.hf import GuardrailStateError, _Decision, attach, guardrails_on
 
@@ -142,8 +143,9 @@ def test_a_cache_the_guardrail_did_not_see_filled_is_refused(guarded_cache: bool
     model = tiny_llama()
     unguarded = filled(model, QUIET_ROW + [HIT, HIT])
     with attach(model, tiny_bundle()), torch.no_grad():
-        model(**row(FIRES), use_cache=guarded_cache)
+        kept = model(**row(FIRES), use_cache=guarded_cache)  # its cache stays alive
         line = refusal(GuardrailStateError, lambda: model(**step(unguarded, 8)))
+        assert (kept.past_key_values is None) != guarded_cache
     assert line == (
         "the guardrail was given a KV cache (8 positions) that it did not see filled: its "
         "positions may have run unguarded; generate from the whole prompt instead"
@@ -186,6 +188,20 @@ def packed_call() -> dict[str, Any]:
     mask = torch.zeros(1, 1, n, n).masked_fill(~keep, torch.finfo(torch.float32).min)
     positions = torch.cat([torch.arange(cut), torch.arange(n - cut)])[None]
     return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+
+
+def test_a_boolean_4d_mask_on_a_step_under_eager_attention_is_refused() -> None:
+    """Eager attention adds the mask to its scores: a boolean one masks nothing."""
+    model = tiny_llama()
+    model.set_attn_implementation("eager")
+    with attach(model, tiny_bundle()):
+        cache = filled(model, FIRES)
+        call = {**step(cache, 8), "attention_mask": torch.ones(1, 1, 1, 9, dtype=torch.bool)}
+        line = refusal(GuardrailStateError, lambda: model(**call))
+    assert line == (
+        "a boolean 4-D attention mask under eager attention is added to the scores, not "
+        "applied as a mask; pass an additive float mask (0 and -inf)"
+    )
 
 
 def test_a_packed_row_reports_its_highest_rate_and_cannot_be_continued() -> None:
@@ -491,6 +507,30 @@ def test_a_removed_guardrail_under_another_passes_generate_through() -> None:
         below.remove()
         through = model.generate(call["input_ids"], attention_mask=call["attention_mask"], **GREEDY)
     assert torch.equal(through, alone)
+
+
+def layer_input_bundle() -> Any:
+    """The tiny bundle read at the input of layer 1: the same vector as layer 0's output."""
+    hook = "blocks.1.hook_resid_pre"
+    return dataclasses.replace(
+        tiny_bundle(), hook_name=hook, binding=record_binding(tiny_llama(), hook)
+    )
+
+
+def test_a_layer_given_its_input_by_keyword_is_guarded_alike() -> None:
+    """A model that calls its decoder layers with ``hidden_states=`` (simulated by a
+    pre-hook, run before the guardrail's, that moves the input there)."""
+    model = tiny_llama()
+    with attach(model, layer_input_bundle()) as handle, torch.no_grad():
+        by_position = model(**row(FIRES)).logits
+        assert handle.fired is not None and handle.fired.tolist() == [True]
+    model.model.layers[1].register_forward_pre_hook(
+        lambda module, args, kwargs: ((), {**kwargs, "hidden_states": args[0]}), with_kwargs=True
+    )
+    with attach(model, layer_input_bundle()) as handle, torch.no_grad():
+        by_keyword = model(**row(FIRES)).logits
+        assert handle.fired is not None and handle.fired.tolist() == [True]
+    assert torch.equal(by_keyword, by_position)
 
 
 # ------------------------------------------------------------------ pad ids, copies, records

@@ -503,8 +503,7 @@ class GuardrailHandle:
 
     def _additive_masks(self) -> bool:
         """Whether the model adds a 4-D mask to its attention scores (eager attention)."""
-        config = getattr(self._model, "config", None)
-        return getattr(config, "_attn_implementation", None) == "eager"
+        return getattr(self._model.config, "_attn_implementation", None) == "eager"
 
     def _apply_prompt(self, state: _State, x: torch.Tensor, call: _Call) -> torch.Tensor:
         """A pass with no cached positions outside generate: a prompt, decided on what it
@@ -666,7 +665,7 @@ def _refuse_packed(view: Any, where: str) -> None:
 
 def _pad_ids(model: Any) -> frozenset[int]:
     """The pad token ids the model's configs name (a mask-less pass holding one is refused)."""
-    configs = (getattr(model, "config", None), getattr(model, "generation_config", None))
+    configs = (model.config, getattr(model, "generation_config", None))
     ids = (getattr(config, "pad_token_id", None) for config in configs)
     return frozenset(i for i in ids if isinstance(i, int) and not isinstance(i, bool))
 
