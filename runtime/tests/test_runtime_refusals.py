@@ -415,6 +415,26 @@ def test_a_pass_of_another_prompt_inside_generate_is_decided_on_its_own(embedded
     assert inside.logits is not None and torch.equal(inside.logits, alone)
 
 
+@pytest.mark.parametrize("embedded", [False, True], ids=["ids", "embeddings"])
+def test_a_pass_of_the_other_input_kind_inside_generate_is_refused(embedded: bool) -> None:
+    """Embeddings cannot be compared with generate's prompt ids, nor ids with its prompt
+    embeddings: the pass might or might not continue generate's prompt."""
+    model = tiny_llama()
+    inside = _OwnPrompt(model, FIRES_LATE, embedded=not embedded)
+    processors = LogitsProcessorList([inside])
+    prompt = row([QUIET, QUIET], embedded)
+    with attach(model, tiny_bundle()):
+        line = refusal(
+            GuardrailStateError,
+            lambda: model.generate(**prompt, **GREEDY, logits_processor=processors),
+        )
+    kind = "inputs_embeds" if embedded else "input_ids"
+    assert line == (
+        f"a pass without {kind} ran inside a generate that started from {kind}: the guardrail "
+        "cannot tell whether it continues generate's prompt; run it outside generate"
+    )
+
+
 def test_a_pass_of_another_batch_inside_generate_is_decided_on_its_own() -> None:
     """One row inside a generation of two: not generate's, whatever its positions."""
     model = tiny_llama()

@@ -157,12 +157,18 @@ class _Generation:
 
     def starts(self, call: _Call, batch: int) -> bool:
         """Whether a pass with no cached positions is one of this generation's: its first
-        positions are the prompt (repeated for beams and returned sequences)."""
+        positions are the prompt (repeated for beams and returned sequences). A pass whose input
+        is of the other kind (embeddings in a generation from ids, or ids in one from
+        embeddings) cannot be compared, and is refused."""
         import torch
 
         given = call.input_ids if self.prompt_name == "input_ids" else call.inputs_embeds
         if given is None:
-            return True  # nothing to compare: a pass of the same kind as before
+            raise GuardrailStateError(
+                f"a pass without {self.prompt_name} ran inside a generate that started from "
+                f"{self.prompt_name}: the guardrail cannot tell whether it continues generate's "
+                "prompt; run it outside generate"
+            )
         prompt = self.prompt
         if batch % prompt.shape[0]:
             return False
