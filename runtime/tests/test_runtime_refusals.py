@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 import torch
-from tiny_llama import HIDDEN, HIT, QUIET, tiny_bundle, tiny_llama
+from tiny_llama import HIDDEN, HIT, QUIET, left_padded, tiny_bundle, tiny_llama
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 import dsg_runtime.hf
 from dsg_runtime.binding import record_binding
 from dsg_runtime.errors import UserError
-from dsg_runtime.hf import GuardrailStateError, _Decision, attach, guardrails_on
+from dsg_runtime.hf import GuardrailStateError, _Decision, _refuse_packed, attach, guardrails_on
+from dsg_runtime.hf_masks import PromptView
 
 FIRES = [HIT] * 8  # rate 7/8 > 0.8
 QUIET_ROW = [QUIET, HIT, QUIET, QUIET, HIT, QUIET]  # rate 1/6
@@ -551,6 +552,38 @@ def test_a_layer_given_its_input_by_keyword_is_guarded_alike() -> None:
         by_keyword = model(**row(FIRES)).logits
         assert handle.fired is not None and handle.fired.tolist() == [True]
     assert torch.equal(by_keyword, by_position)
+
+
+def test_a_layer_given_its_mask_by_position_keeps_it() -> None:
+    """A model that passes a decoder layer more than its input by position (simulated by a
+    pre-hook, run before the guardrail's, that moves the attention mask there): the padded row
+    still attends only its tokens."""
+    model = tiny_llama()
+    ids, mask = left_padded([FIRES, QUIET_ROW])
+    with attach(model, layer_input_bundle()), torch.no_grad():
+        by_keyword = model(input_ids=ids, attention_mask=mask).logits
+
+    def mask_by_position(module: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        rest = {k: v for k, v in kwargs.items() if k != "attention_mask"}
+        return (args[0], kwargs["attention_mask"]), rest
+
+    model.model.layers[1].register_forward_pre_hook(mask_by_position, with_kwargs=True)
+    with attach(model, layer_input_bundle()), torch.no_grad():
+        by_position = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(by_position, by_keyword)
+
+
+def test_a_packed_refusal_names_where_it_happened() -> None:
+    """transformers 5's generate takes 2-D masks only, so no pass of generate is packed
+    today; the refusal a packed one would meet."""
+    attended = torch.ones(1, 4, dtype=torch.bool)
+    view = PromptView(attended, segments=torch.tensor([[0, 0, 1, 1]]))
+    line = refusal(GuardrailStateError, lambda: _refuse_packed(view, "generate"))
+    assert line == (
+        "generate with rows that pack several sequences (a block-diagonal 4-D mask): pass each "
+        "sequence as a row of its own"
+    )
+    _refuse_packed(PromptView(attended), "generate")  # one sequence a row: nothing to refuse
 
 
 # ------------------------------------------------------------------ pad ids, copies, records

@@ -33,5 +33,5 @@ def cache_length(value: Any) -> int | None:
     if isinstance(value, Cache):
         return int(value.get_seq_length())
     if _is_legacy_cache(value):
-        return int(value[0][0].shape[-2])
+        return int(value[0][0].shape[2])  # [B, H, S, D]: S
     return None
