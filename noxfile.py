@@ -265,8 +265,10 @@ MUTANTS_DESELECT = (
 trampolines; the others (a `dsg evaluate` run, generation on a model a module fixture builds, a
 subprocess import check) spend seconds of setup per mutant on code the shard's unit tests reach
 directly."""
-KILLED = {"killed", "timeout"}
-"""A mutant that makes a test fail, or run past mutmut's time limit, is detected."""
+KILLED = {"killed", "timeout", "segfault"}
+"""A mutant that makes a test fail, or run past mutmut's time limit, is detected; so is one whose
+test process a signal ended (mutmut's "segfault": the SIGKILL its runner sends one second after
+the time limit's SIGXCPU, as when a refusal no longer stops a generation that then hangs)."""
 
 
 def _staged(path: str) -> str:
