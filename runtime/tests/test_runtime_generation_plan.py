@@ -20,6 +20,10 @@ REFUSAL = "the guardrail cannot guard generate with "
 IDS = torch.tensor([[QUIET, QUIET, HIT, HIT], [HIT, QUIET, HIT, QUIET]])
 MASK = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
 POSITIONS = [[0, 0, 0, 1], [0, 1, 2, 3]]  # generate's numbering of a left-padded prompt
+TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
+chunked_prefill = pytest.mark.skipif(
+    not hasattr(GenerationConfig(), "prefill_chunk_size"), reason="no chunked prefill"
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +67,7 @@ def test_a_call_without_a_batch_of_ids_is_refused(model: Any, prompt: Any) -> No
     assert line == "no prompt: pass input_ids (a [batch, length] tensor)"
 
 
+@chunked_prefill
 def test_a_chunked_prompt_is_decided_with_generates_own_positions(model: Any) -> None:
     plan = generation_plan(model, (IDS,), {"attention_mask": MASK, "prefill_chunk_size": 2})
     assert plan.chunked
@@ -71,6 +76,7 @@ def test_a_chunked_prompt_is_decided_with_generates_own_positions(model: Any) ->
     assert plan.forward_inputs["position_ids"].tolist() == POSITIONS
 
 
+@chunked_prefill
 def test_a_chunked_prompt_keeps_the_positions_it_was_given(model: Any) -> None:
     given = torch.tensor([[5, 6, 7, 8], [1, 2, 3, 4]])
     plan = generation_plan(
@@ -88,6 +94,7 @@ def test_a_chunked_prompt_keeps_the_positions_it_was_given(model: Any) -> None:
     ],
     ids=["no-mask", "4-d-mask", "embeddings"],
 )
+@chunked_prefill
 def test_a_chunked_prompt_needs_ids_and_a_2d_mask(model: Any, call: dict[str, Any]) -> None:
     assert refused(model, **call) == (
         "chunked prefill (prefill_chunk_size) needs input_ids and their 2-D attention_mask, "
@@ -106,6 +113,7 @@ def test_a_filled_cache_is_refused_and_an_empty_one_is_not(model: Any) -> None:
     assert generation_plan(model, (IDS,), {"past_key_values": transformers.DynamicCache()})
 
 
+@pytest.mark.skipif(not TRANSFORMERS_5, reason="transformers 4 refuses DoLa with beams itself")
 def test_dola_layers_are_refused_in_beam_search_too(model: Any) -> None:
     """With beams, transformers keeps the beam-search mode and warns; dola_layers still asks
     for what the guardrail cannot follow."""
