@@ -356,15 +356,18 @@ def test_a_chunked_prompt_whose_decision_pass_misses_the_layer_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The pass that decides a chunked prompt first must reach the guarded layer; it keeps
-    no cache (it stops there)."""
+    no cache (it stops there). ``fired`` then reports no prompt: not the one before."""
     model = tiny_llama()
     seen: list[dict[str, Any]] = []
-    with attach(model, tiny_bundle()):
+    with attach(model, tiny_bundle()) as handle:
+        with torch.no_grad():
+            model(**row(FIRES))
         monkeypatch.setattr(model, "forward", lambda **kwargs: seen.append(kwargs), raising=False)
         line = refusal(
             GuardrailStateError,
             lambda: model.generate(**row(FIRES), **GREEDY, prefill_chunk_size=3),
         )
+        assert handle.fired is None and handle.rates is None
     assert line == "the guarded layer did not run on the prompt"
     assert [call["use_cache"] for call in seen] == [False]
 
