@@ -233,16 +233,10 @@ def _decided_ahead_async(original: Any) -> Any:
     skips the input processor: its seal is checked instead."""
 
     async def add_request(self: Any, request_id: str, *args: Any, **kwargs: Any) -> Any:
-        from vllm.v1.engine import EngineCoreRequest
-
-        prompt = kwargs.get("prompt", args[0] if args else None)
-        processor = self.input_processor
-        if isinstance(prompt, EngineCoreRequest):
-            check_request(prompt, processor._dsg_key, processor._dsg_digest)
-        ids = prompt_tokens(prompt)
+        ids = prompt_tokens(_checked_prompt(self, args, kwargs))
         if ids is None:
             return await original(self, request_id, *args, **kwargs)
-        fired = await asyncio.wrap_future(processor._dsg_batcher.submit(ids))
+        fired = await asyncio.wrap_future(self.input_processor._dsg_batcher.submit(ids))
         with _decided_ahead({tuple(ids): fired}):
             return await original(self, request_id, *args, **kwargs)
 
@@ -285,15 +279,22 @@ def _checked_engine_core_request(original: Any) -> Any:
     engine core refused after that would stay unfinished in an in-process engine)."""
 
     def add_request(self: Any, request_id: str, *args: Any, **kwargs: Any) -> Any:
-        from vllm.v1.engine import EngineCoreRequest
-
-        prompt = kwargs.get("prompt", args[0] if args else None)
-        if isinstance(prompt, EngineCoreRequest):
-            processor = self.input_processor
-            check_request(prompt, processor._dsg_key, processor._dsg_digest)
+        _checked_prompt(self, args, kwargs)
         return original(self, request_id, *args, **kwargs)
 
     return add_request
+
+
+def _checked_prompt(engine: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The prompt of ``engine.add_request(request_id, *args, **kwargs)``, once a ready
+    ``EngineCoreRequest`` among them has had its seal checked."""
+    from vllm.v1.engine import EngineCoreRequest
+
+    prompt = kwargs.get("prompt", args[0] if args else None)
+    if isinstance(prompt, EngineCoreRequest):
+        processor = engine.input_processor
+        check_request(prompt, processor._dsg_key, processor._dsg_digest)
+    return prompt
 
 
 def _checked_llm_engine(original: Any) -> Any:
