@@ -230,6 +230,7 @@ HF_TESTS = (
     "runtime/tests/test_runtime_refusals.py",
     "runtime/tests/test_runtime_generation_plan.py",
     "runtime/tests/test_runtime_cache.py",
+    "runtime/tests/test_runtime_decode_steps.py",
 )
 MUTANT_SHARDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "guardrail": ((f"{RUNTIME_SRC}/guardrail.py",), GUARDRAIL_TESTS),

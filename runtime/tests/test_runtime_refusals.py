@@ -346,8 +346,8 @@ def test_a_prompt_run_in_pieces_the_guardrail_was_not_told_of_is_refused(
             lambda: model.generate(**row(FIRES), **GREEDY, prefill_chunk_size=3),
         )
     assert line == (
-        "generate ran the first 3 of the prompt's 8 positions alone and the guardrail was not "
-        "told the prompt is processed in pieces"
+        "generate ran positions 0 to 3 of the prompt's 8 alone and the guardrail was not told "
+        "the prompt is processed in pieces"
     )
 
 

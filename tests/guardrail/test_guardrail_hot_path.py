@@ -154,3 +154,24 @@ def test_the_guardrail_pieces_are_public() -> None:
     for name in ("Guardrail", "ThresholdGate", "AnyHitGate", "FeatureColumns", "sae_features",
                  "TopKFeatures"):  # fmt: skip
         assert getattr(dsg, name) is getattr(guardrail, name)
+
+
+@pytest.mark.parametrize("name", ["dynamic", "static", "bundle", "topk bundle"])
+def test_a_step_given_no_mask_counts_every_position(name: str) -> None:
+    """``continue_rows(resid, None, fired)`` (generate's decode steps) is the step under an
+    all-ones mask, with no host read; under a mask, a masked-out position is left alone."""
+    guard = guardrails()[name]
+    resid, mask = batch()
+    guard(resid, mask)
+    assert guard.fired is not None
+    fired = guard.fired
+    steps = resid[:, -3:]
+    ones = torch.ones(steps.shape[:2], dtype=torch.bool)
+    with host_sync_forbidden():
+        unmasked = guard.continue_rows(steps, None, fired)
+    assert torch.equal(unmasked, guard.continue_rows(steps, ones, fired))
+    holes = ones.clone()
+    holes[:, 1] = False
+    masked = guard.continue_rows(steps, holes, fired)
+    assert torch.equal(masked[:, 1], steps[:, 1])
+    assert not torch.equal(unmasked[:, 1], steps[:, 1])  # a row that clamps hits position 1

@@ -382,6 +382,8 @@ class ThresholdGate:
     """The DSG gate: a row fires when ``float32(rate) > float32(threshold)`` (strict); decode
     steps keep the prompt's decision."""
 
+    keeps_decision = True
+
     def __init__(self, threshold: float) -> None:
         self.threshold = rate_threshold("threshold", threshold)
 
@@ -402,6 +404,8 @@ class WindowGate:
     text added around a dense passage cannot lower its densest window. Decode steps keep the
     prompt's decision. The densest window needs the attention mask, so the guardrail calls
     :meth:`decide`; calling the gate without a mask is refused."""
+
+    keeps_decision = True
 
     def __init__(self, window: int, window_threshold: float, threshold: float) -> None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
@@ -431,6 +435,8 @@ class WindowGate:
 
 class AnyHitGate:
     """No gate (static clamping): every row with a hit is clamped, on the prompt and after."""
+
+    keeps_decision = False
 
     def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
         return hits.any(dim=1)
@@ -491,13 +497,15 @@ class Guardrail:
         return self.clamp(resid, acts, hits & self.fired[:, None])
 
     def continue_rows(
-        self, resid: torch.Tensor, attention_mask: torch.Tensor, fired: torch.Tensor
+        self, resid: torch.Tensor, attention_mask: torch.Tensor | None, fired: torch.Tensor
     ) -> torch.Tensor:
         """New positions of rows already decided (decode steps): clamp the hits of the rows the
-        gate carries on from the prompt's decision ``fired``."""
-        mask = attention_mask.to(resid.device).bool()
+        gate carries on from the prompt's decision ``fired``. ``attention_mask`` None: every new
+        position counts (it reads no mask, so a decode step never waits for the device)."""
         acts = self.activations(resid)
-        hits = (acts > 0).any(dim=-1) & mask
+        hits = (acts > 0).any(dim=-1)
+        if attention_mask is not None:
+            hits = hits & attention_mask.to(resid.device).bool()
         rows = self.gate.carry(fired.to(resid.device), hits)
         return self.clamp(resid, acts, hits & rows[:, None])
 

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from dsg_runtime.decoder import decoder_layers, decoder_of
 from dsg_runtime.errors import GuardrailStateError, UserError
-from dsg_runtime.hf_cache import cache_length
+from dsg_runtime.hf_cache import cache_length, cache_lengths
 from dsg_runtime.hf_generation import generation_plan
 from dsg_runtime.hf_masks import decide_segments, new_positions, read_prompt, refuse_masked_out
 
@@ -191,6 +191,8 @@ class _Record:
     """The ``generate`` call whose pass decided these rows (None: a pass outside generate)."""
     packed: bool = False
     """The rows packed several sequences, each decided alone: nothing may continue them."""
+    unchanged_by_steps: bool | None = None
+    """Whether continuing these rows changes nothing (None: not read yet)."""
 
     def holds(self, call: _Call) -> bool:
         """Whether ``call`` continues the cache these rows were written to."""
@@ -275,7 +277,7 @@ class GuardrailHandle:
         the caller overrode the check."""
         self._model = model
         decoder = decoder_of(model)
-        self._signature = inspect.signature(decoder.forward)
+        self._positional = _positional_names(decoder.forward)
         self._pad_ids = _pad_ids(model)
         self._state = _State(self.guardrail)
         layer = decoder.layers[bundle.hook_layer]
@@ -299,7 +301,7 @@ class GuardrailHandle:
         clone.guardrail = self.bundle.guardrail()
         clone.binding_note = self.binding_note
         clone._model = copy.deepcopy(self._model, memo)
-        clone._signature = self._signature
+        clone._positional = self._positional
         clone._pad_ids = self._pad_ids
         clone._state = _State(clone.guardrail)
         clone._hooks = copy.deepcopy(self._hooks, memo)
@@ -414,15 +416,13 @@ class GuardrailHandle:
     def _capture(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         from transformers.cache_utils import Cache
 
-        bound = dict(self._signature.bind_partial(*args, **kwargs).arguments)
-        bound.update(bound.pop("kwargs", None) or {})
-        lengths = (cache_length(value) for value in bound.values())
+        bound = {**dict(zip(self._positional, args, strict=False)), **kwargs}
         cache_position = bound.get("cache_position")
         state = self._state
         state.pending = None
         state.call = _Call(
             mask=bound.get("attention_mask"),
-            cache_lengths=tuple(n for n in lengths if n is not None),
+            cache_lengths=cache_lengths(bound.values()),
             cache_start=(
                 int(cache_position.reshape(-1)[0])
                 if cache_position is not None and cache_position.numel()
@@ -553,43 +553,36 @@ class GuardrailHandle:
         if past == 0 and length >= end:  # the whole prompt (and draft tokens, or generated ones)
             view = self._read(x, call, by_generate=True)
             _refuse_packed(view, "generate")
-            full = view.attended
-            refuse_masked_out(full[:, end:])
-            prompt = full & (torch.arange(length, device=x.device) < end)
+            after = torch.arange(length, device=x.device) >= end
+            prompt = view.attended & ~after
             if not bool(prompt.any(dim=1).all()):
                 raise GuardrailStateError("a prompt of generate attends none of its tokens")
-            out = guardrail.decide_on_prefix(x, prompt, full)
+            out = guardrail.decide_on_prefix(x, prompt, prompt | after)
             self._new_record(state, length, generation)
             return out
+        if past >= end:  # decode steps and drafts: every position carries the decision
+            record = self._continued(state, batch, past, call)
+            record.seen = past + length
+            if _unchanged_by_steps(record, guardrail.gate):
+                return x
+            return guardrail.continue_rows(x, None, record.fired)
         decision = None if generation.decision is None else generation.decision.rows(batch)
+        if decision is None:
+            raise GuardrailStateError(
+                f"generate ran positions {past} to {past + length} of the prompt's {end} alone "
+                "and the guardrail was not told the prompt is processed in pieces"
+            )
         if past == 0:
-            if decision is None:
-                raise GuardrailStateError(
-                    f"generate ran the first {length} of the prompt's {end} positions alone "
-                    "and the guardrail was not told the prompt is processed in pieces"
-                )
             record = _noted(
                 state, _Record(decision.fired, decision.rates, 0, generation=generation)
             )
         else:
             record = self._continued(state, batch, past, call)
-        new = new_positions(
-            call.mask, batch, length, past, x.device, additive=self._additive_masks()
-        )
-        refuse_masked_out(new[:, max(end - past, 0) :])
-        if past >= end:
-            out = guardrail.continue_rows(x, new, record.fired)
-        elif decision is None:
-            raise GuardrailStateError(
-                f"generate continued a prompt of {end} positions after {past}, but the "
-                "guardrail has no decision on the whole prompt"
-            )
-        else:
-            decided = decision.countable[:, past : past + length]
-            pad = torch.zeros(batch, length - decided.shape[1], dtype=torch.bool, device=x.device)
-            decided = torch.cat([decided.to(x.device), pad], dim=1)
-            later = new & (torch.arange(past, past + length, device=x.device) >= end)
-            out = guardrail.apply_decision(x, decided, later, record.fired)
+        decided = decision.countable[:, past : past + length]
+        pad = torch.zeros(batch, length - decided.shape[1], dtype=torch.bool, device=x.device)
+        decided = torch.cat([decided.to(x.device), pad], dim=1)
+        later = torch.arange(past, past + length, device=x.device) >= end
+        out = guardrail.apply_decision(x, decided, later.expand(batch, length), record.fired)
         record.seen = past + length
         return out
 
@@ -659,6 +652,24 @@ def _noted(state: _State, record: _Record) -> _Record:
     if record.generation is not None and record.generation.record is None:
         record.generation.record = record
     return record
+
+
+def _unchanged_by_steps(record: _Record, gate: Any) -> bool:
+    """Whether a generation's later positions leave ``record``'s rows as they are: none of them
+    fired and the gate keeps the prompt's decision (``keeps_decision``; a gate without it may
+    clamp on a step's own hits). Read once per prompt, so a prompt that did not fire costs its
+    decode steps no guardrail arithmetic and no host read."""
+    if record.unchanged_by_steps is None:
+        keeps = getattr(gate, "keeps_decision", False) is True
+        record.unchanged_by_steps = keeps and not bool(record.fired.any())
+    return record.unchanged_by_steps
+
+
+def _positional_names(forward: Any) -> tuple[str, ...]:
+    """The names a decoder's ``forward`` gives its positional arguments, in order."""
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    parameters = inspect.signature(forward).parameters.values()
+    return tuple(p.name for p in parameters if p.kind in kinds)
 
 
 def _refuse_packed(view: Any, where: str) -> None:

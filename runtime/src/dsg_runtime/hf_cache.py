@@ -7,6 +7,7 @@ already filled) need it, so it lives below both.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -28,10 +29,19 @@ def _is_legacy_cache(value: Any) -> bool:
 
 def cache_length(value: Any) -> int | None:
     """Positions already held by a KV cache argument, or None when ``value`` is no cache."""
+    lengths = cache_lengths((value,))
+    return lengths[0] if lengths else None
+
+
+def cache_lengths(values: Iterable[Any]) -> tuple[int, ...]:
+    """Positions already held by each KV cache among ``values``; what is no cache is skipped
+    (the decoder's pre-hook reads a whole call's arguments this way on every decode step)."""
     from transformers.cache_utils import Cache
 
-    if isinstance(value, Cache):
-        return int(value.get_seq_length())
-    if _is_legacy_cache(value):
-        return int(value[0][0].shape[2])  # [B, H, S, D]: S
-    return None
+    lengths = []
+    for value in values:
+        if isinstance(value, Cache):
+            lengths.append(int(value.get_seq_length()))
+        elif _is_legacy_cache(value):
+            lengths.append(int(value[0][0].shape[2]))  # [B, H, S, D]: S
+    return tuple(lengths)

@@ -21,6 +21,10 @@ class Gate(Protocol):
     counts attended positions) defines ``decide(rates, hits, attention_mask) -> fired``; the
     guardrail then calls it instead of ``__call__``. A gate keeps no state between calls: a
     bundle builds its gate once, and every guardrail of the bundle shares it.
+
+    A gate whose ``carry`` returns ``fired`` unchanged may say so with ``keeps_decision = True``:
+    ``dsg.hf`` then skips the decode steps of generations in which no row fired (they would
+    change nothing). Without it every step is computed.
     """
 
     def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor: ...

@@ -168,6 +168,8 @@ class MinHitsGate:
     """The DSG gate, plus: a row needs at least ``min_hits`` hit tokens to fire, so a short
     prompt cannot fire on two or three tokens."""
 
+    keeps_decision = True  # carry returns fired: dsg.hf may skip steps when nothing fired
+
     def __init__(self, threshold: float, min_hits: int) -> None:
         # rounded to float32 once, so each call compares with a plain float (no host sync)
         self.limit = torch.tensor(threshold, dtype=torch.float32).item()
