@@ -112,3 +112,28 @@ def test_the_skip_is_decided_per_generation(passes: list[int]) -> None:
             model.generate(input_ids=ids, attention_mask=mask, **SETTINGS)
         assert handle.fired is not None and handle.fired.tolist() == [True, False]
     assert passes == [*EVERY_STEP, 12, *EVERY_STEP]
+
+
+def test_generation_under_torch_compile_is_guarded_as_without() -> None:
+    """``torch.compile`` of the model's forward (dynamo; the eager backend, so no compiler is
+    needed) with a static cache: the guardrail's hooks run as plain Python on every call (a
+    graph break each), so two generations in a row give the tokens the uncompiled guarded model
+    gives, and the row that fired differs from the plain model's."""
+    model = tiny_llama()
+    settings = {**SETTINGS, "cache_implementation": "static"}
+    batches = [left_padded(MIXED_PROMPTS), left_padded(QUIET_PROMPTS)]
+    with torch.no_grad(), attach(model, tiny_bundle()) as handle:
+        eager = [model.generate(input_ids=i, attention_mask=m, **settings) for i, m in batches]
+        torch._dynamo.reset()
+        model.forward = torch.compile(model.forward, backend="eager")
+        compiled, fired = [], []
+        for ids, mask in batches:
+            compiled.append(model.generate(input_ids=ids, attention_mask=mask, **settings))
+            assert handle.fired is not None
+            fired.append(handle.fired.tolist())
+    del model.forward
+    with torch.no_grad():
+        plain = model.generate(input_ids=batches[0][0], attention_mask=batches[0][1], **settings)
+    assert fired == [[True, False], [False, False]]
+    assert all(torch.equal(c, e) for c, e in zip(compiled, eager, strict=True))
+    assert not torch.equal(compiled[0][0], plain[0]) and torch.equal(compiled[0][1], plain[1])

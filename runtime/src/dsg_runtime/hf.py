@@ -47,6 +47,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from dsg_runtime.decoder import decoder_layers, decoder_of
 from dsg_runtime.errors import GuardrailStateError, UserError
 from dsg_runtime.hf_cache import cache_length, cache_lengths
@@ -54,8 +56,6 @@ from dsg_runtime.hf_generation import generation_plan
 from dsg_runtime.hf_masks import decide_segments, new_positions, read_prompt, refuse_masked_out
 
 if TYPE_CHECKING:
-    import torch
-
     from dsg_runtime.bundle import Bundle
     from dsg_runtime.guardrail import Guardrail
 
@@ -68,6 +68,13 @@ __all__ = [
     "decoder_of",
     "guardrails_on",
 ]
+
+
+def _eager(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """A hook that runs as plain Python under ``torch.compile`` (a graph break around it): its
+    bookkeeping (the thread's records, the caches they were written to) must run on every call,
+    which a traced graph would replay from the first call's values instead."""
+    return torch.compiler.disable(hook)
 
 
 @dataclass(frozen=True)
@@ -88,8 +95,6 @@ class _Call:
 
     def past(self, length: int) -> int:
         """Positions of each row that came before this call's ``length`` new ones."""
-        import torch
-
         readings: list[tuple[str, int]] = []
         if isinstance(self.mask, torch.Tensor) and self.mask.dim() == 2:
             readings.append(("attention mask", int(self.mask.shape[1]) - length))
@@ -160,8 +165,6 @@ class _Generation:
         positions are the prompt (repeated for beams and returned sequences). A pass whose input
         is of the other kind (embeddings in a generation from ids, or ids in one from
         embeddings) cannot be compared, and is refused."""
-        import torch
-
         given = call.input_ids if self.prompt_name == "input_ids" else call.inputs_embeds
         if given is None:
             raise GuardrailStateError(
@@ -377,8 +380,6 @@ class GuardrailHandle:
     def _generate(self, generate: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """One ``generate`` call: a fresh record, the prompt noted (and decided first when
         generation will run it in pieces), the modes the guardrail cannot follow refused."""
-        import torch
-
         state = self._state
         if state.generation is not None:
             raise GuardrailStateError(
@@ -413,6 +414,7 @@ class GuardrailHandle:
 
     # ------------------------------------------------------------------ hooks
 
+    @_eager
     def _capture(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         from transformers.cache_utils import Cache
 
@@ -434,6 +436,7 @@ class GuardrailHandle:
             position_ids=bound.get("position_ids"),
         )
 
+    @_eager
     def _after_decoder(self, module: Any, args: Any, output: Any) -> None:
         """After a pass that decided a prompt: note the KV cache that now holds its rows."""
         state = self._state
@@ -543,8 +546,6 @@ class GuardrailHandle:
     ) -> torch.Tensor:
         """A forward pass of ``generate``: its positions before the prompt's end are the prompt,
         decided on the whole prompt at once; those after carry that decision."""
-        import torch
-
         batch, length = x.shape[:2]
         end = generation.prompt_length
         guardrail = state.guardrail
@@ -627,11 +628,13 @@ class GuardrailHandle:
             )
         return record
 
+    @_eager
     def _post_hook(self, module: Any, args: Any, output: Any) -> Any:
         if isinstance(output, tuple):  # transformers 4.x decoder layers return a tuple
             return (self._apply(output[0]), *output[1:])
         return self._apply(output)
 
+    @_eager
     def _pre_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if args:
             return (self._apply(args[0]), *args[1:]), kwargs
