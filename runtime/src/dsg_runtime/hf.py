@@ -70,13 +70,6 @@ __all__ = [
 ]
 
 
-def _eager(hook: Callable[..., Any]) -> Callable[..., Any]:
-    """A hook that runs as plain Python under ``torch.compile`` (a graph break around it): its
-    bookkeeping (the thread's records, the caches they were written to) must run on every call,
-    which a traced graph would replay from the first call's values instead."""
-    return torch.compiler.disable(hook)
-
-
 @dataclass(frozen=True)
 class _Call:
     """What the decoder's pre-hook saw of one forward pass, before any layer ran."""
@@ -414,7 +407,6 @@ class GuardrailHandle:
 
     # ------------------------------------------------------------------ hooks
 
-    @_eager
     def _capture(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         from transformers.cache_utils import Cache
 
@@ -436,7 +428,6 @@ class GuardrailHandle:
             position_ids=bound.get("position_ids"),
         )
 
-    @_eager
     def _after_decoder(self, module: Any, args: Any, output: Any) -> None:
         """After a pass that decided a prompt: note the KV cache that now holds its rows."""
         state = self._state
@@ -628,17 +619,27 @@ class GuardrailHandle:
             )
         return record
 
-    @_eager
     def _post_hook(self, module: Any, args: Any, output: Any) -> Any:
         if isinstance(output, tuple):  # transformers 4.x decoder layers return a tuple
             return (self._apply(output[0]), *output[1:])
         return self._apply(output)
 
-    @_eager
     def _pre_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if args:
             return (self._apply(args[0]), *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": self._apply(kwargs["hidden_states"])}
+
+
+def _run_outside_tracing(cls: type, hooks: tuple[str, ...]) -> None:
+    """Make ``hooks`` run as plain Python under ``torch.compile`` (a graph break around each):
+    their bookkeeping (the thread's records, the caches they were written to) must run on every
+    call, which a traced graph would replay from the first call's values instead. Set after the
+    class, not as a decorator: mutation testing (``nox -s mutants``) skips decorated functions."""
+    for name in hooks:
+        setattr(cls, name, torch.compiler.disable(getattr(cls, name)))
+
+
+_run_outside_tracing(GuardrailHandle, ("_capture", "_after_decoder", "_post_hook", "_pre_hook"))
 
 
 def _decided(state: _State) -> tuple[torch.Tensor, torch.Tensor]:
