@@ -46,18 +46,20 @@ class _Captured(Exception):  # noqa: N818  (a signal, not an error)
 
 
 def gate_carries_decision(bundle: Bundle, gate: Any) -> bool:
-    """True when later tokens follow the prompt's decision (the dynamic and windowed gates);
-    False for the static clamp, whose every request is clamped wherever a feature is active.
-    A gate whose carrying rule is unknown is refused: the worker could not apply it."""
-    from dsg_runtime.guardrail import AnyHitGate, ThresholdGate, WindowGate
+    """True when later tokens follow the prompt's decision (a gate with ``keeps_decision =
+    True``: the dynamic and windowed gates, or a plugin's); False for the static clamp, whose
+    every request is clamped wherever a feature is active. Any other gate is refused: the
+    worker could not apply its carrying rule."""
+    from dsg_runtime.guardrail import AnyHitGate
 
-    if isinstance(gate, ThresholdGate | WindowGate):
+    if getattr(gate, "keeps_decision", False) is True:
         return True
     if isinstance(gate, AnyHitGate):
         return False
     raise UserError(
         f"the vLLM guardrail does not know how the {bundle.strategy!r} strategy's gate carries "
-        "its decision to generated tokens; serve it with dsg.hf"
+        "its decision to generated tokens (a gate whose carry returns the prompt's decision "
+        "says keeps_decision = True); serve it with dsg.hf"
     )
 
 
