@@ -16,8 +16,9 @@ process it is registered in), both alive at once:
     change in the machine's load falls on both; throughput in generated tokens per second of
     each engine's fastest batch (the one other jobs disturbed least) and the guarded/plain
     ratio. The batches repeat the prompts, so the engines' prefills come from the prefix cache
-    (what is timed is decoding, and the guarded engine's decisions); ``--cold`` empties the
-    cache before each batch, so every batch pays its prefill too;
+    and the guarded engine's decisions from its memory of decided prompts (what is timed is
+    decoding); ``--cold`` empties both before each batch, so every batch pays its prefill and
+    its decisions too;
 (b) decisions: the plugin's decision for every prompt against ``dsg.hf``'s (the bundle attached
     to the transformers model, greedy ``generate``), and how many served generations equal
     dsg.hf's guarded ones (bit-equal kernels are not expected on a GPU, so this is reported,
@@ -269,6 +270,9 @@ def child(args: argparse.Namespace) -> None:
         batch = [ids[i % len(ids)] for i in range(int(arg))]
         if args.cold:
             llm.reset_prefix_cache()
+            batcher = getattr(llm.llm_engine.input_processor, "_dsg_batcher", None)
+            if batcher is not None:  # the guarded engine's remembered decisions
+                batcher.forget()
         spent.clear()
         start = time.perf_counter()
         generate(llm, batch, args.new_tokens)
@@ -397,7 +401,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--cold",
         action="store_true",
-        help="empty the prefix cache before each batch, so every batch pays its prefill",
+        help="empty the prefix cache and the remembered decisions before each batch, so every "
+        "batch pays its prefill and its decisions",
     )
     parser.add_argument(
         "--settle", type=float, default=0.5, help="seconds of rest before each timed batch"

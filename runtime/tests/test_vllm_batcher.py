@@ -1,5 +1,6 @@
 """The decider thread: prompts queued together are decided together, each caller gets its own
-prompt's decision, and a failure fails only the requests it belongs to."""
+prompt's decision, a failure fails only the requests it belongs to, and a prompt decided once is
+answered from memory."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def test_prompts_queued_while_a_batch_runs_are_decided_together() -> None:
     decider.gate.set()
     assert first.result(10) is True
     assert [f.result(10) for f in waiting] == [i % 2 == 1 for i in range(5)]
-    assert decider.batches == [[[2, 3]], [[2, i] for i in range(5)]]
+    assert decider.batches == [[[2, 3]], [[2, i] for i in (0, 1, 2, 4)]]  # (2, 3) remembered
 
 
 def test_a_batch_is_capped_by_its_prompt_tokens() -> None:
@@ -126,3 +127,37 @@ def test_prompts_decided_here_run_on_the_calling_thread_and_failures_are_left_ou
     assert got == {(2, 3): True, (2, 4): False, (2, 5, 7): False}
     assert set(threads) == {threading.current_thread().name}
     assert decider.batches[0] == [[2, 3], [-1], [2, 4]]  # then alone, each: the failure isolated
+
+
+def test_a_prompt_decided_before_is_answered_from_memory() -> None:
+    """Across calls, threads and ``decide_here``: the decider sees each prompt once while it is
+    remembered; the memory keeps the last ``remember`` prompts, and ``forget`` empties it."""
+    decider = Parity()
+    batcher = DecisionBatcher(decider, remember=2)
+    assert batcher.submit([2, 3]).result(10) is True
+    assert batcher.decide_here([[2, 3], [2, 4]]) == {(2, 3): True, (2, 4): False}
+    assert batcher.submit([2, 4]).result(10) is False
+    assert decider.batches == [[[2, 3]], [[2, 4]]]
+    assert batcher.submit([2, 5]).result(10) is True  # the third prompt: (2, 3) is forgotten
+    assert batcher.decide_here([[2, 4], [2, 3]]) == {(2, 4): False, (2, 3): True}
+    assert decider.batches == [[[2, 3]], [[2, 4]], [[2, 5]], [[2, 3]]]
+    batcher.forget()
+    assert batcher.submit([2, 4]).result(10) is False
+    assert decider.batches[-1] == [[2, 4]]
+
+
+def test_prompts_that_share_a_prefix_or_differ_in_order_are_decided_apart() -> None:
+    decider = Parity()
+    batcher = DecisionBatcher(decider)
+    rows = [[2, 3], [2, 3, 0], [3, 2], [2, 3 + 2**40]]
+    assert [batcher.submit(r).result(10) for r in rows] == [True, True, True, True]
+    assert [p for batch in decider.batches for p in batch] == rows
+
+
+def test_a_failed_decision_is_not_remembered() -> None:
+    decider = Parity()
+    batcher = DecisionBatcher(decider)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="cannot decide"):
+            batcher.submit([2, -1]).result(10)
+    assert decider.batches == [[[2, -1]], [[2, -1]]]

@@ -9,26 +9,44 @@ batches itself while the previous batch runs) and decides them with
 prompt's decision alone. Each caller gets its own future: a decision reaches only the request
 that asked for it, and a batch that fails is decided again prompt by prompt, so a failure fails
 only the requests it belongs to (with their exception: never a default decision).
+
+A decision is a function of the prompt's token ids alone (for the batcher's one bundle), so the
+batcher remembers the last :data:`REMEMBERED_DECISIONS` by a digest of the ids: a prompt sent
+again is answered without a forward pass, as vLLM's prefix cache answers its prefill. Failures
+are not remembered.
 """
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
+from array import array
+from collections import OrderedDict
 from concurrent.futures import Future
 from typing import Any
 
 MAX_BATCH_TOKENS = 16384
 """Prompt tokens taken into one batch (past this, what is still queued waits for the next)."""
+REMEMBERED_DECISIONS = 65536
+"""Decisions kept by prompt (a 32-byte digest and a bool each: a few MB at most)."""
 Pending = tuple[list[int], "Future[bool]"]
 
 
 class DecisionBatcher:
     """A decider thread fed by a queue of ``(prompt, future)``."""
 
-    def __init__(self, decider: Any, max_tokens: int = MAX_BATCH_TOKENS) -> None:
+    def __init__(
+        self,
+        decider: Any,
+        max_tokens: int = MAX_BATCH_TOKENS,
+        remember: int = REMEMBERED_DECISIONS,
+    ) -> None:
         self.decider = decider
         self.max_tokens = max_tokens
+        self.remember = remember
+        self._remembered: OrderedDict[bytes, bool] = OrderedDict()
+        self._memory = threading.Lock()
         self._queue: queue.SimpleQueue[list[Pending]] = queue.SimpleQueue()
         self._start = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -57,9 +75,13 @@ class DecisionBatcher:
         items: list[Pending] = [(list(ids), Future[bool]()) for ids in prompts]
         for _, future in items:
             future.set_running_or_notify_cancel()
-        for chunk in chunks(items, self.max_tokens):
-            decide(self.decider, chunk)
+        self._decide(items)
         return {tuple(ids): f.result() for ids, f in items if f.exception() is None}
+
+    def forget(self) -> None:
+        """Drop every remembered decision (a benchmark's cold start)."""
+        with self._memory:
+            self._remembered.clear()
 
     def _take(self) -> list[Pending]:
         batch = self._queue.get()
@@ -75,9 +97,36 @@ class DecisionBatcher:
 
     def _run(self) -> None:
         while True:
-            batch = [(ids, f) for ids, f in self._take() if f.set_running_or_notify_cancel()]
-            for chunk in chunks(batch, self.max_tokens):
-                decide(self.decider, chunk)
+            self._decide([(ids, f) for ids, f in self._take() if f.set_running_or_notify_cancel()])
+
+    def _decide(self, batch: list[Pending]) -> None:
+        """Answer the prompts decided before from memory; decide the rest, in runs of at most
+        ``max_tokens`` prompt tokens, and remember their decisions."""
+        todo: list[Pending] = []
+        with self._memory:
+            for ids, future in batch:
+                known = self._remembered.get(_digest(ids))
+                if known is None:
+                    todo.append((ids, future))
+                else:
+                    future.set_result(known)
+        for chunk in chunks(todo, self.max_tokens):
+            decide(self.decider, chunk)
+            with self._memory:
+                for ids, future in chunk:
+                    if future.exception() is None:
+                        self._keep(_digest(ids), future.result())
+
+    def _keep(self, digest: bytes, fired: bool) -> None:
+        self._remembered[digest] = fired
+        self._remembered.move_to_end(digest)
+        while len(self._remembered) > self.remember:
+            self._remembered.popitem(last=False)
+
+
+def _digest(token_ids: list[int]) -> bytes:
+    """What a remembered decision is found by: the sha256 of the ids as 64-bit integers."""
+    return hashlib.sha256(array("q", token_ids).tobytes()).digest()
 
 
 def chunks(batch: list[Pending], max_tokens: int) -> list[list[Pending]]:
