@@ -141,6 +141,10 @@ def test_a_prompt_decided_before_is_answered_from_memory() -> None:
     assert batcher.submit([2, 5]).result(10) is True  # the third prompt: (2, 3) is forgotten
     assert batcher.decide_here([[2, 4], [2, 3]]) == {(2, 4): False, (2, 3): True}
     assert decider.batches == [[[2, 3]], [[2, 4]], [[2, 5]], [[2, 3]]]
+    # (2, 4), used just before (2, 3) came back, is kept; (2, 5) is the least recently used
+    assert batcher.submit([2, 4]).result(10) is False
+    assert batcher.submit([2, 5]).result(10) is True
+    assert decider.batches == [[[2, 3]], [[2, 4]], [[2, 5]], [[2, 3]], [[2, 5]]]
     batcher.forget()
     assert batcher.submit([2, 4]).result(10) is False
     assert decider.batches[-1] == [[2, 4]]

@@ -103,19 +103,22 @@ class DecisionBatcher:
         """Answer the prompts decided before from memory; decide the rest, in runs of at most
         ``max_tokens`` prompt tokens, and remember their decisions."""
         todo: list[Pending] = []
+        digests: dict[int, bytes] = {}
         with self._memory:
             for ids, future in batch:
-                known = self._remembered.get(_digest(ids))
+                digest = digests[id(future)] = _digest(ids)
+                known = self._remembered.get(digest)
                 if known is None:
                     todo.append((ids, future))
                 else:
+                    self._remembered.move_to_end(digest)
                     future.set_result(known)
         for chunk in chunks(todo, self.max_tokens):
             decide(self.decider, chunk)
             with self._memory:
-                for ids, future in chunk:
+                for _, future in chunk:
                     if future.exception() is None:
-                        self._keep(_digest(ids), future.result())
+                        self._keep(digests[id(future)], future.result())
 
     def _keep(self, digest: bytes, fired: bool) -> None:
         self._remembered[digest] = fired
