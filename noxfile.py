@@ -217,6 +217,7 @@ GUARDRAIL_TESTS = (
     "tests/guardrail/test_window_stretches.py",
     "tests/guardrail/test_bad_input_windowed.py",
     "tests/guardrail/test_guardrail_hot_path.py",
+    "tests/bundle/test_bundle_topk.py",
     "runtime/tests/test_runtime_bundle.py",
     "runtime/tests/test_vllm_clamp.py",
 )

@@ -24,6 +24,7 @@ from dsg_runtime.guardrail import (
     calibrate_threshold,
     countable_positions,
     encode_columns,
+    encode_topk,
     feature_index,
     rate_gate,
     select_features,
@@ -376,6 +377,22 @@ def test_encode_columns_computes_in_the_residual_s_dtype() -> None:
         got = encode_columns(resid, *(t.to(dtype) for t in (w_enc, b_enc, b_dec, jump)))
         assert got.dtype == torch.float32
         assert torch.equal(got, encode_columns(resid, *cast))
+        assert (got > 0).any() and (got == 0).any()
+
+
+def test_encode_topk_computes_in_the_residual_s_dtype() -> None:
+    """As encode_columns: a TopK SAE's weights of another dtype are cast to the residual's
+    dtype first, the index only moved."""
+    gen = torch.Generator().manual_seed(10)
+    resid = torch.randn(2, 3, 16, generator=gen)
+    w_enc, b_enc = torch.randn(16, 12, generator=gen), torch.randn(12, generator=gen)
+    b_dec, index = torch.randn(16, generator=gen), torch.tensor([5, 0, 11, 3])
+    for dtype in (torch.float64, torch.bfloat16):
+        cast = [t.to(dtype).float() for t in (w_enc, b_enc, b_dec)]
+        weights = [t.to(dtype) for t in (w_enc, b_enc)]
+        got = encode_topk(resid, *weights, index, 4, b_dec.to(dtype))
+        assert got.dtype == torch.float32
+        assert torch.equal(got, encode_topk(resid, *cast[:2], index, 4, cast[2]))
         assert (got > 0).any() and (got == 0).any()
 
 

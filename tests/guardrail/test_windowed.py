@@ -465,3 +465,18 @@ def test_evaluate_calibrates_once_and_reports_the_window(
     assert run(*args).exit_code == 0
     assert sorted(Path("runs/calibrate").iterdir()) == folders
     assert [(f / "meta.json").stat().st_mtime_ns for f in folders] == stamps
+
+
+def test_the_window_may_be_as_long_as_an_int64_holds() -> None:
+    """The window sums are int64 tensors: a window of 2**63 - 1 tokens is the longest taken."""
+    from dsg_runtime.checks import INT64_MAX
+    from dsg_runtime.errors import UserError
+    from dsg_runtime.guardrail import WindowGate
+
+    assert WindowGate(INT64_MAX, 0.5, 0.5).window == INT64_MAX
+    with pytest.raises(UserError) as refused:
+        WindowGate(INT64_MAX + 1, 0.5, 0.5)
+    assert str(refused.value) == (
+        "the guardrail window must be at most 9,223,372,036,854,775,807 tokens, got a 64-bit "
+        "number; recalibrate the window"
+    )
