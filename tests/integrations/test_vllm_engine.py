@@ -109,7 +109,8 @@ def test_the_offline_engine_decides_one_calls_prompts_together(
     served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``LLM.generate`` decides the prompts of one call in one batch, on the caller's thread,
-    before adding them (no decision again in ``process_inputs``), and serves as dsg.hf does."""
+    before adding them (no decision again in ``process_inputs``), and serves as dsg.hf does;
+    a second call with the same prompts is answered from the remembered decisions."""
     import threading
 
     from dsg_runtime.vllm.decision import PromptDecider
@@ -122,12 +123,13 @@ def test_the_offline_engine_decides_one_calls_prompts_together(
         return decide_many(self, prompts)
 
     monkeypatch.setattr(PromptDecider, "decide_many", recorded)
-    ids = served["ids"]
-    assert vllm_generations(served["llm"], [*ids, ids[0]]) == [
-        *served["guarded"],
-        served["guarded"][0],
-    ]
+    ids, llm = served["ids"], served["llm"]
+    llm.llm_engine.input_processor._dsg_batcher.forget()  # the fixture served these prompts
+    assert vllm_generations(llm, [*ids, ids[0]]) == [*served["guarded"], served["guarded"][0]]
     assert calls == [(threading.current_thread().name, len(ids))]
+    calls.clear()
+    assert vllm_generations(llm, ids) == served["guarded"]
+    assert calls == []
 
 
 def test_without_the_decision_in_the_salt_prefix_caching_would_mix(
@@ -335,8 +337,8 @@ def test_the_async_front_end_decides_off_its_event_loop_in_batches(
 ) -> None:
     """``AsyncLLM`` (the server's engine client), with rendered prompts (as the server hands
     them over) sent at once: every decision is taken on the decider's thread, never on the
-    event loop's, once per request, prompts queued together are decided in one call, and every
-    answer equals dsg.hf's guarded one."""
+    event loop's, once per prompt (the start-up request's prompt is remembered), prompts queued
+    together are decided in one call, and every answer equals dsg.hf's guarded one."""
     ids, guarded = served["ids"], served["guarded"]
     script = f"""
 import asyncio
@@ -378,5 +380,5 @@ asyncio.run(main())
     got = json.loads(results[-1].removeprefix("RESULT "))
     assert got["done"] == guarded
     assert {name for name, _ in got["calls"]} == {"dsg-decider"}, got["calls"]
-    assert sum(n for _, n in got["calls"]) == len(ids)
+    assert sum(n for _, n in got["calls"]) == len(ids) - 1  # ids[0] decided at start-up
     assert max(n for _, n in got["calls"]) > 1, got["calls"]
