@@ -525,7 +525,8 @@ class Guardrail:
     ) -> torch.Tensor:
         """Positions of rows decided elsewhere: at ``decided`` (prompt positions whose hits
         counted for ``fired``) clamp the hits of the rows that fired, as the prompt's own pass
-        does; at ``later`` (generated positions) clamp as :meth:`continue_rows`."""
+        does; at ``later`` (generated positions; ``[B, T]``, or ``[T]`` alike for every row)
+        clamp as :meth:`continue_rows`."""
         acts = self.activations(resid)
         active = (acts > 0).any(dim=-1)
         return self._clamp_decided(

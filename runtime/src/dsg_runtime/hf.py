@@ -467,11 +467,12 @@ class GuardrailHandle:
                     "generate, or pass the whole prompt in one pass and then one token a step"
                 )
             record = self._continued(state, batch, past, call)
-            new = new_positions(
-                call.mask, batch, length, past, x.device, additive=self._additive_masks()
+            refuse_masked_out(
+                new_positions(
+                    call.mask, batch, length, past, x.device, additive=self._additive_masks()
+                )
             )
-            refuse_masked_out(new)
-            out = state.guardrail.continue_rows(x, new, record.fired)
+            out = state.guardrail.continue_rows(x, None, record.fired)  # every new position
             record.seen = past + length
         return hidden if out is x else out.to(hidden.dtype)
 
@@ -574,7 +575,7 @@ class GuardrailHandle:
         pad = torch.zeros(batch, length - decided.shape[1], dtype=torch.bool, device=x.device)
         decided = torch.cat([decided.to(x.device), pad], dim=1)
         later = torch.arange(past, past + length, device=x.device) >= end
-        out = guardrail.apply_decision(x, decided, later.expand(batch, length), record.fired)
+        out = guardrail.apply_decision(x, decided, later, record.fired)
         record.seen = past + length
         return out
 
@@ -630,16 +631,13 @@ class GuardrailHandle:
         return args, {**kwargs, "hidden_states": self._apply(kwargs["hidden_states"])}
 
 
-def _run_outside_tracing(cls: type, hooks: tuple[str, ...]) -> None:
-    """Make ``hooks`` run as plain Python under ``torch.compile`` (a graph break around each):
-    their bookkeeping (the thread's records, the caches they were written to) must run on every
-    call, which a traced graph would replay from the first call's values instead. Set after the
-    class, not as a decorator: mutation testing (``nox -s mutants``) skips decorated functions."""
-    for name in hooks:
-        setattr(cls, name, torch.compiler.disable(getattr(cls, name)))
-
-
-_run_outside_tracing(GuardrailHandle, ("_capture", "_after_decoder", "_post_hook", "_pre_hook"))
+# The hooks run as plain Python under ``torch.compile`` (a graph break around each): their
+# bookkeeping (the thread's records, the caches they were written to) must run on every call,
+# which a traced graph would not follow. Set here rather than by a decorator, which mutation
+# testing (``nox -s mutants``) would skip.
+for _hook in ("_capture", "_after_decoder", "_post_hook", "_pre_hook"):
+    setattr(GuardrailHandle, _hook, torch.compiler.disable(getattr(GuardrailHandle, _hook)))
+del _hook
 
 
 def _decided(state: _State) -> tuple[torch.Tensor, torch.Tensor]:
