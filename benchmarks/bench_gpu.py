@@ -15,8 +15,8 @@ tokens) plus small forget and retain corpora. Then it times:
     every prompt re-run for every configuration) on a sample of prompts, extrapolated;
 (c) the guardrail's overhead on a transformers model (``dsg.hf.attach`` vs none): one forward at
     batch 1 and 16, and greedy generation per token with every row firing (the worst case) and
-    with none firing (a benign prompt); medians of many repetitions in one run, guarded and
-    plain in alternating blocks (``--repetitions``, ``--new-tokens``).
+    with none firing (a benign prompt); medians of many repetitions in one run, plain and
+    guarded call by call in alternation (``--repetitions``, ``--new-tokens``).
 
 Every figure is written to ``--out/results.json`` as soon as it is measured, so a run stopped by a
 time limit keeps what it measured. ``--shape tiny`` runs the same steps on a tiny model and small
@@ -349,18 +349,18 @@ def with_and_without(
     with attach(model, bundle):
         fn()
     for _ in range(repetitions):
-        plain += timed_once(fn, device)
+        plain.append(timed_once(fn, device))
         with attach(model, bundle):
-            guarded += timed_once(fn, device)
+            guarded.append(timed_once(fn, device))
     return statistics.median(plain), statistics.median(guarded)
 
 
-def timed_once(fn: Callable[[], Any], device: str) -> list[float]:
+def timed_once(fn: Callable[[], Any], device: str) -> float:
     sync(device)
     start = time.perf_counter()
     fn()
     sync(device)
-    return [time.perf_counter() - start]
+    return time.perf_counter() - start
 
 
 def load_hf(paths: dict[str, Path], dtype: str, device: str) -> Any:
