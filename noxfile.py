@@ -220,6 +220,7 @@ GUARDRAIL_TESTS = (
     "tests/bundle/test_bundle_topk.py",
     "runtime/tests/test_runtime_bundle.py",
     "runtime/tests/test_vllm_clamp.py",
+    "runtime/tests/test_vllm_gates.py",
 )
 HF_TESTS = (
     "tests/integrations/test_hf.py",

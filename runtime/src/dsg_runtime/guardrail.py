@@ -38,6 +38,7 @@ __all__ = [
     "ThresholdGate",
     "WindowGate",
     "AnyHitGate",
+    "keeps_decision",
     "Guardrail",
 ]
 
@@ -431,6 +432,12 @@ class WindowGate:
 
     def carry(self, fired: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
         return fired
+
+
+def keeps_decision(gate: Any) -> bool:
+    """Whether ``gate``'s ``carry`` returns the prompt's decision unchanged, as the gate says
+    with ``keeps_decision = True`` (anything else, or nothing, is read as no)."""
+    return getattr(gate, "keeps_decision", False) is True
 
 
 class AnyHitGate:

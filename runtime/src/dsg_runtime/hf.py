@@ -661,9 +661,10 @@ def _unchanged_by_steps(record: _Record, gate: Any) -> bool:
     fired and the gate keeps the prompt's decision (``keeps_decision``; a gate without it may
     clamp on a step's own hits). Read once per prompt, so a prompt that did not fire costs its
     decode steps no guardrail arithmetic and no host read."""
+    from dsg_runtime.guardrail import keeps_decision
+
     if record.unchanged_by_steps is None:
-        keeps = getattr(gate, "keeps_decision", False) is True
-        record.unchanged_by_steps = keeps and not bool(record.fired.any())
+        record.unchanged_by_steps = keeps_decision(gate) and not bool(record.fired.any())
     return record.unchanged_by_steps
 
 

@@ -50,9 +50,9 @@ def gate_carries_decision(bundle: Bundle, gate: Any) -> bool:
     True``: the dynamic and windowed gates, or a plugin's); False for the static clamp, whose
     every request is clamped wherever a feature is active. Any other gate is refused: the
     worker could not apply its carrying rule."""
-    from dsg_runtime.guardrail import AnyHitGate
+    from dsg_runtime.guardrail import AnyHitGate, keeps_decision
 
-    if getattr(gate, "keeps_decision", False) is True:
+    if keeps_decision(gate):
         return True
     if isinstance(gate, AnyHitGate):
         return False
