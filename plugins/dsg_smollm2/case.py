@@ -72,6 +72,7 @@ class SmolLM2BioCase:
         dataset_size=512,
         batch_size=16,
         scoring="loglikelihood",
+        backend="transformers",
     )
 
     def forget_texts(self, data: DataSource) -> list[str]:

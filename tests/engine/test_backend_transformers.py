@@ -12,7 +12,7 @@ from tiny_gemma import SLIDING_WINDOW, padded_batch, write_tiny_gemma
 from dsg.api.interfaces import EvalSet, LoadedModel
 from dsg.api.prompts import choose_format, render_question
 from dsg.engine.backends import open_backend
-from dsg.engine.backends.transformers import TransformersBackend, additive_mask
+from dsg.engine.backends.transformers import TransformersBackend, additive_mask, causal_allowed
 from dsg.scoring.letter import Scorer
 from dsg.stages.evaluate import subsets
 
@@ -39,7 +39,8 @@ def test_gemma_2_runs_eager_attention(backend: TransformersBackend) -> None:
 
 def test_additive_mask_by_hand() -> None:
     real = torch.tensor([[True, True, True, False]])
-    got = additive_mask(real, window=2, dtype=torch.float32)
+    positions = torch.arange(4)[None]
+    got = additive_mask(causal_allowed(real), positions, window=2, dtype=torch.float32)
     low = torch.finfo(torch.float32).min
     allowed = [
         [1, 0, 0, 0],

@@ -140,7 +140,7 @@ class Settings:
     backend: str = setting(
         "auto", "What runs the forward passes of sparsity and the MCQ engine; auto is "
         "transformer_lens on cpu, transformers on any other device (docs/evaluate.md#backends).",
-        RUN, (*STAGES, ATTACK), choices=BACKENDS,
+        RUN, (*STAGES, ATTACK), choices=BACKENDS, case_may_set=True,
     )  # fmt: skip
     batch_size: int = setting(
         8, "Rows or prompts per forward pass; changes speed and memory, never results.", RUN,

@@ -109,3 +109,11 @@ def test_naming_the_model_picks_the_case_made_for_it() -> None:
     assert Session.open({}).case.name == "organism"
     named = Session.open({"model": "smollm2-135m-instruct", "case": "organism"})
     assert named.case.name == "organism"
+
+
+def test_the_case_runs_the_transformers_backend_unless_told_otherwise() -> None:
+    """Its log-likelihood scoring packs a question's choices there (docs/evaluate.md)."""
+    assert Session.open({"case": "smollm2-bio"}).backend_name == "transformers"
+    told = Session.open({"case": "smollm2-bio", "backend": "transformer_lens"})
+    assert told.backend_name == "transformer_lens"
+    assert Session.open({}).backend_name == "transformer_lens"  # auto, on the CPU

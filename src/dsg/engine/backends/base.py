@@ -11,6 +11,12 @@ A backend may also offer ``prefix_shared_logits(prefix, suffixes, batch_size, pa
 final logits at the last token of ``prefix + suffix`` for each suffix, with the prefix computed
 once. The scorer uses it, when present, for a question's answer orders (the transformers
 backend does, through its KV cache).
+
+A :class:`PackingBackend` also runs packed rows: several continuations of one context in one
+row, each attending to the context and to itself only, at the positions they would have alone.
+Log-likelihood scoring packs a question's four options after its context when the backend
+can (the transformers backend can; TransformerLens, whose attention makes its own causal mask
+and positions, cannot).
 """
 
 from __future__ import annotations
@@ -61,6 +67,33 @@ class ModelBackend(Protocol):
 
     def hook_activations(self, tokens: torch.Tensor, hook_name: str) -> torch.Tensor:
         """The activations at a TransformerLens hook name for full (unpadded) rows."""
+        ...
+
+
+@runtime_checkable
+class PackingBackend(ModelBackend, Protocol):
+    """A backend that also runs rows whose attention pattern and positions are given.
+
+    ``positions`` (``[B, T]``) are each token's rotary positions, ``allowed`` (bool
+    ``[B, T, T]``) whether query ``i`` may attend key ``j``; a sliding window applies to the
+    distance in ``positions``. Every query must be allowed at least one key."""
+
+    def to_hook_packed(
+        self, tokens: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, split: int
+    ) -> torch.Tensor:
+        """The residual stream ``[B, T, d_model]`` at the input of block ``split``."""
+        ...
+
+    def from_hook_packed(
+        self,
+        resid: torch.Tensor,
+        positions: torch.Tensor,
+        allowed: torch.Tensor,
+        read: torch.Tensor,
+        split: int,
+        rows: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits ``[N, vocab]`` at ``(rows[i], read[i])``, as :meth:`ModelBackend.from_hook`."""
         ...
 
 

@@ -7,6 +7,8 @@ helpers) and stops at the input of block ``split``. From the hook, the decoder l
 causal + padding mask (``[B, 1, T, T]``, with the sliding window on the layers that have one),
 which both the eager and the SDPA attention accept in transformers 4.5x and 5.x alike; then the
 final norm, ``lm_head`` and the final-logit softcap at each row's last real position only.
+Packed rows (:class:`~dsg.engine.backends.base.PackingBackend`) run every layer that way, from
+the model's own embedding, with the positions and attention pattern the caller gives.
 
 The checkpoint is loaded by :mod:`dsg.engine.loader`, as for ``dsg generate``.
 """
@@ -84,15 +86,60 @@ class TransformersBackend:
         import torch
 
         width = int(last.max()) + 1
-        hidden = resid[:, :width]
-        positions = torch.arange(width, device=hidden.device).expand(hidden.shape[0], width)
+        device = resid.device
+        positions = torch.arange(width, device=device).expand(resid.shape[0], width)
+        allowed = causal_allowed(mask[:, :width].to(device))
+        hidden = self._run_layers(resid[:, :width], positions, allowed, split, self.n_layers)
+        return self._final_logits(self.inner.norm(at_positions(hidden, last, rows)))
+
+    def to_hook_packed(
+        self, tokens: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, split: int
+    ) -> torch.Tensor:
+        """The model's own forward up to the input of block 0 (its embedding and scale), then
+        blocks ``0..split-1`` under the given positions and attention pattern."""
+        import torch
+
+        embedded = self.to_hook(tokens, torch.ones_like(tokens, dtype=torch.bool), 0)
+        device = embedded.device
+        return self._run_layers(embedded, positions.to(device), allowed.to(device), 0, split)
+
+    def from_hook_packed(
+        self,
+        resid: torch.Tensor,
+        positions: torch.Tensor,
+        allowed: torch.Tensor,
+        read: torch.Tensor,
+        split: int,
+        rows: torch.Tensor,
+    ) -> torch.Tensor:
+        width = int(read.max()) + 1
+        device = resid.device
+        hidden = self._run_layers(
+            resid[:, :width],
+            positions[:, :width].to(device),
+            allowed[:, :width, :width].to(device),
+            split,
+            self.n_layers,
+        )
+        return self._final_logits(self.inner.norm(at_positions(hidden, read, rows)))
+
+    def _run_layers(
+        self,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        allowed: torch.Tensor,
+        start: int,
+        stop: int,
+    ) -> torch.Tensor:
+        """Decoder layers ``start..stop-1`` called directly, with the rotary embedding of
+        ``positions`` and an additive mask per sliding window."""
+        if start == stop:
+            return hidden
         rotary = self.inner.rotary_emb(hidden, positions)
         masks: dict[int | None, torch.Tensor] = {}
-        for layer, window in zip(self.layers[split:], self.windows[split:], strict=True):
+        for layer, window in zip(self.layers[start:stop], self.windows[start:stop], strict=True):
             if window not in masks:
-                masks[window] = additive_mask(
-                    mask[:, :width].to(hidden.device), window, hidden.dtype
-                )
+                masks[window] = additive_mask(allowed, positions, window, hidden.dtype)
             out = layer(
                 hidden,
                 attention_mask=masks[window],
@@ -100,7 +147,7 @@ class TransformersBackend:
                 position_ids=positions,
             )
             hidden = out[0] if isinstance(out, tuple) else out
-        return self._final_logits(self.inner.norm(at_positions(hidden, last, rows)))
+        return hidden
 
     def prefix_shared_logits(
         self, prefix: list[int], suffixes: list[list[int]], batch_size: int, pad_id: int
@@ -163,20 +210,28 @@ class TransformersBackend:
         )
 
 
-def additive_mask(mask: torch.Tensor, window: int | None, dtype: torch.dtype) -> torch.Tensor:
-    """``[B, 1, T, T]``: 0 where query ``i`` may attend key ``j`` (``j <= i``, ``j`` a real
-    token and, with a sliding window, ``i - j < window``), the dtype's minimum elsewhere."""
+def causal_allowed(mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T, T]``: query ``i`` may attend key ``j`` when ``j <= i`` and ``j`` is a real token
+    (``mask``, bool ``[B, T]``)."""
     import torch
 
     width = mask.shape[1]
     query = torch.arange(width, device=mask.device)[:, None]
     key = torch.arange(width, device=mask.device)[None, :]
-    allowed = key <= query
+    return (key <= query)[None] & mask[:, None, :].bool()
+
+
+def additive_mask(
+    allowed: torch.Tensor, positions: torch.Tensor, window: int | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """``[B, 1, T, T]``: 0 where ``allowed`` (and, with a sliding window, the key's position
+    is less than ``window`` before the query's), the dtype's minimum elsewhere."""
+    import torch
+
     if window is not None:
-        allowed = allowed & (query - key < window)
-    allowed = allowed[None, None] & mask[:, None, None, :].bool()
-    zero = torch.zeros((), dtype=dtype, device=mask.device)
-    return torch.where(allowed, zero, torch.finfo(dtype).min)
+        allowed = allowed & (positions[:, :, None] - positions[:, None, :] < window)
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
+    return torch.where(allowed[:, None], zero, torch.finfo(dtype).min)
 
 
 def cache_keyword(module: Any) -> str:

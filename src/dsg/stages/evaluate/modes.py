@@ -137,7 +137,8 @@ class ClozeMode:
     def __init__(self, scorer: ClozeScorer, fmt: ClozeFormat) -> None:
         self.scorer = scorer
         self.fmt = fmt
-        self.fmt_key = f"{LOGLIKELIHOOD}/{format_fingerprint(fmt, scorer.tokenizer)}"
+        layout = "/packed" if scorer.packer is not None else ""
+        self.fmt_key = f"{LOGLIKELIHOOD}{layout}/{format_fingerprint(fmt, scorer.tokenizer)}"
         self.seen: dict[tuple[str, int], torch.Tensor] = {}
         """Unguarded log-likelihoods ``[4]`` by (set, question) from the subsets' pass: under
         log-likelihood scoring the baseline of the chosen questions is that same computation,
