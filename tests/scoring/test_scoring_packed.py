@@ -15,10 +15,11 @@ from dsg.api.interfaces import EvalSet, LoadedModel, MCQuestion
 from dsg.api.prompts import PlainClozeFormat, render_cloze
 from dsg.engine.backends.transformer_lens import TransformerLensBackend
 from dsg.engine.backends.transformers import TransformersBackend
-from dsg.guardrail import DynamicClamp, StaticClamp, WindowedClamp
+from dsg.guardrail import DynamicClamp, StaticClamp, WindowedClamp, sae_features
 from dsg.scoring.cloze import ClozeItem
 from dsg.scoring.cloze_batches import Read, packed_batches
-from dsg.scoring.loglik import ClozeScorer, choose, choose_norm
+from dsg.scoring.loglik import ClozeScorer, choose, choose_norm, packs
+from dsg_runtime.guardrail import Guardrail, ThresholdGate
 
 HOOK = "blocks.1.hook_resid_post"
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-5}
@@ -176,3 +177,42 @@ def test_transformer_lens_cannot_pack(tmp_path) -> None:
     assert ClozeScorer(backend, "blocks.0.hook_resid_post", 8).packer is None
     with pytest.raises(ValueError, match="the transformer_lens backend cannot run packed rows"):
         ClozeScorer(backend, "blocks.0.hook_resid_post", 8, packed=True)
+
+
+class ThreeLaterHits:
+    """A plugin gate that also clamps a row's later positions once three of them hit: how many
+    later positions share a row matters to it, so packed rows would change its answers."""
+
+    def __init__(self, threshold: float) -> None:
+        self.decided = ThresholdGate(threshold)
+
+    def __call__(self, rates: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
+        return self.decided(rates, hits)
+
+    def carry(self, fired: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
+        return fired | (hits.sum(dim=1) >= 3)
+
+
+def test_a_gate_that_counts_later_positions_is_scored_a_row_per_option(
+    backend: TransformersBackend, items: list[ClozeItem], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sae = build_sae(backend.d_model, 64, hook_name=HOOK, threshold=0.5)
+    counting = Guardrail(sae_features(sae, torch.tensor([5])), ThreeLaterHits(0.99), 40.0)
+    assert [packs(g) for g in guardrails(backend)] == [True] * 4
+    assert not packs(counting)
+    assert not packs(lambda resid, attention_mask: resid)  # type: ignore[arg-type]
+
+    def answers(scorer: ClozeScorer) -> tuple[torch.Tensor, torch.Tensor]:
+        outcome = scorer.sweep(items, [counting])[1][0]
+        assert outcome.predicted_norm is not None
+        return outcome.predicted, outcome.predicted_norm
+
+    rows = answers(ClozeScorer(backend, HOOK, 8, packed=False))
+    assert all(
+        torch.equal(a, b) for a, b in zip(answers(ClozeScorer(backend, HOOK, 8)), rows, strict=True)
+    )
+    monkeypatch.setattr("dsg.scoring.loglik.packs", lambda intervention: True)
+    forced = answers(ClozeScorer(backend, HOOK, 8))
+    assert not all(
+        torch.equal(a, b) for a, b in zip(forced, rows, strict=True)
+    )  # packing would differ

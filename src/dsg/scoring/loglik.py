@@ -9,9 +9,10 @@ a prompt's decision over generated tokens. Only the rows whose residual a guardr
 the remaining blocks again. The final norm and unembedding touch only the positions that
 predict an option's tokens.
 
-Packing assumes that an intervention edits a position after the context from the row's
-decision and that position's own residual (the runtime ``Guardrail`` does, whatever its gate:
-decode steps see one position at a time); ``packed=False`` scores one row per option.
+Packing is exact for an intervention that edits each position after the context from the row's
+decision and that position's own residual: a runtime ``Guardrail`` whose gate keeps the prompt's
+decision or clamps every hit (every built-in strategy). A sweep with any other intervention
+(one that might, say, count the positions after the prompt) scores one row per option.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dsg.engine.backends.base import ModelBackend, PackingBackend
 from dsg.scoring.cloze import ClozeItem, cloze_item
 from dsg.scoring.cloze_batches import ClozeBatch, option_batches, packed_batches
 from dsg.scoring.rows import Outcome, fired_rows, hook_split, pad_id
+from dsg_runtime.guardrail import AnyHitGate, Guardrail, keeps_decision
 
 OPTIONS = 4
 
@@ -52,9 +54,20 @@ def choose_norm(loglik: torch.Tensor, items: Sequence[ClozeItem]) -> torch.Tenso
     return (loglik / lengths).argmax(dim=-1)
 
 
+def packs(intervention: PrefixDecidingIntervention) -> bool:
+    """Whether packed rows give this intervention's own answers: a runtime ``Guardrail`` whose
+    gate carries the prompt's decision to each later position alone (it keeps the decision, or
+    it is the static clamp's, which clamps every hit)."""
+    if not isinstance(intervention, Guardrail):
+        return False
+    gate = intervention.gate
+    return keeps_decision(gate) or isinstance(gate, AnyHitGate)
+
+
 class ClozeScorer:
     """A model backend split at the hook, scoring each option by its summed log-probability.
-    ``packed`` (default: whether the backend can) runs a question's options in one row."""
+    ``packed`` (default: whether the backend can) runs a question's options in one row, in
+    every sweep whose interventions all allow it (:func:`packs`)."""
 
     def __init__(
         self,
@@ -105,7 +118,8 @@ class ClozeScorer:
         base = base.double()
         guarded = [torch.empty(n, OPTIONS, dtype=torch.float64) for _ in interventions]
         fired = [torch.zeros(n, dtype=torch.bool) for _ in interventions]
-        for batch in self._batches(items):
+        packed = self.packer is not None and all(packs(i) for i in interventions)
+        for batch in self._batches(items, packed):
             question = torch.tensor([read.question for read in batch.reads])
             option = torch.tensor([read.option for read in batch.reads])
             resid = self._to_hook(batch)
@@ -133,8 +147,8 @@ class ClozeScorer:
         ]
         return base, outcomes
 
-    def _batches(self, items: Sequence[ClozeItem]) -> Iterator[ClozeBatch]:
-        if self.packer is not None:
+    def _batches(self, items: Sequence[ClozeItem], packed: bool) -> Iterator[ClozeBatch]:
+        if packed:
             return packed_batches(items, self.batch_size, self.pad_id)
         return option_batches(items, OPTIONS, self.batch_size, self.pad_id)
 
