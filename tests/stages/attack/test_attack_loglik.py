@@ -79,7 +79,7 @@ def test_relearn_step_zero_gives_evaluate_accuracies(registry: Any, tmp_path: Pa
 def test_prompts_of_the_other_scoring_are_refused() -> None:
     """A letter-only attack on a log-likelihood run fails in one line, before any scoring."""
     tok = tokenizer(None)
-    mode = ClozeMode(cast(Any, SimpleNamespace(tokenizer=tok)), PlainClozeFormat())
+    mode = ClozeMode(cast(Any, SimpleNamespace(tokenizer=tok, packer=None)), PlainClozeFormat())
     none: Any = None
     target = attack.Target(none, tok, 512, none, [], mode, none, none)
     assert (target.scoring, target.cloze_format) == ("loglikelihood", mode.fmt)
