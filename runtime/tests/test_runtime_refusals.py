@@ -333,13 +333,17 @@ def test_a_prompt_run_in_pieces_the_guardrail_was_not_told_of_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As if a transformers chunked the prefill without ``prefill_chunk_size``."""
+    model = tiny_llama()
+    try:
+        model.generate(**row(FIRES), **GREEDY, prefill_chunk_size=3)
+    except ValueError as exc:  # transformers 5.0.0 chunks no prefill without a cache given
+        pytest.skip(f"chunked prefill fails without the guardrail here: {exc}")
     told = dsg_runtime.hf.generation_plan
     monkeypatch.setattr(
         dsg_runtime.hf,
         "generation_plan",
         lambda *call: dataclasses.replace(told(*call), chunked=False),
     )
-    model = tiny_llama()
     with attach(model, tiny_bundle()):
         line = refusal(
             GuardrailStateError,
