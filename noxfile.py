@@ -54,6 +54,7 @@ HF_ONLY_TESTS = [
     "tests/integrations/test_hf_modes.py",
     "tests/bundle/test_bundle.py",
     "tests/engine/test_backend_transformers.py",
+    "tests/scoring/test_scoring_packed.py",
     "runtime/tests",
 ]
 
