@@ -39,6 +39,7 @@ __all__ = [
     "WindowGate",
     "AnyHitGate",
     "keeps_decision",
+    "carries_by_position",
     "Guardrail",
 ]
 
@@ -450,6 +451,14 @@ class AnyHitGate:
 
     def carry(self, fired: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
         return hits.any(dim=1)
+
+
+def carries_by_position(gate: Any) -> bool:
+    """Whether ``gate`` carries a prompt's decision to each later position by a rule the runtime
+    knows, from the decision and that position's own hit alone: it keeps the decision
+    (:func:`keeps_decision`) or it is the static clamp's, which clamps every hit. The vLLM worker
+    and packed log-likelihood rows can follow no other."""
+    return keeps_decision(gate) or isinstance(gate, AnyHitGate)
 
 
 # --------------------------------------------------------------------------- the guardrail

@@ -27,7 +27,7 @@ from dsg.engine.backends.base import ModelBackend, PackingBackend
 from dsg.scoring.cloze import ClozeItem, cloze_item
 from dsg.scoring.cloze_batches import ClozeBatch, option_batches, packed_batches
 from dsg.scoring.rows import Outcome, fired_rows, hook_split, pad_id
-from dsg_runtime.guardrail import AnyHitGate, Guardrail, keeps_decision
+from dsg_runtime.guardrail import Guardrail, carries_by_position
 
 OPTIONS = 4
 
@@ -58,10 +58,7 @@ def packs(intervention: PrefixDecidingIntervention) -> bool:
     """Whether packed rows give this intervention's own answers: a runtime ``Guardrail`` whose
     gate carries the prompt's decision to each later position alone (it keeps the decision, or
     it is the static clamp's, which clamps every hit)."""
-    if not isinstance(intervention, Guardrail):
-        return False
-    gate = intervention.gate
-    return keeps_decision(gate) or isinstance(gate, AnyHitGate)
+    return isinstance(intervention, Guardrail) and carries_by_position(intervention.gate)
 
 
 class ClozeScorer:

@@ -50,17 +50,15 @@ def gate_carries_decision(bundle: Bundle, gate: Any) -> bool:
     True``: the dynamic and windowed gates, or a plugin's); False for the static clamp, whose
     every request is clamped wherever a feature is active. Any other gate is refused: the
     worker could not apply its carrying rule."""
-    from dsg_runtime.guardrail import AnyHitGate, keeps_decision
+    from dsg_runtime.guardrail import carries_by_position, keeps_decision
 
-    if keeps_decision(gate):
-        return True
-    if isinstance(gate, AnyHitGate):
-        return False
-    raise UserError(
-        f"the vLLM guardrail does not know how the {bundle.strategy!r} strategy's gate carries "
-        "its decision to generated tokens (a gate whose carry returns the prompt's decision "
-        "says keeps_decision = True); serve it with dsg.hf"
-    )
+    if not carries_by_position(gate):
+        raise UserError(
+            f"the vLLM guardrail does not know how the {bundle.strategy!r} strategy's gate carries "
+            "its decision to generated tokens (a gate whose carry returns the prompt's decision "
+            "says keeps_decision = True); serve it with dsg.hf"
+        )
+    return keeps_decision(gate)
 
 
 def cache_salt(user_salt: str | None, bundle_digest: str, fired: bool) -> str:
