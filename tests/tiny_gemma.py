@@ -19,6 +19,8 @@ from dsg_organism.tokenizer import gemma_like
 if TYPE_CHECKING:
     import torch
 
+    from dsg.engine.backends.transformers import TransformersBackend
+
 SLIDING_WINDOW = 8
 
 
@@ -88,6 +90,23 @@ def write_tiny_gemma(path: Path, n_layers: int = 3, seed: int = 0) -> Path:
     model.save_pretrained(path)
     write_tokenizer(path)
     return path
+
+
+def tiny_gemma_backend(folder: Path) -> TransformersBackend:
+    """The transformers backend of the engine on a tiny Gemma-2 written under ``folder``, in
+    float32 on the CPU."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from dsg.api.interfaces import LoadedModel
+    from dsg.engine.backends import open_backend
+    from dsg.engine.backends.transformers import TransformersBackend as Opened
+
+    path = write_tiny_gemma(folder / "tiny-gemma-2")
+    loaded = LoadedModel(None, AutoTokenizer.from_pretrained(path), str(path))
+    opened = open_backend("transformers", loaded, device="cpu", dtype=torch.float32)
+    assert isinstance(opened, Opened)
+    return opened
 
 
 def padded_batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -7,11 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny import tiny_questions
-from tiny_gemma import SLIDING_WINDOW, padded_batch, write_tiny_gemma
+from tiny_gemma import SLIDING_WINDOW, padded_batch, tiny_gemma_backend
 
-from dsg.api.interfaces import EvalSet, LoadedModel
+from dsg.api.interfaces import EvalSet
 from dsg.api.prompts import choose_format, render_question
-from dsg.engine.backends import open_backend
 from dsg.engine.backends.transformers import TransformersBackend, additive_mask, causal_allowed
 from dsg.scoring.letter import Scorer
 from dsg.stages.evaluate import subsets
@@ -22,13 +21,7 @@ TOLERANCE = {"atol": 1e-5, "rtol": 1e-4}
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory: pytest.TempPathFactory) -> TransformersBackend:
-    from transformers import AutoTokenizer
-
-    path = write_tiny_gemma(tmp_path_factory.mktemp("hf-backend") / "tiny-gemma-2")
-    loaded = LoadedModel(None, AutoTokenizer.from_pretrained(path), str(path))
-    opened = open_backend("transformers", loaded, device="cpu", dtype=torch.float32)
-    assert isinstance(opened, TransformersBackend)
-    return opened
+    return tiny_gemma_backend(tmp_path_factory.mktemp("hf-backend"))
 
 
 def test_gemma_2_runs_eager_attention(backend: TransformersBackend) -> None:

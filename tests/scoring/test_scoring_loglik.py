@@ -116,15 +116,9 @@ def test_batch_size_changes_no_answer(world: TinyWorld, items: list[ClozeItem]) 
 def test_the_transformers_backend_equals_its_own_forward(tmp_path) -> None:
     """``from_hook`` with several positions a row, through the transformers backend (sliding
     window, softcaps) against the model's own forward pass."""
-    from tiny_gemma import write_tiny_gemma
-    from transformers import AutoTokenizer
+    from tiny_gemma import tiny_gemma_backend
 
-    from dsg.api.interfaces import LoadedModel
-    from dsg.engine.backends import open_backend
-
-    path = write_tiny_gemma(tmp_path / "tiny-gemma-2")
-    loaded = LoadedModel(None, AutoTokenizer.from_pretrained(path), str(path))
-    backend = open_backend("transformers", loaded, device="cpu", dtype=torch.float32)
+    backend = tiny_gemma_backend(tmp_path)
     eval_set = EvalSet("s", "counting", tiny_questions("n", 3))
     scorer = ClozeScorer(backend, "blocks.1.hook_resid_post", 2)
     found = [

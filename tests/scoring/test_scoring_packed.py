@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny import FORGET_TEXTS, TinyWorld, build_sae, tiny_questions
 
-from dsg.api.interfaces import EvalSet, LoadedModel, MCQuestion
+from dsg.api.interfaces import EvalSet, MCQuestion
 from dsg.api.prompts import PlainClozeFormat, render_cloze
 from dsg.engine.backends.transformer_lens import TransformerLensBackend
 from dsg.engine.backends.transformers import TransformersBackend
@@ -28,16 +28,9 @@ TOLERANCE = {"atol": 1e-4, "rtol": 1e-5}
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory: pytest.TempPathFactory) -> TransformersBackend:
-    from tiny_gemma import write_tiny_gemma
-    from transformers import AutoTokenizer
+    from tiny_gemma import tiny_gemma_backend
 
-    from dsg.engine.backends import open_backend
-
-    path = write_tiny_gemma(tmp_path_factory.mktemp("packed") / "tiny-gemma-2")
-    loaded = LoadedModel(None, AutoTokenizer.from_pretrained(path), str(path))
-    opened = open_backend("transformers", loaded, device="cpu", dtype=torch.float32)
-    assert isinstance(opened, TransformersBackend)
-    return opened
+    return tiny_gemma_backend(tmp_path_factory.mktemp("packed"))
 
 
 @pytest.fixture(scope="module")
