@@ -15,10 +15,13 @@ process it is registered in), both alive at once:
     timed batches taken in turn by the two engines (plain, guarded, guarded, plain, ...), so a
     change in the machine's load falls on both; throughput in generated tokens per second of
     each engine's fastest batch (the one other jobs disturbed least) and the guarded/plain
-    ratio. The batches repeat the prompts, so the engines' prefills come from the prefix cache
-    and the guarded engine's decisions from its memory of decided prompts (what is timed is
-    decoding); ``--cold`` empties both before each batch, so every batch pays its prefill and
-    its decisions too;
+    ratio, with the ratio of the two engines' median batches beside it. The batches repeat the
+    prompts, so the engines' prefills come from the prefix cache and the guarded engine's
+    decisions from its memory of decided prompts (what is timed is decoding); ``--cold``
+    empties both before each batch, so every batch pays its prefill and its decisions too;
+    ``--strategy static`` guards with the static clamp, which decides nothing: the guarded
+    engine then pays only its in-engine op, the least that deciding inside the engine could
+    cost;
 (b) decisions: the plugin's decision for every prompt against ``dsg.hf``'s (the bundle attached
     to the transformers model, greedy ``generate``), and how many served generations equal
     dsg.hf's guarded ones (bit-equal kernels are not expected on a GPU, so this is reported,
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -150,7 +154,14 @@ def sae_bundle(args: argparse.Namespace, ids: list[list[int]], dtype: str, devic
     ordered = sorted(rates)
     threshold = (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
     binding = record_binding(decider.model, chosen.hook_name)
-    bundle = from_sae(loaded, features, threshold=threshold, multiplier=MULTIPLIER, binding=binding)
+    bundle = from_sae(
+        loaded,
+        features,
+        threshold=threshold,
+        multiplier=MULTIPLIER,
+        strategy=args.strategy,
+        binding=binding,
+    )
     return bundle.save(args.out / "bundle")
 
 
@@ -161,7 +172,9 @@ def prompts(vocab: int, n: int, length: int) -> list[list[int]]:
     return [[2, *torch.randint(3, vocab, (length - 1,), generator=g).tolist()] for _ in range(n)]
 
 
-def median_bundle(out: Path, k: int, ids: list[list[int]], dtype: str, device: str) -> Path:
+def median_bundle(
+    out: Path, k: int, ids: list[list[int]], dtype: str, device: str, strategy: str
+) -> Path:
     """A dynamic bundle of the SAE's first k features, each JumpReLU threshold raised to the
     97th percentile of its pre-activations on the prompts (the random SAE's own fire on half
     of all tokens, so every prompt's rate would be about 1), and the gate's threshold between
@@ -193,7 +206,12 @@ def median_bundle(out: Path, k: int, ids: list[list[int]], dtype: str, device: s
     threshold = (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
     binding = record_binding(decider.model, probe.hook_name)
     bundle = from_sae(
-        loaded, torch.arange(k), threshold=threshold, multiplier=probe.multiplier, binding=binding
+        loaded,
+        torch.arange(k),
+        threshold=threshold,
+        multiplier=probe.multiplier,
+        strategy=strategy,
+        binding=binding,
     )
     return bundle.save(out / "bundle")
 
@@ -392,6 +410,14 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cuda when available, else cpu")
     parser.add_argument("--dtype", default=None, help="bfloat16 on a GPU, float32 on the CPU")
     parser.add_argument("--features", type=int, default=20)
+    parser.add_argument(
+        "--strategy",
+        choices=["dynamic", "static"],
+        default="dynamic",
+        help="static: no prompt is decided (every request is clamped where its features are "
+        "active), so the guarded engine pays only its in-engine op: what deciding inside the "
+        "engine could at best reach",
+    )
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -446,7 +472,7 @@ def main() -> None:
     if args.model == "random":
         fixtures = write_fixtures(args.out, args.shape, args.device, args.features)
         ids = prompts(fixtures["vocab"], args.prompts, args.prompt_tokens)
-        median_bundle(args.out, args.features, ids, args.dtype, args.device)
+        median_bundle(args.out, args.features, ids, args.dtype, args.device, args.strategy)
     else:
         ids = prose_prompts(model_dir(args), args.prompts, args.prompt_tokens)
         sae_bundle(args, ids, args.dtype, args.device)
@@ -462,6 +488,11 @@ def main() -> None:
     put("seconds_per_round", ran["rounds"])
     put("decision_share_of_guarded_time", ran["decision_share"])
     put("guarded_over_plain", {c: guarded[c] / plain[c] for c in plain})
+    seconds = ran["rounds"]
+    put("guarded_over_plain_median_batch", {
+        c: statistics.median(seconds["plain"][c]) / statistics.median(seconds["guarded"][c])
+        for c in plain
+    })  # fmt: skip
     same = sum(a == b for a, b in zip(ran["generations"], hf["generations"], strict=True))
     put("generations_equal_to_dsg_hf", {"equal": same, "of": len(ids)})
 
