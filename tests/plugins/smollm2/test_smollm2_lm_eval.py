@@ -16,7 +16,7 @@ import dsg_smollm2  # noqa: E402
 from dsg_smollm2 import SAE_NAME  # noqa: E402
 from dsg_smollm2.case import SmolLM2BioCase  # noqa: E402
 from lm_eval import simple_evaluate  # noqa: E402
-from lm_eval.tasks import TaskManager, get_task_dict  # noqa: E402
+from lm_eval.tasks import TaskManager  # noqa: E402
 
 from dsg.api.data import DataSource  # noqa: E402
 from dsg.api.plugins import registry  # noqa: E402
@@ -60,7 +60,7 @@ def test_tasks_render_the_prompts_dsg_scores(
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_folder)
-    found = get_task_dict(list(TASKS), tasks)
+    found = tasks.load(list(TASKS))["tasks"]
     assert set(found) == set(TASKS)
     for name, task in found.items():
         eval_set = sets[TASKS[name]]
