@@ -40,9 +40,13 @@ MIXED_PROMPTS = ["vex zyx quazz pox", "the old town and its river mill", "zyq ve
 
 
 def load_hf(directory: Path) -> Any:
+    """The tiny Gemma-2 with eager attention on every transformers release (5.9 would pick sdpa
+    for it, later releases eager), so the mask tests read the same masks everywhere."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     return model, AutoTokenizer.from_pretrained(directory)
 
 

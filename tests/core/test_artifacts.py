@@ -53,6 +53,34 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Error while serializing: I/O error: No space left on device (os error 28)",
+        'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+        'left on device" })',  # safetensors 0.4
+    ],
+)
+def test_a_full_disk_under_safetensors_is_one_line_and_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, message: str
+) -> None:
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    target = tmp_path / "t.safetensors"
+    write_tensors(target, {"w": torch.arange(3)})
+
+    def full(tensors: dict, filename: str, metadata: dict | None = None) -> None:
+        Path(filename).write_bytes(b"\0" * 8)
+        raise SafetensorError(message)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(UserError, match=r"\(No space left on device\); free some space"):
+        write_tensors(target, {"w": torch.arange(4)})
+    assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]
+    assert torch.equal(read_tensors(target)["w"], torch.arange(3))
+
+
 def test_commit_then_find_and_reject_foreign_meta(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
     assert run.find("select", 1, "abc") is None

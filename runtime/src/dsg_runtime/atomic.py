@@ -171,7 +171,9 @@ def write_json(path: Path, value: Any) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(value, indent=2, default=str) + "\n"))
 
 
-_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+_OS_ERROR = re.compile(r"\(os error (\d+)\)|Os \{ code: (\d+)")
+"""The errno in a safetensors I/O error: ``(os error 28)`` in newer releases, ``IoError(Os {
+code: 28, ...})`` in older ones."""
 
 
 def write_tensors(
@@ -186,11 +188,11 @@ def write_tensors(
     def save(target: Path) -> None:
         try:
             save_file(contiguous, str(target), metadata=metadata)
-        except SafetensorError as exc:  # an I/O error names its errno as "(os error N)"
+        except SafetensorError as exc:  # an I/O error names its errno (_OS_ERROR)
             found = _OS_ERROR.search(str(exc))
             if found is None:
                 raise
-            code = int(found.group(1))
+            code = int(found.group(1) or found.group(2))
             raise OSError(code, os.strerror(code)) from None
 
     atomic_write(path, save)
