@@ -17,7 +17,7 @@ from dsg.engine.backends.transformer_lens import TransformerLensBackend
 from dsg.engine.backends.transformers import TransformersBackend
 from dsg.guardrail import DynamicClamp, StaticClamp, WindowedClamp, sae_features
 from dsg.scoring.cloze import ClozeItem
-from dsg.scoring.cloze_batches import Read, packed_batches
+from dsg.scoring.cloze_batches import Read, option_batches, packed_batches
 from dsg.scoring.loglik import ClozeScorer, choose, choose_norm, packs
 from dsg_runtime.guardrail import Guardrail, ThresholdGate
 
@@ -102,6 +102,51 @@ def test_a_packed_row_by_hand() -> None:
     assert batch.allowed[0].int().tolist() == expected
     padding = [[1, 0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0]] + [[1, 0, 0, 0, 0, 0, 0]] * 5
     assert batch.allowed[1].int().tolist() == padding
+    # token ids, position ids and question indices are what a model's embedding reads: long
+    for ids in (batch.tokens, batch.positions, batch.questions):
+        assert ids.dtype == torch.long
+
+
+def test_packed_batches_hold_each_question_once_longest_first() -> None:
+    """Five questions in batches of two: three batches, every question in exactly one, each
+    batch as wide as its longest row."""
+    items = [
+        ClozeItem(tuple(range(1, 2 + n)), ((50,), (51,), (52,), (53, 54)), (1, 1, 1, 1))
+        for n in (3, 0, 5, 1, 2)
+    ]  # packed lengths 5, 2, 7, 3, 4
+    batches = list(packed_batches(items, 2, pad_id=0))
+    assert [b.questions.tolist() for b in batches] == [[2, 0], [4, 3], [1]]
+    assert [b.tokens.shape[1] for b in batches] == [7, 4, 2]
+
+
+def test_one_row_per_option_by_hand() -> None:
+    """Each row is the context and its option but the option's last token, longest rows first;
+    the guardrail decides on the context positions only, and the option is read from the
+    context's last position on."""
+    first = ClozeItem((1, 2, 3), ((4, 5), (6,), (7, 8, 9), (10, 11)), (1, 1, 1, 1))
+    second = ClozeItem((1, 2), ((3,), (4,), (5,), (6,)), (1, 1, 1, 1))
+    batches = list(option_batches([first, second], 4, 3, pad_id=0))
+    assert [b.tokens.shape for b in batches] == [(3, 5), (3, 3), (2, 2)]
+    rows = {}
+    for b in batches:
+        assert len(b.reads) == b.tokens.shape[0]
+        for read in b.reads:
+            real = b.mask[read.row]
+            assert b.questions[read.row] == read.question
+            rows[read.question, read.option] = (
+                b.tokens[read.row][real].tolist(),
+                b.context[read.row][real].int().tolist(),
+                read.positions,
+                read.targets,
+            )
+    assert rows == {
+        (0, 0): ([1, 2, 3, 4], [1, 1, 1, 0], (2, 3), (4, 5)),
+        (0, 1): ([1, 2, 3], [1, 1, 1], (2,), (6,)),
+        (0, 2): ([1, 2, 3, 7, 8], [1, 1, 1, 0, 0], (2, 3, 4), (7, 8, 9)),
+        (0, 3): ([1, 2, 3, 10], [1, 1, 1, 0], (2, 3), (10, 11)),
+        **{(1, o): ([1, 2], [1, 1], (1,), (3 + o,)) for o in range(4)},
+    }
+    assert all(not b.context[~b.mask].any() for b in batches)  # padding is never decided on
 
 
 @pytest.mark.parametrize("batch_size", [1, 5])
