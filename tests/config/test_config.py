@@ -107,6 +107,17 @@ def test_cli_over_config_over_case_defaults(workdir: Path, registry: Registry) -
     assert s.stat_decimals == 6 and s.calibration_percentile == 95.0  # dsg's defaults
 
 
+def test_a_setting_passed_in_code_under_an_unknown_name_is_refused(
+    workdir: Path, registry: Registry
+) -> None:
+    """Settings given to ``Session.open`` from code (a sweep, a notebook) are checked by name as
+    a config file's are: a misspelt one would otherwise leave its default in force unseen."""
+    with pytest.raises(
+        UserError, match="unknown setting 'n_featurs'; known settings: .*n_features"
+    ):
+        Session.open({"case": "tiny", "n_featurs": [5]}, reg=registry)
+
+
 def test_case_can_come_from_the_config(workdir: Path, registry: Registry) -> None:
     (workdir / "dsg.toml").write_text('case = "tiny"\nmodel = "other-model"\n')
     session = Session.open({}, reg=registry)

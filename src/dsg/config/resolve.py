@@ -126,6 +126,12 @@ def resolve(
         if setting.default is not dataclasses.MISSING
     }
     merged.update(defaults.values, case=case)
+    known = with_plugins(plugin)
+    unknown = sorted(key for key in cli if key not in known)
+    if unknown:
+        raise UserError(
+            f"unknown setting {excerpt(unknown[0])}; known settings: {', '.join(sorted(known))}"
+        )
     config = _one_sae_choice(config, cli)
     for source in (config, cli):
         for key, value in source.items():

@@ -67,7 +67,7 @@ class Session:
         reg: Registry | None = None,
     ) -> Session:
         """Resolve settings (CLI over config over case defaults, the plugins' settings with
-        dsg's) and pick the case."""
+        dsg's; a ``cli`` key that names no setting is refused) and pick the case."""
         reg = reg or registry()
         for failed in reg.failures:
             stderr.print(
