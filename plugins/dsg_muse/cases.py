@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from dsg.api import CaseDefaults, DataSource, EvalSet, HubDataset, PromptFormat, read_text_corpus
+from dsg.api import CaseDefaults, DataSource, EvalSet, HubDataset, PromptFormat
 
 # The hub revision the MUSE corpora are read at. None reads the latest; set DSG_MUSE_REVISION to a
 # commit hash of the dataset repositories to pin it (results then stay comparable over time).
@@ -31,13 +31,9 @@ class MUSECase:
         return HubDataset(self.hub_id, "raw", split, revision=MUSE_REVISION)
 
     def forget_texts(self, data: DataSource) -> list[str]:
-        if data.forget_corpus is not None:
-            return read_text_corpus(data.forget_corpus)
         return self._split("forget").texts(data)
 
     def retain_texts(self, data: DataSource) -> list[str]:
-        if data.retain_corpus is not None:
-            return read_text_corpus(data.retain_corpus)
         return self._split("retain1").texts(data)
 
     def eval_sets(self, data: DataSource) -> list[EvalSet]:

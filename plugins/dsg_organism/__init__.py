@@ -82,13 +82,9 @@ class OrganismCase:
     default: bool = True
 
     def forget_texts(self, data: DataSource) -> list[str]:
-        if data.forget_corpus is not None:
-            return read_text_corpus(data.forget_corpus)
         return read_text_corpus(WORLD / "forget.jsonl")
 
     def retain_texts(self, data: DataSource) -> list[str]:
-        if data.retain_corpus is not None:
-            return read_text_corpus(data.retain_corpus)
         return read_text_corpus(WORLD / "retain.jsonl")
 
     def eval_sets(self, data: DataSource) -> list[EvalSet]:

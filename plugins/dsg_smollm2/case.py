@@ -21,7 +21,6 @@ from dsg.api import (
     MCQuestion,
     PromptFormat,
     UserError,
-    read_text_corpus,
 )
 from dsg.api.prompts import PlainClozeFormat
 from dsg_smollm2 import corpora
@@ -76,13 +75,9 @@ class SmolLM2BioCase:
     )
 
     def forget_texts(self, data: DataSource) -> list[str]:
-        if data.forget_corpus is not None:
-            return read_text_corpus(data.forget_corpus)
         return corpora.read("forget")
 
     def retain_texts(self, data: DataSource) -> list[str]:
-        if data.retain_corpus is not None:
-            return read_text_corpus(data.retain_corpus)
         return corpora.read("retain")
 
     def eval_sets(self, data: DataSource) -> list[EvalSet]:

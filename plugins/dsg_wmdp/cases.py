@@ -15,7 +15,6 @@ from dsg.api import (
     HubDataset,
     PromptFormat,
     UserError,
-    read_text_corpus,
 )
 from dsg_wmdp.mcq import mmlu_dataset, mmlu_set, wmdp_dataset, wmdp_set
 
@@ -44,15 +43,11 @@ class WMDPCase:
     forget: HubDataset | None
 
     def forget_texts(self, data: DataSource) -> list[str]:
-        if data.forget_corpus is not None:
-            return read_text_corpus(data.forget_corpus)
         if self.forget is None:
             raise UserError(BIO_FORGET_HELP)
         return self.forget.texts(data)
 
     def retain_texts(self, data: DataSource) -> list[str]:
-        if data.retain_corpus is not None:
-            return read_text_corpus(data.retain_corpus)
         return WIKITEXT.texts(data)
 
     def eval_sets(self, data: DataSource) -> list[EvalSet]:

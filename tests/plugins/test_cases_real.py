@@ -4,6 +4,7 @@ as hub snapshots, and fail with one clear message when data is missing."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from dsg.api.mirror import HubDataset, allow_patterns, case_datasets
 from dsg.api.plugins import build_registry
 from dsg.cli.app import app
 from dsg.core.errors import UserError
+from dsg.stages.corpus import case_texts
 
 GEMMA_SCOPE = "gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_142"
 
@@ -61,7 +63,7 @@ def test_bio_reads_mirror_and_user_forget_corpus(cases, mirror_dir: Path, tmp_pa
         bio.forget_texts(data)
     corpus = write_bio_forget_corpus(tmp_path / "bio-forget-corpus.jsonl")
     with_corpus = DataSource(data_dir=mirror_dir, forget_corpus=corpus)
-    forget = bio.forget_texts(with_corpus)
+    forget = case_texts(SimpleNamespace(data=with_corpus, case=bio), "forget")
     assert len(forget) == 3 and forget[0].startswith("Bio forget document 0")
     retain = bio.retain_texts(data)
     assert len(retain) == 7 and "" in retain  # raw documents: the core filters by length
@@ -95,8 +97,9 @@ def test_corpus_options_override_every_case(cases, mirror_dir: Path, tmp_path: P
     retain.write_text('{"text": "my retain doc"}\n', encoding="utf-8")
     data = DataSource(data_dir=mirror_dir, forget_corpus=forget, retain_corpus=retain)
     for name in ("bio", "cyber", "books", "news"):
-        assert cases[name].forget_texts(data) == ["my forget line one", "my forget line two"]
-        assert cases[name].retain_texts(data) == ["my retain doc"]
+        run = SimpleNamespace(data=data, case=cases[name])  # what case_texts reads of a session
+        assert case_texts(run, "forget") == ["my forget line one", "my forget line two"]
+        assert case_texts(run, "retain") == ["my retain doc"]
 
 
 @pytest.mark.parametrize("name, corpus", [("books", "Books"), ("news", "News")])

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from dsg.api.data import DataSource
 from dsg.config.settings import Settings
 from dsg.core.errors import UserError
 from dsg.stages.corpus import (
@@ -178,9 +179,9 @@ class _Case:
         return self._retain
 
 
-def _session(case: _Case, min_chars: int) -> SimpleNamespace:
+def _session(case: _Case, min_chars: int, data: DataSource | None = None) -> SimpleNamespace:
     settings = Settings(case="toy", model="m", sae="s", min_chars=min_chars, out=Path("."))
-    return SimpleNamespace(settings=settings, case=case, data=None)
+    return SimpleNamespace(settings=settings, case=case, data=data or DataSource())
 
 
 def test_documents_are_filtered_before_fingerprinting() -> None:
@@ -194,6 +195,17 @@ def test_documents_are_filtered_before_fingerprinting() -> None:
 def test_empty_corpus_after_filtering_is_a_user_error() -> None:
     with pytest.raises(UserError, match=r"forget corpus of case 'toy'.*longer than 50"):
         load_documents(_session(_Case(["x" * 50], ["y" * 60]), 50))
+
+
+def test_a_corpus_file_replaces_the_case_s_corpus_whatever_the_case_knows(tmp_path: Path) -> None:
+    """--forget-corpus is read by dsg, not by the case: a case that knows nothing of corpus
+    files (as _Case) still has its forget documents replaced; its retain side stays its own."""
+    (tmp_path / "mine.txt").write_text("my first forget document\nmy second one\n", "utf-8")
+    data = DataSource(forget_corpus=tmp_path / "mine.txt")
+    case = _Case(["the case's own forget text"], ["the case's retain text"])
+    docs = load_documents(_session(case, 5, data))
+    assert docs.forget == ["my first forget document", "my second one"]
+    assert docs.retain == ["the case's retain text"]
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_document(tmp_path: Path) -> None:

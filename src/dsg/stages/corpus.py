@@ -108,16 +108,29 @@ def is_held_out(doc: str, seed: int, percent: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 * 100 < percent
 
 
+def case_texts(session: Session, side: str) -> list[str]:
+    """The ``side`` (``forget`` or ``retain``) corpus's documents: the file the user passed
+    (``--forget-corpus``, ``--retain-corpus``), read here for every case, so no case can leave
+    it unread; else the case's own."""
+    from dsg.api.data import read_text_corpus
+
+    data = session.data
+    given = data.forget_corpus if side == "forget" else data.retain_corpus
+    if given is not None:
+        return read_text_corpus(given)
+    case = session.case
+    return case.forget_texts(data) if side == "forget" else case.retain_texts(data)
+
+
 def load_documents(session: Session) -> Documents:
     """Both corpora of the session's case, filtered by length, the forget side without its
     relearning hold-out; an empty one is a UserError."""
     s = session.settings
-    data = session.data
-    forget = filter_docs(session.case.forget_texts(data), s.min_chars)
+    forget = filter_docs(case_texts(session, "forget"), s.min_chars)
     held_out = [d for d in forget if is_held_out(d, s.seed, s.relearn_holdout)]
     docs = {
         "forget": [d for d in forget if not is_held_out(d, s.seed, s.relearn_holdout)],
-        "retain": filter_docs(session.case.retain_texts(data), s.min_chars),
+        "retain": filter_docs(case_texts(session, "retain"), s.min_chars),
     }
     if forget and not docs["forget"]:
         raise UserError(

@@ -6,6 +6,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from dsg_smollm2 import corpora, subjects, wordnet
@@ -13,6 +14,7 @@ from dsg_smollm2.case import SmolLM2BioCase
 
 from dsg.api.data import DataSource
 from dsg.engine.session import Session
+from dsg.stages.corpus import case_texts
 
 CASE = SmolLM2BioCase()
 
@@ -67,8 +69,9 @@ def test_shipped_corpora_are_the_sample_and_retain_holds_no_biomedical_line() ->
 def test_a_corpus_passed_by_the_user_replaces_the_shipped_one(tmp_path: Path) -> None:
     path = tmp_path / "mine.jsonl"
     path.write_text(json.dumps({"text": "my own document"}) + "\n")
-    assert CASE.forget_texts(DataSource(forget_corpus=path)) == ["my own document"]
-    assert CASE.retain_texts(DataSource(retain_corpus=path)) == ["my own document"]
+    data = DataSource(forget_corpus=path, retain_corpus=path)
+    run = SimpleNamespace(data=data, case=CASE)  # what case_texts reads of a session
+    assert case_texts(run, "forget") == case_texts(run, "retain") == ["my own document"]
 
 
 LICENCE_LINE = "  1 This software and database is being provided to you, the LICENSEE, by  \n"

@@ -38,6 +38,7 @@ from dsg.scoring.letter import Scorer
 from dsg.scoring.loglik import ClozeScorer, choose, require_prefix
 from dsg.scoring.rows import encode
 from dsg.stages import select
+from dsg.stages.corpus import case_texts
 from dsg.stages.evaluate import evaluate
 from dsg.stages.evaluate.modes import ClozeMode, Mode
 
@@ -92,8 +93,12 @@ class Target:
         elif s.benign_corpus is not None:
             texts, where = read_text_corpus(s.benign_corpus), f"benign corpus {s.benign_corpus}"
         else:
-            texts = self.session.case.retain_texts(self.session.data)
-            where = f"case {s.case!r}'s retain corpus (the default benign corpus)"
+            texts = case_texts(self.session, "retain")
+            where = (
+                f"retain corpus {s.retain_corpus} (the default benign corpus)"
+                if s.retain_corpus is not None
+                else f"case {s.case!r}'s retain corpus (the default benign corpus)"
+            )
         kept = [t for t in texts if t.strip()]
         if not kept:
             raise UserError(f"the {where} has no text; pass --benign-corpus with some documents")
