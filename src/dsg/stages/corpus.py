@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from dsg.api.data import read_text_corpus
 from dsg.core.artifacts import fingerprint_texts
 from dsg.core.errors import UserError
 
@@ -108,12 +109,10 @@ def is_held_out(doc: str, seed: int, percent: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 * 100 < percent
 
 
-def case_texts(session: Session, side: str) -> list[str]:
-    """The ``side`` (``forget`` or ``retain``) corpus's documents: the file the user passed
-    (``--forget-corpus``, ``--retain-corpus``), read here for every case, so no case can leave
-    it unread; else the case's own."""
-    from dsg.api.data import read_text_corpus
-
+def case_texts(session: Session, side: Literal["forget", "retain"]) -> list[str]:
+    """The ``side`` corpus's documents: the file the user passed (``--forget-corpus``,
+    ``--retain-corpus``), read here for every case, so no case can leave it unread; else the
+    case's own."""
     data = session.data
     given = data.forget_corpus if side == "forget" else data.retain_corpus
     if given is not None:
