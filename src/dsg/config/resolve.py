@@ -120,18 +120,18 @@ def resolve(
 ) -> Settings:
     """Merge case defaults, config and CLI values (None / empty means "not given"), dsg's
     settings and the ``plugin`` declarations' alike."""
-    merged: dict[str, Any] = {
-        name: setting.default
-        for name, setting in with_plugins(plugin).items()
-        if setting.default is not dataclasses.MISSING
-    }
-    merged.update(defaults.values, case=case)
     known = with_plugins(plugin)
     unknown = sorted(key for key in cli if key not in known)
     if unknown:
         raise UserError(
             f"unknown setting {excerpt(unknown[0])}; known settings: {', '.join(sorted(known))}"
         )
+    merged: dict[str, Any] = {
+        name: setting.default
+        for name, setting in known.items()
+        if setting.default is not dataclasses.MISSING
+    }
+    merged.update(defaults.values, case=case)
     config = _one_sae_choice(config, cli)
     for source in (config, cli):
         for key, value in source.items():
