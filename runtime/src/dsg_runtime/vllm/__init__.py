@@ -5,7 +5,8 @@ model with that bundle: the front end decides each request on its whole prompt, 
 ``dsg.hf`` decides it, and seals the decision; the engine core refuses requests whose seal does
 not verify, and the worker clamps the firing requests' tokens inside the forward pass. Without
 ``DSG_BUNDLE`` the plugin does nothing in that process, and a front end whose engine processes
-run without it refuses to serve. See docs/serving.md.
+run without it refuses to serve. With ``DSG_DECIDE_IN=engine`` the worker decides instead, in
+the step that prefills the prompt (:mod:`dsg_runtime.vllm.in_engine`). See docs/serving.md.
 """
 
 from __future__ import annotations

@@ -34,11 +34,12 @@ LOAD_FORMATS = ("auto", "safetensors")
 MODEL_IMPLEMENTATIONS = ("auto", "vllm")
 
 
-def check_config(vllm_config: Any) -> None:
+def check_config(vllm_config: Any, in_engine: bool = False) -> None:
     """Refuse parallelism, speculative decoding, KV transfer, pooling, the V2 model runner and
     model classes the guardrail was not tested with; and anything by which the engine would
     serve other weights than the front end decides on (LoRA, quantization, config overrides,
-    separate weights, dummy or other weight formats, weight updates)."""
+    separate weights, dummy or other weight formats, weight updates); when the engine decides,
+    ``in_engine`` (requests decided in the engine): whatever would bring it a prompt in parts."""
     parallel = vllm_config.parallel_config
     model_config = vllm_config.model_config
     load_format = str(vllm_config.load_config.load_format)
@@ -74,8 +75,37 @@ def check_config(vllm_config: Any) -> None:
         (bool(parallel.worker_extension_cls), "a worker extension class"),
     ]
     refused = [what for bad, what in problems if bad]
+    if in_engine:
+        refused += engine_config_problems(vllm_config)
     if refused:
         raise GuardrailRefused(
             f"dsg guardrail: untested with {', '.join(refused)}; refusing to serve rather than "
             "serve unguarded"
         )
+
+
+def engine_config_problems(vllm_config: Any) -> list[str]:
+    """What in this vLLM set-up would let a prompt reach the engine in parts."""
+    scheduler = vllm_config.scheduler_config
+    return [
+        what
+        for bad, what in [
+            (
+                vllm_config.cache_config.enable_prefix_caching,
+                "prefix caching when deciding in the engine (--no-enable-prefix-caching)",
+            ),
+            (
+                scheduler.enable_chunked_prefill,
+                "chunked prefill when deciding in the engine (--no-enable-chunked-prefill)",
+            ),
+            (
+                scheduler.long_prefill_token_threshold > 0,
+                "a long-prefill token threshold when deciding in the engine",
+            ),
+            (
+                vllm_config.device_config.device_type != "cpu",
+                "deciding in the engine on a device other than the CPU",
+            ),
+        ]
+        if bad
+    ]

@@ -22,6 +22,11 @@ vLLM answers that request with an error and serves the others. Worker: after the
 a hook on the bundle's decoder layer applies :class:`TokenClamp`; before each step,
 ``_prepare_inputs`` fills its per-token buffer from the scheduled requests' verified decisions.
 Weight updates are refused: the front end decides on the weights it loaded.
+
+With ``DSG_DECIDE_IN=engine`` (:mod:`dsg_runtime.vllm.in_engine`) the front end loads no decider
+and seals nothing, the engine core checks no seal, and the worker's clamp decides each request in
+the step that prefills its whole prompt; ``_prepare_inputs`` then keeps the last step's decisions
+with their requests and marks which requests decide in this one.
 """
 
 from __future__ import annotations
@@ -47,6 +52,14 @@ from dsg_runtime.vllm.checks import (
 )
 from dsg_runtime.vllm.clamp import TokenClamp
 from dsg_runtime.vllm.decision import PromptDecider, cache_salt
+from dsg_runtime.vllm.in_engine import (
+    DECIDED,
+    ENGINE_TAG,
+    decides_in_engine,
+    engine_threshold,
+    keep_decisions,
+    step_decisions,
+)
 from dsg_runtime.vllm.seal import (
     FIRED_KEY,
     SEAL_KEY,
@@ -75,7 +88,6 @@ WEIGHT_UPDATES = (
 )
 """The worker's ways to change the served weights after start-up."""
 _MARK = "__dsg_guardrail__"
-_DECIDED = "_dsg_fired"
 _DECIDED_AHEAD: ContextVar[Mapping[tuple[int, ...], bool] | None] = ContextVar(
     "dsg_decided_ahead", default=None
 )
@@ -93,7 +105,9 @@ def bundle_path() -> str | None:
 
 def load_bundle() -> tuple[Any, str]:
     """This process's bundle and the digest of exactly what was loaded (the digest is read
-    before and after the load: a bundle replaced meanwhile is refused)."""
+    before and after the load: a bundle replaced meanwhile is refused), tagged when the engine
+    decides (so a front end and engine processes that decide in different places never prove
+    to each other)."""
     from dsg_runtime.bundle import Bundle
 
     path = bundle_path()
@@ -103,7 +117,7 @@ def load_bundle() -> tuple[Any, str]:
     bundle = Bundle.load(path)
     if _bundle_digest(path) != before:
         raise GuardrailRefused(f"dsg guardrail: the bundle at {path} changed while loading")
-    return bundle, before
+    return bundle, f"{before}{ENGINE_TAG}" if decides_in_engine() else before
 
 
 def _bundle_digest(bundle_dir: str) -> str:
@@ -155,13 +169,16 @@ def patch_front_end() -> None:
 def _guarded_init(original: Any) -> Any:
     def init(self: Any, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
         original(self, vllm_config, *args, **kwargs)
-        check_config(vllm_config)
+        check_config(vllm_config, decides_in_engine())
         import torch
 
         device = os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
         model_config = vllm_config.model_config
         bundle, self._dsg_digest = load_bundle()
         self._dsg_key = key()
+        self._dsg_decider = self._dsg_batcher = None
+        if decides_in_engine():
+            return  # the engine decides each request when it prefills the prompt
         self._dsg_decider = PromptDecider.load(
             bundle,
             model_config.model,
@@ -234,9 +251,10 @@ def _decided_ahead_async(original: Any) -> Any:
 
     async def add_request(self: Any, request_id: str, *args: Any, **kwargs: Any) -> Any:
         ids = prompt_tokens(_checked_prompt(self, args, kwargs))
-        if ids is None:
+        batcher = self.input_processor._dsg_batcher
+        if ids is None or batcher is None:  # no token prompt, or the engine decides
             return await original(self, request_id, *args, **kwargs)
-        fired = await asyncio.wrap_future(self.input_processor._dsg_batcher.submit(ids))
+        fired = await asyncio.wrap_future(batcher.submit(ids))
         with _decided_ahead({tuple(ids): fired}):
             return await original(self, request_id, *args, **kwargs)
 
@@ -245,7 +263,8 @@ def _decided_ahead_async(original: Any) -> Any:
 
 def decide_request(decider: Any, digest: str, secret: bytes, request: Any) -> None:
     """Decide an ``EngineCoreRequest`` on its prompt tokens (the decision this call took ahead
-    for exactly these tokens, else ``decider.decide``'s) and attach the sealed decision."""
+    for exactly these tokens, else ``decider.decide``'s) and attach the sealed decision; with
+    no decider (the engine decides) only refuse what the engine could not decide."""
     params = request.sampling_params
     if params is None or request.pooling_params is not None:
         raise RequestRefused("dsg guardrail: pooling requests are not guarded; refused")
@@ -254,6 +273,8 @@ def decide_request(decider: Any, digest: str, secret: bytes, request: Any) -> No
             "dsg guardrail: prompts given as embeddings or with multimodal inputs cannot be "
             "decided; refused"
         )
+    if decider is None:
+        return
     ids = list(request.prompt_token_ids)
     fired = (_DECIDED_AHEAD.get() or {}).get(tuple(ids))
     if fired is None:
@@ -393,7 +414,8 @@ def _checked_preprocess(original: Any) -> Any:
 def check_request(request: Any, secret: bytes, digest: str) -> bool:
     """An ``EngineCoreRequest``'s decision, if the front end of this server made it for this
     prompt under this bundle and its cache salt follows it; otherwise the request is refused
-    (alone: vLLM answers it with an error and serves the rest)."""
+    (alone: vLLM answers it with an error and serves the rest). When the engine decides, only
+    requests it could not decide are refused (the return value means nothing then)."""
     params = request.sampling_params
     if params is None or request.pooling_params is not None:
         raise RequestRefused("dsg guardrail: pooling requests are not guarded; refused")
@@ -403,6 +425,8 @@ def check_request(request: Any, secret: bytes, digest: str) -> bool:
         )
     if request.prompt_embeds is not None or request.mm_features or not request.prompt_token_ids:
         raise RequestRefused("dsg guardrail: a request without plain prompt tokens; refused")
+    if decides_in_engine():
+        return True  # decided when its prompt is prefilled; what it carries is never read
     fired = sealed_decision(params.extra_args, secret, request.prompt_token_ids, digest)
     if fired is None:
         raise RequestRefused(
@@ -457,10 +481,15 @@ def _guarded_load_model(original: Any) -> Any:
         if kwargs.get("load_dummy_weights"):
             raise GuardrailRefused("dsg guardrail: dummy weights are not the model it decides on")
         original(self, *args, **kwargs)
-        check_config(self.vllm_config)
+        check_config(self.vllm_config, decides_in_engine())
         bundle, digest = load_bundle()
         self._dsg_key = key()
-        self._dsg_clamp = install(self.get_model(), bundle, self.max_num_tokens)
+        self._dsg_decides = decides_in_engine()
+        threshold = engine_threshold(bundle) if self._dsg_decides else None
+        self._dsg_clamp = install(
+            self.get_model(), bundle, self.max_num_tokens, threshold, self.max_num_reqs
+        )
+        self._dsg_pending = []  # (batch row, request id) decided in the last step
         self._dsg_digest = digest
 
     return load_model
@@ -474,8 +503,18 @@ def _guarded_prepare_inputs(original: Any) -> Any:
         if clamp is None:
             raise GuardrailRefused("dsg guardrail: the model runs without the guardrail's hook")
         req_ids = self.input_batch.req_ids[: self.input_batch.num_reqs]
-        decisions = request_decisions(self.requests, req_ids, self._dsg_key, self._dsg_digest)
-        clamp.fill(decisions, num_scheduled_tokens)
+        if self._dsg_decides:
+            keep_decisions(self.requests, self._dsg_pending, clamp)  # the last step's
+            computed = self.input_batch.num_computed_tokens_cpu[: len(req_ids)]
+            decides = clamp.threshold is not None
+            fired, deciding = step_decisions(
+                self.requests, req_ids, computed, num_scheduled_tokens, decides
+            )
+            clamp.fill(fired, num_scheduled_tokens, deciding if decides else None)
+            self._dsg_pending = [(int(i), req_ids[i]) for i in np.flatnonzero(deciding)]
+        else:
+            decisions = request_decisions(self.requests, req_ids, self._dsg_key, self._dsg_digest)
+            clamp.fill(decisions, num_scheduled_tokens)
         return original(self, scheduler_output, num_scheduled_tokens, *args)
 
     return prepare_inputs
@@ -491,7 +530,7 @@ def request_decisions(
     fired = np.zeros(len(req_ids), dtype=np.bool_)
     for i, req_id in enumerate(req_ids):
         state = requests[req_id]
-        decided = vars(state).get(_DECIDED)
+        decided = vars(state).get(DECIDED)
         if decided is None:
             extra = getattr(state.sampling_params, "extra_args", None)
             decided = sealed_decision(extra, secret, state.prompt_token_ids or [], digest)
@@ -502,13 +541,20 @@ def request_decisions(
                     req_id,
                 )
                 decided = True
-            setattr(state, _DECIDED, decided)
+            setattr(state, DECIDED, decided)
         fired[i] = decided
     return fired
 
 
-def install(model: Any, bundle: Any, max_tokens: int) -> TokenClamp:
-    """Hook the bundle's clamp onto the vLLM model's decoder layer; returns the clamp."""
+def install(
+    model: Any,
+    bundle: Any,
+    max_tokens: int,
+    threshold: float | None = None,
+    max_requests: int = 0,
+) -> TokenClamp:
+    """Hook the bundle's clamp onto the vLLM model's decoder layer (deciding with
+    ``threshold`` when the engine decides); returns the clamp."""
     if type(model).__name__ not in TESTED_ARCHITECTURES:
         raise GuardrailRefused(
             f"dsg guardrail: vLLM built a {type(model).__name__} (tested: "
@@ -529,7 +575,7 @@ def install(model: Any, bundle: Any, max_tokens: int) -> TokenClamp:
     layer = layers[bundle.hook_layer]
     check_layer(layer)
     device = next(model.parameters()).device
-    clamp = TokenClamp.from_bundle(bundle, max_tokens, device)
+    clamp = TokenClamp.from_bundle(bundle, max_tokens, device, threshold, max_requests)
     if bundle.hook_point == "hook_resid_post":
         layer.register_forward_hook(_post_hook(clamp))
     else:

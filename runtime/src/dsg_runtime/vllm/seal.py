@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from dsg_runtime.vllm.checks import GuardrailRefused
+from dsg_runtime.vllm.in_engine import ENGINE_TAG
 
 KEY_ENV = "DSG_DECISION_KEY"
 """The environment variable that hands the decision key to the processes vLLM starts."""
@@ -87,9 +88,9 @@ def check_proofs(secret: bytes, nonce: str, digest: str, proofs: Any) -> None:
         if not isinstance(proof, dict) or proof.get("digest") != digest:
             theirs = proof.get("digest") if isinstance(proof, dict) else None
             raise GuardrailRefused(
-                f"dsg guardrail: the engine's {role} guards with bundle {theirs!s:.16} but the "
-                f"front end decides with {digest:.16}; start every process with the same "
-                "DSG_BUNDLE"
+                f"dsg guardrail: the engine's {role} guards with bundle {shown(theirs)} but the "
+                f"front end with {shown(digest)}; start every process with the same DSG_BUNDLE "
+                "and DSG_DECIDE_IN"
             )
         expected = prove(secret, nonce, role, digest)["tag"]
         if not hmac.compare_digest(str(proof.get("tag")), expected):
@@ -97,3 +98,9 @@ def check_proofs(secret: bytes, nonce: str, digest: str, proofs: Any) -> None:
                 f"dsg guardrail: the engine's {role} does not hold the front end's decision key; "
                 "start the engine from the process that starts the front end"
             )
+
+
+def shown(digest: object) -> str:
+    """A bundle digest as refusals print it: its first 16 characters and where it decides."""
+    bundle, tagged, _ = str(digest).partition(ENGINE_TAG)
+    return f"{bundle:.16} ({'in the engine' if tagged else 'deciding in the front end'})"

@@ -1,0 +1,245 @@
+"""Deciding inside vLLM's engine (``DSG_DECIDE_IN=engine``): the clamp's op decides each request
+whose whole prompt is in the step exactly as dsg's guardrail decides that prompt on the same
+residual (rate, strict threshold, BOS never a hit), beside requests decided before; the runner's
+bookkeeping keeps each decision for the request's later steps and clamps a prompt that reaches
+the engine in part as if it fired. No vLLM needed."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from test_vllm_clamp import D, M, expected, weights
+
+from dsg_runtime.guardrail import FeatureColumns, Guardrail, ThresholdGate
+from dsg_runtime.vllm.checks import GuardrailRefused, engine_config_problems
+from dsg_runtime.vllm.clamp import TokenClamp
+from dsg_runtime.vllm.in_engine import (
+    DECIDE_ENV,
+    DECIDED,
+    decides_in_engine,
+    engine_threshold,
+    keep_decisions,
+    step_decisions,
+)
+
+
+def guardrail(w: dict[str, torch.Tensor | None], threshold: float) -> Guardrail:
+    columns = FeatureColumns(w["w_enc"], w["b_enc"], w["w_dec"], w["b_dec_in"], w["jump"])  # type: ignore[arg-type]
+    return Guardrail(columns, ThresholdGate(threshold), M)
+
+
+def prompt_rate(guard: Guardrail, resid: torch.Tensor) -> float:
+    guard.decide_prompt(resid[None], torch.ones(1, resid.shape[0], dtype=torch.bool))
+    assert guard.rates is not None
+    return float(guard.rates[0])
+
+
+def step(lengths: list[int], starts: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A flat step: request i's ``lengths[i]`` tokens at positions from ``starts[i]``."""
+    g = torch.Generator().manual_seed(seed)
+    resid = torch.randn(sum(lengths), D, generator=g) * 2
+    positions = torch.cat([torch.arange(n) + s for n, s in zip(lengths, starts, strict=True)])
+    return resid, positions
+
+
+def rows(lengths: list[int], i: int) -> slice:
+    return slice(sum(lengths[:i]), sum(lengths[: i + 1]))
+
+
+def test_whole_prompts_are_decided_as_the_guardrail_decides_them_alone() -> None:
+    """Three prompts decided in one step beside a decode token decided before (fired) and
+    one not fired: the threshold sits between the prompts' own rates, so both outcomes occur;
+    each deciding row's decision and edit are the guardrail's on that prompt alone."""
+    w = weights(3)
+    lengths, starts = [9, 1, 7, 1, 12], [0, 20, 0, 33, 0]
+    deciding = np.array([True, False, True, False, True])
+    known = np.array([False, True, False, False, False])
+    resid, positions = step(lengths, starts, seed=4)
+    probe = guardrail(w, 0.5)
+    rates = sorted(prompt_rate(probe, resid[rows(lengths, i)]) for i in (0, 2, 4))
+    assert rates[0] < rates[2], "the prompts' rates must differ for this test"
+    threshold = rates[1] if rates[1] > rates[0] else rates[2]  # the one at the threshold: no
+    guard = guardrail(w, threshold)
+    clamp = TokenClamp(w, M, max_tokens=64, device="cpu", threshold=threshold, max_requests=8)
+    clamp.fill(known, np.array(lengths), deciding)
+    out = clamp(positions, resid)
+    decided = clamp.decided_rows(len(lengths))
+    outcomes = set()
+    for i in range(len(lengths)):
+        r = rows(lengths, i)
+        if deciding[i]:
+            guard.decide_prompt(resid[r][None], torch.ones(1, lengths[i], dtype=torch.bool))
+            assert guard.fired is not None
+            fired = bool(guard.fired[0])
+            assert bool(decided[i]) == fired
+            outcomes.add(fired)
+        else:
+            fired = bool(known[i])
+        torch.testing.assert_close(out[r], expected(guard, resid[r], positions[r], fired))
+        if not fired:
+            assert torch.equal(out[r], resid[r])
+    assert outcomes == {True, False}
+
+
+def test_a_rate_equal_to_the_threshold_does_not_fire() -> None:
+    """Strict, in float32, as the gate: a prompt whose rate is the threshold does not fire;
+    one float32 step lower, it does."""
+    w = weights(7)
+    resid, positions = step([16], [0], seed=8)
+    rate = prompt_rate(guardrail(w, 0.5), resid)
+    assert 0 < rate < 1
+    below = float(np.nextafter(np.float32(rate), np.float32(0)))
+    for threshold, fires in ((rate, False), (below, True)):
+        clamp = TokenClamp(w, M, 32, "cpu", threshold=threshold, max_requests=2)
+        clamp.fill(np.array([False]), np.array([16]), np.array([True]))
+        clamp(positions, resid)
+        assert clamp.decided_rows(1).tolist() == [fires]
+
+
+def test_the_bos_counts_in_the_length_but_never_as_a_hit() -> None:
+    """A prompt whose every position has an active feature: its rate is (P - 1) / P."""
+    w = weights(1)
+    w["b_enc"] = torch.full((w["w_enc"].shape[1],), 50.0)  # type: ignore[union-attr]
+    resid, positions = step([5], [0], seed=2)
+    for threshold, fires in ((0.79, True), (0.8, False)):
+        clamp = TokenClamp(w, M, 8, "cpu", threshold=threshold, max_requests=1)
+        clamp.fill(np.array([False]), np.array([5]), np.array([True]))
+        clamp(positions, resid)
+        assert clamp.decided_rows(1).tolist() == [fires]
+
+
+def test_compiled_deciding_op_matches_eager() -> None:
+    """Traced once with dynamic shapes, the op still decides each step's rows from the buffers
+    (a graph that baked the first step's rows in would fail the second)."""
+    w = weights(5)
+    resid, positions = step([6, 6], [0, 0], seed=6)
+    rates = [prompt_rate(guardrail(w, 0.5), resid[rows([6, 6], i)]) for i in (0, 1)]
+    threshold = min(rates)
+    clamp = TokenClamp(w, M, 16, "cpu", threshold=threshold, max_requests=4)
+    compiled = torch.compile(clamp.__call__, fullgraph=True, backend="aot_eager", dynamic=True)
+    for deciding in ([True, False], [False, True], [True, True]):
+        clamp.fill(np.array([True, True]), np.array([6, 6]), np.array(deciding))
+        got = compiled(positions, resid)
+        got_rows = clamp.decided_rows(2)
+        assert torch.equal(got, clamp(positions, resid))
+        assert np.array_equal(got_rows, clamp.decided_rows(2))
+
+
+def test_a_deciding_clamp_needs_the_flags_and_room_for_the_rows() -> None:
+    w = weights()
+    clamp = TokenClamp(w, M, 16, "cpu", threshold=0.5, max_requests=2)
+    with pytest.raises(ValueError, match="deciding flag"):
+        clamp.fill(np.array([True]), np.array([3]))
+    with pytest.raises(ValueError, match="3 requests exceeds the 2"):
+        clamp.fill(np.zeros(3, dtype=bool), np.array([1, 1, 1]), np.zeros(3, dtype=bool))
+    with pytest.raises(ValueError, match="does not decide"):
+        TokenClamp(w, M, 16, "cpu").fill(np.array([True]), np.array([3]), np.array([True]))
+
+
+# ------------------------------------------------------------------ the runner's bookkeeping
+
+
+def state(prompt: int, **decided: bool) -> Any:
+    out = SimpleNamespace(num_prompt_tokens=prompt)
+    for name, value in decided.items():
+        setattr(out, name, value)
+    return out
+
+
+def test_each_request_decides_once_on_its_whole_prompt(caplog: pytest.LogCaptureFixture) -> None:
+    requests = {
+        "new": state(8),  # its whole prompt from its first token: decides now
+        "old": state(5, **{DECIDED: False}),  # decided before: keeps it
+        "chunk": state(8),  # the first part of its prompt: never decided, fires
+        "cached": state(8),  # a cached prefix, the rest now: never decided, fires
+    }
+    caplog.set_level(logging.ERROR)
+    fired, deciding = step_decisions(
+        requests,
+        ["new", "old", "chunk", "cached"],
+        computed=np.array([0, 7, 0, 4]),
+        scheduled=np.array([8, 1, 4, 4]),
+        decides=True,
+    )
+    assert deciding.tolist() == [True, False, False, False]
+    assert fired.tolist() == [False, False, True, True]
+    assert getattr(requests["chunk"], DECIDED) is True  # and for every later step
+    assert getattr(requests["cached"], DECIDED) is True
+    assert not hasattr(requests["new"], DECIDED)
+    assert sum("clamped as if it fired" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_the_static_clamp_fires_every_request_and_decides_none() -> None:
+    fired, deciding = step_decisions(
+        {"a": state(3)}, ["a"], np.array([0]), np.array([3]), decides=False
+    )
+    assert fired.tolist() == [True] and deciding.tolist() == [False]
+
+
+def test_a_step_s_decisions_are_kept_for_the_requests_still_there() -> None:
+    """Decisions read after the step land on their requests (a request that finished in that
+    step is skipped); a recompute after preemption then reuses the decision."""
+    clamp = SimpleNamespace(decided_rows=lambda n: np.array([True, False, True])[:n])
+    requests = {"a": state(4), "c": state(6)}
+    keep_decisions(requests, [(0, "a"), (1, "gone"), (2, "c")], clamp)
+    assert getattr(requests["a"], DECIDED) is True and getattr(requests["c"], DECIDED) is True
+    requests["c"] = state(6, **{DECIDED: False})
+    fired, deciding = step_decisions(
+        requests, ["c"], np.array([0]), np.array([9]), decides=True
+    )  # prompt and three generated tokens again
+    assert fired.tolist() == [False] and deciding.tolist() == [False]
+
+
+def test_where_decisions_are_taken_is_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(DECIDE_ENV, raising=False)
+    assert decides_in_engine() is False
+    monkeypatch.setenv(DECIDE_ENV, "engine")
+    assert decides_in_engine() is True
+    monkeypatch.setenv(DECIDE_ENV, "worker")
+    with pytest.raises(GuardrailRefused, match="'front-end' \\(the default\\) or 'engine'"):
+        decides_in_engine()
+
+
+def engine_config(**over: Any) -> Any:
+    return SimpleNamespace(
+        cache_config=SimpleNamespace(enable_prefix_caching=over.get("prefix", False)),
+        scheduler_config=SimpleNamespace(
+            enable_chunked_prefill=over.get("chunked", False),
+            long_prefill_token_threshold=over.get("long", 0),
+        ),
+        device_config=SimpleNamespace(device_type=over.get("device", "cpu")),
+    )
+
+
+@pytest.mark.parametrize(
+    ("over", "what"),
+    [
+        ({"prefix": True}, "--no-enable-prefix-caching"),
+        ({"chunked": True}, "--no-enable-chunked-prefill"),
+        ({"long": 64}, "long-prefill token threshold"),
+        ({"device": "cuda"}, "other than the CPU"),
+    ],
+)
+def test_what_would_bring_a_prompt_in_parts_is_refused(over: dict[str, Any], what: str) -> None:
+    assert engine_config_problems(engine_config()) == []
+    (problem,) = engine_config_problems(engine_config(**over))
+    assert what in problem
+
+
+def test_the_engine_decides_with_the_dynamic_gate_only() -> None:
+    from dsg_runtime.guardrail import AnyHitGate, WindowGate
+
+    def bundle(gate: Any) -> Any:
+        return SimpleNamespace(strategy="x", guardrail=lambda: SimpleNamespace(gate=gate))
+
+    assert engine_threshold(bundle(ThresholdGate(0.25))) == 0.25
+    assert engine_threshold(bundle(AnyHitGate())) is None
+    with pytest.raises(GuardrailRefused, match="dynamic gate only"):
+        engine_threshold(bundle(WindowGate(4, 0.5, 0.5)))
