@@ -243,3 +243,34 @@ def test_the_engine_decides_with_the_dynamic_gate_only() -> None:
     assert engine_threshold(bundle(AnyHitGate())) is None
     with pytest.raises(GuardrailRefused, match="dynamic gate only"):
         engine_threshold(bundle(WindowGate(4, 0.5, 0.5)))
+
+
+def test_decisions_are_kept_right_after_the_pass_and_a_failed_pass_fires() -> None:
+    """The runner's ``execute_model``: after the pass, its deciding requests keep the clamp's
+    decisions; if the pass raises, they are clamped as if they fired; a step that begins with
+    decisions not kept (a pass that ran outside ``execute_model``) is refused."""
+    from dsg_runtime.vllm.engine import _decisions_kept, _guarded_prepare_inputs
+
+    def forward(self: Any, fail: bool) -> str:
+        if fail:
+            raise RuntimeError("the pass failed")
+        return "out"
+
+    clamp = SimpleNamespace(decided_rows=lambda n: np.array([False, True])[:n])
+    runner = SimpleNamespace(requests={"a": state(3), "b": state(4)}, _dsg_clamp=clamp)
+    execute = _decisions_kept(forward)
+    runner._dsg_pending = [(0, "a"), (1, "b")]
+    assert execute(runner, False) == "out"
+    assert [getattr(runner.requests[r], DECIDED) for r in "ab"] == [False, True]
+    assert runner._dsg_pending == []
+    runner.requests = {"a": state(3), "b": state(4)}
+    runner._dsg_pending = [(0, "a"), (1, "b")]
+    with pytest.raises(RuntimeError, match="the pass failed"):
+        execute(runner, True)
+    assert [getattr(runner.requests[r], DECIDED) for r in "ab"] == [True, True]
+    runner._dsg_pending = [(0, "a")]
+    runner._dsg_decides = True
+    runner.input_batch = SimpleNamespace(req_ids=["a"], num_reqs=1)
+    prepare = _guarded_prepare_inputs(lambda *a: None)
+    with pytest.raises(GuardrailRefused, match="before the last step's decisions were kept"):
+        prepare(runner, None, np.array([1]))

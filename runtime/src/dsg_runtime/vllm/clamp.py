@@ -152,8 +152,8 @@ class TokenClamp:
     def _fill_deciding(
         self, per_token: np.ndarray, tokens: np.ndarray, deciding: np.ndarray | None
     ) -> None:
-        """The per-token buffers of a step decided in the engine (host memory: see
-        :func:`dsg_runtime.vllm.in_engine.check_engine_config`)."""
+        """The per-token buffers of a step decided in the engine, written in place (the CPU
+        runner only: :func:`~dsg_runtime.vllm.checks.engine_config_problems`)."""
         rows = tokens.size
         if deciding is None or deciding.shape != (rows,):
             raise ValueError("deciding in the engine needs each request's deciding flag")

@@ -25,8 +25,8 @@ Weight updates are refused: the front end decides on the weights it loaded.
 
 With ``DSG_DECIDE_IN=engine`` (:mod:`dsg_runtime.vllm.in_engine`) the front end loads no decider
 and seals nothing, the engine core checks no seal, and the worker's clamp decides each request in
-the step that prefills its whole prompt; ``_prepare_inputs`` then keeps the last step's decisions
-with their requests and marks which requests decide in this one.
+the step that prefills its whole prompt: ``_prepare_inputs`` marks which requests decide in the
+step, and ``execute_model`` leaves each decision with its request right after the forward pass.
 """
 
 from __future__ import annotations
@@ -453,6 +453,7 @@ def patch_worker() -> None:
         if "load_model" in cls.__dict__:
             _wrap(cls, "load_model", _guarded_load_model)
     _wrap(GPUModelRunner, "_prepare_inputs", _guarded_prepare_inputs)
+    _wrap(GPUModelRunner, "execute_model", _decisions_kept)
     for name in WEIGHT_UPDATES:
         _wrap(Worker, name, _refused_weight_update)
     _add(Worker, PROOF_METHOD, _worker_proof)
@@ -504,7 +505,10 @@ def _guarded_prepare_inputs(original: Any) -> Any:
             raise GuardrailRefused("dsg guardrail: the model runs without the guardrail's hook")
         req_ids = self.input_batch.req_ids[: self.input_batch.num_reqs]
         if self._dsg_decides:
-            keep_decisions(self.requests, self._dsg_pending, clamp)  # the last step's
+            if self._dsg_pending:
+                raise GuardrailRefused(
+                    "dsg guardrail: a step began before the last step's decisions were kept"
+                )
             computed = self.input_batch.num_computed_tokens_cpu[: len(req_ids)]
             decides = clamp.threshold is not None
             fired, deciding = step_decisions(
@@ -518,6 +522,28 @@ def _guarded_prepare_inputs(original: Any) -> Any:
         return original(self, scheduler_output, num_scheduled_tokens, *args)
 
     return prepare_inputs
+
+
+def _decisions_kept(original: Any) -> Any:
+    """Deciding in the engine: right after the forward pass that decided them, each request
+    keeps its decision (read before any other pass can overwrite the clamp's buffer); should
+    the step fail, those requests are clamped as if they fired."""
+
+    def execute_model(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            out = original(self, *args, **kwargs)
+        except BaseException:
+            for _, req_id in getattr(self, "_dsg_pending", ()):
+                if req_id in self.requests:
+                    setattr(self.requests[req_id], DECIDED, True)
+            self._dsg_pending = []
+            raise
+        if getattr(self, "_dsg_pending", None):
+            keep_decisions(self.requests, self._dsg_pending, self._dsg_clamp)
+            self._dsg_pending = []
+        return out
+
+    return execute_model
 
 
 def request_decisions(

@@ -99,8 +99,8 @@ def step_decisions(
 
 
 def keep_decisions(requests: dict[str, Any], pending: list[tuple[int, str]], clamp: Any) -> None:
-    """After a step that decided ``pending`` (batch row, request id): each request keeps its
-    decision for its later steps (a request already finished is skipped)."""
+    """Right after the forward pass that decided ``pending`` (batch row, request id): each
+    request keeps its decision for its later steps (a request no longer there is skipped)."""
     if not pending:
         return
     decided = clamp.decided_rows(max(row for row, _ in pending) + 1)
