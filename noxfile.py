@@ -251,7 +251,10 @@ MUTANT_SHARDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         (f"{RUNTIME_SRC}/checks.py",),
         ("runtime/tests/test_checks.py", "tests/config/test_bad_input_values.py"),
     ),
-    "vllm_clamp": ((f"{RUNTIME_SRC}/vllm/clamp.py",), ("runtime/tests/test_vllm_clamp.py",)),
+    "vllm_clamp": (
+        (f"{RUNTIME_SRC}/vllm/clamp.py", f"{RUNTIME_SRC}/vllm/in_engine.py"),
+        ("runtime/tests/test_vllm_clamp.py", "runtime/tests/test_vllm_in_engine.py"),
+    ),
     "select": (("src/dsg/stages/select.py",), ("tests/stages/test_select.py",)),
     "score": (
         ("src/dsg/stages/evaluate/score.py", "src/dsg/stages/evaluate/heldout.py"),

@@ -523,12 +523,18 @@ def main() -> None:
         sae_bundle(args, ids, args.dtype, args.device)
     (args.out / "prompts.json").write_text(json.dumps(ids))
     hf = hf_side(args, ids)
+
+    def put_decisions(plugin: list[bool | None]) -> None:
+        put("decisions", {
+            "where": args.decide_in, "prompts": len(ids), "fired": sum(hf["fired"]),
+            "equal_to_dsg_hf": sum(a == b for a, b in zip(plugin, hf["fired"], strict=True)),
+        })  # fmt: skip
+
+    if args.decide_in == "front-end":
+        put_decisions(hf["plugin"])
     ran = interleaved(args)
-    plugin = ran["engine_decided"] or hf["plugin"]
-    put("decisions", {
-        "where": args.decide_in, "prompts": len(ids), "fired": sum(hf["fired"]),
-        "equal_to_dsg_hf": sum(a == b for a, b in zip(plugin, hf["fired"], strict=True)),
-    })  # fmt: skip
+    if args.decide_in == "engine":  # known once the engine has served every prompt
+        put_decisions(ran["engine_decided"])
     plain, guarded = ran["throughput"]["plain"], ran["throughput"]["guarded"]
     put("throughput_tokens_per_s", ran["throughput"])
     put("seconds_per_round", ran["rounds"])
