@@ -1,7 +1,8 @@
 """The OpenAI-compatible server with the plugin found through its ``vllm.general_plugins`` entry
 point, in vLLM's three processes (API server, engine core, worker): the organism's completions
 equal dsg.hf's guarded generations, a client cannot switch the guardrail off through
-``vllm_xargs``, and beam search is refused as a client error. Needs vLLM (``nox -s vllm``);
+``vllm_xargs``, and beam search is refused as a client error; deciding in the front end and in
+the engine (``DSG_DECIDE_IN=engine``). Needs vLLM (``nox -s vllm``);
 skipped without it."""
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module", params=["front-end", "engine"])
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("server")
     ids = prompt_ids()
     bundle_dir = organism_bundle(root / "bundle", ids[-2:])
@@ -51,13 +54,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     env = {
         **os.environ,
         "DSG_BUNDLE": str(bundle_dir),
+        "DSG_DECIDE_IN": request.param,
         "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
         "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
     }
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(organism_model()), "--dtype", "float32", "--max-model-len", "256",
-        "--gpu-memory-utilization", "0.1", "--enable-prefix-caching", "--port", str(port),
+        "--gpu-memory-utilization", "0.1", "--port", str(port),
+        *(
+            ["--no-enable-prefix-caching", "--no-enable-chunked-prefill"]
+            if request.param == "engine"
+            else ["--enable-prefix-caching"]
+        ),
     ]  # fmt: skip
     log = (root / "server.log").open("w")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
