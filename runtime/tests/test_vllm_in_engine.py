@@ -130,6 +130,19 @@ def test_compiled_deciding_op_matches_eager() -> None:
         assert np.array_equal(got_rows, clamp.decided_rows(2))
 
 
+def test_a_row_reads_undecided_until_a_pass_decides_it() -> None:
+    """After a fill and before the pass, every row reads -1 (a pass of the last step cannot
+    answer for this one); the pass writes 1 or 0."""
+    w = weights(2)
+    resid, positions = step([4], [0], seed=3)
+    clamp = TokenClamp(w, M, 8, "cpu", threshold=0.0, max_requests=2)
+    for _ in range(2):
+        clamp.fill(np.array([False]), np.array([4]), np.array([True]))
+        assert clamp.decided_rows(2).tolist() == [-1, -1]
+        clamp(positions, resid)
+        assert clamp.decided_rows(2).tolist() == [int(prompt_rate(guardrail(w, 0.0), resid) > 0), 0]
+
+
 def test_a_deciding_clamp_needs_the_flags_and_room_for_the_rows() -> None:
     w = weights()
     clamp = TokenClamp(w, M, 16, "cpu", threshold=0.5, max_requests=2)
@@ -181,13 +194,20 @@ def test_the_static_clamp_fires_every_request_and_decides_none() -> None:
     assert fired.tolist() == [True] and deciding.tolist() == [False]
 
 
-def test_a_step_s_decisions_are_kept_for_the_requests_still_there() -> None:
-    """Decisions read after the step land on their requests (a request that finished in that
-    step is skipped); a recompute after preemption then reuses the decision."""
-    clamp = SimpleNamespace(decided_rows=lambda n: np.array([True, False, True])[:n])
-    requests = {"a": state(4), "c": state(6)}
-    keep_decisions(requests, [(0, "a"), (1, "gone"), (2, "c")], clamp)
-    assert getattr(requests["a"], DECIDED) is True and getattr(requests["c"], DECIDED) is True
+def test_a_step_s_decisions_are_kept_for_the_requests_still_there(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Decisions read after the step land on their requests (a request no longer there is
+    skipped, a row no pass decided fires, logged); a recompute after preemption then reuses
+    the decision."""
+    clamp = SimpleNamespace(decided_rows=lambda n: np.array([1, 0, 1, -1, 0], np.int8)[:n])
+    requests = {"a": state(4), "c": state(6), "d": state(2), "e": state(3)}
+    caplog.set_level(logging.ERROR)
+    keep_decisions(requests, [(0, "a"), (1, "gone"), (2, "c"), (3, "d"), (4, "e")], clamp)
+    assert [getattr(requests[r], DECIDED) for r in "acde"] == [True, True, True, False]
+    assert [r.getMessage() for r in caplog.records] == [
+        "dsg guardrail: no forward pass decided request d; clamped as if it fired"
+    ]
     requests["c"] = state(6, **{DECIDED: False})
     fired, deciding = step_decisions(
         requests, ["c"], np.array([0]), np.array([9]), decides=True

@@ -19,7 +19,8 @@ there, by the dynamic gate's rule (hits over the prompt's positions other than t
 by its length in float64, ``float32(rate) > float32(threshold)``), with per-token buffers
 (which batch row a token belongs to, whether that row decides now) and index additions: dense,
 no host synchronisation, so a graph traced once decides every step. Each deciding row's
-decision is left in :attr:`TokenClamp.rows_fired` for the runner to keep.
+decision is left in :attr:`TokenClamp.rows_fired` for the runner to keep (``-1`` until a pass
+has decided it, so a decision is never read from a pass that did not run).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class TokenClamp:
         if threshold is not None:
             self.deciding = torch.zeros(max_tokens, dtype=torch.bool, device=device)
             self.row_of = torch.zeros(max_tokens, dtype=torch.long, device=device)
-            self.rows_fired = torch.zeros(max_requests, dtype=torch.bool, device=device)
+            self.rows_fired = torch.full((max_requests,), -1, dtype=torch.int8, device=device)
         self._staging: list[tuple[torch.Tensor, Any]] = []
         if self.fired.device.type == "cuda":
             # two pinned slots used in turn, each with the event recorded after its last copy
@@ -172,10 +173,12 @@ class TokenClamp:
         self.deciding[n:] = False
         self.row_of[:n] = torch.from_numpy(np.repeat(np.arange(rows, dtype=np.int64), tokens))
         self.row_of[n:] = 0
+        self.rows_fired.fill_(-1)
 
     def decided_rows(self, rows: int) -> np.ndarray:
         """After a step decided in the engine: the decisions of its first ``rows`` batch rows
-        (meaningful for the rows that decided)."""
+        (1 fired, 0 not; meaningful for the rows that decided; -1 if no pass ran since the
+        step's :meth:`fill`)."""
         return self.rows_fired[:rows].cpu().numpy().copy()
 
     def residual(
@@ -218,5 +221,5 @@ class TokenClamp:
         counted = zeros.index_add(0, rows, (hits & deciding).to(torch.float64))
         length = zeros.index_add(0, rows, deciding.to(torch.float64))
         rows_fired = rate_gate(counted / length.clamp(min=1), self.threshold)  # type: ignore[arg-type]
-        self.rows_fired.copy_(rows_fired)
+        self.rows_fired.copy_(rows_fired.to(torch.int8))
         return deciding & rows_fired[rows]

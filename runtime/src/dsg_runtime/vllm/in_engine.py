@@ -100,12 +100,20 @@ def step_decisions(
 
 def keep_decisions(requests: dict[str, Any], pending: list[tuple[int, str]], clamp: Any) -> None:
     """Right after the forward pass that decided ``pending`` (batch row, request id): each
-    request keeps its decision for its later steps (a request no longer there is skipped)."""
+    request keeps its decision for its later steps (a request no longer there is skipped). A
+    row no pass decided (the step's forward did not run) fires, and is logged."""
     if not pending:
         return
     decided = clamp.decided_rows(max(row for row, _ in pending) + 1)
     for row, req_id in pending:
         state = requests.get(req_id)
-        if state is not None:
-            setattr(state, DECIDED, bool(decided[row]))
-            log.debug("dsg guardrail: request %s decided in the engine: %s", req_id, decided[row])
+        if state is None:
+            continue
+        fired = bool(decided[row] != 0)
+        if decided[row] < 0:
+            log.error(
+                "dsg guardrail: no forward pass decided request %s; clamped as if it fired",
+                req_id,
+            )
+        setattr(state, DECIDED, fired)
+        log.debug("dsg guardrail: request %s decided in the engine: %s", req_id, fired)
