@@ -124,7 +124,7 @@ def test_a_decision_written_into_the_request_is_never_read(served: dict[str, Any
         ("enable_prefix_caching=False, enable_chunked_prefill=True", "chunked prefill"),
         (
             "enable_prefix_caching=False, enable_chunked_prefill=False, decide_in=None",
-            "(in the engine) but the front end with",
+            "(deciding in the engine) but the front end with",
         ),
     ],
     ids=["prefix caching", "chunked prefill", "front end decides"],

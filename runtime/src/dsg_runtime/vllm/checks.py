@@ -38,8 +38,8 @@ def check_config(vllm_config: Any, in_engine: bool = False) -> None:
     """Refuse parallelism, speculative decoding, KV transfer, pooling, the V2 model runner and
     model classes the guardrail was not tested with; and anything by which the engine would
     serve other weights than the front end decides on (LoRA, quantization, config overrides,
-    separate weights, dummy or other weight formats, weight updates); when the engine decides,
-    ``in_engine`` (requests decided in the engine): whatever would bring it a prompt in parts."""
+    separate weights, dummy or other weight formats, weight updates); with ``in_engine``
+    (requests decided in the engine), also whatever would bring the engine a prompt in parts."""
     parallel = vllm_config.parallel_config
     model_config = vllm_config.model_config
     load_format = str(vllm_config.load_config.load_format)

@@ -103,4 +103,4 @@ def check_proofs(secret: bytes, nonce: str, digest: str, proofs: Any) -> None:
 def shown(digest: object) -> str:
     """A bundle digest as refusals print it: its first 16 characters and where it decides."""
     bundle, tagged, _ = str(digest).partition(ENGINE_TAG)
-    return f"{bundle:.16} ({'in the engine' if tagged else 'deciding in the front end'})"
+    return f"{bundle:.16} (deciding in the {'engine' if tagged else 'front end'})"
