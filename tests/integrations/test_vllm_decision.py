@@ -345,9 +345,10 @@ def test_engine_proofs_must_name_the_front_ends_bundle_and_key() -> None:
     engine = DIGEST + ENGINE_TAG  # the same bundle, decided in the engine
     with pytest.raises(GuardrailRefused) as error:
         check_proofs(KEY, nonce, DIGEST, [good[0], prove(KEY, nonce, "worker", engine)])
-    assert f"worker guards with bundle {DIGEST[:16]} (deciding in the engine) but the front end with " in (
-        str(error.value)
-    )
+    assert (
+        f"worker guards with bundle {DIGEST[:16]} (deciding in the engine) but the front end "
+        f"with {DIGEST[:16]} (deciding in the front end)"
+    ) in str(error.value)
     check_proofs(KEY, nonce, engine, [prove(KEY, nonce, r, engine) for r in ("core", "worker")])
 
 
