@@ -88,7 +88,7 @@ def step_decisions(
         else:
             log.error(
                 "dsg guardrail: request %s's prompt reached the engine in part (%d tokens from "
-                "%d of %d) before it was decided; clamped as if it fired",
+                "position %d of %d) before it was decided; clamped as if it fired",
                 req_id,
                 scheduled[i],
                 computed[i],
