@@ -140,16 +140,15 @@ def test_compiled_op_matches_eager() -> None:
         assert torch.equal(compiled(positions, resid), clamp(positions, resid))
 
 
-@pytest.mark.parametrize("b_dec_in", [True, False])
-def test_a_bundle_s_clamp_is_its_guardrail_s_edit(b_dec_in: bool) -> None:
-    """From a JumpReLU bundle whose decoder bias is (or is not) subtracted from the input: the
-    clamp edits each fired token as the bundle's own guardrail does."""
+def jumprelu_bundle(b_dec_in: bool, threshold: float = 0.5) -> Bundle:
+    """A JumpReLU bundle of four features whose decoder bias is (or is not) subtracted from the
+    input; its jump threshold leaves many pre-activations below it (JumpReLU is not ReLU)."""
     w = weights(6)
-    w["jump"] = torch.full((K,), 4.0)  # many pre-activations below it: JumpReLU is not ReLU
-    bundle = Bundle(
+    w["jump"] = torch.full((K,), 4.0)
+    return Bundle(
         hook_name="blocks.0.hook_resid_post",
         features=(0, 1, 2, 3),
-        threshold=0.5,
+        threshold=threshold,
         multiplier=M,
         strategy="dynamic",
         activation="jumprelu",
@@ -163,6 +162,36 @@ def test_a_bundle_s_clamp_is_its_guardrail_s_edit(b_dec_in: bool) -> None:
             JUMP_THRESHOLD: w["jump"],
         },
     )
+
+
+def topk_bundle(b_dec_in: bool, threshold: float = 0.5) -> Bundle:
+    """A TopK bundle: the whole encoder of 12 latents, 3 kept per token, 3 selected."""
+    g = torch.Generator().manual_seed(13)
+    d_sae = 12
+    return Bundle(
+        hook_name="blocks.0.hook_resid_post",
+        features=(5, 2, 9),
+        threshold=threshold,
+        multiplier=M,
+        strategy="dynamic",
+        activation="topk",
+        top_k=3,
+        apply_b_dec_to_input=b_dec_in,
+        d_sae=d_sae,
+        tensors={
+            "W_enc": torch.randn(D, d_sae, generator=g),
+            "b_enc": torch.randn(d_sae, generator=g) * 0.5,
+            "W_dec": torch.randn(3, D, generator=g),
+            "b_dec": torch.randn(D, generator=g) * 0.1,
+        },
+    )
+
+
+@pytest.mark.parametrize("b_dec_in", [True, False])
+def test_a_bundle_s_clamp_is_its_guardrail_s_edit(b_dec_in: bool) -> None:
+    """From a JumpReLU bundle whose decoder bias is (or is not) subtracted from the input: the
+    clamp edits each fired token as the bundle's own guardrail does."""
+    bundle = jumprelu_bundle(b_dec_in)
     clamp = TokenClamp.from_bundle(bundle, max_tokens=8, device="cpu")
     assert (clamp.weights["b_dec_in"] is not None) is b_dec_in
     resid, positions = (
@@ -201,10 +230,14 @@ def test_a_fired_token_without_an_active_feature_is_untouched() -> None:
 
 
 def test_weights_and_the_buffer_live_on_the_engine_s_device() -> None:
-    """Cast once onto the device the engine runs on (the meta device stands in for a GPU)."""
-    clamp = TokenClamp(weights(12), M, max_tokens=8, device="meta")
+    """Cast once onto the device the engine runs on (the meta device stands in for a GPU), the
+    buffers of deciding in the engine too, and the op computes there."""
+    clamp = TokenClamp(weights(12), M, max_tokens=8, device="meta", threshold=0.5, max_requests=2)
     assert {t.device.type for t in clamp.weights.values() if t is not None} == {"meta"}
-    assert clamp.fired.device.type == "meta"
+    buffers = (clamp.fired, clamp.deciding, clamp.row_of, clamp.rows_fired)
+    assert {t.device.type for t in buffers} == {"meta"}
+    out = clamp(torch.arange(8, device="meta"), torch.empty(8, D, device="meta"))
+    assert out.device.type == "meta" and out.shape == (8, D)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (asynchronous copies)")
@@ -229,25 +262,8 @@ def test_a_topk_bundle_s_clamp_is_its_guardrail_s_edit(b_dec_in: bool) -> None:
     """From a TopK bundle (the whole encoder, 3 of 12 latents kept per token): the clamp
     computes the same activations as the bundle's guardrail and edits each fired token as it
     does."""
-    g = torch.Generator().manual_seed(13)
-    d_sae = 12
-    bundle = Bundle(
-        hook_name="blocks.0.hook_resid_post",
-        features=(5, 2, 9),
-        threshold=0.5,
-        multiplier=M,
-        strategy="dynamic",
-        activation="topk",
-        top_k=3,
-        apply_b_dec_to_input=b_dec_in,
-        d_sae=d_sae,
-        tensors={
-            "W_enc": torch.randn(D, d_sae, generator=g),
-            "b_enc": torch.randn(d_sae, generator=g) * 0.5,
-            "W_dec": torch.randn(3, D, generator=g),
-            "b_dec": torch.randn(D, generator=g) * 0.1,
-        },
-    )
+    bundle = topk_bundle(b_dec_in)
+    g = torch.Generator().manual_seed(14)
     clamp = TokenClamp.from_bundle(bundle, max_tokens=16, device="cpu")
     assert clamp.top_k == 3 and clamp.weights["index"].dtype == torch.long  # type: ignore[union-attr]
     resid, positions = torch.randn(16, D, generator=g) * 2, torch.arange(16)

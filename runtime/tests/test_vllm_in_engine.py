@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_vllm_clamp import D, M, expected, weights
+from test_vllm_clamp import D, M, expected, jumprelu_bundle, topk_bundle, weights
 
 from dsg_runtime.guardrail import FeatureColumns, Guardrail, ThresholdGate
 from dsg_runtime.vllm.checks import GuardrailRefused, engine_config_problems
@@ -143,15 +143,78 @@ def test_a_row_reads_undecided_until_a_pass_decides_it() -> None:
         assert clamp.decided_rows(2).tolist() == [int(prompt_rate(guardrail(w, 0.0), resid) > 0), 0]
 
 
+@pytest.mark.parametrize("make", [jumprelu_bundle, topk_bundle], ids=["jumprelu", "topk"])
+def test_a_bundle_s_clamp_decides_as_its_guardrail(make: Any) -> None:
+    """From a bundle, with the threshold the engine reads from it: a prompt whose rate is the
+    threshold does not fire, one below it does, as the bundle's own guardrail decides."""
+    resid, positions = step([12], [0], seed=21)
+    rate = prompt_rate(make(True).guardrail(), resid)
+    assert 0 < rate < 1
+    for threshold, fires in ((rate, False), (rate / 2, True)):
+        bundle = make(True, threshold)
+        clamp = TokenClamp.from_bundle(bundle, 16, "cpu", engine_threshold(bundle), 2)
+        clamp.fill(np.array([False]), np.array([12]), np.array([True]))
+        out = clamp(positions, resid)
+        assert clamp.decided_rows(1).tolist() == [fires]
+        torch.testing.assert_close(out, expected(bundle.guardrail(), resid, positions, fires))
+
+
+def test_a_feature_active_below_one_is_a_hit_and_clamped() -> None:
+    """Active means above zero (past a JumpReLU's jump), however small."""
+    w = weights(1)
+    w["jump"] = torch.zeros_like(w["jump"])  # type: ignore[arg-type]
+    x = torch.randn(3, D, generator=torch.Generator().manual_seed(5))
+    w_enc, b_enc, b_dec = w["w_enc"], w["b_enc"], w["b_dec_in"]
+    assert w_enc is not None and b_enc is not None and b_dec is not None
+    pre = torch.full((w_enc.shape[1],), -3.0)
+    pre[0] = 0.25  # one feature active, at 0.25
+    x[1] = torch.linalg.lstsq(w_enc.T, (pre - b_enc)[:, None]).solution[:, 0] + b_dec
+    x[2] = torch.linalg.lstsq(w_enc.T, (-3.0 - b_enc)[:, None]).solution[:, 0] + b_dec
+    clamp = TokenClamp(w, M, 4, "cpu", threshold=0.3, max_requests=1)
+    clamp.fill(np.array([False]), np.array([3]), np.array([True]))
+    out = clamp(torch.arange(3), x)
+    assert clamp.decided_rows(1).tolist() == [1]  # one hit in three positions: 1/3 > 0.3
+    assert not torch.equal(out[1], x[1]) and torch.equal(out[2], x[2])
+
+
+def test_padding_after_the_step_s_tokens_never_counts_nor_clamps() -> None:
+    """vLLM may run more rows than the step's tokens: those rows neither decide nor count
+    toward any request, and are returned bit for bit."""
+    w = weights(3)
+    resid, positions = step([6, 10], [0, 0], seed=4)
+    w_enc, b_enc, b_dec = w["w_enc"], w["b_enc"], w["b_dec_in"]
+    assert w_enc is not None and b_enc is not None and b_dec is not None
+    hot = torch.linalg.lstsq(w_enc.T, (3.0 - b_enc)[:, None]).solution[:, 0] + b_dec
+    resid[6:] = hot  # every padding row a hit wherever it counted
+    clamp = TokenClamp(w, M, 32, "cpu", threshold=0.0, max_requests=2)
+    clamp.fill(np.array([False]), np.array([6]), np.array([True]))
+    out = clamp(positions, resid)  # 16 rows, 6 of them the step's
+    rate = prompt_rate(guardrail(w, 0.0), resid[:6])
+    got = clamp.decided_rows(2).tolist()
+    assert got[0] == int(rate > 0)
+    clamp.threshold = rate  # exactly at the prompt's rate: any padding counted would move it
+    clamp.fill(np.array([False]), np.array([6]), np.array([True]))
+    clamp(positions, resid)
+    assert clamp.decided_rows(1).tolist() == [0]
+    assert torch.equal(out[6:], resid[6:])
+
+
 def test_a_deciding_clamp_needs_the_flags_and_room_for_the_rows() -> None:
     w = weights()
     clamp = TokenClamp(w, M, 16, "cpu", threshold=0.5, max_requests=2)
-    with pytest.raises(ValueError, match="deciding flag"):
+    with pytest.raises(ValueError) as caught:
         clamp.fill(np.array([True]), np.array([3]))
-    with pytest.raises(ValueError, match="3 requests exceeds the 2"):
+    assert str(caught.value) == "deciding in the engine needs each request's deciding flag"
+    with pytest.raises(ValueError) as caught:
         clamp.fill(np.zeros(3, dtype=bool), np.array([1, 1, 1]), np.zeros(3, dtype=bool))
-    with pytest.raises(ValueError, match="does not decide"):
+    assert str(caught.value) == "a step of 3 requests exceeds the 2 the guardrail was sized for"
+    with pytest.raises(ValueError) as caught:
         TokenClamp(w, M, 16, "cpu").fill(np.array([True]), np.array([3]), np.array([True]))
+    assert str(caught.value) == "this clamp does not decide in the engine"
+    clamp._staging = [(torch.zeros(16, dtype=torch.bool), None)]  # as a CUDA clamp has
+    with pytest.raises(ValueError) as caught:
+        clamp.fill(np.array([True]), np.array([3]), np.array([False]))
+    assert str(caught.value) == "deciding in the engine is measured on the CPU only"
 
 
 # ------------------------------------------------------------------ the runner's bookkeeping
@@ -171,26 +234,34 @@ def test_each_request_decides_once_on_its_whole_prompt(caplog: pytest.LogCapture
         "chunk": state(8),  # the first part of its prompt: never decided, fires
         "cached": state(8),  # a cached prefix, the rest now: never decided, fires
     }
+    requests["hot"] = state(5, **{DECIDED: True})  # decided before, fired: keeps it
     caplog.set_level(logging.ERROR)
     fired, deciding = step_decisions(
         requests,
-        ["new", "old", "chunk", "cached"],
-        computed=np.array([0, 7, 0, 4]),
-        scheduled=np.array([8, 1, 4, 4]),
+        ["new", "old", "chunk", "cached", "hot"],
+        computed=np.array([0, 7, 0, 4, 6]),
+        scheduled=np.array([8, 1, 4, 4, 1]),
         decides=True,
     )
-    assert deciding.tolist() == [True, False, False, False]
-    assert fired.tolist() == [False, False, True, True]
+    assert fired.dtype == np.bool_ and deciding.dtype == np.bool_
+    assert deciding.tolist() == [True, False, False, False, False]
+    assert fired.tolist() == [False, False, True, True, True]
     assert getattr(requests["chunk"], DECIDED) is True  # and for every later step
     assert getattr(requests["cached"], DECIDED) is True
     assert not hasattr(requests["new"], DECIDED)
-    assert sum("clamped as if it fired" in r.getMessage() for r in caplog.records) == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "dsg guardrail: request chunk's prompt reached the engine in part (4 tokens from "
+        "position 0 of 8) before it was decided; clamped as if it fired",
+        "dsg guardrail: request cached's prompt reached the engine in part (4 tokens from "
+        "position 4 of 8) before it was decided; clamped as if it fired",
+    ]
 
 
 def test_the_static_clamp_fires_every_request_and_decides_none() -> None:
     fired, deciding = step_decisions(
         {"a": state(3)}, ["a"], np.array([0]), np.array([3]), decides=False
     )
+    assert fired.dtype == np.bool_ and deciding.dtype == np.bool_
     assert fired.tolist() == [True] and deciding.tolist() == [False]
 
 
@@ -200,14 +271,26 @@ def test_a_step_s_decisions_are_kept_for_the_requests_still_there(
     """Decisions read after the step land on their requests (a request no longer there is
     skipped, a row no pass decided fires, logged); a recompute after preemption then reuses
     the decision."""
-    clamp = SimpleNamespace(decided_rows=lambda n: np.array([1, 0, 1, -1, 0], np.int8)[:n])
+    asked: list[int] = []
+
+    def decided_rows(n: int) -> np.ndarray:
+        asked.append(n)
+        return np.array([1, 0, 1, -1, 0, 1], np.int8)[:n]
+
+    clamp = SimpleNamespace(decided_rows=decided_rows)
     requests = {"a": state(4), "c": state(6), "d": state(2), "e": state(3)}
-    caplog.set_level(logging.ERROR)
+    caplog.set_level(logging.DEBUG, logger="dsg_runtime")
     keep_decisions(requests, [(0, "a"), (1, "gone"), (2, "c"), (3, "d"), (4, "e")], clamp)
+    assert asked == [5]  # the rows up to the last one that decided
     assert [getattr(requests[r], DECIDED) for r in "acde"] == [True, True, True, False]
-    assert [r.getMessage() for r in caplog.records] == [
-        "dsg guardrail: no forward pass decided request d; clamped as if it fired"
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("DEBUG", "dsg guardrail: request a decided in the engine: True"),
+        ("DEBUG", "dsg guardrail: request c decided in the engine: True"),
+        ("ERROR", "dsg guardrail: no forward pass decided request d; clamped as if it fired"),
+        ("DEBUG", "dsg guardrail: request d decided in the engine: True"),
+        ("DEBUG", "dsg guardrail: request e decided in the engine: False"),
     ]
+    caplog.clear()
     requests["c"] = state(6, **{DECIDED: False})
     fired, deciding = step_decisions(
         requests, ["c"], np.array([0]), np.array([9]), decides=True
