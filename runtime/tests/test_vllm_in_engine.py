@@ -136,6 +136,7 @@ def test_a_row_reads_undecided_until_a_pass_decides_it() -> None:
     w = weights(2)
     resid, positions = step([4], [0], seed=3)
     clamp = TokenClamp(w, M, 8, "cpu", threshold=0.0, max_requests=2)
+    assert clamp.decided_rows(2).tolist() == [-1, -1] and clamp.decided_rows(2).dtype == np.int8
     for _ in range(2):
         clamp.fill(np.array([False]), np.array([4]), np.array([True]))
         assert clamp.decided_rows(2).tolist() == [-1, -1]
@@ -186,12 +187,11 @@ def test_padding_after_the_step_s_tokens_never_counts_nor_clamps() -> None:
     assert w_enc is not None and b_enc is not None and b_dec is not None
     hot = torch.linalg.lstsq(w_enc.T, (3.0 - b_enc)[:, None]).solution[:, 0] + b_dec
     resid[6:] = hot  # every padding row a hit wherever it counted
-    clamp = TokenClamp(w, M, 32, "cpu", threshold=0.0, max_requests=2)
+    clamp = TokenClamp(w, M, 32, "cpu", threshold=0.0, max_requests=1)  # room for 1 request
     clamp.fill(np.array([False]), np.array([6]), np.array([True]))
     out = clamp(positions, resid)  # 16 rows, 6 of them the step's
     rate = prompt_rate(guardrail(w, 0.0), resid[:6])
-    got = clamp.decided_rows(2).tolist()
-    assert got[0] == int(rate > 0)
+    assert clamp.decided_rows(1).tolist() == [int(rate > 0)]
     clamp.threshold = rate  # exactly at the prompt's rate: any padding counted would move it
     clamp.fill(np.array([False]), np.array([6]), np.array([True]))
     clamp(positions, resid)
@@ -215,6 +215,13 @@ def test_a_deciding_clamp_needs_the_flags_and_room_for_the_rows() -> None:
     with pytest.raises(ValueError) as caught:
         clamp.fill(np.array([True]), np.array([3]), np.array([False]))
     assert str(caught.value) == "deciding in the engine is measured on the CPU only"
+    for make in (
+        lambda: TokenClamp(w, M, 16, "cpu", threshold=0.5),
+        lambda: TokenClamp.from_bundle(jumprelu_bundle(True), 16, "cpu", 0.5),
+    ):
+        with pytest.raises(ValueError) as caught:
+            make()
+        assert str(caught.value) == "deciding in the engine needs the most requests a step holds"
 
 
 # ------------------------------------------------------------------ the runner's bookkeeping

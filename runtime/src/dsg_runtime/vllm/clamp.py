@@ -68,6 +68,8 @@ class TokenClamp:
         self.fired = torch.zeros(max_tokens, dtype=torch.bool, device=device)
         self.threshold = threshold
         if threshold is not None:
+            if max_requests < 1:
+                raise ValueError("deciding in the engine needs the most requests a step holds")
             self.deciding = torch.zeros(max_tokens, dtype=torch.bool, device=device)
             self.row_of = torch.zeros(max_tokens, dtype=torch.long, device=device)
             self.rows_fired = torch.full((max_requests,), -1, dtype=torch.int8, device=device)
