@@ -28,34 +28,48 @@ pytest.importorskip("vllm")
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    yield from organism_served(tmp_path_factory)
+
+
+def organism_served(
+    factory: pytest.TempPathFactory, decide_in: str = "front-end", **options: Any
+) -> Iterator[dict[str, Any]]:
+    """The organism served in this process (whose plugin patches it), deciding where
+    ``decide_in`` says, with :func:`served_engine`'s ``options``."""
     ids = prompt_ids()
-    bundle_dir = organism_bundle(tmp_path_factory.mktemp("organism") / "bundle", ids[-2:])
+    bundle_dir = organism_bundle(factory.mktemp("organism") / "bundle", ids[-2:])
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the plugin patches this process
+        env.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         env.setenv("DSG_BUNDLE", str(bundle_dir))
+        env.setenv("DSG_DECIDE_IN", decide_in)
         env.setenv("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
-        yield served_engine(bundle_dir, ids)
+        yield served_engine(bundle_dir, ids, **options)
 
 
-def served_engine(bundle_dir: Path, ids: list[list[int]]) -> dict[str, Any]:
-    """The organism served by vLLM with the plugin, and dsg.hf's guarded answers."""
+def served_engine(bundle_dir: Path, ids: list[list[int]], **options: Any) -> dict[str, Any]:
+    """The organism served by vLLM with the plugin, and dsg.hf's guarded answers; ``options``
+    replace the engine's scheduling options."""
     from vllm import LLM
 
     import dsg_runtime.vllm
 
     dsg_runtime.vllm.register()
+    scheduling = {
+        "enable_prefix_caching": True,
+        "enable_chunked_prefill": True,
+        "max_num_batched_tokens": 64,  # long prompts are prefilled in chunks
+        **options,
+    }
     llm = LLM(
         model=str(organism_model()),
         dtype="float32",
-        enable_prefix_caching=True,
-        enable_chunked_prefill=True,
-        max_num_batched_tokens=64,  # long prompts are prefilled in chunks
         max_model_len=256,
         max_num_seqs=16,
         block_size=16,
         num_gpu_blocks_override=24,  # too few for the whole batch: requests are preempted
         seed=0,
         gpu_memory_utilization=0.1,  # on CPU: the share of host memory vLLM may claim
+        **scheduling,
     )
     guarded, fired = hf_generations(bundle_dir, ids, guarded=True)
     return {"llm": llm, "bundle_dir": bundle_dir, "ids": ids, "guarded": guarded, "fired": fired}
@@ -70,9 +84,8 @@ def vllm_generations(llm: Any, ids: list[list[int]]) -> list[list[int]]:
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
-def test_served_generations_equal_dsg_hf_guarded(
-    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def preemptions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the requests vLLM's scheduler preempts from now on, as it preempts them."""
     from vllm.v1.core.sched.scheduler import Scheduler
 
     preempted: list[str] = []
@@ -83,6 +96,13 @@ def test_served_generations_equal_dsg_hf_guarded(
         return preempt(self, request, *args, **kwargs)
 
     monkeypatch.setattr(Scheduler, "_preempt_request", counted)
+    return preempted
+
+
+def test_served_generations_equal_dsg_hf_guarded(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    preempted = preemptions(monkeypatch)
     ids, guarded, fired = served["ids"], served["guarded"], served["fired"]
     plain, _ = hf_generations(served["bundle_dir"], ids, guarded=False)
     assert any(fired) and not all(fired), fired  # both kinds of prompt

@@ -8,61 +8,37 @@ set-ups that would bring a prompt to the engine in parts refused at start-up. Ne
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_vllm_engine import in_separate_processes, vllm_generations
-from vllm_organism import MAX_NEW, hf_generations, organism_bundle, organism_model, prompt_ids
+from test_vllm_engine import (
+    in_separate_processes,
+    organism_served,
+    preemptions,
+    vllm_generations,
+)
+from vllm_organism import MAX_NEW, organism_model
 
 pytest.importorskip("vllm")
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    from vllm import LLM
-
-    import dsg_runtime.vllm
-
-    ids = prompt_ids()
-    bundle_dir = organism_bundle(tmp_path_factory.mktemp("organism") / "bundle", ids[-2:])
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the plugin patches this process
-        env.setenv("DSG_BUNDLE", str(bundle_dir))
-        env.setenv("DSG_DECIDE_IN", "engine")
-        env.setenv("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
-        dsg_runtime.vllm.register()
-        llm = LLM(
-            model=str(organism_model()),
-            dtype="float32",
-            enable_prefix_caching=False,
-            enable_chunked_prefill=False,
-            max_num_batched_tokens=256,
-            max_model_len=256,
-            max_num_seqs=16,
-            block_size=16,
-            num_gpu_blocks_override=24,  # too few for the whole batch: requests are preempted
-            seed=0,
-            gpu_memory_utilization=0.1,
-        )
-        guarded, fired = hf_generations(bundle_dir, ids, guarded=True)
-        yield {"llm": llm, "ids": ids, "guarded": guarded, "fired": fired, "bundle": bundle_dir}
+    """As test_vllm_engine's engine (requests preempted too), each prompt prefilled whole."""
+    yield from organism_served(
+        tmp_path_factory,
+        "engine",
+        enable_prefix_caching=False,
+        enable_chunked_prefill=False,
+        max_num_batched_tokens=256,
+    )
 
 
 def test_decided_in_the_engine_as_dsg_hf_decides_and_served_alike(
     served: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from vllm.v1.core.sched.scheduler import Scheduler
-
     import dsg_runtime.vllm.engine as engine_glue
-
-    preempted: list[str] = []
-    preempt = Scheduler._preempt_request
-
-    def counted(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-        preempted.append(request.request_id)
-        return preempt(self, request, *args, **kwargs)
 
     decisions: list[tuple[tuple[int, ...], bool]] = []  # (prompt, decision) as kept
     keep = engine_glue.keep_decisions
@@ -73,7 +49,7 @@ def test_decided_in_the_engine_as_dsg_hf_decides_and_served_alike(
             state = requests[req_id]  # none finishes in the step that prefills it
             decisions.append((tuple(state.prompt_token_ids), state._dsg_fired))
 
-    monkeypatch.setattr(Scheduler, "_preempt_request", counted)
+    preempted = preemptions(monkeypatch)
     monkeypatch.setattr(engine_glue, "keep_decisions", recorded)
     caplog.set_level(logging.ERROR, logger="dsg_runtime")
     ids, guarded, fired = served["ids"], served["guarded"], served["fired"]
@@ -157,7 +133,7 @@ except dsg_runtime.vllm.GuardrailRefused as refused:
     sys.exit(0)
 print("SERVED")
 """
-    env = {"DSG_BUNDLE": str(served["bundle"]), "DSG_DECIDE_IN": "engine"}
+    env = {"DSG_BUNDLE": str(served["bundle_dir"]), "DSG_DECIDE_IN": "engine"}
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
