@@ -327,6 +327,23 @@ def test_the_engine_core_refuses_forged_moved_and_unsealed_decisions() -> None:
         assert "\n" not in str(error.value), name
 
 
+def test_an_engine_core_that_decides_in_the_engine_reads_no_decision_but_refuses_the_rest() -> None:
+    """Under the digest it proved when it decides in the engine, the engine core takes a request
+    whatever decision it carries (the worker decides), and still refuses what cannot be decided."""
+    ids, engine = [2, 7, 9, 11], DIGEST + ENGINE_TAG
+    for request in (engine_request(ids, None), engine_request(ids, {FIRED_KEY: False})):
+        check_request(request, KEY, engine)
+        with pytest.raises(RequestRefused, match="no decision this server's front end made"):
+            check_request(request, KEY, DIGEST)
+    for why, over in {
+        "streamed prompts grow": {"resumable": True},
+        "without plain prompt tokens": {"prompt_embeds": torch.zeros(4, HIDDEN)},
+        "pooling requests are not guarded": {"pooling_params": object()},
+    }.items():
+        with pytest.raises(RequestRefused, match=why):
+            check_request(engine_request(ids, None, **over), KEY, engine)
+
+
 def test_engine_proofs_must_name_the_front_ends_bundle_and_key() -> None:
     nonce = "n1"
     good = [prove(KEY, nonce, "engine core", DIGEST), prove(KEY, nonce, "worker", DIGEST)]

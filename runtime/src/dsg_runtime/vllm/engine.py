@@ -169,7 +169,8 @@ def patch_front_end() -> None:
 def _guarded_init(original: Any) -> Any:
     def init(self: Any, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
         original(self, vllm_config, *args, **kwargs)
-        check_config(vllm_config, decides_in_engine())
+        in_engine = decides_in_engine()
+        check_config(vllm_config, in_engine)
         import torch
 
         device = os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -177,7 +178,7 @@ def _guarded_init(original: Any) -> Any:
         bundle, self._dsg_digest = load_bundle()
         self._dsg_key = key()
         self._dsg_decider = self._dsg_batcher = None
-        if decides_in_engine():
+        if in_engine:
             return  # the engine decides each request when it prefills the prompt
         self._dsg_decider = PromptDecider.load(
             bundle,
@@ -414,7 +415,8 @@ def _checked_preprocess(original: Any) -> Any:
 def check_request(request: Any, secret: bytes, digest: str) -> bool:
     """An ``EngineCoreRequest``'s decision, if the front end of this server made it for this
     prompt under this bundle and its cache salt follows it; otherwise the request is refused
-    (alone: vLLM answers it with an error and serves the rest). When the engine decides, only
+    (alone: vLLM answers it with an error and serves the rest). When the engine decides (``digest``
+    carries :data:`~dsg_runtime.vllm.in_engine.ENGINE_TAG`, as this process loaded it), only
     requests it could not decide are refused (the return value means nothing then)."""
     params = request.sampling_params
     if params is None or request.pooling_params is not None:
@@ -425,7 +427,7 @@ def check_request(request: Any, secret: bytes, digest: str) -> bool:
         )
     if request.prompt_embeds is not None or request.mm_features or not request.prompt_token_ids:
         raise RequestRefused("dsg guardrail: a request without plain prompt tokens; refused")
-    if decides_in_engine():
+    if digest.endswith(ENGINE_TAG):  # this process proved that it decides in the engine
         return True  # decided when its prompt is prefilled; what it carries is never read
     fired = sealed_decision(params.extra_args, secret, request.prompt_token_ids, digest)
     if fired is None:
@@ -482,10 +484,10 @@ def _guarded_load_model(original: Any) -> Any:
         if kwargs.get("load_dummy_weights"):
             raise GuardrailRefused("dsg guardrail: dummy weights are not the model it decides on")
         original(self, *args, **kwargs)
-        check_config(self.vllm_config, decides_in_engine())
+        self._dsg_decides = decides_in_engine()
+        check_config(self.vllm_config, self._dsg_decides)
         bundle, digest = load_bundle()
         self._dsg_key = key()
-        self._dsg_decides = decides_in_engine()
         threshold = engine_threshold(bundle) if self._dsg_decides else None
         self._dsg_clamp = install(
             self.get_model(), bundle, self.max_num_tokens, threshold, self.max_num_reqs
