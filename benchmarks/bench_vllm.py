@@ -283,24 +283,6 @@ def timed_decisions() -> list[float]:
     return spent
 
 
-def engine_decisions() -> dict[tuple[int, ...], bool]:
-    """The decisions the engine keeps (deciding in the engine), by prompt, as they are kept."""
-    import dsg_runtime.vllm.engine as glue
-
-    kept: dict[tuple[int, ...], bool] = {}
-    keep = glue.keep_decisions
-
-    def recorded(requests: dict[str, Any], pending: list[tuple[int, str]], clamp: Any) -> None:
-        keep(requests, pending, clamp)
-        for _, req_id in pending:
-            if req_id in requests:
-                state = requests[req_id]
-                kept[tuple(state.prompt_token_ids)] = bool(state._dsg_fired)
-
-    glue.keep_decisions = recorded  # type: ignore[assignment]
-    return kept
-
-
 def child(args: argparse.Namespace) -> None:
     """An engine that answers the parent's commands on stdin, one line each, with a line that
     starts with ``BENCH`` (vLLM logs to stdout too): ``time C`` (one timed batch of C
@@ -309,14 +291,17 @@ def child(args: argparse.Namespace) -> None:
     guarded = args.child == "guarded"
     ids = json.loads((args.out / "prompts.json").read_text())
     spent = timed_decisions()
-    kept = engine_decisions() if guarded and args.decide_in == "engine" else None
+    from vllm_kept import kept_decisions
+
+    kept = kept_decisions() if guarded and args.decide_in == "engine" else None
     llm = engine(args, guarded)
     print("BENCH ready", flush=True)
     for line in sys.stdin:
         command, _, arg = line.strip().partition(" ")
         if command == "generations":
             served = generate(llm, ids, args.new_tokens)
-            decided = None if kept is None else [kept.get(tuple(p)) for p in ids]
+            last = dict(kept or [])  # each prompt's latest decision
+            decided = None if kept is None else [last.get(tuple(p)) for p in ids]
             print("BENCH", json.dumps([served, decided]), flush=True)
             continue
         batch = [ids[i % len(ids)] for i in range(int(arg))]

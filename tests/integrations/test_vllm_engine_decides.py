@@ -38,19 +38,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 def test_decided_in_the_engine_as_dsg_hf_decides_and_served_alike(
     served: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import dsg_runtime.vllm.engine as engine_glue
-
-    decisions: list[tuple[tuple[int, ...], bool]] = []  # (prompt, decision) as kept
-    keep = engine_glue.keep_decisions
-
-    def recorded(requests: dict[str, Any], pending: list[tuple[int, str]], clamp: Any) -> None:
-        keep(requests, pending, clamp)
-        for _, req_id in pending:
-            state = requests[req_id]  # none finishes in the step that prefills it
-            decisions.append((tuple(state.prompt_token_ids), state._dsg_fired))
+    from vllm_kept import kept_decisions
 
     preempted = preemptions(monkeypatch)
-    monkeypatch.setattr(engine_glue, "keep_decisions", recorded)
+    decisions = kept_decisions(monkeypatch.setattr)
     caplog.set_level(logging.ERROR, logger="dsg_runtime")
     ids, guarded, fired = served["ids"], served["guarded"], served["fired"]
     assert any(fired) and not all(fired), fired
